@@ -1,0 +1,107 @@
+"""Command-line and YAML configuration for every stage.
+
+Each stage parses its own argument dataclass together with TRL's config classes through `TrlParser`:
+YAML values become defaults and command-line flags override them. On top of TRL this module adds two
+things: a misspelt YAML key is an error naming the key and the file (with the nearest valid key), and
+`${VAR}` in a YAML string is expanded from the environment, with `OUTPUT_ROOT` defaulting to `.`, so
+that one variable moves every output of a preset.
+"""
+
+import dataclasses
+import difflib
+import os
+import sys
+from dataclasses import dataclass, field
+
+import yaml
+from trl import TrlParser
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user must fix; the message names the file, the key and the fix."""
+
+
+@dataclass
+class DataArguments:
+    """Where the reviews come from: the hub data set by default, or local files."""
+
+    dataset_name: str = field(
+        default="stanfordnlp/imdb",
+        metadata={"help": "Hub data set with 'train' and 'test' splits; ignored when train_file/test_file are set."},
+    )
+    train_file: str | None = field(
+        default=None, metadata={"help": "Local json/jsonl/csv/parquet file of training reviews."}
+    )
+    test_file: str | None = field(default=None, metadata={"help": "Local file of held-out (test) reviews."})
+    text_column: str = field(default="text", metadata={"help": "Column holding the review text."})
+
+
+@dataclass
+class SFTScriptArguments(DataArguments):
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training reviews."})
+    max_eval_samples: int | None = field(default=500, metadata={"help": "Held-out reviews for the eval loss."})
+    overwrite: bool = field(default=False, metadata={"help": "Delete a finished run in output_dir and train again."})
+
+
+@dataclass
+class TinyBaseArguments:
+    """The offline tiny preset: a generated review corpus, a BPE tokenizer and a small GPT-2."""
+
+    output_dir: str = "${OUTPUT_ROOT}/outputs/tiny/base"
+    seed: int = 0
+    num_train_reviews: int = 4000
+    num_test_reviews: int = 500
+    vocab_size: int = 1024
+    n_layer: int = 2
+    n_head: int = 4
+    n_embd: int = 128
+    n_positions: int = 256
+    overwrite: bool = False
+
+
+def _known_keys(dataclass_types) -> set[str]:
+    return {f.name for dc in dataclass_types for f in dataclasses.fields(dc)} | {"env"}
+
+
+def _expand_env(value):
+    if isinstance(value, str):
+        return os.path.expandvars(value)
+    if isinstance(value, list):
+        return [_expand_env(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _expand_env(v) for k, v in value.items()}
+    return value
+
+
+def _read_yaml_config(path: str, dataclass_types) -> dict:
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} does not exist (passed with --config)")
+    with open(path) as f:
+        config = yaml.safe_load(f) or {}
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: the file must be a YAML mapping of key: value")
+    known = _known_keys(dataclass_types)
+    unknown = [k for k in config if k not in known]
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, known, n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ConfigError(f"{path}: unknown config key(s) {', '.join(hints)}; fix or remove them")
+    for key, value in (config.pop("env", None) or {}).items():
+        os.environ[key] = str(value)
+    return config
+
+
+def parse_config(dataclass_types, argv=None):
+    """Parse `--config FILE` plus command-line overrides into one instance of each dataclass type."""
+    os.environ.setdefault("OUTPUT_ROOT", ".")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = TrlParser(dataclass_types)
+    if "--config" in argv:
+        i = argv.index("--config")
+        config_path = argv[i + 1]
+        del argv[i : i + 2]
+        config = _expand_env(_read_yaml_config(config_path, dataclass_types))
+        parser.set_defaults_with_config(**config)
+    return parser.parse_args_into_dataclasses(args=argv)

@@ -1,0 +1,94 @@
+"""IMDb reviews from the hub or from local files, cleaned, and the short review prefixes used as prompts."""
+
+import os
+import random
+import re
+
+from datasets import Dataset, load_dataset
+
+_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+_HTML_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, the field and the fix."""
+
+
+def normalise_review(text: str) -> str:
+    """IMDb keeps the site's HTML line breaks (`<br /><br />`); turn them into newlines."""
+    return _HTML_BREAK.sub("\n", text).strip()
+
+
+def _load_local(path: str, field_name: str, split: str) -> Dataset:
+    extension = os.path.splitext(path)[1].lower()
+    if extension not in _BUILDERS:
+        raise DataError(f"{field_name}={path!r}: unsupported file type {extension!r}; use one of {sorted(_BUILDERS)}")
+    if not os.path.isfile(path):
+        raise DataError(f"{field_name}={path!r}: file not found; check the path (relative paths start at {os.getcwd()})")
+    if os.path.getsize(path) == 0:
+        raise DataError(f"{field_name}={path!r}: the file is empty; it needs one review per row")
+    return load_dataset(_BUILDERS[extension], data_files={split: path}, split=split)
+
+
+def load_reviews(data_args, split: str) -> Dataset:
+    """Reviews of one split ('train' or 'test') as a Dataset with a cleaned `text` column (and `label` if present).
+
+    Local files (`train_file`/`test_file`) take precedence over the hub data set (`dataset_name`).
+    """
+    field_name = f"{split}_file"
+    path = getattr(data_args, field_name)
+    if path:
+        dataset, source = _load_local(path, field_name, split), f"{field_name}={path!r}"
+    elif data_args.train_file or data_args.test_file:
+        raise DataError(f"{field_name} is not set but the other split is a local file: set {field_name} as well")
+    else:
+        dataset, source = load_dataset(data_args.dataset_name, split=split), f"dataset_name={data_args.dataset_name!r}"
+
+    column = data_args.text_column
+    if column not in dataset.column_names:
+        raise DataError(
+            f"{source}: no column {column!r} (found {dataset.column_names}); set text_column to the review column"
+        )
+    if len(dataset) == 0:
+        raise DataError(f"{source}: the {split} split has no rows")
+    keep = [column] + (["label"] if "label" in dataset.column_names else [])
+    dataset = dataset.select_columns(keep)
+    if column != "text":
+        dataset = dataset.rename_column(column, "text")
+    dataset = dataset.map(lambda row: {"text": normalise_review(row["text"] or "")}, desc=f"Cleaning {split} reviews")
+    dataset = dataset.filter(lambda row: len(row["text"]) > 0)
+    if len(dataset) == 0:
+        raise DataError(f"{source}: every {split} review is empty after cleaning")
+    return dataset
+
+
+def make_prompts(
+    reviews: Dataset,
+    tokenizer,
+    num_prompts: int,
+    split: str,
+    min_tokens: int = 2,
+    max_tokens: int = 8,
+    min_review_chars: int = 200,
+    seed: int = 0,
+) -> list[dict]:
+    """Prefixes of `min_tokens`..`max_tokens` tokens (inclusive) of randomly chosen reviews.
+
+    Reviews shorter than `min_review_chars` are skipped. The choice of reviews and of each prefix length
+    comes from one seeded RNG, so the same arguments give the same prompts. `prompt_id` names the review
+    (`<split>-<row>`), which keeps prompts stable across shards and restarts.
+    """
+    if not 1 <= min_tokens <= max_tokens:
+        raise DataError(f"prompt lengths: need 1 <= min_prompt_tokens ({min_tokens}) <= max_prompt_tokens ({max_tokens})")
+    rng = random.Random(seed)
+    eligible = [i for i, n in enumerate(len(t) for t in reviews["text"]) if n >= min_review_chars]
+    if not eligible:
+        raise DataError(f"no {split} review has at least {min_review_chars} characters; lower min_review_chars")
+    rng.shuffle(eligible)
+    prompts = []
+    for row in eligible[:num_prompts]:
+        length = rng.randint(min_tokens, max_tokens)
+        # A prefix of the text tokenises like the start of the whole review; 40 characters a token is ample.
+        ids = tokenizer(reviews[row]["text"][: 40 * max_tokens], add_special_tokens=False)["input_ids"][:length]
+        prompts.append({"prompt_id": f"{split}-{row}", "prompt": tokenizer.decode(ids), "prompt_ids": ids})
+    return prompts

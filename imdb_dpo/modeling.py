@@ -1,0 +1,45 @@
+"""Loading a stage's model directory, whether it holds full weights or a LoRA adapter."""
+
+import json
+import os
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def load_tokenizer(path: str, padding_side: str = "left"):
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:  # GPT-2 has none; EOS pads, and the attention mask hides it
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def base_model_of(path: str) -> str | None:
+    """The base model an adapter directory was trained on, or None for a full model."""
+    config_path = os.path.join(path, ADAPTER_CONFIG)
+    if not os.path.isfile(config_path):
+        return None
+    with open(config_path) as f:
+        return json.load(f)["base_model_name_or_path"]
+
+
+def load_causal_lm(path: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """A model ready for inference; a LoRA adapter is merged into its base so sampling runs at full speed."""
+    base = base_model_of(path)
+    if base is None:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    else:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=dtype), path)
+        model = model.merge_and_unload()
+    return model.to(device).eval()
+
+
+def tokenizer_path(path: str) -> str:
+    """Adapter checkpoints may lack tokenizer files; the base model directory has them."""
+    has_tokenizer = any(os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json"))
+    return path if has_tokenizer else (base_model_of(path) or path)

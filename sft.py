@@ -1,0 +1,80 @@
+"""Stage 1: supervised fine-tuning of a causal LM on IMDb reviews with TRL's SFTTrainer.
+
+    python sft.py --config configs/gpt2-large/sft.yaml [--flag value ...]
+
+Resumes from the last checkpoint in output_dir, skips a finished run (unless --overwrite true), and
+writes the model directory (full weights, LoRA merged) that the later stages load.
+"""
+
+import os
+import shutil
+import sys
+
+from transformers import set_seed
+from transformers.trainer_utils import get_last_checkpoint
+from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
+
+from imdb_dpo.config import SFTScriptArguments, parse_config
+from imdb_dpo.data import load_reviews
+from imdb_dpo.manifests import Manifest, describe_file_input, is_finished
+from imdb_dpo.modeling import load_tokenizer
+from imdb_dpo.preemption import EXIT_RESUMABLE, SaveAndStopOnSignal, StopRequest
+
+STAGES = (SFTScriptArguments, SFTConfig, ModelConfig)
+
+
+def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> int:
+    output_dir = training_args.output_dir
+    if is_finished(output_dir):
+        if not script_args.overwrite:
+            print(f"SFT run in {output_dir} is finished; skipping (pass --overwrite true to train again)")
+            return 0
+        shutil.rmtree(output_dir)
+    set_seed(training_args.seed)
+
+    train = load_reviews(script_args, "train").select_columns(["text"])
+    held_out = load_reviews(script_args, "test").select_columns(["text"])
+    if script_args.max_train_samples:
+        train = train.select(range(min(script_args.max_train_samples, len(train))))
+    if script_args.max_eval_samples:
+        held_out = held_out.select(range(min(script_args.max_eval_samples, len(held_out))))
+
+    inputs = {"model": model_args.model_name_or_path}
+    for split in ("train", "test"):
+        path = getattr(script_args, f"{split}_file")
+        inputs[split] = describe_file_input(path) if path else script_args.dataset_name
+    manifest = Manifest(output_dir, "sft", {"script": script_args, "training": training_args, "model": model_args}, inputs)
+
+    training_args.model_init_kwargs = {
+        "dtype": model_args.dtype,
+        "attn_implementation": model_args.attn_implementation,
+        **(training_args.model_init_kwargs or {}),
+    }
+    tokenizer = load_tokenizer(model_args.model_name_or_path, padding_side="right")
+    stop = StopRequest()
+    trainer = SFTTrainer(
+        model=model_args.model_name_or_path,
+        args=training_args,
+        train_dataset=train,
+        eval_dataset=held_out,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+        callbacks=[SaveAndStopOnSignal(stop)],
+    )
+    trainer.train(resume_from_checkpoint=get_last_checkpoint(output_dir))
+    if stop.requested:
+        return EXIT_RESUMABLE
+
+    eval_metrics = trainer.evaluate()
+    model = trainer.model
+    if model_args.use_peft:  # later stages load a plain causal LM
+        model = model.merge_and_unload()
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    manifest.finish(eval_loss=eval_metrics["eval_loss"], global_step=trainer.state.global_step, train_rows=len(train))
+    print(f"SFT finished: held-out loss {eval_metrics['eval_loss']:.4f}, model saved to {output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(*parse_config(STAGES)))
