@@ -104,4 +104,11 @@ def parse_config(dataclass_types, argv=None):
         del argv[i : i + 2]
         config = _expand_env(_read_yaml_config(config_path, dataclass_types))
         parser.set_defaults_with_config(**config)
-    return parser.parse_args_into_dataclasses(args=argv)
+    parsed = parser.parse_args_into_dataclasses(args=argv)
+    for obj in parsed:
+        # One `--lora_target_modules c_attn` arrives as a str, which peft reads as a full-match regex
+        # over module paths and so matches nothing; a module name is what the user meant.
+        modules = getattr(obj, "lora_target_modules", None)
+        if isinstance(modules, str) and modules != "all-linear":
+            obj.lora_target_modules = [modules]
+    return parsed

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs every stage that configs/<preset>/ defines, in order. Each stage skips the work it already
+# finished and resumes unfinished work, so running this again after an interruption simply continues.
+# Outputs go to $OUTPUT_ROOT/outputs/<preset>/ and pair files to $OUTPUT_ROOT/generations/<preset>/
+# (OUTPUT_ROOT defaults to this repository).
+set -euo pipefail
+preset=${1:?"usage: ./run_pipeline.sh <preset>   (a folder of configs/, e.g. tiny or gpt2-large)"}
+repo=$(cd "$(dirname "$0")" && pwd)
+export OUTPUT_ROOT=$(realpath -m "${OUTPUT_ROOT:-$repo}")
+configs=$repo/configs/$preset
+[ -d "$configs" ] || { echo "no preset '$preset': $configs does not exist" >&2; exit 2; }
+cd "$repo"
+
+if [ -f "$configs/base.yaml" ]; then
+  echo "== tiny base model and data ($configs/base.yaml)"
+  python -m imdb_dpo.tiny --config "$configs/base.yaml"
+fi
+for stage in sft preference_pairs dpo eval; do
+  if [ -f "$configs/$stage.yaml" ]; then
+    echo "== $stage ($configs/$stage.yaml)"
+    python "$stage.py" --config "$configs/$stage.yaml"
+  fi
+done
+echo "== done: outputs in $OUTPUT_ROOT/outputs/$preset"

@@ -1,0 +1,23 @@
+"""Independent computations the tests check the code against."""
+
+import torch
+
+
+@torch.no_grad()
+def mean_token_nll(model, tokenizer, texts: list[str], max_length: int = 128) -> float:
+    """Mean next-token negative log-likelihood over texts, computed here without the trainer."""
+    total, count = 0.0, 0
+    model.eval()
+    for text in texts:
+        ids = tokenizer(text + tokenizer.eos_token, return_tensors="pt")["input_ids"][:, :max_length]
+        logits = model(ids).logits[:, :-1].float()
+        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1), reduction="sum")
+        total += nll.item()
+        count += ids.size(1) - 1
+    return total / count
+
+
+def state_dicts_equal(a, b) -> list[str]:
+    """Names of parameters that differ between two models (empty when the weights are identical)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return [name for name in sa if not torch.equal(sa[name], sb[name])]
