@@ -112,3 +112,39 @@ def parse_config(dataclass_types, argv=None):
         if isinstance(modules, str) and modules != "all-linear":
             obj.lora_target_modules = [modules]
     return parsed
+
+
+@dataclass
+class SamplingArguments(DataArguments):
+    """Prompts, sampling and reward: shared by pair generation (train split) and evaluation (test split)."""
+
+    num_prompts: int = field(default=1000, metadata={"help": "Review prefixes to sample from (paper: 25,000)."})
+    min_prompt_tokens: int = 2
+    max_prompt_tokens: int = 8
+    min_review_chars: int = field(default=200, metadata={"help": "Skip reviews shorter than this."})
+    samples_per_prompt: int = 4
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_k: int = field(default=0, metadata={"help": "0 disables top-k (the paper samples from the full distribution)."})
+    top_p: float = 1.0
+    batch_size: int = field(default=64, metadata={"help": "Prompts per generation batch (rows = this x samples)."})
+    reward_model: str = field(
+        default="siebert/sentiment-roberta-large-english",
+        metadata={"help": "A sequence classifier with a POSITIVE label, or 'vader' for the offline lexicon."},
+    )
+    reward_batch_size: int = 64
+    seed: int = 0
+    overwrite: bool = False
+
+
+@dataclass
+class PairsArguments(SamplingArguments):
+    model_name_or_path: str = field(
+        default="${OUTPUT_ROOT}/outputs/gpt2-large/sft", metadata={"help": "The SFT model that samples."}
+    )
+    output_dir: str = "${OUTPUT_ROOT}/generations/gpt2-large"
+    pairing: str = field(default="all", metadata={"help": "'all' pairs with different rewards, or 'best_vs_worst'."})
+    min_reward_margin: float = 0.0
+    shard_index: int = 0
+    num_shards: int = 1
+    merge: bool = field(default=False, metadata={"help": "Join the finished shards into completions/pairs files."})

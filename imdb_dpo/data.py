@@ -74,7 +74,8 @@ def make_prompts(
 ) -> list[dict]:
     """Prefixes of `min_tokens`..`max_tokens` tokens (inclusive) of randomly chosen reviews.
 
-    Reviews shorter than `min_review_chars` are skipped. The choice of reviews and of each prefix length
+    Reviews shorter than `min_review_chars` are skipped, and so is a review whose token prefix ends inside
+    a multi-byte character (its decoded text would not be a prefix of the review). The choice of reviews and of each prefix length
     comes from one seeded RNG, so the same arguments give the same prompts. `prompt_id` names the review
     (`<split>-<row>`), which keeps prompts stable across shards and restarts.
     """
@@ -86,9 +87,15 @@ def make_prompts(
         raise DataError(f"no {split} review has at least {min_review_chars} characters; lower min_review_chars")
     rng.shuffle(eligible)
     prompts = []
-    for row in eligible[:num_prompts]:
+    for row in eligible:
+        if len(prompts) == num_prompts:
+            break
         length = rng.randint(min_tokens, max_tokens)
+        text = reviews[row]["text"]
         # A prefix of the text tokenises like the start of the whole review; 40 characters a token is ample.
-        ids = tokenizer(reviews[row]["text"][: 40 * max_tokens], add_special_tokens=False)["input_ids"][:length]
-        prompts.append({"prompt_id": f"{split}-{row}", "prompt": tokenizer.decode(ids), "prompt_ids": ids})
+        ids = tokenizer(text[: 40 * max_tokens], add_special_tokens=False)["input_ids"][:length]
+        prompt = tokenizer.decode(ids)
+        if not text.startswith(prompt):  # the byte-level prefix ends inside a multi-byte character
+            continue
+        prompts.append({"prompt_id": f"{split}-{row}", "prompt": prompt, "prompt_ids": ids})
     return prompts

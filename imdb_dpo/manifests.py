@@ -71,7 +71,9 @@ def package_versions() -> dict[str, str]:
 def config_to_dict(obj) -> dict:
     if hasattr(obj, "to_dict"):  # TrainingArguments and the TRL configs
         return obj.to_dict()
-    return dataclasses.asdict(obj)
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.asdict(obj)
+    return dict(obj)
 
 
 def read_manifest(directory: str) -> dict | None:

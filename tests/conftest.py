@@ -28,14 +28,13 @@ def imdb_sample():
 
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory):
-    """A tiny base model and data, built by the tiny preset's builder (smaller corpus than the preset's)."""
+    """The tiny preset's base model and data, built by its own builder."""
     from imdb_dpo.config import TinyBaseArguments, parse_config
     from imdb_dpo.tiny import build_tiny_base
 
     out = tmp_path_factory.mktemp("tiny_base")
     args = parse_config([TinyBaseArguments], ["--config", os.path.join(REPO, "configs/tiny/base.yaml"),
-                                              "--output_dir", str(out), "--num_train_reviews", "1500",
-                                              "--num_test_reviews", "200"])[0]
+                                              "--output_dir", str(out)])[0]
     build_tiny_base(args)
     return {"dir": str(out), "model": str(out / "model"), "train": str(out / "data/train.jsonl"),
             "test": str(out / "data/test.jsonl")}
@@ -49,3 +48,16 @@ def run_script(script: str, args: list[str], env: dict | None = None, timeout: i
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} exited {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}")
     return proc
+
+
+@pytest.fixture(scope="session")
+def tiny_sft(tiny_base, tmp_path_factory):
+    """The tiny preset's SFT run, as configured, on the tiny base."""
+    import sft
+    from imdb_dpo.config import parse_config
+
+    out = tmp_path_factory.mktemp("tiny_sft")
+    argv = ["--config", os.path.join(REPO, "configs/tiny/sft.yaml"), "--model_name_or_path", tiny_base["model"],
+            "--train_file", tiny_base["train"], "--test_file", tiny_base["test"], "--output_dir", str(out), *CPU_FLAGS]
+    assert sft.main(*parse_config(sft.STAGES, argv)) == 0
+    return str(out)

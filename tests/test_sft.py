@@ -31,24 +31,24 @@ def held_out_texts(path, n=60):
         return [normalise_review(json.loads(line)["text"]) for line in f][:n]
 
 
-def test_tiny_sft_lowers_held_out_loss_and_saves_a_loadable_model(tiny_base, tmp_path):
-    out = tmp_path / "sft"
-    assert sft.main(*parse_config(sft.STAGES, sft_argv(tiny_base, out, "--max_steps", "60"))) == 0
+def test_tiny_sft_lowers_held_out_loss_and_saves_a_loadable_model(tiny_base, tiny_sft):
+    out = tiny_sft
 
     model = AutoModelForCausalLM.from_pretrained(out)
     tokenizer = AutoTokenizer.from_pretrained(out)
     base = AutoModelForCausalLM.from_pretrained(tiny_base["model"])
     texts = held_out_texts(tiny_base["test"])
     before, after = mean_token_nll(base, tokenizer, texts), mean_token_nll(model, tokenizer, texts)
-    assert after < before - 2.0, (before, after)  # from chance (~ln 900 = 6.8 nats) to a model of reviews
+    assert after < before - 4.0, (before, after)  # from chance (~ln 900 = 6.8 nats) to a model of reviews
     manifest = read_manifest(out)
-    assert manifest["finished"] and manifest["global_step"] == 60
+    assert manifest["finished"] and manifest["global_step"] > 0
     assert manifest["inputs"]["train"]["sha256"] and manifest["versions"]["trl"]
 
     # A finished run is skipped, not retrained.
-    mtime = os.path.getmtime(out / "model.safetensors")
-    assert sft.main(*parse_config(sft.STAGES, sft_argv(tiny_base, out, "--max_steps", "60"))) == 0
-    assert os.path.getmtime(out / "model.safetensors") == mtime
+    weights = os.path.join(out, "model.safetensors")
+    mtime = os.path.getmtime(weights)
+    assert sft.main(*parse_config(sft.STAGES, sft_argv(tiny_base, out))) == 0
+    assert os.path.getmtime(weights) == mtime
 
 
 def test_sft_on_real_imdb_reviews_lowers_held_out_loss(tiny_base, imdb_sample, tmp_path):

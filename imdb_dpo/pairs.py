@@ -1,0 +1,95 @@
+"""Ranked completions to preference pairs, and the validating reader that `dpo.py` uses.
+
+A pair file is JSONL in TRL's standard preference format (`prompt`, `chosen`, `rejected`, so
+`load_dataset("json", ...)` reads it) plus the rewards, the prompt id and the exact token ids that were
+sampled (`prompt_ids`, `chosen_ids`, `rejected_ids`; a completion's ids end with EOS only when the model
+ended it). Ties never make a pair.
+"""
+
+import itertools
+import json
+import os
+
+from .manifests import read_manifest
+
+PAIRING_MODES = ("all", "best_vs_worst")
+REQUIRED_TEXT = ("prompt", "chosen", "rejected")
+REQUIRED_IDS = ("prompt_ids", "chosen_ids", "rejected_ids")
+REQUIRED_NUMBERS = ("chosen_reward", "rejected_reward")
+
+
+class PairFileError(ValueError):
+    """A pair file that DPO must not train on; the message names the file, the line and the field."""
+
+
+def rank(rewards: list[float]) -> list[int]:
+    """Completion indices from the highest reward to the lowest (ties keep sampling order)."""
+    return sorted(range(len(rewards)), key=lambda i: -rewards[i])
+
+
+def make_pairs(record: dict, mode: str = "all", min_margin: float = 0.0) -> list[dict]:
+    """Pairs of one prompt's ranked completions: every pair with a reward gap above `min_margin`
+    (K samples give up to K(K-1)/2 pairs), or only the best against the worst."""
+    if mode not in PAIRING_MODES:
+        raise ValueError(f"pairing={mode!r}: use one of {PAIRING_MODES}")
+    completions, order = record["completions"], record["ranking"]
+    candidates = itertools.combinations(order, 2) if mode == "all" else [(order[0], order[-1])]
+    pairs = []
+    for better, worse in candidates:
+        chosen, rejected = completions[better], completions[worse]
+        if chosen["reward"] - rejected["reward"] <= min_margin or chosen["reward"] == rejected["reward"]:
+            continue
+        if chosen["text"] == rejected["text"]:
+            continue
+        pairs.append({
+            "prompt_id": record["prompt_id"], "prompt": record["prompt"], "prompt_ids": record["prompt_ids"],
+            "chosen": chosen["text"], "rejected": rejected["text"],
+            "chosen_ids": chosen["ids"], "rejected_ids": rejected["ids"],
+            "chosen_reward": chosen["reward"], "rejected_reward": rejected["reward"],
+            "chosen_finish": chosen["finish"], "rejected_finish": rejected["finish"],
+        })
+    return pairs
+
+
+def _check_pair(pair, where: str) -> None:
+    if not isinstance(pair, dict):
+        raise PairFileError(f"{where}: expected a JSON object, got {type(pair).__name__}")
+    for field in REQUIRED_TEXT:
+        if field not in pair:
+            raise PairFileError(f"{where}: missing field {field!r}")
+        if not isinstance(pair[field], str) or not pair[field].strip():
+            raise PairFileError(f"{where}: field {field!r} is empty or not a string")
+    for field in REQUIRED_IDS:
+        ids = pair.get(field)
+        if not isinstance(ids, list) or not ids or not all(isinstance(i, int) for i in ids):
+            raise PairFileError(f"{where}: field {field!r} must be a non-empty list of token ids")
+    for field in REQUIRED_NUMBERS:
+        if not isinstance(pair.get(field), (int, float)):
+            raise PairFileError(f"{where}: field {field!r} must be a number")
+    if pair["chosen"] == pair["rejected"] or pair["chosen_ids"] == pair["rejected_ids"]:
+        raise PairFileError(f"{where}: fields 'chosen' and 'rejected' are the same completion")
+
+
+def read_pairs(path: str) -> list[dict]:
+    """Every pair of `path`, validated; the file must come from a finished pair-generation run."""
+    if not os.path.isfile(path):
+        raise PairFileError(f"{path}: pair file not found; run preference_pairs.py first or fix pairs_file")
+    manifest = read_manifest(os.path.dirname(os.path.abspath(path)))
+    if not manifest or not manifest.get("finished"):
+        raise PairFileError(
+            f"{path}: comes from an unfinished run (no finished manifest.json beside it); "
+            "finish preference_pairs.py (or merge its shards) first"
+        )
+    pairs = []
+    with open(path) as f:
+        for number, line in enumerate(f, start=1):
+            where = f"{path}, line {number}"
+            try:
+                pair = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise PairFileError(f"{where}: not valid JSON ({e.msg})") from None
+            _check_pair(pair, where)
+            pairs.append(pair)
+    if not pairs:
+        raise PairFileError(f"{path}: no pairs; generate more prompts or lower min_reward_margin")
+    return pairs

@@ -1,0 +1,45 @@
+"""Reward models behind one interface: a callable from a list of texts to a list of floats in [0, 1].
+
+- `SentimentClassifierReward`: any Hugging Face sequence classifier through the transformers pipeline
+  (default `siebert/sentiment-roberta-large-english`); the reward is the probability of the label named
+  POSITIVE, picked by name because the pipeline sorts its output by score.
+- `VaderReward`: the offline VADER lexicon; its compound score in [-1, 1] mapped to [0, 1].
+"""
+
+import torch
+
+VADER = "vader"
+
+
+class SentimentClassifierReward:
+    def __init__(self, model_name: str, batch_size: int = 64, device: str | None = None, positive_label: str = "POSITIVE"):
+        from transformers import pipeline
+
+        self.classifier = pipeline(
+            "text-classification", model=model_name, top_k=None, truncation=True, max_length=512,
+            device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
+            dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32,
+        )
+        labels = set(self.classifier.model.config.id2label.values())
+        if positive_label not in labels:
+            raise ValueError(f"reward model {model_name!r} has no label {positive_label!r} (labels: {sorted(labels)})")
+        self.positive_label = positive_label
+        self.batch_size = batch_size
+
+    def __call__(self, texts: list[str]) -> list[float]:
+        outputs = self.classifier(texts, batch_size=self.batch_size)
+        return [next(d["score"] for d in scores if d["label"] == self.positive_label) for scores in outputs]
+
+
+class VaderReward:
+    def __init__(self):
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+        self.analyzer = SentimentIntensityAnalyzer()
+
+    def __call__(self, texts: list[str]) -> list[float]:
+        return [(self.analyzer.polarity_scores(t)["compound"] + 1) / 2 for t in texts]
+
+
+def make_reward(name: str, batch_size: int = 64):
+    return VaderReward() if name == VADER else SentimentClassifierReward(name, batch_size=batch_size)

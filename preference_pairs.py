@@ -1,0 +1,145 @@
+"""Stage 2: sample completions of IMDb review prefixes from the SFT model, score, rank and pair them.
+
+    python preference_pairs.py --config configs/gpt2-large/preference_pairs.yaml
+    python preference_pairs.py --config ... --shard_index 3 --num_shards 8     # one SLURM array task
+    python preference_pairs.py --config ... --num_shards 8 --merge true        # after all shards
+
+Writes to output_dir: shards/<i>-of-<n>/completions.jsonl (appended a batch at a time, resumable),
+then completions.jsonl (one object per prompt, with its ranked samples), pairs.jsonl and manifest.json.
+"""
+
+import json
+import os
+import shutil
+import sys
+
+import torch
+from tqdm.auto import tqdm
+
+from imdb_dpo.batch_log import BatchLog
+from imdb_dpo.config import PairsArguments, parse_config
+from imdb_dpo.data import load_reviews, make_prompts
+from imdb_dpo.manifests import Manifest, describe_model_input, is_finished, read_manifest, write_text_atomic
+from imdb_dpo.modeling import load_causal_lm, load_tokenizer
+from imdb_dpo.pairs import PAIRING_MODES, make_pairs, rank
+from imdb_dpo.preemption import EXIT_RESUMABLE, StopRequest
+from imdb_dpo.reward import make_reward
+from imdb_dpo.sampling import batch_seed, plan_batches, sample_batch
+
+STAGES = (PairsArguments,)
+
+
+def shard_dir(args: PairsArguments, index: int) -> str:
+    return os.path.join(args.output_dir, "shards", f"{index}-of-{args.num_shards}")
+
+
+def check_args(args: PairsArguments) -> None:
+    if args.pairing not in PAIRING_MODES:
+        raise ValueError(f"pairing={args.pairing!r}: use one of {PAIRING_MODES}")
+    if not 0 <= args.shard_index < args.num_shards:
+        raise ValueError(f"shard_index={args.shard_index} must lie in [0, num_shards={args.num_shards})")
+    if args.samples_per_prompt < 2:
+        raise ValueError(f"samples_per_prompt={args.samples_per_prompt}: a pair needs at least 2 samples per prompt")
+    model_manifest = read_manifest(args.model_name_or_path) if os.path.isdir(args.model_name_or_path) else None
+    if model_manifest and not model_manifest.get("finished"):
+        raise ValueError(f"model_name_or_path={args.model_name_or_path!r}: its SFT run is unfinished; finish it first")
+
+
+def generation_settings(args: PairsArguments) -> dict:
+    """Everything that decides the samples; shards and restarts must agree on it."""
+    settings = {k: v for k, v in vars(args).items() if k not in ("shard_index", "merge", "overwrite")}
+    return json.loads(json.dumps(settings))
+
+
+def generate_shard(args: PairsArguments, stop: StopRequest) -> bool:
+    """Sample, score and log this shard's batches; returns False when stopped by a signal."""
+    directory = shard_dir(args, args.shard_index)
+    if is_finished(directory):
+        return True
+    previous = read_manifest(directory)
+    if previous and previous["config"]["generation"] != generation_settings(args):
+        raise ValueError(f"{directory} was started with other settings; pass --overwrite true or use another output_dir")
+    manifest = Manifest(directory, "preference_pairs_shard", {"generation": generation_settings(args)},
+                        {"model": describe_model_input(args.model_name_or_path), "split": "train"})
+
+    tokenizer = load_tokenizer(args.model_name_or_path)
+    prompts = make_prompts(load_reviews(args, "train"), tokenizer, args.num_prompts, "train", args.min_prompt_tokens,
+                           args.max_prompt_tokens, args.min_review_chars, args.seed)
+    for index, prompt in enumerate(prompts):
+        prompt["prompt_index"] = index
+    batches = list(enumerate(plan_batches(prompts, args.batch_size)))[args.shard_index :: args.num_shards]
+
+    log = BatchLog(os.path.join(directory, "completions.jsonl"))
+    todo = [(b, batch) for b, batch in batches if b not in log.done_batches]
+    if todo:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        model = load_causal_lm(args.model_name_or_path, torch.bfloat16 if device == "cuda" else torch.float32, device)
+        reward = make_reward(args.reward_model, args.reward_batch_size)
+    for b, batch in tqdm(todo, desc=f"sampling shard {args.shard_index}/{args.num_shards}", unit="batch"):
+        samples = sample_batch(model, tokenizer, batch, args.samples_per_prompt, args.max_new_tokens,
+                               batch_seed(args.seed, b), args.temperature, args.top_k, args.top_p)
+        texts = [p["prompt"] + c["text"] for p, cs in zip(batch, samples) for c in cs]
+        rewards = iter(reward(texts))
+        rows = []
+        for prompt, completions in zip(batch, samples):
+            for c in completions:
+                c["reward"] = next(rewards)
+            rows.append({**prompt, "completions": completions, "ranking": rank([c["reward"] for c in completions])})
+        log.append_batch(b, rows)
+        if stop.requested:
+            log.close()
+            return False
+    log.close()
+    manifest.finish(num_prompts=len(log.records))
+    return True
+
+
+def merge_shards(args: PairsArguments) -> None:
+    records = []
+    for index in range(args.num_shards):
+        directory = shard_dir(args, index)
+        manifest = read_manifest(directory)
+        if not (manifest and manifest.get("finished")):
+            raise ValueError(f"shard {index} of {args.num_shards} ({directory}) is missing or unfinished; run it first")
+        if manifest["config"]["generation"] != generation_settings(args):
+            raise ValueError(f"shard {index} ({directory}) was generated with other settings than this config")
+        records += BatchLog(os.path.join(directory, "completions.jsonl")).records
+    records.sort(key=lambda r: r["prompt_index"])
+    if [r["prompt_index"] for r in records] != list(range(len(records))):
+        raise ValueError(f"shards in {args.output_dir}/shards do not cover every prompt exactly once")
+    for r in records:
+        del r["batch"], r["batch_size"]
+    pairs = [p for r in records for p in make_pairs(r, args.pairing, args.min_reward_margin)]
+    write_text_atomic(os.path.join(args.output_dir, "completions.jsonl"),
+                      "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    write_text_atomic(os.path.join(args.output_dir, "pairs.jsonl"),
+                      "".join(json.dumps(p, sort_keys=True) + "\n" for p in pairs))
+    rewards = [c["reward"] for r in records for c in r["completions"]]
+    finished = [c["finish"] == "eos" for r in records for c in r["completions"]]
+    manifest = Manifest(args.output_dir, "preference_pairs", {"generation": generation_settings(args)},
+                        {"model": describe_model_input(args.model_name_or_path), "split": "train"})
+    manifest.finish(num_prompts=len(records), num_pairs=len(pairs), mean_reward=sum(rewards) / len(rewards),
+                    eos_fraction=sum(finished) / len(finished))
+    print(f"{len(pairs)} pairs from {len(records)} prompts (mean reward {sum(rewards) / len(rewards):.3f}) "
+          f"written to {args.output_dir}/pairs.jsonl")
+
+
+def main(args: PairsArguments) -> int:
+    check_args(args)
+    if is_finished(args.output_dir):
+        if not args.overwrite:
+            print(f"pairs in {args.output_dir} are finished; skipping (pass --overwrite true to regenerate)")
+            return 0
+        shutil.rmtree(args.output_dir)
+    if not args.merge:
+        if not generate_shard(args, StopRequest()):
+            return EXIT_RESUMABLE
+        if args.num_shards > 1:
+            print(f"shard {args.shard_index} of {args.num_shards} finished; merge with --merge true when all are")
+            return 0
+    merge_shards(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(*parse_config(STAGES)))
