@@ -148,3 +148,15 @@ class PairsArguments(SamplingArguments):
     shard_index: int = 0
     num_shards: int = 1
     merge: bool = field(default=False, metadata={"help": "Join the finished shards into completions/pairs files."})
+
+
+@dataclass
+class DPOScriptArguments:
+    pairs_file: str = field(
+        default="${OUTPUT_ROOT}/generations/gpt2-large/pairs.jsonl", metadata={"help": "Pairs from stage 2."}
+    )
+    betas: list[float] | None = field(
+        default=None, metadata={"help": "Sweep: one run per beta, in sequence. Unset: the single --beta."}
+    )
+    max_train_pairs: int | None = None
+    overwrite: bool = field(default=False, metadata={"help": "Delete finished runs of this sweep and train again."})

@@ -61,3 +61,32 @@ def tiny_sft(tiny_base, tmp_path_factory):
             "--train_file", tiny_base["train"], "--test_file", tiny_base["test"], "--output_dir", str(out), *CPU_FLAGS]
     assert sft.main(*parse_config(sft.STAGES, argv)) == 0
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_pairs(tiny_base, tiny_sft, tmp_path_factory):
+    """The tiny preset's preference pairs, sampled from `tiny_sft`."""
+    import preference_pairs
+    from imdb_dpo.config import parse_config
+
+    out = tmp_path_factory.mktemp("tiny_pairs")
+    argv = ["--config", os.path.join(REPO, "configs/tiny/preference_pairs.yaml"), "--model_name_or_path", tiny_sft,
+            "--train_file", tiny_base["train"], "--test_file", tiny_base["test"], "--output_dir", str(out)]
+    assert preference_pairs.main(*parse_config(preference_pairs.STAGES, argv)) == 0
+    return str(out / "pairs.jsonl")
+
+
+def dpo_argv(tiny_sft, pairs_file, output_dir, *extra):
+    return ["--config", os.path.join(REPO, "configs/tiny/dpo.yaml"), "--model_name_or_path", tiny_sft,
+            "--pairs_file", pairs_file, "--output_dir", str(output_dir), *CPU_FLAGS, *extra]
+
+
+@pytest.fixture(scope="session")
+def tiny_dpo(tiny_sft, tiny_pairs, tmp_path_factory):
+    """The tiny preset's DPO run for beta 0.1, as configured."""
+    import dpo
+    from imdb_dpo.config import parse_config
+
+    out = tmp_path_factory.mktemp("tiny_dpo")
+    assert dpo.main(*parse_config(dpo.STAGES, dpo_argv(tiny_sft, tiny_pairs, out, "--betas", "0.1"))) == 0
+    return str(out / "sigmoid_beta0.1")

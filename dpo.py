@@ -1,0 +1,124 @@
+"""Stage 3: DPO from the SFT model (also the frozen reference), swept over beta, with TRL's DPOTrainer.
+
+    python dpo.py --config configs/gpt2-large/dpo.yaml                 # the config's sweep (--betas)
+    python dpo.py --config configs/gpt2-large/dpo.yaml --betas 0.1     # one run (a SLURM array task)
+
+Each run goes to <output_dir>/<loss>_beta<beta>/ with checkpoints every save_steps, resumes by itself,
+and is skipped once finished. Reference log-probs are computed once and cached (TRL's
+precompute_ref_log_probs), so every beta of the sweep reuses them.
+"""
+
+import dataclasses
+import os
+import shutil
+import sys
+
+from datasets import load_dataset
+from transformers import set_seed
+from transformers.trainer_utils import get_last_checkpoint
+from trl import DPOConfig, ModelConfig, get_peft_config
+
+from imdb_dpo.config import DPOScriptArguments, parse_config
+from imdb_dpo.dpo_training import DropOptimizerFromOldCheckpoints, PretokenizedDPOTrainer, checkpoint_steps, run_name
+from imdb_dpo.manifests import Manifest, describe_file_input, describe_model_input, is_finished, read_manifest
+from imdb_dpo.modeling import load_tokenizer
+from imdb_dpo.pairs import REQUIRED_IDS, read_pairs
+from imdb_dpo.plots import plot_training_curves
+from imdb_dpo.preemption import EXIT_RESUMABLE, SaveAndStopOnSignal, StopRequest
+
+STAGES = (DPOScriptArguments, DPOConfig, ModelConfig)
+
+
+def check_inputs(script_args: DPOScriptArguments, training_args: DPOConfig, model_args: ModelConfig, betas) -> None:
+    bad = [b for b in betas if not b > 0]
+    if bad:
+        raise ValueError(f"beta must be > 0 (got {bad}); fix beta/betas in the config")
+    if training_args.label_smoothing and "sigmoid" in training_args.loss_type:
+        raise ValueError(
+            f"label_smoothing={training_args.label_smoothing} with loss_type sigmoid: TRL {_trl_version()} ignores "
+            "label smoothing in the sigmoid loss; use loss_type robust for noisy preference labels, or set "
+            "label_smoothing to 0"
+        )
+    read_pairs(script_args.pairs_file)  # fails with file, line and field on any malformed pair
+    pairs_source = read_manifest(os.path.dirname(os.path.abspath(script_args.pairs_file)))["inputs"]["model"]
+    reference = describe_model_input(model_args.model_name_or_path)
+    same = (pairs_source["run_id"] == reference["run_id"]) if pairs_source["run_id"] or reference["run_id"] else (
+        pairs_source["path"] == reference["path"])
+    if not same:
+        raise ValueError(
+            f"{script_args.pairs_file} was sampled from {pairs_source['path']} (run {pairs_source['run_id']}), but "
+            f"model_name_or_path is {reference['path']} (run {reference['run_id']}); DPO's reference must be the "
+            "model that generated the pairs: fix model_name_or_path or regenerate the pairs"
+        )
+
+
+def _trl_version() -> str:
+    import trl
+
+    return trl.__version__
+
+
+def load_pairs_dataset(script_args: DPOScriptArguments, cache_dir: str):
+    # The datasets cache sits beside the runs, on persistent storage, so a requeued job finds the cached
+    # reference log-probs (they are keyed on this data set's fingerprint and the reference model's hash).
+    dataset = load_dataset("json", data_files=script_args.pairs_file, split="train", cache_dir=cache_dir)
+    dataset = dataset.select_columns(list(REQUIRED_IDS))
+    if script_args.max_train_pairs:
+        dataset = dataset.select(range(min(script_args.max_train_pairs, len(dataset))))
+    return dataset
+
+
+def train_one(beta, script_args, training_args, model_args, dataset, tokenizer, stop) -> bool:
+    """Train (or resume, or skip) the run for one beta; returns False when stopped by a signal."""
+    run_dir = os.path.join(training_args.output_dir, run_name(training_args.loss_type[0], beta,
+                                                                training_args.label_smoothing, model_args.use_peft))
+    if is_finished(run_dir):
+        if not script_args.overwrite:
+            print(f"{run_dir} is finished; skipping (pass --overwrite true to train again)")
+            return True
+        shutil.rmtree(run_dir)
+    args = dataclasses.replace(training_args, beta=beta, output_dir=run_dir, run_name=os.path.basename(run_dir))
+    manifest = Manifest(run_dir, "dpo", {"script": script_args, "training": args, "model": model_args}, {
+        "pairs": {**describe_file_input(script_args.pairs_file),
+                  "run_id": read_manifest(os.path.dirname(os.path.abspath(script_args.pairs_file)))["run_id"]},
+        "model": describe_model_input(model_args.model_name_or_path),
+    })
+    set_seed(args.seed)
+    trainer = PretokenizedDPOTrainer(
+        model=model_args.model_name_or_path, args=args, train_dataset=dataset, processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+        callbacks=[SaveAndStopOnSignal(stop), DropOptimizerFromOldCheckpoints()],
+    )
+    trainer.train(resume_from_checkpoint=get_last_checkpoint(run_dir))
+    if stop.requested:
+        return False
+    trainer.save_model(run_dir)
+    trainer.state.save_to_json(os.path.join(run_dir, "trainer_state.json"))
+    plot_training_curves(os.path.join(run_dir, "trainer_state.json"), os.path.join(run_dir, "training_curves.png"),
+                         os.path.basename(run_dir))
+    last_log = next((e for e in reversed(trainer.state.log_history) if "rewards/accuracies" in e), {})
+    manifest.finish(global_step=trainer.state.global_step, checkpoints=[s for s, _ in checkpoint_steps(run_dir)],
+                    final_metrics=last_log)
+    print(f"{run_dir}: {trainer.state.global_step} steps, last logged preference accuracy "
+          f"{last_log.get('rewards/accuracies', float('nan')):.3f}")
+    return True
+
+
+def main(script_args: DPOScriptArguments, training_args: DPOConfig, model_args: ModelConfig) -> int:
+    betas = script_args.betas or [training_args.beta]
+    check_inputs(script_args, training_args, model_args, betas)
+    training_args.model_init_kwargs = {
+        "dtype": model_args.dtype, "attn_implementation": model_args.attn_implementation,
+        **(training_args.model_init_kwargs or {}),
+    }
+    dataset = load_pairs_dataset(script_args, os.path.join(training_args.output_dir, ".datasets_cache"))
+    tokenizer = load_tokenizer(model_args.model_name_or_path, padding_side="right")
+    stop = StopRequest()
+    for beta in betas:
+        if not train_one(beta, script_args, training_args, model_args, dataset, tokenizer, stop):
+            return EXIT_RESUMABLE
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(*parse_config(STAGES)))

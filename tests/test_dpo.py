@@ -1,0 +1,200 @@
+"""Stage 3: DPO's loss, learning signal, shared reference pass, resume, LoRA, loss variants and guards."""
+
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM
+from trl import DPOConfig
+
+import dpo
+from conftest import REPO, dpo_argv, run_script
+from helpers import state_dicts_equal
+from imdb_dpo.config import PairsArguments, parse_config
+from imdb_dpo.data import load_reviews, make_prompts
+from imdb_dpo.dpo_training import PretokenizedDPOTrainer, sequence_log_probs
+from imdb_dpo.manifests import read_manifest
+from imdb_dpo.modeling import load_causal_lm, load_tokenizer
+from imdb_dpo.pairs import PairFileError, read_pairs
+from imdb_dpo.reward import VaderReward
+from imdb_dpo.sampling import plan_batches, sample_batch
+
+
+def run_dpo(argv) -> int:
+    return dpo.main(*parse_config(dpo.STAGES, argv))
+
+
+@torch.no_grad()
+def implicit_reward_margins(policy, reference, pairs):
+    """(log pi_c - log ref_c) - (log pi_r - log ref_r) per pair, from the models' own log-probs."""
+    margins = []
+    for p in pairs:
+        chosen = sequence_log_probs(policy, p["prompt_ids"], p["chosen_ids"]) - sequence_log_probs(reference, p["prompt_ids"], p["chosen_ids"])
+        rejected = sequence_log_probs(policy, p["prompt_ids"], p["rejected_ids"]) - sequence_log_probs(reference, p["prompt_ids"], p["rejected_ids"])
+        margins.append((chosen - rejected).item())
+    return torch.tensor(margins)
+
+
+def test_trl_loss_equals_the_dpo_formula_recomputed_from_log_probs(tiny_sft, tiny_pairs, tiny_dpo, tmp_path):
+    pairs = read_pairs(tiny_pairs)[:8]
+    beta = 0.37
+    args = DPOConfig(output_dir=str(tmp_path), beta=beta, per_device_train_batch_size=8, precompute_ref_log_probs=True,
+                     bf16=False, use_cpu=True, report_to="none", gradient_checkpointing=False)
+    dataset = Dataset.from_list([{k: p[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for p in pairs])
+    trainer = PretokenizedDPOTrainer(model=tiny_dpo, ref_model=AutoModelForCausalLM.from_pretrained(tiny_sft), args=args,
+                                     train_dataset=dataset, processing_class=load_tokenizer(tiny_sft, "right"))
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.model.eval()
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, batch).item()
+
+    policy, reference = load_causal_lm(tiny_dpo), load_causal_lm(tiny_sft)
+    expected = -F.logsigmoid(beta * implicit_reward_margins(policy, reference, pairs)).mean().item()
+    assert loss == pytest.approx(expected, rel=1e-4)
+    assert abs(expected - 0.6931) > 0.05  # policy differs from reference, so the check has teeth
+
+
+def test_tiny_dpo_learns_the_preferences_and_raises_the_reward(tiny_base, tiny_sft, tiny_pairs, tiny_dpo):
+    pairs = read_pairs(tiny_pairs)
+    sft, policy = load_causal_lm(tiny_sft), load_causal_lm(tiny_dpo)
+    margins = implicit_reward_margins(policy, sft, pairs[::4])
+    accuracy = (margins > 0).float().mean().item()
+    assert accuracy > 0.9, accuracy
+
+    tokenizer = load_tokenizer(tiny_sft)
+    args = PairsArguments(train_file=tiny_base["train"], test_file=tiny_base["test"])
+    prompts = make_prompts(load_reviews(args, "test"), tokenizer, 64, "test")
+    vader = VaderReward()
+
+    def mean_reward(model):
+        rewards = []
+        for b, batch in enumerate(plan_batches(prompts, 32)):
+            samples = sample_batch(model, tokenizer, batch, 4, 48, seed=100 + b)
+            rewards += vader([p["prompt"] + c["text"] for p, cs in zip(batch, samples) for c in cs])
+        return sum(rewards) / len(rewards)
+
+    sft_reward, dpo_reward = mean_reward(sft), mean_reward(policy)
+    assert dpo_reward > sft_reward + 0.1, (sft_reward, dpo_reward)
+    manifest = read_manifest(tiny_dpo)
+    assert manifest["finished"] and manifest["checkpoints"] and os.path.isfile(os.path.join(tiny_dpo, "training_curves.png"))
+
+
+def test_two_beta_sweep_runs_the_reference_forward_pass_once(tiny_sft, tiny_pairs, tmp_path, monkeypatch):
+    rows = []
+    original = PretokenizedDPOTrainer.compute_ref_log_probs
+
+    def counting(self, model, inputs):
+        rows.append(inputs["input_ids"].size(0))
+        return original(self, model, inputs)
+
+    monkeypatch.setattr(PretokenizedDPOTrainer, "compute_ref_log_probs", counting)
+    argv = dpo_argv(tiny_sft, tiny_pairs, tmp_path, "--betas", "0.1", "0.5", "--max_train_pairs", "96",
+                    "--max_steps", "2", "--precompute_ref_batch_size", "32")
+    assert run_dpo(argv) == 0
+    assert sum(rows) == 2 * 96  # chosen + rejected of each pair, once for the whole sweep
+    for name in ("sigmoid_beta0.1", "sigmoid_beta0.5"):
+        assert read_manifest(tmp_path / name)["finished"]
+        assert read_manifest(tmp_path / name)["config"]["training"]["beta"] == float(name.split("beta")[1])
+
+
+def test_killed_dpo_resumes_to_the_same_step_and_weights(tiny_sft, tiny_pairs, tmp_path):
+    extra = ["--betas", "0.1", "--max_train_pairs", "640", "--max_steps", "16", "--save_steps", "4",
+             "--per_device_train_batch_size", "16"]
+    run_script("dpo.py", dpo_argv(tiny_sft, tiny_pairs, tmp_path / "straight", *extra))
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "dpo.py", *dpo_argv(tiny_sft, tiny_pairs, killed, *extra)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not glob.glob(str(killed / "sigmoid_beta0.1" / "checkpoint-8" / "trainer_state.json")):
+        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+        time.sleep(0.02)
+    time.sleep(0.3)  # land between two checkpoints
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    run_dir = killed / "sigmoid_beta0.1"
+    assert not read_manifest(run_dir)["finished"]
+
+    run_script("dpo.py", dpo_argv(tiny_sft, tiny_pairs, killed, *extra))
+    manifest = read_manifest(run_dir)
+    assert manifest["finished"] and manifest["global_step"] == 16
+    a = AutoModelForCausalLM.from_pretrained(tmp_path / "straight" / "sigmoid_beta0.1")
+    assert state_dicts_equal(a, AutoModelForCausalLM.from_pretrained(run_dir)) == []
+    # Old checkpoints keep their weights for the evaluation but not the optimizer state.
+    assert not os.path.exists(run_dir / "checkpoint-4" / "optimizer.pt")
+    assert os.path.exists(run_dir / "checkpoint-16" / "optimizer.pt")
+
+
+def test_lora_dpo_trains_saves_and_loads(tiny_sft, tiny_pairs, tmp_path):
+    argv = dpo_argv(tiny_sft, tiny_pairs, tmp_path, "--betas", "0.1", "--max_train_pairs", "64", "--max_steps", "3",
+                    "--save_steps", "3", "--use_peft", "true", "--lora_target_modules", "c_attn", "--lora_r", "4",
+                    "--learning_rate", "1e-2")
+    assert run_dpo(argv) == 0
+    run_dir = tmp_path / "sigmoid_beta0.1_lora"
+    assert os.path.isfile(run_dir / "adapter_config.json") and os.path.isfile(run_dir / "checkpoint-3" / "adapter_config.json")
+    merged = load_causal_lm(str(run_dir))
+    assert state_dicts_equal(merged, load_causal_lm(tiny_sft))  # the adapter changed the model
+    assert state_dicts_equal(merged, load_causal_lm(str(run_dir / "checkpoint-3"))) == []
+
+
+@pytest.mark.parametrize("loss, extra, run", [
+    ("ipo", [], "ipo_beta0.1"),
+    ("hinge", [], "hinge_beta0.1"),
+    ("robust", ["--label_smoothing", "0.1"], "robust_beta0.1_ls0.1"),
+])
+def test_loss_variants_train_in_their_own_named_runs(tiny_sft, tiny_pairs, tmp_path, loss, extra, run):
+    argv = dpo_argv(tiny_sft, tiny_pairs, tmp_path, "--betas", "0.1", "--loss_type", loss, "--max_train_pairs", "64",
+                    "--max_steps", "2", *extra)
+    assert run_dpo(argv) == 0
+    assert read_manifest(tmp_path / run)["finished"]
+
+
+def test_label_smoothing_with_the_sigmoid_loss_is_refused(tiny_sft, tiny_pairs, tmp_path):
+    with pytest.raises(ValueError, match="ignores label smoothing in the sigmoid loss"):
+        run_dpo(dpo_argv(tiny_sft, tiny_pairs, tmp_path, "--label_smoothing", "0.1"))
+
+
+def test_non_positive_beta_is_refused_before_anything_is_written(tiny_sft, tiny_pairs, tmp_path):
+    with pytest.raises(ValueError, match=r"beta must be > 0 \(got \[0.0\]\)"):
+        run_dpo(dpo_argv(tiny_sft, tiny_pairs, tmp_path / "out", "--betas", "0.1", "0"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_invalid_pair_file_is_refused(tiny_sft, tiny_pairs, tmp_path):
+    bad_dir = tmp_path / "pairs"
+    shutil.copytree(os.path.dirname(tiny_pairs), bad_dir)
+    with open(bad_dir / "pairs.jsonl", "a") as f:
+        f.write(json.dumps({"prompt": "x", "chosen": "y"}) + "\n")
+    lines = sum(1 for _ in open(bad_dir / "pairs.jsonl"))
+    with pytest.raises(PairFileError, match=rf"line {lines}: missing field 'rejected'"):
+        run_dpo(dpo_argv(tiny_sft, str(bad_dir / "pairs.jsonl"), tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_pairs_from_another_model_than_the_reference_are_refused(tiny_base, tiny_pairs, tmp_path):
+    with pytest.raises(ValueError, match=r"was sampled from .* but model_name_or_path is .*must be the model that generated"):
+        run_dpo(dpo_argv(tiny_base["model"], tiny_pairs, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_nan_loss_stops_training_without_writing_a_checkpoint(tiny_sft, tiny_pairs, tmp_path):
+    broken = tmp_path / "nan_sft"
+    shutil.copytree(tiny_sft, broken, ignore=shutil.ignore_patterns("checkpoint-*"))
+    weights = load_file(broken / "model.safetensors")
+    name = next(k for k in weights if k.endswith("ln_f.weight"))
+    weights[name][0] = float("nan")
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(FloatingPointError, match=r"DPO loss is nan at step 1 .* no checkpoint was written"):
+        run_dpo(dpo_argv(str(broken), tiny_pairs, tmp_path / "out", "--betas", "0.1", "--max_train_pairs", "64",
+                         "--save_steps", "1", "--precompute_ref_log_probs", "false"))
+    assert glob.glob(str(tmp_path / "out" / "*" / "checkpoint-*")) == []
