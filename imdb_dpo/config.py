@@ -160,3 +160,14 @@ class DPOScriptArguments:
     )
     max_train_pairs: int | None = None
     overwrite: bool = field(default=False, metadata={"help": "Delete finished runs of this sweep and train again."})
+
+
+@dataclass
+class EvalArguments(SamplingArguments):
+    sft_model: str = field(default="${OUTPUT_ROOT}/outputs/gpt2-large/sft", metadata={"help": "Also the KL reference."})
+    base_model: str | None = field(default=None, metadata={"help": "Pre-SFT model, shown as a point when set."})
+    dpo_dir: str = field(default="${OUTPUT_ROOT}/outputs/gpt2-large/dpo", metadata={"help": "Root of the DPO runs."})
+    output_dir: str = "${OUTPUT_ROOT}/outputs/gpt2-large/eval"
+    best_of_n_samples: int = field(default=16, metadata={"help": "SFT samples per prompt for the best-of-N baseline."})
+    kl_batch_size: int = 32
+    report_prompts: int = field(default=3, metadata={"help": "Prompts shown side by side in report.md."})

@@ -32,3 +32,41 @@ def plot_training_curves(trainer_state_path: str, output_path: str, title: str) 
     fig.tight_layout()
     fig.savefig(output_path, dpi=110)
     plt.close(fig)
+
+
+def plot_frontier(summary: list[dict], output_path: str, title: str = "reward vs KL") -> None:
+    """Reward against KL(pi || pi_ref) from the summary rows alone: one line per DPO run through its
+    checkpoints (starting at the SFT model), best-of-N on the SFT model, and the base model if present."""
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    by_run: dict[str, list[dict]] = {}
+    for row in summary:
+        by_run.setdefault(row["run"], []).append(row)
+    sft = by_run.get("sft", [])
+
+    def errorbar(rows, **style):
+        rows = sorted(rows, key=lambda r: float(r["step"]))
+        x = [float(r["kl_mean"]) for r in rows]
+        y = [float(r["reward_mean"]) for r in rows]
+        xerr = [[xi - float(r["kl_lo"]) for xi, r in zip(x, rows)], [float(r["kl_hi"]) - xi for xi, r in zip(x, rows)]]
+        yerr = [[yi - float(r["reward_lo"]) for yi, r in zip(y, rows)], [float(r["reward_hi"]) - yi for yi, r in zip(y, rows)]]
+        ax.errorbar(x, y, xerr=xerr, yerr=yerr, capsize=2, **style)
+
+    if "best_of_n" in by_run:
+        errorbar(by_run["best_of_n"], fmt="--", color="gray", marker="s", markersize=4, label="best-of-N on SFT (N=1..16)")
+    for run in sorted(r for r in by_run if r not in ("sft", "base", "best_of_n")):
+        rows = by_run[run]
+        errorbar(sft + rows, fmt="-", marker="o", markersize=4, label=f"{run} (beta={rows[0]['beta']})")
+    if sft:
+        errorbar(sft, fmt="*", color="black", markersize=12, label="SFT")
+    if "base" in by_run:
+        errorbar(by_run["base"], fmt="P", color="brown", markersize=9, label="base (pre-SFT)")
+    # Best-of-N lives below 2 nats and DPO runs reach tens: a log scale past 1 nat shows both.
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlabel("KL(policy || SFT reference), nats per sample (log scale above 1)")
+    ax.set_ylabel("mean reward (P[positive])")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(output_path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,194 @@
+"""Stage 4: reward and KL(policy || SFT) of the SFT model and every DPO checkpoint on held-out prompts.
+
+    python eval.py --config configs/gpt2-large/eval.yaml
+
+Writes to output_dir: records/<settings>/<run>/step-<N>/records.jsonl (one record per sample),
+summary.csv (per checkpoint, with 95% bootstrap intervals over prompts, and best-of-N rows),
+reward_vs_kl.png (drawn from summary.csv alone) and report.md. A checkpoint already evaluated with the
+same settings is skipped, and an interrupted evaluation resumes from its last finished batch.
+"""
+
+import csv
+import hashlib
+import io
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from imdb_dpo.batch_log import BatchLog
+from imdb_dpo.config import EvalArguments, parse_config
+from imdb_dpo.data import load_reviews, make_prompts
+from imdb_dpo.dpo_training import checkpoint_steps
+from imdb_dpo.evaluation import (BEST_OF_N, best_of_n_kl_bound, best_of_n_rewards, bootstrap_interval, distinct_n,
+                                 summarise, win_rate)
+from imdb_dpo.kl import sequence_kls
+from imdb_dpo.manifests import Manifest, describe_model_input, is_finished, read_manifest, write_text_atomic
+from imdb_dpo.modeling import load_causal_lm, load_tokenizer
+from imdb_dpo.plots import plot_frontier
+from imdb_dpo.preemption import EXIT_RESUMABLE, StopRequest
+from imdb_dpo.report import write_report
+from imdb_dpo.reward import make_reward
+from imdb_dpo.sampling import batch_seed, plan_batches, sample_batch
+
+STAGES = (EvalArguments,)
+SUMMARY_COLUMNS = ["run", "loss_type", "beta", "step", "reward_mean", "reward_lo", "reward_hi", "kl_mean", "kl_lo",
+                   "kl_hi", "kl_logratio_mean", "n", "win_rate_vs_sft", "mean_length", "distinct_2", "path"]
+
+
+def settings_of(args: EvalArguments) -> dict:
+    """What decides an evaluation's numbers; records made under other settings are kept apart."""
+    keys = ("dataset_name", "train_file", "test_file", "text_column", "num_prompts", "min_prompt_tokens",
+            "max_prompt_tokens", "min_review_chars", "samples_per_prompt", "best_of_n_samples", "max_new_tokens",
+            "temperature", "top_k", "top_p", "batch_size", "reward_model", "seed")
+    return {**{k: getattr(args, k) for k in keys}, "reference": describe_model_input(args.sft_model)}
+
+
+def models_to_evaluate(args: EvalArguments) -> list[dict]:
+    units = [{"run": "sft", "loss_type": "", "beta": "", "step": 0, "path": args.sft_model}]
+    if args.base_model:
+        units.append({"run": "base", "loss_type": "", "beta": "", "step": 0, "path": args.base_model})
+    runs = sorted(os.listdir(args.dpo_dir)) if os.path.isdir(args.dpo_dir) else []
+    for name in runs:
+        run_dir = os.path.join(args.dpo_dir, name)
+        manifest = read_manifest(run_dir)
+        if not manifest or manifest.get("stage") != "dpo":
+            continue
+        if not manifest.get("finished"):
+            print(f"skipping {run_dir}: the DPO run is unfinished")
+            continue
+        training = manifest["config"]["training"]
+        meta = {"run": name, "loss_type": "+".join(training["loss_type"]), "beta": training["beta"]}
+        steps = dict(checkpoint_steps(run_dir))
+        steps.setdefault(manifest["global_step"], run_dir)  # the final model, when no checkpoint holds it
+        units += [{**meta, "step": step, "path": path} for step, path in sorted(steps.items())]
+    return units
+
+
+def evaluate(unit, prompts, args, tokenizer, reference, reward, records_root, stop) -> list[dict] | None:
+    """Per-sample records of one model; None when stopped by a signal (the finished batches are kept)."""
+    directory = os.path.join(records_root, unit["run"], f"step-{unit['step']}")
+    num_samples = args.best_of_n_samples if unit["run"] == "sft" else args.samples_per_prompt
+    log = BatchLog(os.path.join(directory, "records.jsonl"))
+    if is_finished(directory):
+        log.close()
+        return log.records
+    manifest = Manifest(directory, "eval", {"unit": unit}, {"model": describe_model_input(unit["path"])})
+    batches = [(b, batch) for b, batch in enumerate(plan_batches(prompts, args.batch_size)) if b not in log.done_batches]
+    if batches:
+        device = reference.device
+        policy = reference if unit["run"] == "sft" else load_causal_lm(unit["path"], reference.dtype, device)
+    for b, batch in tqdm(batches, desc=f"eval {unit['run']} step {unit['step']}", unit="batch"):
+        samples = sample_batch(policy, tokenizer, batch, num_samples, args.max_new_tokens, batch_seed(args.seed, b),
+                               args.temperature, args.top_k, args.top_p)
+        flat = [(p, i, c) for p, cs in zip(batch, samples) for i, c in enumerate(cs)]
+        rewards = reward([p["prompt"] + c["text"] for p, _, c in flat])
+        exact, ratio = sequence_kls(policy, None if policy is reference else reference, [p["prompt_ids"] for p, _, _ in flat],
+                                    [c["ids"] for _, _, c in flat], tokenizer.pad_token_id, args.kl_batch_size)
+        log.append_batch(b, [
+            {"run": unit["run"], "loss_type": unit["loss_type"], "beta": unit["beta"], "step": unit["step"],
+             "prompt_id": p["prompt_id"], "prompt": p["prompt"], "sample": i, "completion_ids": c["ids"],
+             "text": c["text"], "finish": c["finish"], "reward": r, "kl_exact": ke, "kl_logratio": kr}
+            for (p, i, c), r, ke, kr in zip(flat, rewards, exact, ratio)])
+        if stop.requested:
+            log.close()
+            return None
+    log.close()
+    manifest.finish(n=len(log.records))
+    return log.records
+
+
+def summary_row(unit, records, sft_records, seed) -> dict:
+    stats = summarise(records, seed)
+    is_sft = unit["run"] == "sft"
+    return {**{k: unit[k] for k in ("run", "loss_type", "beta", "step", "path")}, **stats,
+            "win_rate_vs_sft": "" if is_sft else win_rate(records, sft_records),
+            "mean_length": float(np.mean([len(r["completion_ids"]) for r in records])),
+            "distinct_2": distinct_n([r["completion_ids"] for r in records], 2)}
+
+
+def best_of_n_rows(sft_records, args) -> list[dict]:
+    rows = []
+    for n in (n for n in BEST_OF_N if n <= args.best_of_n_samples):
+        rewards = best_of_n_rewards(sft_records, n)
+        lo, hi = bootstrap_interval(rewards, seed=args.seed)
+        bound = best_of_n_kl_bound(n)
+        rows.append({"run": "best_of_n", "loss_type": "", "beta": "", "step": n, "reward_mean": float(rewards.mean()),
+                     "reward_lo": lo, "reward_hi": hi, "kl_mean": bound, "kl_lo": bound, "kl_hi": bound,
+                     "kl_logratio_mean": bound, "n": len(sft_records), "win_rate_vs_sft": "", "mean_length": "",
+                     "distinct_2": "", "path": ""})
+    return rows
+
+
+def write_summary(path: str, rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, buffer.getvalue())
+
+
+def read_summary(path: str) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def main(args: EvalArguments) -> int:
+    if args.best_of_n_samples < args.samples_per_prompt:
+        raise ValueError(f"best_of_n_samples ({args.best_of_n_samples}) must be >= samples_per_prompt "
+                         f"({args.samples_per_prompt}): the SFT samples also serve as its own evaluation")
+    settings = settings_of(args)
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    records_root = os.path.join(args.output_dir, "records", key)
+    write_text_atomic(os.path.join(records_root, "settings.json"), json.dumps(settings, indent=2, default=str) + "\n")
+
+    tokenizer = load_tokenizer(args.sft_model)
+    prompts = make_prompts(load_reviews(args, "test"), tokenizer, args.num_prompts, "test", args.min_prompt_tokens,
+                           args.max_prompt_tokens, args.min_review_chars, args.seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    reference = load_causal_lm(args.sft_model, torch.bfloat16 if device == "cuda" else torch.float32, device)
+    reward = make_reward(args.reward_model, args.reward_batch_size)
+    stop = StopRequest()
+
+    units = models_to_evaluate(args)
+    records = {}
+    for unit in units:
+        result = evaluate(unit, prompts, args, tokenizer, reference, reward, records_root, stop)
+        if result is None:
+            return EXIT_RESUMABLE
+        records[(unit["run"], unit["step"])] = result
+
+    sft_all = records[("sft", 0)]
+    sft_paired = [r for r in sft_all if r["sample"] < args.samples_per_prompt]
+    rows = [summary_row(u, records[(u["run"], u["step"])], sft_paired, args.seed) for u in units]
+    rows += best_of_n_rows(sft_all, args)
+    summary_path = os.path.join(args.output_dir, "summary.csv")
+    write_summary(summary_path, rows)
+    plot_frontier(read_summary(summary_path), os.path.join(args.output_dir, "reward_vs_kl.png"))
+
+    finals = [r for r in rows if r["run"] in ("base", "sft")]
+    for run in sorted({u["run"] for u in units} - {"base", "sft"}):
+        finals.append(max((r for r in rows if r["run"] == run), key=lambda r: r["step"]))
+    for r in finals:
+        r["label"] = r["run"] if r["run"] in ("base", "sft") else f"{r['run']} (step {r['step']})"
+    shown = [p["prompt"] for p in prompts[: args.report_prompts]]
+    samples = {prompt: {r["label"]: next(x for x in records[(r["run"], r["step"])]
+                                        if x["prompt"] == prompt and x["sample"] == 0) for r in finals}
+               for prompt in shown}
+    curves = {run: os.path.join(args.dpo_dir, run, "training_curves.png") for run in {u["run"] for u in units}
+              if os.path.isfile(os.path.join(args.dpo_dir, run, "training_curves.png"))}
+    report = write_report(os.path.join(args.output_dir, "report.md"), rows[:0] + [r for r in rows if r["run"] != "best_of_n"],
+                          finals, samples, curves, settings)
+    write_text_atomic(os.path.join(args.output_dir, "report.md"), report)
+    for r in finals:
+        print(f"{r['label']:<28} reward {r['reward_mean']:.3f}  KL {r['kl_mean']:.2f}  "
+              f"win vs SFT {r['win_rate_vs_sft'] if r['win_rate_vs_sft'] == '' else round(r['win_rate_vs_sft'], 3)}")
+    print(f"summary, plot and report in {args.output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(*parse_config(STAGES)))
