@@ -68,6 +68,13 @@ def load_pairs_dataset(script_args: DPOScriptArguments, cache_dir: str):
     return dataset
 
 
+def new_trainer(args, model_args, dataset, tokenizer, callbacks=()):
+    set_seed(args.seed)  # the same LoRA initialisation, hence the same reference hash, in every run
+    return PretokenizedDPOTrainer(model=model_args.model_name_or_path, args=args, train_dataset=dataset,
+                                  processing_class=tokenizer, peft_config=get_peft_config(model_args),
+                                  callbacks=list(callbacks))
+
+
 def train_one(beta, script_args, training_args, model_args, dataset, tokenizer, stop) -> bool:
     """Train (or resume, or skip) the run for one beta; returns False when stopped by a signal."""
     run_dir = os.path.join(training_args.output_dir, run_name(training_args.loss_type[0], beta,
@@ -83,12 +90,7 @@ def train_one(beta, script_args, training_args, model_args, dataset, tokenizer, 
                   "run_id": read_manifest(os.path.dirname(os.path.abspath(script_args.pairs_file)))["run_id"]},
         "model": describe_model_input(model_args.model_name_or_path),
     })
-    set_seed(args.seed)
-    trainer = PretokenizedDPOTrainer(
-        model=model_args.model_name_or_path, args=args, train_dataset=dataset, processing_class=tokenizer,
-        peft_config=get_peft_config(model_args),
-        callbacks=[SaveAndStopOnSignal(stop), DropOptimizerFromOldCheckpoints()],
-    )
+    trainer = new_trainer(args, model_args, dataset, tokenizer, [SaveAndStopOnSignal(stop), DropOptimizerFromOldCheckpoints()])
     trainer.train(resume_from_checkpoint=get_last_checkpoint(run_dir))
     if stop.requested:
         return False
@@ -113,6 +115,14 @@ def main(script_args: DPOScriptArguments, training_args: DPOConfig, model_args: 
     }
     dataset = load_pairs_dataset(script_args, os.path.join(training_args.output_dir, ".datasets_cache"))
     tokenizer = load_tokenizer(model_args.model_name_or_path, padding_side="right")
+    if script_args.reference_only:
+        if not training_args.precompute_ref_log_probs:
+            raise ValueError("reference_only needs precompute_ref_log_probs: true in the config")
+        scratch = os.path.join(training_args.output_dir, ".reference")
+        new_trainer(dataclasses.replace(training_args, output_dir=scratch), model_args, dataset, tokenizer)
+        shutil.rmtree(scratch, ignore_errors=True)
+        print(f"reference log-probs cached in {training_args.output_dir}/.datasets_cache")
+        return 0
     stop = StopRequest()
     for beta in betas:
         if not train_one(beta, script_args, training_args, model_args, dataset, tokenizer, stop):

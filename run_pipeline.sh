@@ -10,15 +10,16 @@ export OUTPUT_ROOT=$(realpath -m "${OUTPUT_ROOT:-$repo}")
 configs=$repo/configs/$preset
 [ -d "$configs" ] || { echo "no preset '$preset': $configs does not exist" >&2; exit 2; }
 cd "$repo"
+python=${PYTHON:-python}
 
 if [ -f "$configs/base.yaml" ]; then
   echo "== tiny base model and data ($configs/base.yaml)"
-  python -m imdb_dpo.tiny --config "$configs/base.yaml"
+  "$python" -m imdb_dpo.tiny --config "$configs/base.yaml"
 fi
 for stage in sft preference_pairs dpo eval; do
   if [ -f "$configs/$stage.yaml" ]; then
     echo "== $stage ($configs/$stage.yaml)"
-    python "$stage.py" --config "$configs/$stage.yaml"
+    "$python" "$stage.py" --config "$configs/$stage.yaml"
   fi
 done
 echo "== done: outputs in $OUTPUT_ROOT/outputs/$preset"

@@ -160,6 +160,10 @@ class DPOScriptArguments:
     )
     max_train_pairs: int | None = None
     overwrite: bool = field(default=False, metadata={"help": "Delete finished runs of this sweep and train again."})
+    reference_only: bool = field(
+        default=False,
+        metadata={"help": "Only compute and cache the reference log-probs (a job before a SLURM array over betas)."},
+    )
 
 
 @dataclass

@@ -1,30 +1,51 @@
-"""Stopping cleanly on SIGUSR1 (SLURM's warning before the time limit) or SIGTERM (preemption).
+"""Stopping cleanly before a time limit or on preemption, without losing work.
 
-The signal only sets a flag. Trainer stages check it at the next step boundary, save a checkpoint and
-stop; generation stages check it between batches after flushing. The process then exits with
-`EXIT_RESUMABLE`, which tells a job script that the work is unfinished and should be requeued.
+A stop is requested by SIGUSR1 or SIGTERM sent to the process, or by the file named in the environment
+variable `IMDB_DPO_STOP_FILE` appearing. The SLURM job scripts use the file: under `accelerate launch`
+or `srun` the launcher would die of a forwarded SIGUSR1, while every rank can see a file.
+
+Trainer stages check at each optimizer-step boundary (all ranks agree through an all-reduce, so they
+stop at the same step), save a checkpoint and stop; generation stages check between batches, after
+flushing. The process then exits with `EXIT_RESUMABLE`, which a job script answers with a requeue.
 """
 
+import os
 import signal
 
+import torch
+import torch.distributed as dist
 from transformers import TrainerCallback
 
 EXIT_RESUMABLE = 75  # EX_TEMPFAIL: try again later
+STOP_FILE_VARIABLE = "IMDB_DPO_STOP_FILE"
 
 
 class StopRequest:
     def __init__(self, signals=(signal.SIGUSR1, signal.SIGTERM)):
-        self.signal_name = None
+        self.reason = None
+        self.stop_file = os.environ.get(STOP_FILE_VARIABLE)
         for signum in signals:
             signal.signal(signum, self._handle)
 
     def _handle(self, signum, frame):
-        self.signal_name = signal.Signals(signum).name
-        print(f"\n{self.signal_name} received: finishing the current step, saving and exiting", flush=True)
+        self.reason = signal.Signals(signum).name
+        print(f"\n{self.reason} received: finishing the current step, saving and exiting", flush=True)
 
     @property
     def requested(self) -> bool:
-        return self.signal_name is not None
+        if self.reason is None and self.stop_file and os.path.exists(self.stop_file):
+            self.reason = f"stop file {self.stop_file}"
+            print(f"\n{self.reason} appeared: finishing the current step, saving and exiting", flush=True)
+        return self.reason is not None
+
+    def requested_on_any_rank(self) -> bool:
+        local = self.requested
+        if not (dist.is_available() and dist.is_initialized()):
+            return local
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        flag = torch.tensor([int(local)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
 
 class SaveAndStopOnSignal(TrainerCallback):
@@ -34,7 +55,8 @@ class SaveAndStopOnSignal(TrainerCallback):
         self.stop = stop
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.stop.requested:
+        if self.stop.requested_on_any_rank():
+            self.stop.reason = self.stop.reason or "another rank's stop request"
             control.should_save = True
             control.should_training_stop = True
         return control

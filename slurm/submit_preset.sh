@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Submits a whole preset as a chain of SLURM jobs, each starting when the one before succeeded:
+#   SFT -> pair shards (array) -> merge -> reference log-probs -> DPO (array over betas) -> evaluation
+# Usage, from the repo root: slurm/submit_preset.sh <preset> [number of pair shards, default 4]
+# Extra sbatch options for every job (partition, account, ...) go in SBATCH_EXTRA.
+set -euo pipefail
+preset=${1:?usage: slurm/submit_preset.sh <preset> [num_shards]}
+shards=${2:-4}
+cd "$(dirname "$0")/.."
+[ -d "configs/$preset" ] || { echo "no preset configs/$preset" >&2; exit 2; }
+betas=$(python3 -c "import sys, yaml; print(*yaml.safe_load(open(sys.argv[1]))['betas'])" "configs/$preset/dpo.yaml")
+read -r -a beta_list <<< "$betas"
+submit() { sbatch --parsable ${SBATCH_EXTRA:-} "$@"; }
+
+sft=$(submit slurm/sft.sbatch "$preset")
+pairs=$(submit --dependency=afterok:"$sft" --array=0-$((shards - 1)) slurm/pairs.sbatch "$preset" "$shards")
+merge=$(submit --dependency=afterok:"$pairs" slurm/merge_pairs.sbatch "$preset" "$shards")
+reference=$(submit --dependency=afterok:"$merge" slurm/dpo_reference.sbatch "$preset")
+dpo=$(submit --dependency=afterok:"$reference" --array=0-$((${#beta_list[@]} - 1)) slurm/dpo.sbatch "$preset" "${beta_list[@]}")
+evaluation=$(submit --dependency=afterok:"$dpo" slurm/eval.sbatch "$preset")
+printf 'sft %s\npairs %s (array of %s)\nmerge %s\nreference %s\ndpo %s (betas %s)\neval %s\n' \
+  "$sft" "$pairs" "$shards" "$merge" "$reference" "$dpo" "$betas" "$evaluation"

@@ -1,0 +1,157 @@
+"""Stage 4: KL estimators, best-of-N, intervals, win rate, incremental evaluation, and the report."""
+
+import csv
+import math
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from torch.distributions import Categorical, kl_divergence
+
+import eval as eval_stage
+from conftest import REPO
+from imdb_dpo.config import PairsArguments, parse_config
+from imdb_dpo.data import load_reviews, make_prompts
+from imdb_dpo.evaluation import best_of_n_kl_bound, distinct_n, win_rate
+from imdb_dpo.kl import sequence_kls
+from imdb_dpo.modeling import load_causal_lm, load_tokenizer
+from imdb_dpo.sampling import plan_batches, sample_batch
+
+
+def eval_argv(tiny_base, tiny_sft, dpo_root, output_dir, *extra):
+    return ["--config", os.path.join(REPO, "configs/tiny/eval.yaml"), "--sft_model", tiny_sft,
+            "--base_model", tiny_base["model"], "--dpo_dir", str(dpo_root), "--output_dir", str(output_dir),
+            "--train_file", tiny_base["train"], "--test_file", tiny_base["test"], "--num_prompts", "24",
+            "--batch_size", "12", *extra]
+
+
+def run_eval(argv) -> int:
+    return eval_stage.main(*parse_config(eval_stage.STAGES, argv))
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def samples(tiny_base, tiny_sft, tiny_dpo):
+    """256 completions sampled from the DPO policy on test prompts."""
+    tokenizer = load_tokenizer(tiny_sft)
+    args = PairsArguments(train_file=tiny_base["train"], test_file=tiny_base["test"])
+    prompts = make_prompts(load_reviews(args, "test"), tokenizer, 64, "test")
+    policy = load_causal_lm(tiny_dpo)
+    prompt_ids, completion_ids = [], []
+    for b, batch in enumerate(plan_batches(prompts, 32)):
+        for p, cs in zip(batch, sample_batch(policy, tokenizer, batch, 4, 32, seed=7 + b)):
+            prompt_ids += [p["prompt_ids"]] * len(cs)
+            completion_ids += [c["ids"] for c in cs]
+    return {"policy": policy, "reference": load_causal_lm(tiny_sft), "prompt_ids": prompt_ids,
+            "completion_ids": completion_ids, "pad": tokenizer.pad_token_id}
+
+
+def test_exact_kl_equals_an_independent_per_position_kl(samples):
+    exact, _ = sequence_kls(samples["policy"], samples["reference"], samples["prompt_ids"][:12],
+                            samples["completion_ids"][:12], samples["pad"], batch_size=5)
+    for i in range(12):
+        prompt, completion = samples["prompt_ids"][i], samples["completion_ids"][i]
+        total = 0.0
+        for t in range(len(completion)):  # one unbatched forward per generated position
+            prefix = torch.tensor([prompt + completion[:t]])
+            with torch.no_grad():
+                p = samples["policy"](prefix).logits[0, -1]
+                q = samples["reference"](prefix).logits[0, -1]
+            total += kl_divergence(Categorical(logits=p), Categorical(logits=q)).item()
+        assert exact[i] == pytest.approx(total, rel=1e-4, abs=1e-4)
+    assert min(exact) > 0
+
+
+def test_kl_is_zero_when_the_policy_is_the_reference(samples, tiny_sft):
+    twin = load_causal_lm(tiny_sft)
+    exact, ratio = sequence_kls(samples["reference"], twin, samples["prompt_ids"][:32], samples["completion_ids"][:32],
+                                samples["pad"])
+    assert max(abs(x) for x in exact) < 1e-5 and max(abs(x) for x in ratio) < 1e-5
+
+
+def test_exact_and_log_ratio_estimators_agree_within_sampling_error(samples):
+    exact, ratio = sequence_kls(samples["policy"], samples["reference"], samples["prompt_ids"],
+                                samples["completion_ids"], samples["pad"])
+    diff = np.array(ratio) - np.array(exact)
+    standard_error = diff.std(ddof=1) / math.sqrt(len(diff))
+    assert abs(diff.mean()) < 4 * standard_error, (np.mean(exact), np.mean(ratio), standard_error)
+    assert np.mean(exact) > 1.0  # a real distance, not two estimates of nothing
+
+
+def test_win_rate_and_distinct_2_on_hand_made_records():
+    policy = [{"prompt_id": "a", "sample": 0, "reward": 0.9}, {"prompt_id": "a", "sample": 1, "reward": 0.2},
+              {"prompt_id": "b", "sample": 0, "reward": 0.5}]
+    baseline = [{"prompt_id": "a", "sample": 0, "reward": 0.1}, {"prompt_id": "a", "sample": 1, "reward": 0.3},
+                {"prompt_id": "b", "sample": 0, "reward": 0.5}]
+    assert win_rate(policy, baseline) == pytest.approx((1 + 0 + 0.5) / 3)
+    assert distinct_n([[1, 2, 1, 2, 1, 2]], 2) == pytest.approx(2 / 5)
+    assert distinct_n([[1, 2, 3], [3, 4]], 2) == 1.0
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_base, tiny_sft, tiny_dpo, tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    dpo_root = root / "dpo"
+    dpo_root.mkdir()
+    shutil.copytree(tiny_dpo, dpo_root / os.path.basename(tiny_dpo))
+    assert run_eval(eval_argv(tiny_base, tiny_sft, dpo_root, root / "out")) == 0
+    return {"root": root, "dpo_root": dpo_root, "out": root / "out", "run": os.path.basename(tiny_dpo)}
+
+
+def test_summary_has_every_checkpoint_and_intervals_contain_their_means(evaluated, tiny_dpo):
+    rows = read_csv(evaluated["out"] / "summary.csv")
+    for column in ("run", "loss_type", "beta", "step", "reward_mean", "reward_lo", "reward_hi", "kl_mean", "kl_lo", "kl_hi", "n"):
+        assert column in rows[0]
+    for r in rows:
+        assert float(r["reward_lo"]) <= float(r["reward_mean"]) <= float(r["reward_hi"])
+        assert float(r["kl_lo"]) <= float(r["kl_mean"]) <= float(r["kl_hi"])
+    steps = sorted(int(r["step"]) for r in rows if r["run"] == evaluated["run"])
+    expected = sorted(int(d.split("-")[1]) for d in os.listdir(tiny_dpo) if d.startswith("checkpoint-"))
+    assert steps == expected
+    sft = next(r for r in rows if r["run"] == "sft")
+    assert float(sft["kl_mean"]) == 0.0 and int(sft["n"]) == 24 * 16
+    final = next(r for r in rows if r["run"] == evaluated["run"] and int(r["step"]) == steps[-1])
+    assert int(final["n"]) == 24 * 4 and float(final["kl_mean"]) > 0 and 0 <= float(final["win_rate_vs_sft"]) <= 1
+    assert any(r["run"] == "base" for r in rows)
+
+
+def test_best_of_n_points_sit_at_the_kl_bound_with_rewards_recomputed(evaluated):
+    rows = {int(r["step"]): r for r in read_csv(evaluated["out"] / "summary.csv") if r["run"] == "best_of_n"}
+    assert sorted(rows) == [1, 2, 4, 8, 16]
+    records_root = next((evaluated["out"] / "records").iterdir())
+    sft_records = [__import__("json").loads(line) for line in open(records_root / "sft" / "step-0" / "records.jsonl")]
+    rewards = {}
+    for r in sft_records:
+        rewards.setdefault(r["prompt_id"], [None] * 16)[r["sample"]] = r["reward"]
+    for n, row in rows.items():
+        assert float(row["kl_mean"]) == pytest.approx(math.log(n) - (n - 1) / n) == best_of_n_kl_bound(n)
+        expected = np.mean([np.mean([max(v[i : i + n]) for i in range(0, 16, n)]) for v in rewards.values()])
+        assert float(row["reward_mean"]) == pytest.approx(expected)
+    assert float(rows[16]["reward_mean"]) > float(rows[1]["reward_mean"])
+
+
+def test_report_and_plot_are_written(evaluated):
+    report = open(evaluated["out"] / "report.md").read()
+    assert "## Final models" in report and "| sft |" in report and "![reward vs KL](reward_vs_kl.png)" in report
+    assert "## Samples side by side" in report and "training_curves.png" in report
+    assert os.path.getsize(evaluated["out"] / "reward_vs_kl.png") > 10_000
+
+
+def test_adding_a_run_evaluates_only_what_is_new(evaluated, tiny_base, tiny_sft, monkeypatch):
+    records_root = next((evaluated["out"] / "records").iterdir())
+    before = {p: os.path.getmtime(p) for p in records_root.rglob("records.jsonl")}
+    shutil.copytree(evaluated["dpo_root"] / evaluated["run"], evaluated["dpo_root"] / "copy_of_run")
+    evaluated_paths = []
+    original = eval_stage.load_causal_lm
+    monkeypatch.setattr(eval_stage, "load_causal_lm", lambda path, *a: evaluated_paths.append(path) or original(path, *a))
+    assert run_eval(eval_argv(tiny_base, tiny_sft, evaluated["dpo_root"], evaluated["out"])) == 0
+    assert all(os.path.getmtime(p) == t for p, t in before.items())  # nothing old was redone
+    new_models = [p for p in evaluated_paths if "copy_of_run" in p]
+    assert len(new_models) == len(evaluated_paths) - 1  # the reference is loaded once, then only the new run
+    assert {r["run"] for r in read_csv(evaluated["out"] / "summary.csv")} >= {"copy_of_run", evaluated["run"]}

@@ -1,0 +1,38 @@
+"""End to end: `./run_pipeline.sh tiny` as a user runs it, and the DPO effect it must show."""
+
+import csv
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def run_pipeline(output_root):
+    env = {**os.environ, "OUTPUT_ROOT": str(output_root), "PYTHON": sys.executable}
+    proc = subprocess.run(["./run_pipeline.sh", "tiny"], cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc.stdout
+
+
+def test_tiny_pipeline_shows_the_dpo_effect_and_reruns_as_a_no_op(tmp_path):
+    run_pipeline(tmp_path)
+    with open(tmp_path / "outputs/tiny/eval/summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    sft_reward = float(next(r for r in rows if r["run"] == "sft")["reward_mean"])
+    finals = {}
+    for r in rows:
+        if r["run"].startswith("sigmoid_beta") and int(r["step"]) >= int(finals.get(r["beta"], {"step": -1})["step"]):
+            finals[r["beta"]] = r
+    assert sorted(finals, key=float) == ["0.05", "0.1", "1.0"]
+    for beta, row in finals.items():
+        assert float(row["reward_mean"]) > sft_reward + 0.2, (beta, row["reward_mean"], sft_reward)
+    kls = [float(finals[b]["kl_mean"]) for b in ("0.05", "0.1", "1.0")]
+    assert kls[0] > kls[1] > kls[2] > 0, kls  # a smaller beta lets the policy move further from the reference
+    assert os.path.isfile(tmp_path / "generations/tiny/pairs.jsonl")
+    assert os.path.isfile(tmp_path / "outputs/tiny/eval/report.md")
+
+    before = {p: os.path.getmtime(p) for p in tmp_path.rglob("*") if p.is_file() and "eval" not in p.parts}
+    out = run_pipeline(tmp_path)
+    assert out.count("skipping") >= 5  # base, SFT, pairs and the three DPO runs
+    assert all(os.path.getmtime(p) == t for p, t in before.items())
