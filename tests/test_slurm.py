@@ -1,0 +1,111 @@
+"""On a real SLURM (single node on localhost): a job that one allocation cannot finish is warned before its
+time limit, saves, requeues itself, resumes, and ends exactly as an uninterrupted run.
+
+Skipped where SLURM is not installed, except in CI (CI=true), where `.ci/run` installs it and it must run.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO
+from imdb_dpo.manifests import read_manifest
+from slurm_cluster import SlurmCluster, slurm_installed
+
+if not slurm_installed():
+    if os.environ.get("CI") == "true":
+        raise RuntimeError("CI=true but SLURM is not installed: .ci/run must install slurm-wlm and munge")
+    pytest.skip("SLURM (slurm-wlm, munge) is not installed here; CI installs it and runs these tests",
+                allow_module_level=True)
+
+# One minute is SLURM's shortest limit. slurmctld checks time limits every 30 s and sends the warning once
+# `warning + 30 s` covers the time left, so @20 arrives 10-40 s into each allocation.
+JOB_LIMITS = ["--time=1", "--signal=B:USR1@20", "--gres=none", "--mem=1G", "--cpus-per-task=1"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    cluster = SlurmCluster(str(tmp_path_factory.mktemp("slurm")))
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+def drive_to_end(cluster, job_id: str, timeout: float = 900) -> dict:
+    """Wait for the job to end. A requeued job is held back by SLURM for a while (BeginTime); releasing it at
+    once only shortens the test, the job itself is untouched."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        out = cluster.run("scontrol", "show", "job", job_id).stdout
+        fields = dict(part.split("=", 1) for part in out.split() if "=" in part)
+        state = fields.get("JobState")
+        if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
+            return fields
+        if state == "PENDING" and fields.get("Reason") == "BeginTime":
+            cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+        time.sleep(1)
+    raise AssertionError(f"job {job_id} did not end in {timeout} s\n{cluster.logs()}")
+
+
+def job_env(output_root, **extra):
+    return {"OUTPUT_ROOT": str(output_root), "PYTHONPATH": REPO, "PATH": os.path.dirname(sys.executable) + ":" + os.environ["PATH"],
+            "TQDM_DISABLE": "1", **extra}
+
+
+def test_dpo_job_is_warned_checkpoints_requeues_and_matches_an_uninterrupted_run(cluster, tiny_sft, tiny_pairs, tmp_path):
+    root = tmp_path / "slurm_run"
+    shutil.copytree(tiny_sft, root / "outputs/tiny/sft")
+    shutil.copytree(os.path.dirname(tiny_pairs), root / "generations/tiny")
+    dpo_args = "--max_steps 160 --save_steps 40 --logging_steps 1 --per_device_train_batch_size 16 --dataloader_num_workers 0"
+    log = tmp_path / "job.out"
+    job = cluster.submit(*JOB_LIMITS, f"--output={log}", "--array=0", "slurm/dpo.sbatch", "tiny", "0.1",
+                         env=job_env(root, DPO_ARGS=dpo_args, OMP_NUM_THREADS="1"))
+    fields = drive_to_end(cluster, job)
+    text = log.read_text()
+    assert fields["JobState"] == "COMPLETED", text[-3000:] + cluster.logs()
+    assert int(fields["Restarts"]) >= 1, text[-3000:]
+    assert "asking the stage to save and stop" in text and "requeueing job" in text
+
+    run_dir = root / "outputs/tiny/dpo/sigmoid_beta0.1"
+    manifest = read_manifest(run_dir)
+    assert manifest["finished"] and manifest["global_step"] == 160
+    logged = [e["step"] for e in json.load(open(run_dir / "trainer_state.json"))["log_history"] if "loss" in e]
+    assert logged == list(range(1, 161))  # no step lost, none done twice
+
+    straight = tmp_path / "straight"
+    subprocess.run([sys.executable, "dpo.py", "--config", "configs/tiny/dpo.yaml", "--betas", "0.1", *dpo_args.split(),
+                    "--model_name_or_path", str(root / "outputs/tiny/sft"), "--pairs_file", str(root / "generations/tiny/pairs.jsonl"),
+                    "--output_dir", str(straight)], cwd=REPO, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    from helpers import state_dicts_equal
+    from transformers import AutoModelForCausalLM
+    assert state_dicts_equal(AutoModelForCausalLM.from_pretrained(run_dir),
+                             AutoModelForCausalLM.from_pretrained(straight / "sigmoid_beta0.1")) == []
+
+
+def test_pair_shard_job_flushes_requeues_and_matches_an_uninterrupted_shard(cluster, tiny_base, tiny_sft, tmp_path):
+    root = tmp_path / "slurm_run"
+    shutil.copytree(tiny_base["dir"], root / "outputs/tiny/base")
+    shutil.copytree(tiny_sft, root / "outputs/tiny/sft")
+    extra = ["--num_prompts", "2000", "--batch_size", "1", "--max_new_tokens", "48"]  # about a minute of work
+    log = tmp_path / "job.out"
+    job = cluster.submit(*JOB_LIMITS, f"--output={log}", "--array=0", "slurm/pairs.sbatch", "tiny", "2", *extra,
+                         env=job_env(root, OMP_NUM_THREADS="1"))
+    fields = drive_to_end(cluster, job)
+    text = log.read_text()
+    assert fields["JobState"] == "COMPLETED", text[-3000:] + cluster.logs()
+    assert int(fields["Restarts"]) >= 1, text[-3000:]
+    shard = root / "generations/tiny/shards/0-of-2"
+    assert read_manifest(shard)["finished"]
+
+    straight = tmp_path / "straight"
+    subprocess.run([sys.executable, "preference_pairs.py", "--config", "configs/tiny/preference_pairs.yaml", *extra,
+                    "--shard_index", "0", "--num_shards", "2", "--model_name_or_path", str(root / "outputs/tiny/sft"),
+                    "--train_file", str(root / "outputs/tiny/base/data/train.jsonl"), "--output_dir", str(straight)],
+                   cwd=REPO, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert (shard / "completions.jsonl").read_bytes() == (straight / "shards/0-of-2/completions.jsonl").read_bytes()
