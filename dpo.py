@@ -83,7 +83,9 @@ def train_one(beta, script_args, training_args, model_args, dataset, tokenizer, 
         if not script_args.overwrite:
             print(f"{run_dir} is finished; skipping (pass --overwrite true to train again)")
             return True
-        shutil.rmtree(run_dir)
+        if training_args.distributed_state.is_main_process:
+            shutil.rmtree(run_dir)
+        training_args.distributed_state.wait_for_everyone()
     args = dataclasses.replace(training_args, beta=beta, output_dir=run_dir, run_name=os.path.basename(run_dir))
     manifest = Manifest(run_dir, "dpo", {"script": script_args, "training": args, "model": model_args}, {
         "pairs": {**describe_file_input(script_args.pairs_file),
@@ -95,19 +97,35 @@ def train_one(beta, script_args, training_args, model_args, dataset, tokenizer, 
     if stop.requested:
         return False
     trainer.save_model(run_dir)
-    trainer.state.save_to_json(os.path.join(run_dir, "trainer_state.json"))
-    plot_training_curves(os.path.join(run_dir, "trainer_state.json"), os.path.join(run_dir, "training_curves.png"),
-                         os.path.basename(run_dir))
+    if trainer.accelerator.is_main_process:
+        trainer.state.save_to_json(os.path.join(run_dir, "trainer_state.json"))
+        plot_training_curves(os.path.join(run_dir, "trainer_state.json"),
+                             os.path.join(run_dir, "training_curves.png"), os.path.basename(run_dir))
+    trainer.accelerator.wait_for_everyone()
     last_log = next((e for e in reversed(trainer.state.log_history) if "rewards/accuracies" in e), {})
     manifest.finish(global_step=trainer.state.global_step, checkpoints=[s for s, _ in checkpoint_steps(run_dir)],
-                    final_metrics=last_log)
+                    final_metrics=last_log, pairs_per_step=args.per_device_train_batch_size * args.world_size
+                    * args.gradient_accumulation_steps, processes=args.world_size)
     print(f"{run_dir}: {trainer.state.global_step} steps, last logged preference accuracy "
           f"{last_log.get('rewards/accuracies', float('nan')):.3f}")
     return True
 
 
+def set_total_batch_size(script_args: DPOScriptArguments, training_args: DPOConfig) -> None:
+    if not script_args.total_batch_size:
+        return
+    per_step = training_args.world_size * training_args.gradient_accumulation_steps
+    if script_args.total_batch_size % per_step:
+        raise ValueError(f"total_batch_size={script_args.total_batch_size} is not divisible by processes "
+                         f"({training_args.world_size}) x gradient_accumulation_steps "
+                         f"({training_args.gradient_accumulation_steps})")
+    training_args.per_device_train_batch_size = script_args.total_batch_size // per_step
+
+
 def main(script_args: DPOScriptArguments, training_args: DPOConfig, model_args: ModelConfig) -> int:
+    state = training_args.distributed_state  # first, so the process group follows use_cpu as the Trainer will
     betas = script_args.betas or [training_args.beta]
+    set_total_batch_size(script_args, training_args)
     check_inputs(script_args, training_args, model_args, betas)
     training_args.model_init_kwargs = {
         "dtype": model_args.dtype, "attn_implementation": model_args.attn_implementation,
@@ -120,7 +138,9 @@ def main(script_args: DPOScriptArguments, training_args: DPOConfig, model_args: 
             raise ValueError("reference_only needs precompute_ref_log_probs: true in the config")
         scratch = os.path.join(training_args.output_dir, ".reference")
         new_trainer(dataclasses.replace(training_args, output_dir=scratch), model_args, dataset, tokenizer)
-        shutil.rmtree(scratch, ignore_errors=True)
+        state.wait_for_everyone()
+        if state.is_main_process:
+            shutil.rmtree(scratch, ignore_errors=True)
         print(f"reference log-probs cached in {training_args.output_dir}/.datasets_cache")
         return 0
     stop = StopRequest()

@@ -8,6 +8,7 @@ Writes to output_dir: shards/<i>-of-<n>/completions.jsonl (appended a batch at a
 then completions.jsonl (one object per prompt, with its ranked samples), pairs.jsonl and manifest.json.
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ from tqdm.auto import tqdm
 from imdb_dpo.batch_log import BatchLog
 from imdb_dpo.config import PairsArguments, parse_config
 from imdb_dpo.data import load_reviews, make_prompts
+from imdb_dpo.distributed import process_state
 from imdb_dpo.manifests import Manifest, describe_model_input, is_finished, read_manifest, write_text_atomic
 from imdb_dpo.modeling import load_causal_lm, load_tokenizer
 from imdb_dpo.pairs import PAIRING_MODES, make_pairs, rank
@@ -60,7 +62,7 @@ def generate_shard(args: PairsArguments, stop: StopRequest) -> bool:
     if previous and previous["config"]["generation"] != generation_settings(args):
         raise ValueError(f"{directory} was started with other settings; pass --overwrite true or use another output_dir")
     manifest = Manifest(directory, "preference_pairs_shard", {"generation": generation_settings(args)},
-                        {"model": describe_model_input(args.model_name_or_path), "split": "train"})
+                        {"model": describe_model_input(args.model_name_or_path), "split": "train"}, own=True)
 
     tokenizer = load_tokenizer(args.model_name_or_path)
     prompts = make_prompts(load_reviews(args, "train"), tokenizer, args.num_prompts, "train", args.min_prompt_tokens,
@@ -72,8 +74,8 @@ def generate_shard(args: PairsArguments, stop: StopRequest) -> bool:
     log = BatchLog(os.path.join(directory, "completions.jsonl"))
     todo = [(b, batch) for b, batch in batches if b not in log.done_batches]
     if todo:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        model = load_causal_lm(args.model_name_or_path, torch.bfloat16 if device == "cuda" else torch.float32, device)
+        device = process_state().device
+        model = load_causal_lm(args.model_name_or_path, torch.bfloat16 if device.type == "cuda" else torch.float32, device)
         reward = make_reward(args.reward_model, args.reward_batch_size)
     for b, batch in tqdm(todo, desc=f"sampling shard {args.shard_index}/{args.num_shards}", unit="batch"):
         samples = sample_batch(model, tokenizer, batch, args.samples_per_prompt, args.max_new_tokens,
@@ -124,20 +126,35 @@ def merge_shards(args: PairsArguments) -> None:
           f"written to {args.output_dir}/pairs.jsonl")
 
 
+def split_across_processes(args: PairsArguments, rank: int, world: int) -> PairsArguments:
+    """Under a launcher, each process is a shard of its own: shard i of n becomes shards i*w..i*w+w-1 of n*w.
+    Batches are sampled with their own seeds, so the merged files equal a one-process run's."""
+    return dataclasses.replace(args, shard_index=args.shard_index * world + rank, num_shards=args.num_shards * world)
+
+
 def main(args: PairsArguments) -> int:
     check_args(args)
+    state = process_state()
     if is_finished(args.output_dir):
         if not args.overwrite:
             print(f"pairs in {args.output_dir} are finished; skipping (pass --overwrite true to regenerate)")
             return 0
-        shutil.rmtree(args.output_dir)
+        if state.is_main_process:
+            shutil.rmtree(args.output_dir)
+        state.wait_for_everyone()
     if not args.merge:
-        if not generate_shard(args, StopRequest()):
+        args = split_across_processes(args, state.process_index, state.num_processes)
+        finished = generate_shard(args, StopRequest())
+        state.wait_for_everyone()
+        if not finished:
             return EXIT_RESUMABLE
-        if args.num_shards > 1:
-            print(f"shard {args.shard_index} of {args.num_shards} finished; merge with --merge true when all are")
+        if args.num_shards > state.num_processes:
+            print(f"shard {args.shard_index} of {args.num_shards} finished; merge with --merge true "
+                  f"--num_shards {args.num_shards} when all are")
             return 0
-    merge_shards(args)
+    if state.is_main_process:
+        merge_shards(args)
+    state.wait_for_everyone()
     return 0
 
 

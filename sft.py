@@ -24,12 +24,15 @@ STAGES = (SFTScriptArguments, SFTConfig, ModelConfig)
 
 
 def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> int:
+    state = training_args.distributed_state  # first, so the process group follows use_cpu as the Trainer will
     output_dir = training_args.output_dir
     if is_finished(output_dir):
         if not script_args.overwrite:
             print(f"SFT run in {output_dir} is finished; skipping (pass --overwrite true to train again)")
             return 0
-        shutil.rmtree(output_dir)
+        if state.is_main_process:
+            shutil.rmtree(output_dir)
+        state.wait_for_everyone()
     set_seed(training_args.seed)
 
     train = load_reviews(script_args, "train").select_columns(["text"])
@@ -66,11 +69,14 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
         return EXIT_RESUMABLE
 
     eval_metrics = trainer.evaluate()
-    model = trainer.model
     if model_args.use_peft:  # later stages load a plain causal LM
-        model = model.merge_and_unload()
-    model.save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
+        if trainer.accelerator.is_main_process:
+            trainer.accelerator.unwrap_model(trainer.model).merge_and_unload().save_pretrained(output_dir)
+    else:
+        trainer.save_model(output_dir)
+    if trainer.accelerator.is_main_process:
+        tokenizer.save_pretrained(output_dir)
+    trainer.accelerator.wait_for_everyone()
     manifest.finish(eval_loss=eval_metrics["eval_loss"], global_step=trainer.state.global_step, train_rows=len(train))
     print(f"SFT finished: held-out loss {eval_metrics['eval_loss']:.4f}, model saved to {output_dir}")
     return 0

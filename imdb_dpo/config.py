@@ -160,6 +160,11 @@ class DPOScriptArguments:
     )
     max_train_pairs: int | None = None
     overwrite: bool = field(default=False, metadata={"help": "Delete finished runs of this sweep and train again."})
+    total_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Pairs per optimizer step over all processes; sets per_device_train_batch_size from the "
+                          "process count and gradient_accumulation_steps, so a run means the same on 1 or 8 GPUs."},
+    )
     reference_only: bool = field(
         default=False,
         metadata={"help": "Only compute and cache the reference log-probs (a job before a SLURM array over betas)."},

@@ -105,11 +105,13 @@ def describe_file_input(path: str) -> dict:
 class Manifest:
     """The manifest of one run: created unfinished at the start, marked finished at the very end.
 
-    A resumed run keeps the run id of the interrupted one, so the stages downstream still match it.
+    A resumed run keeps the run id of the interrupted one, so the stages downstream still match it. Under a
+    launcher the main process writes it, unless the directory belongs to this process alone (`own=True`).
     """
 
-    def __init__(self, directory: str, stage: str, configs: dict, inputs: dict):
+    def __init__(self, directory: str, stage: str, configs: dict, inputs: dict, own: bool = False):
         self.directory = directory
+        self.own = own
         previous = read_manifest(directory)
         self.data = {
             "stage": stage,
@@ -128,7 +130,10 @@ class Manifest:
         return self.data["run_id"]
 
     def save(self) -> None:
-        write_json_atomic(os.path.join(self.directory, MANIFEST_NAME), self.data)
+        from .distributed import is_main_process
+
+        if self.own or is_main_process():  # one writer; other ranks would each draw another run id
+            write_json_atomic(os.path.join(self.directory, MANIFEST_NAME), self.data)
 
     def finish(self, **results) -> None:
         self.data.update(results, finished=True, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))

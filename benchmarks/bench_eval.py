@@ -1,0 +1,62 @@
+"""Stage 4 for one checkpoint: sampling, reward (a classifier of the siebert model's shape through the
+transformers pipeline) and both KL estimators, timed apart and projected to the preset's 500 prompts.
+
+    python benchmarks/bench_eval.py --size gpt2-large --output eval.json    # on a GPU
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from benchmarks.common import (SIZES, Timer, build_classifier, build_policy, emit, synthetic_prompts,  # noqa: E402
+                               word_tokenizer)
+from imdb_dpo.kl import sequence_kls  # noqa: E402
+from imdb_dpo.modeling import load_causal_lm  # noqa: E402
+from imdb_dpo.reward import SentimentClassifierReward  # noqa: E402
+from imdb_dpo.sampling import plan_batches, sample_batch  # noqa: E402
+
+PRESET_PROMPTS, SAMPLES, NEW_TOKENS = 500, 4, 64
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
+    parser.add_argument("--prompts", type=int, default=None)
+    parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--output")
+    args = parser.parse_args()
+    gpu = torch.cuda.is_available()
+    device, dtype = ("cuda", torch.bfloat16) if gpu else ("cpu", torch.float32)
+    n = args.prompts or (256 if gpu else 16)
+    batch = args.batch or (128 if gpu else 8)
+    work = tempfile.mkdtemp(prefix="bench_eval_")
+    policy = load_causal_lm(build_policy(args.size, os.path.join(work, "policy"), seed=1), dtype, device)
+    reference = load_causal_lm(build_policy(args.size, os.path.join(work, "reference"), seed=0), dtype, device)
+    reward = SentimentClassifierReward(build_classifier(args.size, os.path.join(work, "classifier")), batch_size=256)
+    vocab = SIZES[args.size]["vocab_size"]
+    tokenizer = word_tokenizer(vocab)
+    prompts = synthetic_prompts(n, vocab)
+
+    samples = []
+    with Timer() as sampling:
+        for b, chunk in enumerate(plan_batches(prompts, batch)):
+            for p, cs in zip(chunk, sample_batch(policy, tokenizer, chunk, SAMPLES, NEW_TOKENS, seed=b)):
+                samples += [(p, c) for c in cs]
+    with Timer() as scoring:
+        reward([p["prompt"] + c["text"] for p, c in samples])
+    with Timer() as kl:
+        sequence_kls(policy, reference, [p["prompt_ids"] for p, _ in samples], [c["ids"] for _, c in samples], 0,
+                     batch_size=64 if gpu else 16)
+    total = sampling.seconds + scoring.seconds + kl.seconds
+    emit({"benchmark": "eval_one_checkpoint", "size": args.size, "prompts_timed": n, "samples_per_prompt": SAMPLES,
+          "sampling_s": sampling.seconds, "reward_s": scoring.seconds, "kl_s": kl.seconds,
+          "projected_500_prompts_s": total * PRESET_PROMPTS / n}, args.output)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Two processes on CPU (gloo), launched by torchrun, the elastic launcher behind `accelerate launch`:
+SFT trains, pair sampling splits the prompts and merges them into the one-process files, and DPO keeps
+the same number of pairs per optimizer step."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import preference_pairs
+from conftest import CPU_FLAGS, REPO, dpo_argv
+from imdb_dpo.config import parse_config
+from imdb_dpo.manifests import read_manifest
+from test_preference_pairs import pairs_argv
+from transformers import AutoModelForCausalLM
+
+
+def launch_two(script: str, args: list[str]):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           str(port), script, *args], cwd=REPO, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return proc
+
+
+def test_two_process_sft_trains_and_saves_once(tiny_base, tmp_path):
+    out = tmp_path / "sft"
+    launch_two("sft.py", ["--config", os.path.join(REPO, "configs/tiny/sft.yaml"), "--model_name_or_path", tiny_base["model"],
+                          "--train_file", tiny_base["train"], "--test_file", tiny_base["test"], "--output_dir", str(out),
+                          "--max_steps", "4", "--per_device_train_batch_size", "8", *CPU_FLAGS])
+    manifest = read_manifest(out)
+    assert manifest["finished"] and manifest["global_step"] == 4
+    AutoModelForCausalLM.from_pretrained(out)
+
+
+def test_two_process_sampling_merges_into_the_one_process_files(tiny_base, tiny_sft, tmp_path):
+    assert preference_pairs.main(*parse_config(preference_pairs.STAGES, pairs_argv(tiny_base, tiny_sft, tmp_path / "one"))) == 0
+    launch_two("preference_pairs.py", pairs_argv(tiny_base, tiny_sft, tmp_path / "two"))
+    assert sorted(os.listdir(tmp_path / "two" / "shards")) == ["0-of-2", "1-of-2"]
+    for name in ("completions.jsonl", "pairs.jsonl"):
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+
+
+def test_two_process_dpo_sees_the_same_pairs_per_optimizer_step(tiny_sft, tiny_pairs, tmp_path):
+    extra = ["--betas", "0.1", "--max_train_pairs", "128", "--total_batch_size", "32", "--save_steps", "100"]
+    subprocess.run([sys.executable, "dpo.py", *dpo_argv(tiny_sft, tiny_pairs, tmp_path / "one", *extra)], cwd=REPO,
+                   check=True, capture_output=True)
+    launch_two("dpo.py", dpo_argv(tiny_sft, tiny_pairs, tmp_path / "two", *extra))
+    one = read_manifest(tmp_path / "one" / "sigmoid_beta0.1")
+    two = read_manifest(tmp_path / "two" / "sigmoid_beta0.1")
+    assert (one["processes"], two["processes"]) == (1, 2)
+    assert one["pairs_per_step"] == two["pairs_per_step"] == 32
+    assert one["global_step"] == two["global_step"] == 4
+    assert two["config"]["training"]["per_device_train_batch_size"] == 16
