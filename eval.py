@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from imdb_dpo.batch_log import BatchLog
 from imdb_dpo.config import EvalArguments, parse_config
 from imdb_dpo.data import load_reviews, make_prompts
+from imdb_dpo.distributed import any_process, process_state
 from imdb_dpo.dpo_training import checkpoint_steps
 from imdb_dpo.evaluation import (BEST_OF_N, best_of_n_kl_bound, best_of_n_rewards, bootstrap_interval, distinct_n,
                                  summarise, win_rate)
@@ -30,7 +31,7 @@ from imdb_dpo.manifests import Manifest, describe_model_input, is_finished, read
 from imdb_dpo.modeling import load_causal_lm, load_tokenizer
 from imdb_dpo.plots import plot_frontier
 from imdb_dpo.preemption import EXIT_RESUMABLE, StopRequest
-from imdb_dpo.report import write_report
+from imdb_dpo.report import render_report
 from imdb_dpo.reward import make_reward
 from imdb_dpo.sampling import batch_seed, plan_batches, sample_batch
 
@@ -69,18 +70,23 @@ def models_to_evaluate(args: EvalArguments) -> list[dict]:
 
 
 def evaluate(unit, prompts, args, tokenizer, reference, reward, records_root, stop) -> list[dict] | None:
-    """Per-sample records of one model; None when stopped by a signal (the finished batches are kept)."""
+    """Per-sample records of one model; None when stopped by a signal (the finished batches are kept).
+
+    Under a launcher each process samples every world-th batch into a log of its own; the main process then
+    joins the logs in batch order, so the records equal a one-process run's."""
+    state = process_state()
+    world, rank = state.num_processes, state.process_index
     directory = os.path.join(records_root, unit["run"], f"step-{unit['step']}")
-    num_samples = args.best_of_n_samples if unit["run"] == "sft" else args.samples_per_prompt
-    log = BatchLog(os.path.join(directory, "records.jsonl"))
+    merged = os.path.join(directory, "records.jsonl")
     if is_finished(directory):
-        log.close()
-        return log.records
+        return BatchLog(merged).close_and_read()
+    num_samples = args.best_of_n_samples if unit["run"] == "sft" else args.samples_per_prompt
     manifest = Manifest(directory, "eval", {"unit": unit}, {"model": describe_model_input(unit["path"])})
-    batches = [(b, batch) for b, batch in enumerate(plan_batches(prompts, args.batch_size)) if b not in log.done_batches]
+    log = BatchLog(merged if world == 1 else os.path.join(directory, f"records.rank{rank}-of-{world}.jsonl"))
+    batches = [(b, batch) for b, batch in enumerate(plan_batches(prompts, args.batch_size))
+               if b % world == rank and b not in log.done_batches]
     if batches:
-        device = reference.device
-        policy = reference if unit["run"] == "sft" else load_causal_lm(unit["path"], reference.dtype, device)
+        policy = reference if unit["run"] == "sft" else load_causal_lm(unit["path"], reference.dtype, reference.device)
     for b, batch in tqdm(batches, desc=f"eval {unit['run']} step {unit['step']}", unit="batch"):
         samples = sample_batch(policy, tokenizer, batch, num_samples, args.max_new_tokens, batch_seed(args.seed, b),
                                args.temperature, args.top_k, args.top_p)
@@ -94,11 +100,18 @@ def evaluate(unit, prompts, args, tokenizer, reference, reward, records_root, st
              "text": c["text"], "finish": c["finish"], "reward": r, "kl_exact": ke, "kl_logratio": kr}
             for (p, i, c), r, ke, kr in zip(flat, rewards, exact, ratio)])
         if stop.requested:
-            log.close()
-            return None
+            break
     log.close()
-    manifest.finish(n=len(log.records))
-    return log.records
+    if any_process(stop.requested):
+        return None
+    if world > 1 and state.is_main_process:
+        parts = [BatchLog(os.path.join(directory, f"records.rank{r}-of-{world}.jsonl")).close_and_read() for r in range(world)]
+        joined = sorted((record for part in parts for record in part), key=lambda record: record["batch"])
+        write_text_atomic(merged, "".join(json.dumps(record, sort_keys=True) + "\n" for record in joined))
+    state.wait_for_everyone()
+    records = BatchLog(merged).close_and_read()
+    manifest.finish(n=len(records))
+    return records
 
 
 def summary_row(unit, records, sft_records, seed) -> dict:
@@ -136,31 +149,8 @@ def read_summary(path: str) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def main(args: EvalArguments) -> int:
-    if args.best_of_n_samples < args.samples_per_prompt:
-        raise ValueError(f"best_of_n_samples ({args.best_of_n_samples}) must be >= samples_per_prompt "
-                         f"({args.samples_per_prompt}): the SFT samples also serve as its own evaluation")
-    settings = settings_of(args)
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    records_root = os.path.join(args.output_dir, "records", key)
-    write_text_atomic(os.path.join(records_root, "settings.json"), json.dumps(settings, indent=2, default=str) + "\n")
-
-    tokenizer = load_tokenizer(args.sft_model)
-    prompts = make_prompts(load_reviews(args, "test"), tokenizer, args.num_prompts, "test", args.min_prompt_tokens,
-                           args.max_prompt_tokens, args.min_review_chars, args.seed)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    reference = load_causal_lm(args.sft_model, torch.bfloat16 if device == "cuda" else torch.float32, device)
-    reward = make_reward(args.reward_model, args.reward_batch_size)
-    stop = StopRequest()
-
-    units = models_to_evaluate(args)
-    records = {}
-    for unit in units:
-        result = evaluate(unit, prompts, args, tokenizer, reference, reward, records_root, stop)
-        if result is None:
-            return EXIT_RESUMABLE
-        records[(unit["run"], unit["step"])] = result
-
+def write_outputs(args, units, records, prompts, settings) -> None:
+    """summary.csv, then the plot from it alone, then report.md."""
     sft_all = records[("sft", 0)]
     sft_paired = [r for r in sft_all if r["sample"] < args.samples_per_prompt]
     rows = [summary_row(u, records[(u["run"], u["step"])], sft_paired, args.seed) for u in units]
@@ -180,12 +170,42 @@ def main(args: EvalArguments) -> int:
                for prompt in shown}
     curves = {run: os.path.join(args.dpo_dir, run, "training_curves.png") for run in {u["run"] for u in units}
               if os.path.isfile(os.path.join(args.dpo_dir, run, "training_curves.png"))}
-    report = write_report(os.path.join(args.output_dir, "report.md"), rows[:0] + [r for r in rows if r["run"] != "best_of_n"],
-                          finals, samples, curves, settings)
-    write_text_atomic(os.path.join(args.output_dir, "report.md"), report)
+    report_path = os.path.join(args.output_dir, "report.md")
+    checkpoints = [r for r in rows if r["run"] != "best_of_n"]
+    write_text_atomic(report_path, render_report(report_path, checkpoints, finals, samples, curves, settings))
     for r in finals:
         print(f"{r['label']:<28} reward {r['reward_mean']:.3f}  KL {r['kl_mean']:.2f}  "
               f"win vs SFT {r['win_rate_vs_sft'] if r['win_rate_vs_sft'] == '' else round(r['win_rate_vs_sft'], 3)}")
+
+
+def main(args: EvalArguments) -> int:
+    if args.best_of_n_samples < args.samples_per_prompt:
+        raise ValueError(f"best_of_n_samples ({args.best_of_n_samples}) must be >= samples_per_prompt "
+                         f"({args.samples_per_prompt}): the SFT samples also serve as its own evaluation")
+    settings = settings_of(args)
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    records_root = os.path.join(args.output_dir, "records", key)
+    if process_state().is_main_process:
+        write_text_atomic(os.path.join(records_root, "settings.json"), json.dumps(settings, indent=2, default=str) + "\n")
+
+    tokenizer = load_tokenizer(args.sft_model)
+    prompts = make_prompts(load_reviews(args, "test"), tokenizer, args.num_prompts, "test", args.min_prompt_tokens,
+                           args.max_prompt_tokens, args.min_review_chars, args.seed)
+    device = process_state().device
+    reference = load_causal_lm(args.sft_model, torch.bfloat16 if device.type == "cuda" else torch.float32, device)
+    reward = make_reward(args.reward_model, args.reward_batch_size)
+    stop = StopRequest()
+
+    units = models_to_evaluate(args)
+    records = {}
+    for unit in units:
+        result = evaluate(unit, prompts, args, tokenizer, reference, reward, records_root, stop)
+        if result is None:
+            return EXIT_RESUMABLE
+        records[(unit["run"], unit["step"])] = result
+
+    if process_state().is_main_process:
+        write_outputs(args, units, records, prompts, settings)
     print(f"summary, plot and report in {args.output_dir}")
     return 0
 

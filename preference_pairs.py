@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from imdb_dpo.batch_log import BatchLog
 from imdb_dpo.config import PairsArguments, parse_config
 from imdb_dpo.data import load_reviews, make_prompts
-from imdb_dpo.distributed import process_state
+from imdb_dpo.distributed import any_process, process_state
 from imdb_dpo.manifests import Manifest, describe_model_input, is_finished, read_manifest, write_text_atomic
 from imdb_dpo.modeling import load_causal_lm, load_tokenizer
 from imdb_dpo.pairs import PAIRING_MODES, make_pairs, rank
@@ -144,9 +144,8 @@ def main(args: PairsArguments) -> int:
         state.wait_for_everyone()
     if not args.merge:
         args = split_across_processes(args, state.process_index, state.num_processes)
-        finished = generate_shard(args, StopRequest())
-        state.wait_for_everyone()
-        if not finished:
+        stopped = not generate_shard(args, StopRequest())
+        if any_process(stopped):
             return EXIT_RESUMABLE
         if args.num_shards > state.num_processes:
             print(f"shard {args.shard_index} of {args.num_shards} finished; merge with --merge true "

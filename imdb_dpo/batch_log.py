@@ -55,3 +55,7 @@ class BatchLog:
 
     def close(self) -> None:
         self._file.close()
+
+    def close_and_read(self) -> list[dict]:
+        self.close()
+        return self.records

@@ -11,3 +11,12 @@ def process_state() -> PartialState:
 
 def is_main_process() -> bool:
     return process_state().is_main_process
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process when `flag` is true on any. Call it where all processes meet: ranks that own
+    different numbers of batches must not exchange anything inside their batch loops."""
+    from accelerate.utils import gather_object
+
+    state = process_state()
+    return any(gather_object([flag])) if state.num_processes > 1 else flag

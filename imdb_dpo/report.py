@@ -1,4 +1,4 @@
-"""`report.md`: what a person reads after the evaluation."""
+"""`report.md`: what a person reads after the evaluation (links are made relative to the report's path)."""
 
 import os
 
@@ -7,7 +7,7 @@ def _fmt(x, digits=3):
     return f"{float(x):.{digits}f}"
 
 
-def write_report(path: str, summary: list[dict], final_rows: list[dict], samples: dict, curves: dict[str, str],
+def render_report(path: str, summary: list[dict], final_rows: list[dict], samples: dict, curves: dict[str, str],
                  settings: dict) -> str:
     directory = os.path.dirname(os.path.abspath(path))
     lines = ["# Evaluation report", "",

@@ -55,3 +55,18 @@ def test_two_process_dpo_sees_the_same_pairs_per_optimizer_step(tiny_sft, tiny_p
     assert one["pairs_per_step"] == two["pairs_per_step"] == 32
     assert one["global_step"] == two["global_step"] == 4
     assert two["config"]["training"]["per_device_train_batch_size"] == 16
+
+
+def test_two_process_evaluation_equals_the_one_process_evaluation(tiny_base, tiny_sft, tiny_dpo, tmp_path):
+    import eval as eval_stage
+    from test_eval import eval_argv
+
+    dpo_root = os.path.dirname(tiny_dpo)
+    assert eval_stage.main(*parse_config(eval_stage.STAGES, eval_argv(tiny_base, tiny_sft, dpo_root, tmp_path / "one"))) == 0
+    launch_two("eval.py", eval_argv(tiny_base, tiny_sft, dpo_root, tmp_path / "two"))
+    assert (tmp_path / "two/summary.csv").read_bytes() == (tmp_path / "one/summary.csv").read_bytes()
+    one = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("records.jsonl"))
+    two = sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").rglob("records.jsonl"))
+    assert one == two and len(one) >= 3
+    for path in one:
+        assert (tmp_path / "two" / path).read_bytes() == (tmp_path / "one" / path).read_bytes()
