@@ -6,7 +6,6 @@ Resumes from the last checkpoint in output_dir, skips a finished run (unless --o
 writes the model directory (full weights, LoRA merged) that the later stages load.
 """
 
-import os
 import shutil
 import sys
 

@@ -5,7 +5,6 @@ import math
 import os
 import re
 
-import torch
 from transformers import TrainerCallback
 from trl import DPOTrainer
 
@@ -67,9 +66,3 @@ class DropOptimizerFromOldCheckpoints(TrainerCallback):
                 if os.path.exists(os.path.join(path, name)):
                     os.remove(os.path.join(path, name))
 
-
-def sequence_log_probs(model, prompt_ids: list[int], completion_ids: list[int]) -> torch.Tensor:
-    """log pi(completion | prompt), summed over the completion tokens (used by tests and the evaluation)."""
-    ids = torch.tensor([prompt_ids + completion_ids], device=model.device)
-    logits = model(ids).logits[0, len(prompt_ids) - 1 : -1].float()
-    return torch.log_softmax(logits, -1).gather(-1, ids[0, len(prompt_ids) :, None]).sum()

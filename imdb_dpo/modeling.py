@@ -38,8 +38,3 @@ def load_causal_lm(path: str, dtype: torch.dtype = torch.float32, device: str | 
         model = model.merge_and_unload()
     return model.to(device).eval()
 
-
-def tokenizer_path(path: str) -> str:
-    """Adapter checkpoints may lack tokenizer files; the base model directory has them."""
-    has_tokenizer = any(os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json"))
-    return path if has_tokenizer else (base_model_of(path) or path)

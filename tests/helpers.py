@@ -21,3 +21,10 @@ def state_dicts_equal(a, b) -> list[str]:
     """Names of parameters that differ between two models (empty when the weights are identical)."""
     sa, sb = a.state_dict(), b.state_dict()
     return [name for name in sa if not torch.equal(sa[name], sb[name])]
+
+
+def sequence_log_probs(model, prompt_ids: list[int], completion_ids: list[int]) -> torch.Tensor:
+    """log pi(completion | prompt), summed over the completion tokens, one unpadded forward pass."""
+    ids = torch.tensor([prompt_ids + completion_ids], device=model.device)
+    logits = model(ids).logits[0, len(prompt_ids) - 1 : -1].float()
+    return torch.log_softmax(logits, -1).gather(-1, ids[0, len(prompt_ids) :, None]).sum()
