@@ -24,7 +24,7 @@ from imdb_dpo.manifests import Manifest, describe_file_input, describe_model_inp
 from imdb_dpo.modeling import load_tokenizer
 from imdb_dpo.pairs import REQUIRED_IDS, read_pairs
 from imdb_dpo.plots import plot_training_curves
-from imdb_dpo.preemption import EXIT_RESUMABLE, SaveAndStopOnSignal, StopRequest
+from imdb_dpo.preemption import SaveAndStopOnSignal, StopRequest, exit_resumable
 
 STAGES = (DPOScriptArguments, DPOConfig, ModelConfig)
 
@@ -146,7 +146,7 @@ def main(script_args: DPOScriptArguments, training_args: DPOConfig, model_args: 
     stop = StopRequest()
     for beta in betas:
         if not train_one(beta, script_args, training_args, model_args, dataset, tokenizer, stop):
-            return EXIT_RESUMABLE
+            return exit_resumable()
     return 0
 
 

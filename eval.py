@@ -30,7 +30,7 @@ from imdb_dpo.kl import sequence_kls
 from imdb_dpo.manifests import Manifest, describe_model_input, is_finished, read_manifest, write_text_atomic
 from imdb_dpo.modeling import load_causal_lm, load_tokenizer
 from imdb_dpo.plots import plot_frontier
-from imdb_dpo.preemption import EXIT_RESUMABLE, StopRequest
+from imdb_dpo.preemption import StopRequest, exit_resumable
 from imdb_dpo.report import render_report
 from imdb_dpo.reward import make_reward
 from imdb_dpo.sampling import batch_seed, plan_batches, sample_batch
@@ -201,7 +201,7 @@ def main(args: EvalArguments) -> int:
     for unit in units:
         result = evaluate(unit, prompts, args, tokenizer, reference, reward, records_root, stop)
         if result is None:
-            return EXIT_RESUMABLE
+            return exit_resumable()
         records[(unit["run"], unit["step"])] = result
 
     if process_state().is_main_process:

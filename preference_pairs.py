@@ -24,7 +24,7 @@ from imdb_dpo.distributed import any_process, process_state
 from imdb_dpo.manifests import Manifest, describe_model_input, is_finished, read_manifest, write_text_atomic
 from imdb_dpo.modeling import load_causal_lm, load_tokenizer
 from imdb_dpo.pairs import PAIRING_MODES, make_pairs, rank
-from imdb_dpo.preemption import EXIT_RESUMABLE, StopRequest
+from imdb_dpo.preemption import StopRequest, exit_resumable
 from imdb_dpo.reward import make_reward
 from imdb_dpo.sampling import batch_seed, plan_batches, sample_batch
 
@@ -146,7 +146,7 @@ def main(args: PairsArguments) -> int:
         args = split_across_processes(args, state.process_index, state.num_processes)
         stopped = not generate_shard(args, StopRequest())
         if any_process(stopped):
-            return EXIT_RESUMABLE
+            return exit_resumable()
         if args.num_shards > state.num_processes:
             print(f"shard {args.shard_index} of {args.num_shards} finished; merge with --merge true "
                   f"--num_shards {args.num_shards} when all are")

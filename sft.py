@@ -17,7 +17,7 @@ from imdb_dpo.config import SFTScriptArguments, parse_config
 from imdb_dpo.data import load_reviews
 from imdb_dpo.manifests import Manifest, describe_file_input, is_finished
 from imdb_dpo.modeling import load_tokenizer
-from imdb_dpo.preemption import EXIT_RESUMABLE, SaveAndStopOnSignal, StopRequest
+from imdb_dpo.preemption import SaveAndStopOnSignal, StopRequest, exit_resumable
 
 STAGES = (SFTScriptArguments, SFTConfig, ModelConfig)
 
@@ -65,7 +65,7 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
     )
     trainer.train(resume_from_checkpoint=get_last_checkpoint(output_dir))
     if stop.requested:
-        return EXIT_RESUMABLE
+        return exit_resumable()
 
     eval_metrics = trainer.evaluate()
     if model_args.use_peft:  # later stages load a plain causal LM

@@ -6,7 +6,8 @@ or `srun` the launcher would die of a forwarded SIGUSR1, while every rank can se
 
 Trainer stages check at each optimizer-step boundary (all ranks agree through an all-reduce, so they
 stop at the same step), save a checkpoint and stop; generation stages check between batches, after
-flushing. The process then exits with `EXIT_RESUMABLE`, which a job script answers with a requeue.
+flushing. The process then exits with `EXIT_RESUMABLE` (see `exit_resumable`), which a job script answers
+with a requeue.
 """
 
 import os
@@ -18,6 +19,21 @@ from transformers import TrainerCallback
 
 EXIT_RESUMABLE = 75  # EX_TEMPFAIL: try again later
 STOP_FILE_VARIABLE = "IMDB_DPO_STOP_FILE"
+SAVED_SUFFIX = ".saved"
+
+
+def exit_resumable() -> int:
+    """Report that the stage saved its work and should be started again; returns `EXIT_RESUMABLE`.
+
+    torchrun and `accelerate launch` turn any non-zero exit of a worker into a failure of their own, so the
+    status never reaches the job script; the main process also leaves `<stop file>.saved` for it to see."""
+    from .distributed import is_main_process
+
+    stop_file = os.environ.get(STOP_FILE_VARIABLE)
+    if stop_file and is_main_process():
+        with open(stop_file + SAVED_SUFFIX, "w") as f:
+            f.write("saved\n")
+    return EXIT_RESUMABLE
 
 
 class StopRequest:

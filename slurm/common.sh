@@ -3,8 +3,9 @@
 # The job asks SLURM for SIGUSR1 some minutes before its time limit (--signal=B:USR1@SECONDS, sent to this
 # batch shell). On USR1 (or TERM, a preemption) this shell creates the stop file named in
 # $IMDB_DPO_STOP_FILE; every process of the stage, under accelerate or srun too, sees it at its next step or
-# batch boundary, saves a checkpoint or flushes its batch, and exits with status 75. The job then requeues
-# itself (scontrol requeue) and, when it starts again, the stage resumes from what it saved.
+# batch boundary, saves a checkpoint or flushes its batch, exits with status 75 and leaves
+# "$IMDB_DPO_STOP_FILE.saved" (under accelerate/torchrun the status itself is lost: they report 1). The job
+# then requeues itself (scontrol requeue) and, when it starts again, the stage resumes from what it saved.
 
 set -uo pipefail
 cd "${SLURM_SUBMIT_DIR:-.}"                       # sbatch copies this script away: submit from the repo root
@@ -17,7 +18,7 @@ export IMDB_DPO_STOP_FILE=$STOP_DIR/${SLURM_JOB_ID:-local}
 
 run_requeueable() {
   mkdir -p "$STOP_DIR"
-  rm -f "$IMDB_DPO_STOP_FILE"
+  rm -f "$IMDB_DPO_STOP_FILE" "$IMDB_DPO_STOP_FILE.saved"
   echo "$(date +%FT%T) job ${SLURM_JOB_ID:-?} (restart ${SLURM_RESTART_COUNT:-0}): $*"
   trap 'echo "$(date +%FT%T) signal: asking the stage to save and stop"; touch "$IMDB_DPO_STOP_FILE"' USR1 TERM
   "$@" &
@@ -28,8 +29,10 @@ run_requeueable() {
     kill -0 "$child" 2>/dev/null || break
   done
   trap - USR1 TERM
-  rm -f "$IMDB_DPO_STOP_FILE"
-  if [ "$status" -eq 75 ]; then
+  local saved=0
+  [ "$status" -eq 75 ] || [ -f "$IMDB_DPO_STOP_FILE.saved" ] && saved=1
+  rm -f "$IMDB_DPO_STOP_FILE" "$IMDB_DPO_STOP_FILE.saved"
+  if [ "$saved" -eq 1 ]; then
     echo "$(date +%FT%T) the stage saved its progress; requeueing job $SLURM_JOB_ID"
     scontrol requeue "$SLURM_JOB_ID"
     exit 0

@@ -70,3 +70,36 @@ def test_two_process_evaluation_equals_the_one_process_evaluation(tiny_base, tin
     assert one == two and len(one) >= 3
     for path in one:
         assert (tmp_path / "two" / path).read_bytes() == (tmp_path / "one" / path).read_bytes()
+
+
+def test_two_process_dpo_stops_together_on_the_stop_file_and_resumes(tiny_sft, tiny_pairs, tmp_path):
+    import json
+    import time
+
+    stop_file = tmp_path / "stop"
+    argv = dpo_argv(tiny_sft, tiny_pairs, tmp_path / "out", "--betas", "0.1", "--max_steps", "40", "--save_steps", "1000",
+                    "--logging_steps", "1", "--per_device_train_batch_size", "8")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "IMDB_DPO_STOP_FILE": str(stop_file)}
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                             str(port), "dpo.py", *argv], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run_dir = tmp_path / "out" / "sigmoid_beta0.1"
+    deadline = time.time() + 300
+    while not (run_dir / "manifest.json").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.1)
+    time.sleep(4)  # into training
+    stop_file.touch()
+    proc.wait(timeout=300)
+    assert proc.returncode != 0  # torchrun reports any non-zero worker exit as its own failure...
+    assert (tmp_path / "stop.saved").exists()  # ...so the stage also leaves this for the job script
+    checkpoints = [d.name for d in run_dir.iterdir() if d.name.startswith("checkpoint-")]
+    assert len(checkpoints) == 1 and 0 < int(checkpoints[0].split("-")[1]) < 40  # both ranks stopped at one step
+
+    stop_file.unlink()
+    launch_two("dpo.py", argv)
+    assert read_manifest(run_dir)["global_step"] == 40
+    logged = [e["step"] for e in json.load(open(run_dir / "trainer_state.json"))["log_history"] if "loss" in e]
+    assert logged == list(range(1, 41))
