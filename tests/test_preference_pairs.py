@@ -205,3 +205,21 @@ def test_empty_pair_file_is_refused(tmp_path):
     path = write_pair_file(tmp_path, [])
     with pytest.raises(PairFileError, match=r"pairs\.jsonl: no pairs"):
         read_pairs(path)
+
+
+def test_sigterm_flushes_the_batch_exits_resumable_and_the_rerun_matches(tiny_base, tiny_sft, reference_run, tmp_path):
+    out = tmp_path / "preempted"
+    log = out / "shards" / "0-of-1" / "completions.jsonl"
+    proc = subprocess.Popen([sys.executable, "preference_pairs.py", *pairs_argv(tiny_base, tiny_sft, out)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (log.exists() and log.stat().st_size > 0):
+        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be signalled"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 75
+    lines = log.read_text().splitlines()
+    assert lines and len(lines) < 48 and len(lines) % 6 == 0  # whole batches of 6 prompts, not all of them
+    run_script("preference_pairs.py", pairs_argv(tiny_base, tiny_sft, out))
+    for name in ("completions.jsonl", "pairs.jsonl"):
+        assert read_bytes(out, name) == read_bytes(reference_run, name)

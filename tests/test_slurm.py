@@ -109,3 +109,22 @@ def test_pair_shard_job_flushes_requeues_and_matches_an_uninterrupted_shard(clus
                     "--train_file", str(root / "outputs/tiny/base/data/train.jsonl"), "--output_dir", str(straight)],
                    cwd=REPO, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert (shard / "completions.jsonl").read_bytes() == (straight / "shards/0-of-2/completions.jsonl").read_bytes()
+
+
+def test_submit_preset_chains_every_stage_with_afterok(cluster, tmp_path):
+    env = {**cluster.env, "SBATCH_EXTRA": "--hold --gres=none --mem=1G --cpus-per-task=1", "OUTPUT_ROOT": str(tmp_path)}
+    proc = subprocess.run(["slurm/submit_preset.sh", "tiny", "3"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    ids = dict(line.split()[:2] for line in proc.stdout.splitlines())
+    assert list(ids) == ["sft", "pairs", "merge", "reference", "dpo", "eval"]
+    try:
+        chain = list(ids.values())
+        for before, after in zip(chain, chain[1:]):
+            out = cluster.run("scontrol", "show", "job", after).stdout
+            assert f"Dependency=afterok:{before}" in out, out
+        pairs_tasks = cluster.run("squeue", "-h", "-r", "-j", ids["pairs"], "-o", "%i").stdout.split()
+        dpo_tasks = cluster.run("squeue", "-h", "-r", "-j", ids["dpo"], "-o", "%i").stdout.split()
+        assert len(pairs_tasks) == 3 and len(dpo_tasks) == 3  # 3 shards; betas 0.05, 0.1, 1.0
+        assert "betas 0.05 0.1 1.0" in proc.stdout
+    finally:
+        cluster.run("scancel", *ids.values())
