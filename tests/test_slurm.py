@@ -38,9 +38,11 @@ def cluster(tmp_path_factory):
 
 
 def drive_to_end(cluster, job_id: str, timeout: float = 900) -> dict:
-    """Wait for the job to end. A requeued job is held back by SLURM for a while (BeginTime); releasing it at
-    once only shortens the test, the job itself is untouched."""
+    """Wait for the job to end. SLURM holds a requeued job back (BeginTime) for about two minutes while the
+    node cleans up; once it has been pending 10 s and the node is idle again, releasing it only shortens the
+    test (released at once, the relaunch can race slurmd's cleanup and fail)."""
     deadline = time.time() + timeout
+    pending_since = None
     while time.time() < deadline:
         out = cluster.run("scontrol", "show", "job", job_id).stdout
         fields = dict(part.split("=", 1) for part in out.split() if "=" in part)
@@ -48,7 +50,12 @@ def drive_to_end(cluster, job_id: str, timeout: float = 900) -> dict:
         if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
             return fields
         if state == "PENDING" and fields.get("Reason") == "BeginTime":
-            cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+            pending_since = pending_since or time.time()
+            node_idle = cluster.run("sinfo", "-h", "-o", "%T").stdout.strip() == "idle"
+            if time.time() - pending_since > 10 and node_idle:
+                cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+        else:
+            pending_since = None
         time.sleep(1)
     raise AssertionError(f"job {job_id} did not end in {timeout} s\n{cluster.logs()}")
 
