@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 
+import trl
 from datasets import load_dataset
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
@@ -35,16 +36,14 @@ def check_inputs(script_args: DPOScriptArguments, training_args: DPOConfig, mode
         raise ValueError(f"beta must be > 0 (got {bad}); fix beta/betas in the config")
     if training_args.label_smoothing and "sigmoid" in training_args.loss_type:
         raise ValueError(
-            f"label_smoothing={training_args.label_smoothing} with loss_type sigmoid: TRL {_trl_version()} ignores "
+            f"label_smoothing={training_args.label_smoothing} with loss_type sigmoid: TRL {trl.__version__} ignores "
             "label smoothing in the sigmoid loss; use loss_type robust for noisy preference labels, or set "
             "label_smoothing to 0"
         )
     read_pairs(script_args.pairs_file)  # fails with file, line and field on any malformed pair
     pairs_source = read_manifest(os.path.dirname(os.path.abspath(script_args.pairs_file)))["inputs"]["model"]
     reference = describe_model_input(model_args.model_name_or_path)
-    same = (pairs_source["run_id"] == reference["run_id"]) if pairs_source["run_id"] or reference["run_id"] else (
-        pairs_source["path"] == reference["path"])
-    if not same:
+    if not same_model(pairs_source, reference):
         raise ValueError(
             f"{script_args.pairs_file} was sampled from {pairs_source['path']} (run {pairs_source['run_id']}), but "
             f"model_name_or_path is {reference['path']} (run {reference['run_id']}); DPO's reference must be the "
@@ -52,10 +51,11 @@ def check_inputs(script_args: DPOScriptArguments, training_args: DPOConfig, mode
         )
 
 
-def _trl_version() -> str:
-    import trl
-
-    return trl.__version__
+def same_model(a: dict, b: dict) -> bool:
+    """A stage's run id names its output wherever the directory moves; a hub name has none: compare paths."""
+    if a["run_id"] or b["run_id"]:
+        return a["run_id"] == b["run_id"]
+    return a["path"] == b["path"]
 
 
 def load_pairs_dataset(script_args: DPOScriptArguments, cache_dir: str):
