@@ -1,4 +1,6 @@
-"""Independent computations the tests check the code against."""
+"""Independent computations the tests check the code against, and a wait for a running process."""
+
+import time
 
 import torch
 
@@ -28,3 +30,12 @@ def sequence_log_probs(model, prompt_ids: list[int], completion_ids: list[int]) 
     ids = torch.tensor([prompt_ids + completion_ids], device=model.device)
     logits = model(ids).logits[0, len(prompt_ids) - 1 : -1].float()
     return torch.log_softmax(logits, -1).gather(-1, ids[0, len(prompt_ids) :, None]).sum()
+
+
+def wait_until(condition, proc, timeout: float = 300, interval: float = 0.02) -> None:
+    """Poll `condition()` while `proc` (a Popen) runs; fail if it exits first or the timeout passes."""
+    deadline = time.time() + timeout
+    while not condition():
+        assert proc.poll() is None, "the process ended before the awaited moment"
+        assert time.time() < deadline, f"nothing happened in {timeout} s"
+        time.sleep(interval)

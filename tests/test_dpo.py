@@ -19,7 +19,7 @@ from trl import DPOConfig
 
 import dpo
 from conftest import REPO, dpo_argv, run_script
-from helpers import sequence_log_probs, state_dicts_equal
+from helpers import sequence_log_probs, state_dicts_equal, wait_until
 from imdb_dpo.config import PairsArguments, parse_config
 from imdb_dpo.data import load_reviews, make_prompts
 from imdb_dpo.dpo_training import PretokenizedDPOTrainer
@@ -115,10 +115,7 @@ def test_killed_dpo_resumes_to_the_same_step_and_weights(tiny_sft, tiny_pairs, t
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "dpo.py", *dpo_argv(tiny_sft, tiny_pairs, killed, *extra)], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not glob.glob(str(killed / "sigmoid_beta0.1" / "checkpoint-8" / "trainer_state.json")):
-        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed"
-        time.sleep(0.02)
+    wait_until(lambda: glob.glob(str(killed / "sigmoid_beta0.1" / "checkpoint-8" / "trainer_state.json")), proc)
     time.sleep(0.3)  # land between two checkpoints
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 import preference_pairs
 from conftest import REPO, run_script
+from helpers import wait_until
 from imdb_dpo.config import PairsArguments, parse_config
 from imdb_dpo.data import load_reviews, make_prompts
 from imdb_dpo.manifests import write_json_atomic
@@ -87,10 +87,7 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_files(tiny_base, tiny_sft, r
     log = out / "shards" / "0-of-1" / "completions.jsonl"
     proc = subprocess.Popen([sys.executable, "preference_pairs.py", *pairs_argv(tiny_base, tiny_sft, out)], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (log.exists() and sum(1 for _ in open(log)) >= 12):
-        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed"
-        time.sleep(0.02)
+    wait_until(lambda: log.exists() and sum(1 for _ in open(log)) >= 12, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "pairs.jsonl").exists()
@@ -212,10 +209,7 @@ def test_sigterm_flushes_the_batch_exits_resumable_and_the_rerun_matches(tiny_ba
     log = out / "shards" / "0-of-1" / "completions.jsonl"
     proc = subprocess.Popen([sys.executable, "preference_pairs.py", *pairs_argv(tiny_base, tiny_sft, out)], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (log.exists() and log.stat().st_size > 0):
-        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be signalled"
-        time.sleep(0.02)
+    wait_until(lambda: log.exists() and log.stat().st_size > 0, proc)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 75
     lines = log.read_text().splitlines()

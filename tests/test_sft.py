@@ -6,14 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import sft
 from conftest import CPU_FLAGS, REPO, run_script
-from helpers import mean_token_nll, state_dicts_equal
+from helpers import mean_token_nll, state_dicts_equal, wait_until
 from imdb_dpo.config import ConfigError, parse_config
 from imdb_dpo.data import DataError, normalise_review
 from imdb_dpo.manifests import read_manifest
@@ -73,10 +72,7 @@ def test_killed_sft_resumes_to_the_same_weights_as_an_uninterrupted_run(tiny_bas
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "sft.py", *sft_argv(tiny_base, killed, *steps)], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not glob.glob(str(killed / "checkpoint-20" / "trainer_state.json")):
-        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed"
-        time.sleep(0.05)
+    wait_until(lambda: glob.glob(str(killed / "checkpoint-20" / "trainer_state.json")), proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not read_manifest(killed)["finished"]
