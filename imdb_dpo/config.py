@@ -180,3 +180,14 @@ class EvalArguments(SamplingArguments):
     best_of_n_samples: int = field(default=16, metadata={"help": "SFT samples per prompt for the best-of-N baseline."})
     kl_batch_size: int = 32
     report_prompts: int = field(default=3, metadata={"help": "Prompts shown side by side in report.md."})
+    sampling_dtype: str = field(
+        default="float32",
+        metadata={"help": "Precision of the models that sample (float32, bfloat16 or float16). float32 samples the "
+                          "checkpoint's own policy; bfloat16 samples a slightly different one."},
+    )
+    kl_dtype: str = field(
+        default="float32",
+        metadata={"help": "Precision of the KL pass over policy and reference. Keep float32: bf16 logits of GPT-2's "
+                          "magnitude (~100) are rounded to steps of 0.5, which adds ~0.3-1 nat of KL per sample."},
+    )
+    preset: str = field(default="", metadata={"help": "Name of the preset, shown in report.md."})
