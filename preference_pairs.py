@@ -23,7 +23,7 @@ from imdb_dpo.data import load_reviews, make_prompts
 from imdb_dpo.distributed import any_process, process_state
 from imdb_dpo.manifests import Manifest, describe_model_input, is_finished, read_manifest, write_text_atomic
 from imdb_dpo.modeling import load_causal_lm, load_tokenizer
-from imdb_dpo.pairs import PAIRING_MODES, make_pairs, rank
+from imdb_dpo.pairs import PAIRING_MODES, make_pairs, rank, write_pairs
 from imdb_dpo.preemption import StopRequest, exit_resumable
 from imdb_dpo.reward import make_reward
 from imdb_dpo.sampling import batch_seed, plan_batches, sample_batch
@@ -114,8 +114,7 @@ def merge_shards(args: PairsArguments) -> None:
     pairs = [p for r in records for p in make_pairs(r, args.pairing, args.min_reward_margin)]
     write_text_atomic(os.path.join(args.output_dir, "completions.jsonl"),
                       "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-    write_text_atomic(os.path.join(args.output_dir, "pairs.jsonl"),
-                      "".join(json.dumps(p, sort_keys=True) + "\n" for p in pairs))
+    write_pairs(os.path.join(args.output_dir, "pairs.jsonl"), pairs)
     rewards = [c["reward"] for r in records for c in r["completions"]]
     finished = [c["finish"] == "eos" for r in records for c in r["completions"]]
     manifest = Manifest(args.output_dir, "preference_pairs", {"generation": generation_settings(args)},

@@ -3,14 +3,22 @@
 A pair file is JSONL in TRL's standard preference format (`prompt`, `chosen`, `rejected`, so
 `load_dataset("json", ...)` reads it) plus the rewards, the prompt id and the exact token ids that were
 sampled (`prompt_ids`, `chosen_ids`, `rejected_ids`; a completion's ids end with EOS only when the model
-ended it). Ties never make a pair.
+ended it).
+
+A completion *is* its token ids; its text is their decoding, kept for people and for the reward model. So
+every sample a model can produce is valid: a completion whose first token is EOS (ids `[eos]`, text ""),
+whitespace-only text, text ending in U+FFFD where the length cap cut a multi-byte character. Pairs are
+compared by ids. Two completions with the same text never make a pair, even when their ids differ (two
+tokenisations of one string, or two different cut characters that both decode to U+FFFD): the reward model
+reads only the text, so a reward gap between them is scoring noise, not a preference. Ties never make a pair.
 """
 
 import itertools
 import json
+import math
 import os
 
-from .manifests import read_manifest
+from .manifests import read_manifest, write_text_atomic
 
 PAIRING_MODES = ("all", "best_vs_worst")
 REQUIRED_TEXT = ("prompt", "chosen", "rejected")
@@ -39,7 +47,7 @@ def make_pairs(record: dict, mode: str = "all", min_margin: float = 0.0) -> list
         chosen, rejected = completions[better], completions[worse]
         if chosen["reward"] - rejected["reward"] <= min_margin or chosen["reward"] == rejected["reward"]:
             continue
-        if chosen["text"] == rejected["text"]:
+        if chosen["text"] == rejected["text"]:  # one string: the reward gap is noise (module docstring)
             continue
         pairs.append({
             "prompt_id": record["prompt_id"], "prompt": record["prompt"], "prompt_ids": record["prompt_ids"],
@@ -51,23 +59,36 @@ def make_pairs(record: dict, mode: str = "all", min_margin: float = 0.0) -> list
     return pairs
 
 
+def _is_token_ids(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(type(i) is int and i >= 0 for i in value)
+
+
 def _check_pair(pair, where: str) -> None:
     if not isinstance(pair, dict):
         raise PairFileError(f"{where}: expected a JSON object, got {type(pair).__name__}")
-    for field in REQUIRED_TEXT:
+    for field in REQUIRED_TEXT + REQUIRED_IDS + REQUIRED_NUMBERS:
         if field not in pair:
             raise PairFileError(f"{where}: missing field {field!r}")
-        if not isinstance(pair[field], str) or not pair[field].strip():
-            raise PairFileError(f"{where}: field {field!r} is empty or not a string")
+    for field in REQUIRED_TEXT:  # may be "" or whitespace: an empty completion is a real sample
+        if not isinstance(pair[field], str):
+            raise PairFileError(f"{where}: field {field!r} must be a string (it may be empty)")
     for field in REQUIRED_IDS:
-        ids = pair.get(field)
-        if not isinstance(ids, list) or not ids or not all(isinstance(i, int) for i in ids):
-            raise PairFileError(f"{where}: field {field!r} must be a non-empty list of token ids")
+        if not _is_token_ids(pair[field]):
+            raise PairFileError(f"{where}: field {field!r} must be a non-empty list of token ids "
+                                "(a completion that ended at once is [eos])")
     for field in REQUIRED_NUMBERS:
-        if not isinstance(pair.get(field), (int, float)):
-            raise PairFileError(f"{where}: field {field!r} must be a number")
-    if pair["chosen"] == pair["rejected"] or pair["chosen_ids"] == pair["rejected_ids"]:
-        raise PairFileError(f"{where}: fields 'chosen' and 'rejected' are the same completion")
+        if type(pair[field]) not in (int, float) or not math.isfinite(pair[field]):
+            raise PairFileError(f"{where}: field {field!r} must be a finite number")
+    if pair["chosen_ids"] == pair["rejected_ids"]:
+        raise PairFileError(f"{where}: fields 'chosen_ids' and 'rejected_ids' are the same completion")
+    if not pair["chosen_reward"] > pair["rejected_reward"]:
+        raise PairFileError(f"{where}: chosen_reward ({pair['chosen_reward']}) must exceed rejected_reward "
+                            f"({pair['rejected_reward']}); ties never make a pair")
+
+
+def write_pairs(path: str, pairs: list[dict]) -> None:
+    """The pair file, written atomically (JSON escapes U+FFFD and control characters, so every text survives)."""
+    write_text_atomic(path, "".join(json.dumps(p, sort_keys=True) + "\n" for p in pairs))
 
 
 def read_pairs(path: str) -> list[dict]:

@@ -39,14 +39,17 @@ def sample_batch(model, tokenizer, batch: list[dict], num_samples: int, max_new_
         num_return_sequences=num_samples, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
     )
     generated = output[:, input_ids.size(1) :].tolist()
+    return [[completion(row, tokenizer) for row in generated[p * num_samples : (p + 1) * num_samples]]
+            for p in range(len(batch))]
+
+
+def completion(generated: list[int], tokenizer) -> dict:
+    """A sampled row as the pipeline stores it: ids cut after the first EOS, `finish`, and the decoded text.
+
+    The text may be "" (the first token was EOS), whitespace, or end in U+FFFD (the length cap cut a multi-byte
+    character); the ids are the sample, the text is for people and the reward model."""
     eos = tokenizer.eos_token_id
-    results = []
-    for p, prompt in enumerate(batch):
-        completions = []
-        for row in generated[p * num_samples : (p + 1) * num_samples]:
-            ids = row[: row.index(eos) + 1] if eos in row else row
-            finish = "eos" if ids and ids[-1] == eos else "length"
-            text = tokenizer.decode(ids[:-1] if finish == "eos" else ids, skip_special_tokens=True)
-            completions.append({"ids": ids, "text": text, "finish": finish})
-        results.append(completions)
-    return results
+    ids = generated[: generated.index(eos) + 1] if eos in generated else generated
+    finish = "eos" if ids and ids[-1] == eos else "length"
+    text = tokenizer.decode(ids[:-1] if finish == "eos" else ids, skip_special_tokens=True)
+    return {"ids": ids, "text": text, "finish": finish}

@@ -8,6 +8,7 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_IMDB = os.environ.get("IMDB_SAMPLE_DIR", os.path.join(REPO, "..", "shared", "data", "imdb"))
+SHARED_GPT2_TOKENIZER = os.environ.get("GPT2_TOKENIZER_DIR", os.path.join(REPO, "..", "shared", "tokenizers", "gpt2"))
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -24,6 +25,41 @@ def imdb_sample():
     if not (os.path.isfile(train) and os.path.isfile(test)):
         pytest.fail(f"IMDb sample not found in {SHARED_IMDB}: set IMDB_SAMPLE_DIR to the folder with imdb_train.jsonl")
     return {"train": train, "test": test}
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer_dir():
+    """GPT-2's own tokenizer (the one gpt2-large uses) beside the project (never copied into it)."""
+    if not os.path.isfile(os.path.join(SHARED_GPT2_TOKENIZER, "vocab.json")):
+        pytest.fail(f"GPT-2 tokenizer not found in {SHARED_GPT2_TOKENIZER}: set GPT2_TOKENIZER_DIR to the folder "
+                    "with vocab.json and merges.txt")
+    return SHARED_GPT2_TOKENIZER
+
+
+@pytest.fixture(scope="session")
+def gpt2_stand_in(gpt2_tokenizer_dir, tmp_path_factory):
+    """Random weights at gpt2-large's vocabulary and context, with its tokenizer (no pad token: EOS pads)."""
+    from helpers import build_gpt2_stand_in
+
+    return build_gpt2_stand_in(tmp_path_factory.mktemp("gpt2_stand_in"), gpt2_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def gpt2_classifier(gpt2_tokenizer_dir, tmp_path_factory):
+    """A stand-in for siebert/sentiment-roberta-large-english (labels NEGATIVE/POSITIVE) on GPT-2's tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification
+
+    out = tmp_path_factory.mktemp("gpt2_classifier")
+    tokenizer = AutoTokenizer.from_pretrained(gpt2_tokenizer_dir)
+    tokenizer.pad_token = tokenizer.eos_token  # the pipeline pads batches; siebert's RoBERTa has a pad token of its own
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=512, n_embd=32, n_layer=1, n_head=2, num_labels=2,
+                        id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1},
+                        pad_token_id=tokenizer.eos_token_id)
+    GPT2ForSequenceClassification(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
 
 
 @pytest.fixture(scope="session")

@@ -39,3 +39,32 @@ def wait_until(condition, proc, timeout: float = 300, interval: float = 0.02) ->
         assert proc.poll() is None, "the process ended before the awaited moment"
         assert time.time() < deadline, f"nothing happened in {timeout} s"
         time.sleep(interval)
+
+
+def build_gpt2_stand_in(out, tokenizer_dir: str, *, seed: int = 0, logit_scale: float = 1.0,
+                        logit_shift: float = 0.0, eos_logit: float = 0.0) -> str:
+    """A random-weight GPT-2 with gpt2-large's vocabulary (50,257), context (1,024) and tokenizer, saved with
+    `save_pretrained` as a stand-in for gpt2-large.
+
+    The head is untied so that two coordinates of the final layer norm can steer it exactly: one adds
+    `logit_shift` to every logit (GPT-2's own logits sit near -100, where bf16's spacing is 0.5; a shift leaves
+    the softmax unchanged), the other adds `eos_logit` to EOS only (a model that often ends a sample at once).
+    `logit_scale` sharpens the next-token distributions the way a trained model's are."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=1024, n_embd=64, n_layer=2, n_head=2,
+                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+                        tie_word_embeddings=False)
+    model = GPT2LMHeadModel(config)
+    with torch.no_grad():
+        head, norm = model.lm_head.weight, model.transformer.ln_f
+        head.mul_(logit_scale)
+        for coordinate, column in ((0, torch.full_like(head[:, 0], logit_shift)),
+                                   (1, torch.zeros_like(head[:, 1]).index_fill_(0, torch.tensor([tokenizer.eos_token_id]), eos_logit))):
+            norm.weight[coordinate], norm.bias[coordinate] = 0.0, 1.0  # a constant 1 in this hidden coordinate
+            head[:, coordinate] = column
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)

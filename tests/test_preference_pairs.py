@@ -181,10 +181,14 @@ def write_pair_file(directory, lines, finished=True):
 @pytest.mark.parametrize("bad_line, message", [
     ("{not json\n", r"line 2: not valid JSON"),
     ({k: v for k, v in GOOD.items() if k != "rejected"}, r"line 2: missing field 'rejected'"),
-    ({**GOOD, "chosen": "  "}, r"line 2: field 'chosen' is empty"),
-    ({**GOOD, "rejected": GOOD["chosen"], "rejected_ids": GOOD["chosen_ids"]}, r"line 2: fields 'chosen' and 'rejected' are the same"),
+    ({**GOOD, "chosen": None}, r"line 2: field 'chosen' must be a string \(it may be empty\)"),
+    ({**GOOD, "rejected_ids": GOOD["chosen_ids"]}, r"line 2: fields 'chosen_ids' and 'rejected_ids' are the same"),
     ({**GOOD, "chosen_ids": []}, r"line 2: field 'chosen_ids' must be a non-empty list"),
-    ({**GOOD, "chosen_reward": "high"}, r"line 2: field 'chosen_reward' must be a number"),
+    ({**GOOD, "chosen_ids": [3, -1]}, r"line 2: field 'chosen_ids' must be a non-empty list of token ids"),
+    ({**GOOD, "chosen_ids": [3, True]}, r"line 2: field 'chosen_ids' must be a non-empty list of token ids"),
+    ({**GOOD, "chosen_reward": "high"}, r"line 2: field 'chosen_reward' must be a finite number"),
+    ({**GOOD, "chosen_reward": float("nan")}, r"line 2: field 'chosen_reward' must be a finite number"),
+    ({**GOOD, "chosen_reward": 0.1}, r"line 2: chosen_reward \(0.1\) must exceed rejected_reward \(0.1\)"),
 ])
 def test_malformed_pair_lines_are_named(tmp_path, bad_line, message):
     path = write_pair_file(tmp_path, [GOOD, bad_line])

@@ -1,12 +1,10 @@
-"""Every preset's YAML parses, and every stage of the gpt2-large preset runs a step or two with the model,
-data and reward model swapped for tiny local ones on the command line (as a user would override them)."""
+"""Every preset's YAML parses and every accelerate config loads. The gpt2-large preset's stages run, with
+GPT-2's tokenizer on real reviews, in tests/test_real_inputs.py."""
 
 import glob
 import os
 
 import pytest
-import torch
-from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification
 
 import dpo
 import eval as eval_stage
@@ -14,8 +12,6 @@ import preference_pairs
 import sft
 from conftest import CPU_FLAGS, REPO
 from imdb_dpo.config import TinyBaseArguments, parse_config
-from imdb_dpo.manifests import read_manifest
-from imdb_dpo.pairs import read_pairs
 
 PARSERS = {"sft": sft.STAGES, "preference_pairs": preference_pairs.STAGES, "dpo": dpo.STAGES,
            "eval": eval_stage.STAGES, "base": (TinyBaseArguments,)}
@@ -34,51 +30,6 @@ def test_every_preset_config_parses(path, monkeypatch):
              if isinstance(getattr(p, name, None), str)]
     assert all("$" not in p for p in paths)
     assert any(p.startswith("/somewhere/") for p in paths)
-
-
-@pytest.fixture(scope="module")
-def tiny_classifier(tiny_base, tmp_path_factory):
-    """A stand-in for siebert/sentiment-roberta-large-english: labels NEGATIVE/POSITIVE."""
-    out = tmp_path_factory.mktemp("classifier")
-    tokenizer = AutoTokenizer.from_pretrained(tiny_base["model"])
-    tokenizer.pad_token = tokenizer.eos_token
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=512, n_embd=32, n_layer=1, n_head=2, num_labels=2,
-                        id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1},
-                        pad_token_id=tokenizer.pad_token_id, bos_token_id=0, eos_token_id=0)
-    GPT2ForSequenceClassification(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return str(out)
-
-
-def test_gpt2_large_preset_runs_every_stage_on_tiny_stand_ins(tiny_base, tiny_classifier, tmp_path, monkeypatch):
-    monkeypatch.setenv("OUTPUT_ROOT", str(tmp_path))
-    data = ["--train_file", tiny_base["train"], "--test_file", tiny_base["test"]]
-    config = os.path.join(REPO, "configs", "gpt2-large")
-
-    argv = ["--config", f"{config}/sft.yaml", "--model_name_or_path", tiny_base["model"], *data, "--max_steps", "2",
-            "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1", "--max_eval_samples", "8",
-            *CPU_FLAGS]
-    assert sft.main(*parse_config(sft.STAGES, argv)) == 0
-    sft_dir = tmp_path / "outputs/gpt2-large/sft"
-    assert read_manifest(sft_dir)["finished"]
-
-    argv = ["--config", f"{config}/preference_pairs.yaml", *data, "--num_prompts", "8", "--batch_size", "4",
-            "--max_new_tokens", "8", "--reward_model", tiny_classifier, "--reward_batch_size", "8"]
-    assert preference_pairs.main(*parse_config(preference_pairs.STAGES, argv)) == 0
-    pairs = read_pairs(str(tmp_path / "generations/gpt2-large/pairs.jsonl"))
-    assert pairs and all(p["chosen_reward"] > p["rejected_reward"] for p in pairs)
-
-    argv = ["--config", f"{config}/dpo.yaml", "--max_steps", "2", "--per_device_train_batch_size", "4",
-            "--save_steps", "1", "--optim", "rmsprop", *CPU_FLAGS]
-    assert dpo.main(*parse_config(dpo.STAGES, argv)) == 0
-    runs = sorted(os.listdir(tmp_path / "outputs/gpt2-large/dpo"))
-    assert [r for r in runs if not r.startswith(".")] == ["sigmoid_beta0.05", "sigmoid_beta0.1", "sigmoid_beta1"]
-
-    argv = ["--config", f"{config}/eval.yaml", *data, "--base_model", tiny_base["model"], "--num_prompts", "4",
-            "--batch_size", "4", "--max_new_tokens", "8", "--reward_model", tiny_classifier]
-    assert eval_stage.main(*parse_config(eval_stage.STAGES, argv)) == 0
-    assert os.path.isfile(tmp_path / "outputs/gpt2-large/eval/report.md")
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "configs", "accelerate", "*.yaml"))))
