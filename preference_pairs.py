@@ -17,7 +17,7 @@ import sys
 import torch
 from tqdm.auto import tqdm
 
-from imdb_dpo.batch_log import BatchLog
+from imdb_dpo.batch_log import BatchLog, read_finished
 from imdb_dpo.config import PairsArguments, parse_config
 from imdb_dpo.data import load_reviews, make_prompts
 from imdb_dpo.distributed import any_process, process_state
@@ -105,7 +105,7 @@ def merge_shards(args: PairsArguments) -> None:
             raise ValueError(f"shard {index} of {args.num_shards} ({directory}) is missing or unfinished; run it first")
         if manifest["config"]["generation"] != generation_settings(args):
             raise ValueError(f"shard {index} ({directory}) was generated with other settings than this config")
-        records += BatchLog(os.path.join(directory, "completions.jsonl")).records
+        records += read_finished(os.path.join(directory, "completions.jsonl"))
     records.sort(key=lambda r: r["prompt_index"])
     if [r["prompt_index"] for r in records] != list(range(len(records))):
         raise ValueError(f"shards in {args.output_dir}/shards do not cover every prompt exactly once")

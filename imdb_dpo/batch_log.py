@@ -1,13 +1,56 @@
 """An append-only JSONL file written one whole batch at a time, so a killed job loses at most one batch.
 
-Every line carries its `batch` index and the batch's size. Reopening the file drops a torn last line
-and the lines of a batch that was cut short, truncating the file back to the last complete batch; the
-caller then skips the batches already on disk and samples the rest.
+Every line carries its `batch` index and the batch's size. Each batch is one write followed by fsync, so a
+kill can only leave a prefix of the last batch: a last line without its newline, or a batch with fewer lines
+than its size. Reopening the file cuts that tail off and the caller redoes the batch. Anything else (a bad
+line followed by more lines, a complete line that is not JSON) is damage, not a kill, and is an error that
+names the line: the log is never silently cut back. A finished log is read with `read_finished`, which
+accepts no tail at all.
 """
 
 import json
 import os
 from collections import Counter
+
+
+class DamagedLogError(ValueError):
+    """A results file that is damaged; the message names the file, the line and what to do."""
+
+
+def _parse(path: str, raw: bytes, allow_torn_tail: bool) -> tuple[list[dict], int]:
+    """The records of whole batches and the byte length they span."""
+    records, offsets, end = [], [], 0
+    lines = raw.splitlines(keepends=True)
+    for number, line in enumerate(lines, start=1):
+        torn = not line.endswith(b"\n")  # only the last line can lack its newline
+        try:
+            record = None if torn else json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            record = None
+        if record is None:
+            if torn and allow_torn_tail:
+                break
+            raise DamagedLogError(
+                f"{path}, line {number}: {'cut short' if torn else 'not valid JSON'}; the file is damaged, not left "
+                "by a kill. Restore it, or delete its folder to redo that work.")
+        records.append(record)
+        end += len(line)
+        offsets.append(end)
+    counts = Counter(r["batch"] for r in records)
+    while records and counts[records[-1]["batch"]] < records[-1]["batch_size"]:
+        if not allow_torn_tail:
+            raise DamagedLogError(
+                f"{path}, line {len(records)}: batch {records[-1]['batch']} has {counts[records[-1]['batch']]} of "
+                f"{records[-1]['batch_size']} lines in a finished file. Restore it, or delete its folder to redo that work.")
+        records.pop()
+        offsets.pop()
+    return records, offsets[-1] if offsets else 0
+
+
+def read_finished(path: str) -> list[dict]:
+    """Every record of a finished log, refusing any damage (a finished file is never cut back)."""
+    with open(path, "rb") as f:
+        return _parse(path, f.read(), allow_torn_tail=False)[0]
 
 
 class BatchLog:
@@ -22,25 +65,10 @@ class BatchLog:
     def _recover(self) -> None:
         with open(self.path, "rb") as f:
             raw = f.read()
-        records, offsets, end = [], [], 0
-        for line in raw.splitlines(keepends=True):
-            if not line.endswith(b"\n"):
-                break  # torn by a kill in the middle of a write
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-            end += len(line)
-            offsets.append(end)
-        counts = Counter(r["batch"] for r in records)
-        while records and counts[records[-1]["batch"]] < records[-1]["batch_size"]:
-            records.pop()
-            offsets.pop()
-        keep = offsets[-1] if offsets else 0
+        self.records, keep = _parse(self.path, raw, allow_torn_tail=True)
         if keep < len(raw):
             with open(self.path, "r+b") as f:
                 f.truncate(keep)
-        self.records = records
 
     @property
     def done_batches(self) -> set[int]:
