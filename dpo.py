@@ -23,9 +23,10 @@ from imdb_dpo.config import DPOScriptArguments, parse_config
 from imdb_dpo.dpo_training import DropOptimizerFromOldCheckpoints, PretokenizedDPOTrainer, checkpoint_steps, run_name
 from imdb_dpo.manifests import Manifest, describe_file_input, describe_model_input, is_finished, read_manifest
 from imdb_dpo.modeling import load_tokenizer
-from imdb_dpo.pairs import REQUIRED_IDS, read_pairs
+from imdb_dpo.pairs import REQUIRED_IDS, PairFileError, read_pairs
 from imdb_dpo.plots import plot_training_curves
 from imdb_dpo.preemption import SaveAndStopOnSignal, StopRequest, exit_resumable
+from imdb_dpo.tracking import check_wandb_credentials, own_wandb_run
 
 STAGES = (DPOScriptArguments, DPOConfig, ModelConfig)
 
@@ -40,7 +41,15 @@ def check_inputs(script_args: DPOScriptArguments, training_args: DPOConfig, mode
             "label smoothing in the sigmoid loss; use loss_type robust for noisy preference labels, or set "
             "label_smoothing to 0"
         )
-    read_pairs(script_args.pairs_file)  # fails with file, line and field on any malformed pair
+    pairs = read_pairs(script_args.pairs_file)  # fails with file, line and field on any malformed pair
+    vocabulary = len(load_tokenizer(model_args.model_name_or_path))
+    for number, pair in enumerate(pairs, start=1):
+        too_large = [i for field in REQUIRED_IDS for i in pair[field] if i >= vocabulary]
+        if too_large:
+            raise PairFileError(
+                f"{script_args.pairs_file}, line {number}: token id {too_large[0]} is outside the vocabulary of "
+                f"{model_args.model_name_or_path} ({vocabulary} tokens); the pairs were sampled with another "
+                "tokenizer: fix model_name_or_path or regenerate the pairs")
     pairs_source = read_manifest(os.path.dirname(os.path.abspath(script_args.pairs_file)))["inputs"]["model"]
     reference = describe_model_input(model_args.model_name_or_path)
     if not same_model(pairs_source, reference):
@@ -92,8 +101,10 @@ def train_one(beta, script_args, training_args, model_args, dataset, tokenizer, 
                   "run_id": read_manifest(os.path.dirname(os.path.abspath(script_args.pairs_file)))["run_id"]},
         "model": describe_model_input(model_args.model_name_or_path),
     })
-    trainer = new_trainer(args, model_args, dataset, tokenizer, [SaveAndStopOnSignal(stop), DropOptimizerFromOldCheckpoints()])
-    trainer.train(resume_from_checkpoint=get_last_checkpoint(run_dir))
+    with own_wandb_run(args, manifest.run_id):
+        trainer = new_trainer(args, model_args, dataset, tokenizer,
+                              [SaveAndStopOnSignal(stop), DropOptimizerFromOldCheckpoints()])
+        trainer.train(resume_from_checkpoint=get_last_checkpoint(run_dir))
     if stop.requested:
         return False
     trainer.save_model(run_dir)
@@ -124,6 +135,7 @@ def set_total_batch_size(script_args: DPOScriptArguments, training_args: DPOConf
 
 def main(script_args: DPOScriptArguments, training_args: DPOConfig, model_args: ModelConfig) -> int:
     state = training_args.distributed_state  # first, so the process group follows use_cpu as the Trainer will
+    check_wandb_credentials(training_args.report_to)
     betas = script_args.betas or [training_args.beta]
     set_total_batch_size(script_args, training_args)
     check_inputs(script_args, training_args, model_args, betas)

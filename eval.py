@@ -14,20 +14,22 @@ import io
 import json
 import os
 import sys
+import time
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from imdb_dpo.batch_log import BatchLog
-from imdb_dpo.config import EvalArguments, parse_config
+from imdb_dpo.batch_log import BatchLog, read_finished
+from imdb_dpo.config import ConfigError, EvalArguments, parse_config
 from imdb_dpo.data import load_reviews, make_prompts
 from imdb_dpo.distributed import any_process, process_state
 from imdb_dpo.dpo_training import checkpoint_steps
 from imdb_dpo.evaluation import (BEST_OF_N, best_of_n_kl_bound, best_of_n_rewards, bootstrap_interval, distinct_n,
                                  summarise, win_rate)
 from imdb_dpo.kl import sequence_kls
-from imdb_dpo.manifests import Manifest, describe_model_input, is_finished, read_manifest, write_text_atomic
+from imdb_dpo.manifests import (Manifest, describe_model_input, git_commit, is_finished, read_manifest,
+                                write_text_atomic)
 from imdb_dpo.modeling import load_causal_lm, load_tokenizer
 from imdb_dpo.plots import plot_frontier
 from imdb_dpo.preemption import StopRequest, exit_resumable
@@ -36,15 +38,18 @@ from imdb_dpo.reward import make_reward
 from imdb_dpo.sampling import batch_seed, plan_batches, sample_batch
 
 STAGES = (EvalArguments,)
-SUMMARY_COLUMNS = ["run", "loss_type", "beta", "step", "reward_mean", "reward_lo", "reward_hi", "kl_mean", "kl_lo",
-                   "kl_hi", "kl_logratio_mean", "n", "win_rate_vs_sft", "mean_length", "distinct_2", "path"]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# kl_kind: `measured` (a checkpoint's exact KL) or `analytic_bound` (best-of-N: log N - (N-1)/N, never measured).
+SUMMARY_COLUMNS = ["run", "loss_type", "beta", "step", "reward_model", "reward_mean", "reward_lo", "reward_hi",
+                   "kl_kind", "kl_mean", "kl_lo", "kl_hi", "kl_logratio_mean", "n", "win_rate_vs_sft", "mean_length",
+                   "distinct_2", "path"]
 
 
 def settings_of(args: EvalArguments) -> dict:
     """What decides an evaluation's numbers; records made under other settings are kept apart."""
     keys = ("dataset_name", "train_file", "test_file", "text_column", "num_prompts", "min_prompt_tokens",
             "max_prompt_tokens", "min_review_chars", "samples_per_prompt", "best_of_n_samples", "max_new_tokens",
-            "temperature", "top_k", "top_p", "batch_size", "reward_model", "seed")
+            "temperature", "top_k", "top_p", "batch_size", "reward_model", "seed", "sampling_dtype", "kl_dtype")
     return {**{k: getattr(args, k) for k in keys}, "reference": describe_model_input(args.sft_model)}
 
 
@@ -69,7 +74,25 @@ def models_to_evaluate(args: EvalArguments) -> list[dict]:
     return units
 
 
-def evaluate(unit, prompts, args, tokenizer, reference, reward, records_root, stop) -> list[dict] | None:
+def torch_dtype(args: EvalArguments, field: str) -> torch.dtype:
+    name = getattr(args, field)
+    if name not in DTYPES:
+        raise ConfigError(f"{field}={name!r}: use one of {sorted(DTYPES)} (float32 keeps the KL exact)")
+    return DTYPES[name]
+
+
+class ModelPair:
+    """One model at the two precisions of the evaluation: `sampler` draws the completions (sampling_dtype) and
+    `scorer` enters the KL pass (kl_dtype). Each is loaded from the checkpoint itself, never cast from the
+    other (a bf16 copy cast up to fp32 keeps bf16's rounding); equal precisions share one model."""
+
+    def __init__(self, path: str, args: EvalArguments, device):
+        self.scorer = load_causal_lm(path, torch_dtype(args, "kl_dtype"), device)
+        same = args.sampling_dtype == args.kl_dtype
+        self.sampler = self.scorer if same else load_causal_lm(path, torch_dtype(args, "sampling_dtype"), device)
+
+
+def evaluate(unit, prompts, args, tokenizer, reference: ModelPair, reward, records_root, stop) -> list[dict] | None:
     """Per-sample records of one model; None when stopped by a signal (the finished batches are kept).
 
     Under a launcher each process samples every world-th batch into a log of its own; the main process then
@@ -79,24 +102,26 @@ def evaluate(unit, prompts, args, tokenizer, reference, reward, records_root, st
     directory = os.path.join(records_root, unit["run"], f"step-{unit['step']}")
     merged = os.path.join(directory, "records.jsonl")
     if is_finished(directory):
-        return BatchLog(merged).close_and_read()
+        return read_finished(merged)
     num_samples = args.best_of_n_samples if unit["run"] == "sft" else args.samples_per_prompt
     manifest = Manifest(directory, "eval", {"unit": unit}, {"model": describe_model_input(unit["path"])})
     log = BatchLog(merged if world == 1 else os.path.join(directory, f"records.rank{rank}-of-{world}.jsonl"))
     batches = [(b, batch) for b, batch in enumerate(plan_batches(prompts, args.batch_size))
                if b % world == rank and b not in log.done_batches]
     if batches:
-        policy = reference if unit["run"] == "sft" else load_causal_lm(unit["path"], reference.dtype, reference.device)
+        policy = reference if unit["run"] == "sft" else ModelPair(unit["path"], args, reference.scorer.device)
     for b, batch in tqdm(batches, desc=f"eval {unit['run']} step {unit['step']}", unit="batch"):
-        samples = sample_batch(policy, tokenizer, batch, num_samples, args.max_new_tokens, batch_seed(args.seed, b),
+        samples = sample_batch(policy.sampler, tokenizer, batch, num_samples, args.max_new_tokens, batch_seed(args.seed, b),
                                args.temperature, args.top_k, args.top_p)
         flat = [(p, i, c) for p, cs in zip(batch, samples) for i, c in enumerate(cs)]
         rewards = reward([p["prompt"] + c["text"] for p, _, c in flat])
-        exact, ratio = sequence_kls(policy, None if policy is reference else reference, [p["prompt_ids"] for p, _, _ in flat],
+        exact, ratio = sequence_kls(policy.scorer, None if policy is reference else reference.scorer,
+                                    [p["prompt_ids"] for p, _, _ in flat],
                                     [c["ids"] for _, _, c in flat], tokenizer.pad_token_id, args.kl_batch_size)
         log.append_batch(b, [
             {"run": unit["run"], "loss_type": unit["loss_type"], "beta": unit["beta"], "step": unit["step"],
-             "prompt_id": p["prompt_id"], "prompt": p["prompt"], "sample": i, "completion_ids": c["ids"],
+             "prompt_id": p["prompt_id"], "prompt": p["prompt"], "prompt_ids": p["prompt_ids"], "sample": i,
+             "completion_ids": c["ids"],
              "text": c["text"], "finish": c["finish"], "reward": r, "kl_exact": ke, "kl_logratio": kr}
             for (p, i, c), r, ke, kr in zip(flat, rewards, exact, ratio)])
         if stop.requested:
@@ -109,15 +134,16 @@ def evaluate(unit, prompts, args, tokenizer, reference, reward, records_root, st
         joined = sorted((record for part in parts for record in part), key=lambda record: record["batch"])
         write_text_atomic(merged, "".join(json.dumps(record, sort_keys=True) + "\n" for record in joined))
     state.wait_for_everyone()
-    records = BatchLog(merged).close_and_read()
+    records = read_finished(merged)
     manifest.finish(n=len(records))
     return records
 
 
-def summary_row(unit, records, sft_records, seed) -> dict:
-    stats = summarise(records, seed)
+def summary_row(unit, records, sft_records, args) -> dict:
+    stats = summarise(records, args.seed)
     is_sft = unit["run"] == "sft"
     return {**{k: unit[k] for k in ("run", "loss_type", "beta", "step", "path")}, **stats,
+            "reward_model": args.reward_model, "kl_kind": "measured",
             "win_rate_vs_sft": "" if is_sft else win_rate(records, sft_records),
             "mean_length": float(np.mean([len(r["completion_ids"]) for r in records])),
             "distinct_2": distinct_n([r["completion_ids"] for r in records], 2)}
@@ -129,8 +155,9 @@ def best_of_n_rows(sft_records, args) -> list[dict]:
         rewards = best_of_n_rewards(sft_records, n)
         lo, hi = bootstrap_interval(rewards, seed=args.seed)
         bound = best_of_n_kl_bound(n)
-        rows.append({"run": "best_of_n", "loss_type": "", "beta": "", "step": n, "reward_mean": float(rewards.mean()),
-                     "reward_lo": lo, "reward_hi": hi, "kl_mean": bound, "kl_lo": bound, "kl_hi": bound,
+        rows.append({"run": "best_of_n", "loss_type": "", "beta": "", "step": n, "reward_model": args.reward_model,
+                     "reward_mean": float(rewards.mean()), "reward_lo": lo, "reward_hi": hi,
+                     "kl_kind": "analytic_bound", "kl_mean": bound, "kl_lo": bound, "kl_hi": bound,
                      "kl_logratio_mean": bound, "n": len(sft_records), "win_rate_vs_sft": "", "mean_length": "",
                      "distinct_2": "", "path": ""})
     return rows
@@ -150,11 +177,13 @@ def read_summary(path: str) -> list[dict]:
 
 
 def write_outputs(args, units, records, prompts, settings) -> None:
-    """summary.csv, then the plot from it alone, then report.md."""
-    sft_all = records[("sft", 0)]
-    sft_paired = [r for r in sft_all if r["sample"] < args.samples_per_prompt]
-    rows = [summary_row(u, records[(u["run"], u["step"])], sft_paired, args.seed) for u in units]
-    rows += best_of_n_rows(sft_all, args)
+    """summary.csv, then the plot from it alone, then report.md.
+
+    Every model is measured on its first samples_per_prompt samples per prompt, SFT included although it draws
+    best_of_n_samples for best-of-N: distinct-2 pools n-grams over all samples, so only equal counts compare."""
+    measured = {key: [r for r in recs if r["sample"] < args.samples_per_prompt] for key, recs in records.items()}
+    rows = [summary_row(u, measured[(u["run"], u["step"])], measured[("sft", 0)], args) for u in units]
+    rows += best_of_n_rows(records[("sft", 0)], args)
     summary_path = os.path.join(args.output_dir, "summary.csv")
     write_summary(summary_path, rows)
     plot_frontier(read_summary(summary_path), os.path.join(args.output_dir, "reward_vs_kl.png"))
@@ -170,9 +199,11 @@ def write_outputs(args, units, records, prompts, settings) -> None:
                for prompt in shown}
     curves = {run: os.path.join(args.dpo_dir, run, "training_curves.png") for run in {u["run"] for u in units}
               if os.path.isfile(os.path.join(args.dpo_dir, run, "training_curves.png"))}
+    provenance = {"preset": args.preset, "git_commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+                  "sft_model": describe_model_input(args.sft_model), "dpo_dir": args.dpo_dir,
+                  "base_model": describe_model_input(args.base_model) if args.base_model else None}
     report_path = os.path.join(args.output_dir, "report.md")
-    checkpoints = [r for r in rows if r["run"] != "best_of_n"]
-    write_text_atomic(report_path, render_report(report_path, checkpoints, finals, samples, curves, settings))
+    write_text_atomic(report_path, render_report(report_path, provenance, rows, finals, samples, curves, settings))
     for r in finals:
         print(f"{r['label']:<28} reward {r['reward_mean']:.3f}  KL {r['kl_mean']:.2f}  "
               f"win vs SFT {r['win_rate_vs_sft'] if r['win_rate_vs_sft'] == '' else round(r['win_rate_vs_sft'], 3)}")
@@ -182,6 +213,8 @@ def main(args: EvalArguments) -> int:
     if args.best_of_n_samples < args.samples_per_prompt:
         raise ValueError(f"best_of_n_samples ({args.best_of_n_samples}) must be >= samples_per_prompt "
                          f"({args.samples_per_prompt}): the SFT samples also serve as its own evaluation")
+    for field in ("sampling_dtype", "kl_dtype"):
+        torch_dtype(args, field)
     settings = settings_of(args)
     key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
     records_root = os.path.join(args.output_dir, "records", key)
@@ -192,7 +225,7 @@ def main(args: EvalArguments) -> int:
     prompts = make_prompts(load_reviews(args, "test"), tokenizer, args.num_prompts, "test", args.min_prompt_tokens,
                            args.max_prompt_tokens, args.min_review_chars, args.seed)
     device = process_state().device
-    reference = load_causal_lm(args.sft_model, torch.bfloat16 if device.type == "cuda" else torch.float32, device)
+    reference = ModelPair(args.sft_model, args, device)
     reward = make_reward(args.reward_model, args.reward_batch_size)
     stop = StopRequest()
 

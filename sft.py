@@ -18,12 +18,14 @@ from imdb_dpo.data import load_reviews
 from imdb_dpo.manifests import Manifest, describe_file_input, is_finished
 from imdb_dpo.modeling import load_tokenizer
 from imdb_dpo.preemption import SaveAndStopOnSignal, StopRequest, exit_resumable
+from imdb_dpo.tracking import check_wandb_credentials
 
 STAGES = (SFTScriptArguments, SFTConfig, ModelConfig)
 
 
 def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> int:
     state = training_args.distributed_state  # first, so the process group follows use_cpu as the Trainer will
+    check_wandb_credentials(training_args.report_to)
     output_dir = training_args.output_dir
     if is_finished(output_dir):
         if not script_args.overwrite:

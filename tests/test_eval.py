@@ -1,9 +1,11 @@
 """Stage 4: KL estimators, best-of-N, intervals, win rate, incremental evaluation, and the report."""
 
 import csv
+import json
 import math
 import os
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from imdb_dpo.config import PairsArguments, parse_config
 from imdb_dpo.data import load_reviews, make_prompts
 from imdb_dpo.evaluation import best_of_n_kl_bound, distinct_n, win_rate
 from imdb_dpo.kl import sequence_kls
+from imdb_dpo.manifests import read_manifest
 from imdb_dpo.modeling import load_causal_lm, load_tokenizer
 from imdb_dpo.sampling import plan_batches, sample_batch
 
@@ -100,8 +103,16 @@ def evaluated(tiny_base, tiny_sft, tiny_dpo, tmp_path_factory):
     dpo_root = root / "dpo"
     dpo_root.mkdir()
     shutil.copytree(tiny_dpo, dpo_root / os.path.basename(tiny_dpo))
+    # Read the commit just before the run: another checkout's commit landing later must not fail the test.
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
     assert run_eval(eval_argv(tiny_base, tiny_sft, dpo_root, root / "out")) == 0
-    return {"root": root, "dpo_root": dpo_root, "out": root / "out", "run": os.path.basename(tiny_dpo)}
+    return {"root": root, "dpo_root": dpo_root, "out": root / "out", "run": os.path.basename(tiny_dpo), "commit": commit}
+
+
+def read_records(evaluated, run, step):
+    records_root = next((evaluated["out"] / "records").iterdir())
+    with open(records_root / run / f"step-{step}" / "records.jsonl") as f:
+        return [json.loads(line) for line in f]
 
 
 def test_summary_has_every_checkpoint_and_intervals_contain_their_means(evaluated, tiny_dpo):
@@ -115,19 +126,27 @@ def test_summary_has_every_checkpoint_and_intervals_contain_their_means(evaluate
     expected = sorted(int(d.split("-")[1]) for d in os.listdir(tiny_dpo) if d.startswith("checkpoint-"))
     assert steps == expected
     sft = next(r for r in rows if r["run"] == "sft")
-    assert float(sft["kl_mean"]) == 0.0 and int(sft["n"]) == 24 * 16
+    assert float(sft["kl_mean"]) == 0.0 and int(sft["n"]) == 24 * 4  # like every checkpoint, not all 16 samples
     final = next(r for r in rows if r["run"] == evaluated["run"] and int(r["step"]) == steps[-1])
     assert int(final["n"]) == 24 * 4 and float(final["kl_mean"]) > 0 and 0 <= float(final["win_rate_vs_sft"]) <= 1
     assert any(r["run"] == "base" for r in rows)
+    assert {r["reward_model"] for r in rows} == {"vader"}
+    assert {r["run"] for r in rows if r["kl_kind"] == "analytic_bound"} == {"best_of_n"}
+    assert all(r["kl_kind"] == "measured" for r in rows if r["run"] != "best_of_n")
+
+
+def test_sft_distinct_2_counts_the_same_number_of_samples_as_a_checkpoint(evaluated):
+    sft = next(r for r in read_csv(evaluated["out"] / "summary.csv") if r["run"] == "sft")
+    bigrams = [pair for r in read_records(evaluated, "sft", 0) if r["sample"] < 4
+               for pair in zip(r["completion_ids"], r["completion_ids"][1:])]
+    assert float(sft["distinct_2"]) == pytest.approx(len(set(bigrams)) / len(bigrams))
 
 
 def test_best_of_n_points_sit_at_the_kl_bound_with_rewards_recomputed(evaluated):
     rows = {int(r["step"]): r for r in read_csv(evaluated["out"] / "summary.csv") if r["run"] == "best_of_n"}
     assert sorted(rows) == [1, 2, 4, 8, 16]
-    records_root = next((evaluated["out"] / "records").iterdir())
-    sft_records = [__import__("json").loads(line) for line in open(records_root / "sft" / "step-0" / "records.jsonl")]
     rewards = {}
-    for r in sft_records:
+    for r in read_records(evaluated, "sft", 0):
         rewards.setdefault(r["prompt_id"], [None] * 16)[r["sample"]] = r["reward"]
     for n, row in rows.items():
         assert float(row["kl_mean"]) == pytest.approx(math.log(n) - (n - 1) / n) == best_of_n_kl_bound(n)
@@ -136,10 +155,17 @@ def test_best_of_n_points_sit_at_the_kl_bound_with_rewards_recomputed(evaluated)
     assert float(rows[16]["reward_mean"]) > float(rows[1]["reward_mean"])
 
 
-def test_report_and_plot_are_written(evaluated):
+def test_report_and_plot_are_written(evaluated, tiny_sft):
     report = open(evaluated["out"] / "report.md").read()
     assert "## Final models" in report and "| sft |" in report and "![reward vs KL](reward_vs_kl.png)" in report
     assert "## Samples side by side" in report and "training_curves.png" in report
+    header = report.split("## Final models")[0]
+    assert "preset: `tiny`" in header and evaluated["commit"] and f"git commit: `{evaluated['commit']}`" in header
+    assert read_manifest(tiny_sft)["run_id"] in header and f"`{evaluated['run']}`: beta 0.1" in header
+    best_of_n = report.split("## Best-of-N")[1].split("\n## ")[0]
+    assert "analytic" in best_of_n and "vader" in best_of_n and "| 16 |" in best_of_n
+    checkpoint_table = report.split("## Reward versus KL")[1].split("\n## ")[0]
+    assert "best_of_n" not in checkpoint_table
     assert os.path.getsize(evaluated["out"] / "reward_vs_kl.png") > 10_000
 
 
