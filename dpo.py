@@ -15,7 +15,7 @@ import sys
 
 import trl
 from datasets import load_dataset
-from transformers import set_seed
+from transformers import AutoConfig, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 from trl import DPOConfig, ModelConfig, get_peft_config
 
@@ -42,7 +42,8 @@ def check_inputs(script_args: DPOScriptArguments, training_args: DPOConfig, mode
             "label_smoothing to 0"
         )
     pairs = read_pairs(script_args.pairs_file)  # fails with file, line and field on any malformed pair
-    vocabulary = len(load_tokenizer(model_args.model_name_or_path))
+    # The model's embedding size, not the tokenizer's length: a padded vocabulary can sample ids beyond the latter.
+    vocabulary = AutoConfig.from_pretrained(model_args.model_name_or_path).get_text_config().vocab_size
     for number, pair in enumerate(pairs, start=1):
         too_large = [i for field in REQUIRED_IDS for i in pair[field] if i >= vocabulary]
         if too_large:

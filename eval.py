@@ -102,7 +102,7 @@ def evaluate(unit, prompts, args, tokenizer, reference: ModelPair, reward, recor
     directory = os.path.join(records_root, unit["run"], f"step-{unit['step']}")
     merged = os.path.join(directory, "records.jsonl")
     if is_finished(directory):
-        return read_finished(merged)
+        return read_finished(merged, read_manifest(directory)["n"])
     num_samples = args.best_of_n_samples if unit["run"] == "sft" else args.samples_per_prompt
     manifest = Manifest(directory, "eval", {"unit": unit}, {"model": describe_model_input(unit["path"])})
     log = BatchLog(merged if world == 1 else os.path.join(directory, f"records.rank{rank}-of-{world}.jsonl"))
@@ -134,7 +134,7 @@ def evaluate(unit, prompts, args, tokenizer, reference: ModelPair, reward, recor
         joined = sorted((record for part in parts for record in part), key=lambda record: record["batch"])
         write_text_atomic(merged, "".join(json.dumps(record, sort_keys=True) + "\n" for record in joined))
     state.wait_for_everyone()
-    records = read_finished(merged)
+    records = read_finished(merged, len(prompts) * num_samples)
     manifest.finish(n=len(records))
     return records
 

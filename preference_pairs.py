@@ -105,7 +105,7 @@ def merge_shards(args: PairsArguments) -> None:
             raise ValueError(f"shard {index} of {args.num_shards} ({directory}) is missing or unfinished; run it first")
         if manifest["config"]["generation"] != generation_settings(args):
             raise ValueError(f"shard {index} ({directory}) was generated with other settings than this config")
-        records += read_finished(os.path.join(directory, "completions.jsonl"))
+        records += read_finished(os.path.join(directory, "completions.jsonl"), manifest["num_prompts"])
     records.sort(key=lambda r: r["prompt_index"])
     if [r["prompt_index"] for r in records] != list(range(len(records))):
         raise ValueError(f"shards in {args.output_dir}/shards do not cover every prompt exactly once")

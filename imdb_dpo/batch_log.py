@@ -17,40 +17,45 @@ class DamagedLogError(ValueError):
     """A results file that is damaged; the message names the file, the line and what to do."""
 
 
+_DAMAGED = "the file is damaged, not left by a kill. Restore it, or delete its folder to redo that work."
+
+
 def _parse(path: str, raw: bytes, allow_torn_tail: bool) -> tuple[list[dict], int]:
     """The records of whole batches and the byte length they span."""
     records, offsets, end = [], [], 0
-    lines = raw.splitlines(keepends=True)
-    for number, line in enumerate(lines, start=1):
-        torn = not line.endswith(b"\n")  # only the last line can lack its newline
+    lines = raw.split(b"\n")  # on newlines only: a stray "\r" inside a line is damage, not a line break
+    for number, line in enumerate(lines[:-1], start=1):
         try:
-            record = None if torn else json.loads(line)
+            record = json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError):
             record = None
-        if record is None:
-            if torn and allow_torn_tail:
-                break
-            raise DamagedLogError(
-                f"{path}, line {number}: {'cut short' if torn else 'not valid JSON'}; the file is damaged, not left "
-                "by a kill. Restore it, or delete its folder to redo that work.")
+        if not (isinstance(record, dict) and type(record.get("batch")) is int and type(record.get("batch_size")) is int):
+            raise DamagedLogError(f"{path}, line {number}: not a JSON record of this log; {_DAMAGED}")
         records.append(record)
-        end += len(line)
+        end += len(line) + 1
         offsets.append(end)
+    if lines[-1] and not allow_torn_tail:  # the last line lacks its newline
+        raise DamagedLogError(f"{path}, line {len(lines)}: cut short in a finished file; {_DAMAGED}")
     counts = Counter(r["batch"] for r in records)
-    while records and counts[records[-1]["batch"]] < records[-1]["batch_size"]:
-        if not allow_torn_tail:
-            raise DamagedLogError(
-                f"{path}, line {len(records)}: batch {records[-1]['batch']} has {counts[records[-1]['batch']]} of "
-                f"{records[-1]['batch_size']} lines in a finished file. Restore it, or delete its folder to redo that work.")
-        records.pop()
+    last = records[-1]["batch"] if records else None
+    for number, record in enumerate(records, start=1):
+        if counts[record["batch"]] != record["batch_size"] and (record["batch"] != last or not allow_torn_tail):
+            raise DamagedLogError(f"{path}, line {number}: batch {record['batch']} has {counts[record['batch']]} of "
+                                  f"{record['batch_size']} lines; {_DAMAGED}")
+    while records and records[-1]["batch"] == last and counts[last] != records[-1]["batch_size"]:
+        records.pop()  # the batch a kill cut short: it is redone
         offsets.pop()
     return records, offsets[-1] if offsets else 0
 
 
-def read_finished(path: str) -> list[dict]:
-    """Every record of a finished log, refusing any damage (a finished file is never cut back)."""
+def read_finished(path: str, expected_records: int) -> list[dict]:
+    """Every record of a finished log, which must hold `expected_records` (its manifest's count) in whole batches;
+    any damage is an error (a finished file is never cut back)."""
     with open(path, "rb") as f:
-        return _parse(path, f.read(), allow_torn_tail=False)[0]
+        records = _parse(path, f.read(), allow_torn_tail=False)[0]
+    if len(records) != expected_records:
+        raise DamagedLogError(f"{path}: {len(records)} records, but its manifest says {expected_records}; {_DAMAGED}")
+    return records
 
 
 class BatchLog:

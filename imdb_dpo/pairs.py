@@ -102,11 +102,13 @@ def read_pairs(path: str) -> list[dict]:
             "finish preference_pairs.py (or merge its shards) first"
         )
     pairs = []
-    with open(path) as f:
+    with open(path, "rb") as f:
         for number, line in enumerate(f, start=1):
             where = f"{path}, line {number}"
             try:
-                pair = json.loads(line)
+                pair = json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                raise PairFileError(f"{where}: not UTF-8 text (byte {e.start}); regenerate or repair the file") from None
             except json.JSONDecodeError as e:
                 raise PairFileError(f"{where}: not valid JSON ({e.msg})") from None
             _check_pair(pair, where)

@@ -27,8 +27,11 @@ def test_a_tail_torn_by_a_kill_is_cut_back_to_whole_batches(tmp_path):
 
 
 @pytest.mark.parametrize("damage, line", [
-    (lambda lines: [lines[0], b"{not json\n", *lines[2:]], 2),  # a complete line that is not JSON
-    (lambda lines: [lines[0], lines[1][:5], *lines[2:]], 2),      # a cut line followed by more lines
+    (lambda lines: [lines[0], b"{not json\n", *lines[2:]], 2),                # a complete line that is not JSON
+    (lambda lines: [lines[0], lines[1][:5], *lines[2:]], 2),                    # a cut line followed by more lines
+    (lambda lines: [lines[0], lines[1][:5] + b"\r" + lines[1][5:], *lines[2:]], 2),  # a stray carriage return
+    (lambda lines: [lines[0], b"5\n", *lines[2:]], 2),                         # JSON, but not a record
+    (lambda lines: [lines[0], *lines[2:]], 1),                                  # a line of batch 0 lost
 ])
 def test_damage_that_no_kill_leaves_is_an_error_and_changes_nothing(tmp_path, damage, line):
     path = tmp_path / "log.jsonl"
@@ -38,18 +41,22 @@ def test_damage_that_no_kill_leaves_is_an_error_and_changes_nothing(tmp_path, da
     with pytest.raises(DamagedLogError, match=rf"log\.jsonl, line {line}: .*damaged"):
         BatchLog(str(path))
     with pytest.raises(DamagedLogError, match=rf"log\.jsonl, line {line}: "):
-        read_finished(str(path))
+        read_finished(str(path), 4)
     assert path.read_bytes() == before
 
 
-def test_a_finished_file_is_never_cut_back(tmp_path):
+def test_a_finished_file_is_never_cut_back_and_must_hold_its_manifests_count(tmp_path):
     path = tmp_path / "log.jsonl"
     whole = two_batches(path)
     path.write_bytes(whole[: whole.rindex(b"{")])  # the last line of batch 1 lost
-    with pytest.raises(DamagedLogError, match=r"log\.jsonl, line 3: batch 1 has 1 of 2 lines in a finished file"):
-        read_finished(str(path))
-    path.write_bytes(whole[:-3])  # a finished file with a torn last line
-    with pytest.raises(DamagedLogError, match=r"log\.jsonl, line 4: cut short"):
-        read_finished(str(path))
+    with pytest.raises(DamagedLogError, match=r"log\.jsonl, line 3: batch 1 has 1 of 2 lines"):
+        read_finished(str(path), 4)
+    path.write_bytes(whole[:-3])  # a torn last line
+    with pytest.raises(DamagedLogError, match=r"log\.jsonl, line 4: cut short in a finished file"):
+        read_finished(str(path), 4)
+    for kept in (whole[: len(whole) // 2], b""):  # whole batches, or nothing, but fewer than the manifest's count
+        path.write_bytes(kept)
+        with pytest.raises(DamagedLogError, match=r"log\.jsonl: \d records, but its manifest says 4"):
+            read_finished(str(path), 4)
     path.write_bytes(whole)
-    assert [r["x"] for r in read_finished(str(path))] == [1, 2, 3, 4]
+    assert [r["x"] for r in read_finished(str(path), 4)] == [1, 2, 3, 4]

@@ -178,6 +178,19 @@ def test_invalid_pair_file_is_refused(tiny_sft, tiny_pairs, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_token_ids_outside_the_models_vocabulary_are_refused(tiny_sft, tiny_pairs, tmp_path):
+    bad_dir = tmp_path / "pairs"
+    shutil.copytree(os.path.dirname(tiny_pairs), bad_dir)
+    lines = (bad_dir / "pairs.jsonl").read_text().splitlines(keepends=True)
+    pair = json.loads(lines[2])
+    pair["rejected_ids"][0] = vocabulary = AutoModelForCausalLM.from_pretrained(tiny_sft).config.vocab_size
+    lines[2] = json.dumps(pair) + "\n"
+    (bad_dir / "pairs.jsonl").write_text("".join(lines))
+    with pytest.raises(PairFileError, match=rf"pairs\.jsonl, line 3: token id {vocabulary} is outside the vocabulary"):
+        run_dpo(dpo_argv(tiny_sft, str(bad_dir / "pairs.jsonl"), tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
 def test_pairs_from_another_model_than_the_reference_are_refused(tiny_base, tiny_pairs, tmp_path):
     with pytest.raises(ValueError, match=r"was sampled from .* but model_name_or_path is .*must be the model that generated"):
         run_dpo(dpo_argv(tiny_base["model"], tiny_pairs, tmp_path / "out"))

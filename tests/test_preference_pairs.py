@@ -178,6 +178,17 @@ def write_pair_file(directory, lines, finished=True):
     return path
 
 
+def test_a_pair_line_that_is_not_utf8_is_named(tmp_path):
+    path = write_pair_file(tmp_path, [GOOD, GOOD])
+    with open(path, "rb") as f:
+        lines = f.readlines()
+    lines[1] = lines[1].replace(b"great", b"gr\xff\xfeat")
+    with open(path, "wb") as f:
+        f.writelines(lines)
+    with pytest.raises(PairFileError, match=r"pairs\.jsonl, line 2: not UTF-8 text"):
+        read_pairs(path)
+
+
 @pytest.mark.parametrize("bad_line, message", [
     ("{not json\n", r"line 2: not valid JSON"),
     ({k: v for k, v in GOOD.items() if k != "rejected"}, r"line 2: missing field 'rejected'"),
