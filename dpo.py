@@ -20,6 +20,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import DPOConfig, ModelConfig, get_peft_config
 
 from imdb_dpo.config import DPOScriptArguments, parse_config
+from imdb_dpo.locks import main_process_lock
 from imdb_dpo.dpo_training import DropOptimizerFromOldCheckpoints, PretokenizedDPOTrainer, checkpoint_steps, run_name
 from imdb_dpo.manifests import Manifest, describe_file_input, describe_model_input, is_finished, read_manifest
 from imdb_dpo.modeling import load_tokenizer
@@ -89,6 +90,11 @@ def train_one(beta, script_args, training_args, model_args, dataset, tokenizer, 
     """Train (or resume, or skip) the run for one beta; returns False when stopped by a signal."""
     run_dir = os.path.join(training_args.output_dir, run_name(training_args.loss_type[0], beta,
                                                                 training_args.label_smoothing, model_args.use_peft))
+    with main_process_lock(run_dir, "dpo.py"):
+        return train_locked(run_dir, beta, script_args, training_args, model_args, dataset, tokenizer, stop)
+
+
+def train_locked(run_dir, beta, script_args, training_args, model_args, dataset, tokenizer, stop) -> bool:
     if is_finished(run_dir):
         if not script_args.overwrite:
             print(f"{run_dir} is finished; skipping (pass --overwrite true to train again)")

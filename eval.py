@@ -28,6 +28,7 @@ from imdb_dpo.dpo_training import checkpoint_steps
 from imdb_dpo.evaluation import (BEST_OF_N, best_of_n_kl_bound, best_of_n_rewards, bootstrap_interval, distinct_n,
                                  summarise, win_rate)
 from imdb_dpo.kl import sequence_kls
+from imdb_dpo.locks import main_process_lock
 from imdb_dpo.manifests import (Manifest, describe_model_input, git_commit, is_finished, read_manifest,
                                 write_text_atomic)
 from imdb_dpo.modeling import load_causal_lm, load_tokenizer
@@ -215,6 +216,11 @@ def main(args: EvalArguments) -> int:
                          f"({args.samples_per_prompt}): the SFT samples also serve as its own evaluation")
     for field in ("sampling_dtype", "kl_dtype"):
         torch_dtype(args, field)
+    with main_process_lock(args.output_dir, "eval.py"):
+        return evaluate_all(args)
+
+
+def evaluate_all(args: EvalArguments) -> int:
     settings = settings_of(args)
     key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
     records_root = os.path.join(args.output_dir, "records", key)

@@ -21,6 +21,7 @@ from imdb_dpo.batch_log import BatchLog, read_finished
 from imdb_dpo.config import PairsArguments, parse_config
 from imdb_dpo.data import load_reviews, make_prompts
 from imdb_dpo.distributed import any_process, process_state
+from imdb_dpo.locks import folder_lock
 from imdb_dpo.manifests import Manifest, describe_model_input, is_finished, read_manifest, write_text_atomic
 from imdb_dpo.modeling import load_causal_lm, load_tokenizer
 from imdb_dpo.pairs import PAIRING_MODES, make_pairs, rank, write_pairs
@@ -56,6 +57,11 @@ def generation_settings(args: PairsArguments) -> dict:
 def generate_shard(args: PairsArguments, stop: StopRequest) -> bool:
     """Sample, score and log this shard's batches; returns False when stopped by a signal."""
     directory = shard_dir(args, args.shard_index)
+    with folder_lock(directory, "preference_pairs.py"):  # each process owns its shard
+        return generate_locked(args, directory, stop)
+
+
+def generate_locked(args: PairsArguments, directory: str, stop: StopRequest) -> bool:
     if is_finished(directory):
         return True
     previous = read_manifest(directory)
@@ -151,7 +157,8 @@ def main(args: PairsArguments) -> int:
                   f"--num_shards {args.num_shards} when all are")
             return 0
     if state.is_main_process:
-        merge_shards(args)
+        with folder_lock(args.output_dir, "preference_pairs.py --merge"):
+            merge_shards(args)
     state.wait_for_everyone()
     return 0
 

@@ -15,6 +15,7 @@ from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
 from imdb_dpo.config import SFTScriptArguments, parse_config
 from imdb_dpo.data import load_reviews
+from imdb_dpo.locks import main_process_lock
 from imdb_dpo.manifests import Manifest, describe_file_input, is_finished
 from imdb_dpo.modeling import load_tokenizer
 from imdb_dpo.preemption import SaveAndStopOnSignal, StopRequest, exit_resumable
@@ -24,8 +25,14 @@ STAGES = (SFTScriptArguments, SFTConfig, ModelConfig)
 
 
 def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> int:
-    state = training_args.distributed_state  # first, so the process group follows use_cpu as the Trainer will
+    training_args.distributed_state  # first, so the process group follows use_cpu as the Trainer will
     check_wandb_credentials(training_args.report_to)
+    with main_process_lock(training_args.output_dir, "sft.py"):
+        return train(script_args, training_args, model_args)
+
+
+def train(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> int:
+    state = training_args.distributed_state
     output_dir = training_args.output_dir
     if is_finished(output_dir):
         if not script_args.overwrite:
