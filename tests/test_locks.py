@@ -52,7 +52,7 @@ def test_dpo_on_a_run_folder_in_use_fails_before_touching_it(tiny_sft, tiny_pair
 def test_a_second_evaluation_of_one_folder_is_refused_and_the_first_writes_each_record_once(tiny_base, tiny_sft,
                                                                                              tmp_path):
     out, no_runs = tmp_path / "eval", tmp_path / "no_dpo_runs"
-    argv = eval_argv(tiny_base, tiny_sft, no_runs, out)
+    argv = eval_argv(tiny_base, tiny_sft, no_runs, out, "--num_prompts", "12")
     first = subprocess.Popen([sys.executable, "eval.py", *argv], cwd=REPO, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
     wait_until(lambda: os.path.isfile(lock_path(out)) and os.path.getsize(lock_path(out)) > 0, first)
@@ -62,4 +62,4 @@ def test_a_second_evaluation_of_one_folder_is_refused_and_the_first_writes_each_
     assert first.returncode == 0, stderr[-3000:]
     records_dir = next((out / "records").iterdir())
     sft = [json.loads(line) for line in open(records_dir / "sft" / "step-0" / "records.jsonl")]
-    assert len(sft) == 24 * 16 and len({(r["prompt_id"], r["sample"]) for r in sft}) == len(sft)
+    assert len(sft) == 12 * 16 and len({(r["prompt_id"], r["sample"]) for r in sft}) == len(sft)
