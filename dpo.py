@@ -3,12 +3,13 @@
     python dpo.py --config configs/gpt2-large/dpo.yaml                 # the config's sweep (--betas)
     python dpo.py --config configs/gpt2-large/dpo.yaml --betas 0.1     # one run (a SLURM array task)
 
-Each run goes to <output_dir>/<loss>_beta<beta>/ with checkpoints every save_steps, resumes by itself,
-and is skipped once finished. Reference log-probs are computed once and cached (TRL's
+Each run goes to <output_dir>/<loss>_beta<beta>/ with checkpoints every save_steps, resumes by itself, and
+is skipped once finished with the same settings (--overwrite true replaces it once the new run has finished). Reference log-probs are computed once and cached (TRL's
 precompute_ref_log_probs), so every beta of the sweep reuses them.
 """
 
 import dataclasses
+import math
 import os
 import shutil
 import sys
@@ -19,10 +20,13 @@ from transformers import AutoConfig, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 from trl import DPOConfig, ModelConfig, get_peft_config
 
-from imdb_dpo.config import DPOScriptArguments, parse_config
+from imdb_dpo.checks import check_learning_rate, check_model, check_positive
+from imdb_dpo.cli import run_stage
+from imdb_dpo.config import ConfigError, DPOScriptArguments
 from imdb_dpo.locks import main_process_lock
 from imdb_dpo.dpo_training import DropOptimizerFromOldCheckpoints, PretokenizedDPOTrainer, checkpoint_steps, run_name
-from imdb_dpo.manifests import Manifest, describe_file_input, describe_model_input, is_finished, read_manifest
+from imdb_dpo.manifests import Manifest, describe_file_input, describe_model_input, read_manifest
+from imdb_dpo.outputs import plan_output, run_settings
 from imdb_dpo.modeling import load_tokenizer
 from imdb_dpo.pairs import REQUIRED_IDS, PairFileError, read_pairs
 from imdb_dpo.plots import plot_training_curves
@@ -32,12 +36,24 @@ from imdb_dpo.tracking import check_wandb_credentials, own_wandb_run
 STAGES = (DPOScriptArguments, DPOConfig, ModelConfig)
 
 
+def sweep_betas(script_args: DPOScriptArguments, training_args: DPOConfig) -> list[float]:
+    if not script_args.betas:
+        return [training_args.beta]
+    if training_args.beta != DPOConfig.__dataclass_fields__["beta"].default:
+        raise ConfigError(f"beta={training_args.beta} is set, but betas={script_args.betas} decides the runs and would "
+                          f"ignore it; for one run use --betas {training_args.beta:g} (or remove betas from the config)")
+    return script_args.betas
+
+
 def check_inputs(script_args: DPOScriptArguments, training_args: DPOConfig, model_args: ModelConfig, betas) -> None:
-    bad = [b for b in betas if not b > 0]
+    bad = [b for b in betas if not (math.isfinite(b) and b > 0)]
     if bad:
-        raise ValueError(f"beta must be > 0 (got {bad}); fix beta/betas in the config")
+        raise ConfigError(f"beta must be a number > 0 (got {bad}); fix beta/betas in the config")
+    check_learning_rate(training_args)
+    check_positive(script_args, "max_train_pairs", "total_batch_size")
+    check_model("model_name_or_path", model_args.model_name_or_path)
     if training_args.label_smoothing and "sigmoid" in training_args.loss_type:
-        raise ValueError(
+        raise ConfigError(
             f"label_smoothing={training_args.label_smoothing} with loss_type sigmoid: TRL {trl.__version__} ignores "
             "label smoothing in the sigmoid loss; use loss_type robust for noisy preference labels, or set "
             "label_smoothing to 0"
@@ -52,10 +68,14 @@ def check_inputs(script_args: DPOScriptArguments, training_args: DPOConfig, mode
                 f"{script_args.pairs_file}, line {number}: token id {too_large[0]} is outside the vocabulary of "
                 f"{model_args.model_name_or_path} ({vocabulary} tokens); the pairs were sampled with another "
                 "tokenizer: fix model_name_or_path or regenerate the pairs")
-    pairs_source = read_manifest(os.path.dirname(os.path.abspath(script_args.pairs_file)))["inputs"]["model"]
+    pairs_manifest = read_manifest(os.path.dirname(os.path.abspath(script_args.pairs_file)))
+    if not (pairs_manifest and pairs_manifest.get("finished")):
+        raise PairFileError(f"pairs_file={script_args.pairs_file!r}: no finished manifest.json beside it, so it was not "
+                            "written by preference_pairs.py or its run is unfinished; finish that stage first")
+    pairs_source = pairs_manifest["inputs"]["model"]
     reference = describe_model_input(model_args.model_name_or_path)
     if not same_model(pairs_source, reference):
-        raise ValueError(
+        raise ConfigError(
             f"{script_args.pairs_file} was sampled from {pairs_source['path']} (run {pairs_source['run_id']}), but "
             f"model_name_or_path is {reference['path']} (run {reference['run_id']}); DPO's reference must be the "
             "model that generated the pairs: fix model_name_or_path or regenerate the pairs"
@@ -90,41 +110,43 @@ def train_one(beta, script_args, training_args, model_args, dataset, tokenizer, 
     """Train (or resume, or skip) the run for one beta; returns False when stopped by a signal."""
     run_dir = os.path.join(training_args.output_dir, run_name(training_args.loss_type[0], beta,
                                                                 training_args.label_smoothing, model_args.use_peft))
-    with main_process_lock(run_dir, "dpo.py"):
-        return train_locked(run_dir, beta, script_args, training_args, model_args, dataset, tokenizer, stop)
-
-
-def train_locked(run_dir, beta, script_args, training_args, model_args, dataset, tokenizer, stop) -> bool:
-    if is_finished(run_dir):
-        if not script_args.overwrite:
-            print(f"{run_dir} is finished; skipping (pass --overwrite true to train again)")
-            return True
-        if training_args.distributed_state.is_main_process:
-            shutil.rmtree(run_dir)
-        training_args.distributed_state.wait_for_everyone()
     args = dataclasses.replace(training_args, beta=beta, output_dir=run_dir, run_name=os.path.basename(run_dir))
-    manifest = Manifest(run_dir, "dpo", {"script": script_args, "training": args, "model": model_args}, {
-        "pairs": {**describe_file_input(script_args.pairs_file),
-                  "run_id": read_manifest(os.path.dirname(os.path.abspath(script_args.pairs_file)))["run_id"]},
-        "model": describe_model_input(model_args.model_name_or_path),
-    })
+    configs = {"script": script_args, "training": args, "model": model_args}
+    pairs_dir = os.path.dirname(os.path.abspath(script_args.pairs_file))
+    inputs = {"pairs": {**describe_file_input(script_args.pairs_file), "run_id": read_manifest(pairs_dir)["run_id"]},
+              "model": describe_model_input(model_args.model_name_or_path)}
+    state = training_args.distributed_state
+    with main_process_lock(run_dir, "dpo.py"):
+        plan = plan_output(run_dir, run_settings(configs, inputs), lambda d: bool(checkpoint_steps(d)),
+                           script_args.overwrite, "DPO run", state.is_main_process, state.wait_for_everyone)
+        if plan.skip:
+            return True
+        args.output_dir = plan.directory
+        return train_locked(plan, args, script_args, model_args, dataset, tokenizer, stop,
+                            Manifest(plan.directory, "dpo", configs, inputs))
+
+
+def train_locked(plan, args, script_args, model_args, dataset, tokenizer, stop, manifest) -> bool:
     with own_wandb_run(args, manifest.run_id):
         trainer = new_trainer(args, model_args, dataset, tokenizer,
                               [SaveAndStopOnSignal(stop), DropOptimizerFromOldCheckpoints()])
-        trainer.train(resume_from_checkpoint=get_last_checkpoint(run_dir))
+        trainer.train(resume_from_checkpoint=get_last_checkpoint(plan.directory))
     if stop.requested:
         return False
-    trainer.save_model(run_dir)
+    trainer.save_model(plan.directory)
     if trainer.accelerator.is_main_process:
-        trainer.state.save_to_json(os.path.join(run_dir, "trainer_state.json"))
-        plot_training_curves(os.path.join(run_dir, "trainer_state.json"),
-                             os.path.join(run_dir, "training_curves.png"), os.path.basename(run_dir))
+        trainer.state.save_to_json(os.path.join(plan.directory, "trainer_state.json"))
+        plot_training_curves(os.path.join(plan.directory, "trainer_state.json"),
+                             os.path.join(plan.directory, "training_curves.png"), args.run_name)
     trainer.accelerator.wait_for_everyone()
     last_log = next((e for e in reversed(trainer.state.log_history) if "rewards/accuracies" in e), {})
-    manifest.finish(global_step=trainer.state.global_step, checkpoints=[s for s, _ in checkpoint_steps(run_dir)],
+    manifest.finish(global_step=trainer.state.global_step, checkpoints=[s for s, _ in checkpoint_steps(plan.directory)],
                     final_metrics=last_log, pairs_per_step=args.per_device_train_batch_size * args.world_size
                     * args.gradient_accumulation_steps, processes=args.world_size)
-    print(f"{run_dir}: {trainer.state.global_step} steps, last logged preference accuracy "
+    if trainer.accelerator.is_main_process:
+        plan.finish()
+    trainer.accelerator.wait_for_everyone()
+    print(f"{plan.final}: {trainer.state.global_step} steps, last logged preference accuracy "
           f"{last_log.get('rewards/accuracies', float('nan')):.3f}")
     return True
 
@@ -134,7 +156,7 @@ def set_total_batch_size(script_args: DPOScriptArguments, training_args: DPOConf
         return
     per_step = training_args.world_size * training_args.gradient_accumulation_steps
     if script_args.total_batch_size % per_step:
-        raise ValueError(f"total_batch_size={script_args.total_batch_size} is not divisible by processes "
+        raise ConfigError(f"total_batch_size={script_args.total_batch_size} is not divisible by processes "
                          f"({training_args.world_size}) x gradient_accumulation_steps "
                          f"({training_args.gradient_accumulation_steps})")
     training_args.per_device_train_batch_size = script_args.total_batch_size // per_step
@@ -143,7 +165,7 @@ def set_total_batch_size(script_args: DPOScriptArguments, training_args: DPOConf
 def main(script_args: DPOScriptArguments, training_args: DPOConfig, model_args: ModelConfig) -> int:
     state = training_args.distributed_state  # first, so the process group follows use_cpu as the Trainer will
     check_wandb_credentials(training_args.report_to)
-    betas = script_args.betas or [training_args.beta]
+    betas = sweep_betas(script_args, training_args)
     set_total_batch_size(script_args, training_args)
     check_inputs(script_args, training_args, model_args, betas)
     training_args.model_init_kwargs = {
@@ -154,7 +176,7 @@ def main(script_args: DPOScriptArguments, training_args: DPOConfig, model_args: 
     tokenizer = load_tokenizer(model_args.model_name_or_path, padding_side="right")
     if script_args.reference_only:
         if not training_args.precompute_ref_log_probs:
-            raise ValueError("reference_only needs precompute_ref_log_probs: true in the config")
+            raise ConfigError("reference_only needs precompute_ref_log_probs: true in the config")
         scratch = os.path.join(training_args.output_dir, ".reference")
         new_trainer(dataclasses.replace(training_args, output_dir=scratch), model_args, dataset, tokenizer)
         state.wait_for_everyone()
@@ -170,4 +192,4 @@ def main(script_args: DPOScriptArguments, training_args: DPOConfig, model_args: 
 
 
 if __name__ == "__main__":
-    sys.exit(main(*parse_config(STAGES)))
+    sys.exit(run_stage(main, STAGES))

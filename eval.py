@@ -21,8 +21,10 @@ import torch
 from tqdm.auto import tqdm
 
 from imdb_dpo.batch_log import BatchLog, read_finished
-from imdb_dpo.config import ConfigError, EvalArguments, parse_config
-from imdb_dpo.data import load_reviews, make_prompts
+from imdb_dpo.checks import check_model, check_positive, check_sampling, model_dir_problem
+from imdb_dpo.cli import run_stage
+from imdb_dpo.config import ConfigError, EvalArguments
+from imdb_dpo.data import prompts_for
 from imdb_dpo.distributed import any_process, process_state
 from imdb_dpo.dpo_training import checkpoint_steps
 from imdb_dpo.evaluation import (BEST_OF_N, best_of_n_kl_bound, best_of_n_rewards, bootstrap_interval, distinct_n,
@@ -35,7 +37,7 @@ from imdb_dpo.modeling import load_causal_lm, load_tokenizer
 from imdb_dpo.plots import plot_frontier
 from imdb_dpo.preemption import StopRequest, exit_resumable
 from imdb_dpo.report import render_report
-from imdb_dpo.reward import make_reward
+from imdb_dpo.reward import VADER, make_reward
 from imdb_dpo.sampling import batch_seed, plan_batches, sample_batch
 
 STAGES = (EvalArguments,)
@@ -50,29 +52,44 @@ def settings_of(args: EvalArguments) -> dict:
     """What decides an evaluation's numbers; records made under other settings are kept apart."""
     keys = ("dataset_name", "train_file", "test_file", "text_column", "num_prompts", "min_prompt_tokens",
             "max_prompt_tokens", "min_review_chars", "samples_per_prompt", "best_of_n_samples", "max_new_tokens",
-            "temperature", "top_k", "top_p", "batch_size", "reward_model", "seed", "sampling_dtype", "kl_dtype")
+            "temperature", "top_k", "top_p", "batch_size", "reward_model", "reward_positive_label", "seed",
+            "sampling_dtype", "kl_dtype")
     return {**{k: getattr(args, k) for k in keys}, "reference": describe_model_input(args.sft_model)}
 
 
-def models_to_evaluate(args: EvalArguments) -> list[dict]:
+def models_to_evaluate(args: EvalArguments) -> tuple[list[dict], list[dict]]:
+    """The models to evaluate, and what is left out with the reason (reported, not fatal): unfinished DPO runs
+    and checkpoints that cannot be loaded."""
     units = [{"run": "sft", "loss_type": "", "beta": "", "step": 0, "path": args.sft_model}]
     if args.base_model:
         units.append({"run": "base", "loss_type": "", "beta": "", "step": 0, "path": args.base_model})
-    runs = sorted(os.listdir(args.dpo_dir)) if os.path.isdir(args.dpo_dir) else []
+    skipped = []
+    # A leading dot marks work in progress beside a finished run (e.g. `.sigmoid_beta0.1.new` of an --overwrite).
+    runs = sorted(n for n in os.listdir(args.dpo_dir) if not n.startswith(".")) if os.path.isdir(args.dpo_dir) else []
     for name in runs:
         run_dir = os.path.join(args.dpo_dir, name)
         manifest = read_manifest(run_dir)
         if not manifest or manifest.get("stage") != "dpo":
             continue
         if not manifest.get("finished"):
-            print(f"skipping {run_dir}: the DPO run is unfinished")
+            skipped.append({"path": run_dir, "reason": "the DPO run is unfinished; finish it (run dpo.py again) and "
+                                                       "evaluate again"})
             continue
         training = manifest["config"]["training"]
         meta = {"run": name, "loss_type": "+".join(training["loss_type"]), "beta": training["beta"]}
         steps = dict(checkpoint_steps(run_dir))
         steps.setdefault(manifest["global_step"], run_dir)  # the final model, when no checkpoint holds it
-        units += [{**meta, "step": step, "path": path} for step, path in sorted(steps.items())]
-    return units
+        for step, path in sorted(steps.items()):
+            problem = model_dir_problem(path, tokenizer=False)
+            if problem:
+                skipped.append({"path": path, "reason": problem})
+            else:
+                units.append({**meta, "step": step, "path": path})
+    return units, skipped
+
+
+class UnreadableCheckpoint(Exception):
+    """A DPO checkpoint whose files are there but do not load (e.g. cut short by a full disk)."""
 
 
 def torch_dtype(args: EvalArguments, field: str) -> torch.dtype:
@@ -93,6 +110,16 @@ class ModelPair:
         self.sampler = self.scorer if same else load_causal_lm(path, torch_dtype(args, "sampling_dtype"), device)
 
 
+def load_policy(unit: dict, args: EvalArguments, device) -> ModelPair:
+    try:
+        return ModelPair(unit["path"], args, device)
+    except Exception as error:  # safetensors, torch and transformers each raise their own kind for a damaged file
+        if unit["run"] == "base":
+            raise
+        detail = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise UnreadableCheckpoint(f"it does not load ({type(error).__name__}: {detail})") from error
+
+
 def evaluate(unit, prompts, args, tokenizer, reference: ModelPair, reward, records_root, stop) -> list[dict] | None:
     """Per-sample records of one model; None when stopped by a signal (the finished batches are kept).
 
@@ -110,7 +137,7 @@ def evaluate(unit, prompts, args, tokenizer, reference: ModelPair, reward, recor
     batches = [(b, batch) for b, batch in enumerate(plan_batches(prompts, args.batch_size))
                if b % world == rank and b not in log.done_batches]
     if batches:
-        policy = reference if unit["run"] == "sft" else ModelPair(unit["path"], args, reference.scorer.device)
+        policy = reference if unit["run"] == "sft" else load_policy(unit, args, reference.scorer.device)
     for b, batch in tqdm(batches, desc=f"eval {unit['run']} step {unit['step']}", unit="batch"):
         samples = sample_batch(policy.sampler, tokenizer, batch, num_samples, args.max_new_tokens, batch_seed(args.seed, b),
                                args.temperature, args.top_k, args.top_p)
@@ -177,7 +204,7 @@ def read_summary(path: str) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def write_outputs(args, units, records, prompts, settings) -> None:
+def write_outputs(args, units, records, prompts, settings, skipped) -> None:
     """summary.csv, then the plot from it alone, then report.md.
 
     Every model is measured on its first samples_per_prompt samples per prompt, SFT included although it draws
@@ -204,50 +231,70 @@ def write_outputs(args, units, records, prompts, settings) -> None:
                   "sft_model": describe_model_input(args.sft_model), "dpo_dir": args.dpo_dir,
                   "base_model": describe_model_input(args.base_model) if args.base_model else None}
     report_path = os.path.join(args.output_dir, "report.md")
-    write_text_atomic(report_path, render_report(report_path, provenance, rows, finals, samples, curves, settings))
+    write_text_atomic(report_path, render_report(report_path, provenance, rows, finals, samples, curves, settings,
+                                                       skipped))
     for r in finals:
         print(f"{r['label']:<28} reward {r['reward_mean']:.3f}  KL {r['kl_mean']:.2f}  "
               f"win vs SFT {r['win_rate_vs_sft'] if r['win_rate_vs_sft'] == '' else round(r['win_rate_vs_sft'], 3)}")
 
 
-def main(args: EvalArguments) -> int:
+def check_args(args: EvalArguments) -> None:
+    check_sampling(args)
+    check_positive(args, "best_of_n_samples", "kl_batch_size")
+    if args.report_prompts < 0:
+        raise ConfigError(f"report_prompts={args.report_prompts}: must be >= 0")
     if args.best_of_n_samples < args.samples_per_prompt:
-        raise ValueError(f"best_of_n_samples ({args.best_of_n_samples}) must be >= samples_per_prompt "
-                         f"({args.samples_per_prompt}): the SFT samples also serve as its own evaluation")
+        raise ConfigError(f"best_of_n_samples ({args.best_of_n_samples}) must be >= samples_per_prompt "
+                          f"({args.samples_per_prompt}): the SFT samples also serve as its own evaluation")
     for field in ("sampling_dtype", "kl_dtype"):
         torch_dtype(args, field)
+    check_model("sft_model", args.sft_model)
+    if args.base_model:
+        check_model("base_model", args.base_model, tokenizer=False)
+    if args.reward_model != VADER:
+        check_model("reward_model", args.reward_model)
+
+
+def main(args: EvalArguments) -> int:
+    check_args(args)
+    tokenizer = load_tokenizer(args.sft_model)
+    prompts = prompts_for(args, tokenizer, "test")
     with main_process_lock(args.output_dir, "eval.py"):
-        return evaluate_all(args)
+        return evaluate_all(args, tokenizer, prompts)
 
 
-def evaluate_all(args: EvalArguments) -> int:
+def evaluate_all(args: EvalArguments, tokenizer, prompts: list[dict]) -> int:
     settings = settings_of(args)
     key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
     records_root = os.path.join(args.output_dir, "records", key)
     if process_state().is_main_process:
         write_text_atomic(os.path.join(records_root, "settings.json"), json.dumps(settings, indent=2, default=str) + "\n")
 
-    tokenizer = load_tokenizer(args.sft_model)
-    prompts = make_prompts(load_reviews(args, "test"), tokenizer, args.num_prompts, "test", args.min_prompt_tokens,
-                           args.max_prompt_tokens, args.min_review_chars, args.seed)
     device = process_state().device
     reference = ModelPair(args.sft_model, args, device)
-    reward = make_reward(args.reward_model, args.reward_batch_size)
+    reward = make_reward(args.reward_model, args.reward_batch_size, args.reward_positive_label)
     stop = StopRequest()
 
-    units = models_to_evaluate(args)
-    records = {}
+    units, skipped = models_to_evaluate(args)
+    records, evaluated = {}, []
     for unit in units:
-        result = evaluate(unit, prompts, args, tokenizer, reference, reward, records_root, stop)
+        try:
+            result = evaluate(unit, prompts, args, tokenizer, reference, reward, records_root, stop)
+        except UnreadableCheckpoint as error:
+            skipped.append({"path": unit["path"], "reason": str(error)})
+            continue
         if result is None:
             return exit_resumable()
         records[(unit["run"], unit["step"])] = result
+        evaluated.append(unit)
+    for s in skipped:
+        print(f"not evaluated: {s['path']}: {s['reason']}")
 
     if process_state().is_main_process:
-        write_outputs(args, units, records, prompts, settings)
+        write_outputs(args, evaluated, records, prompts, settings, skipped)
     print(f"summary, plot and report in {args.output_dir}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(*parse_config(STAGES)))
+    sys.exit(run_stage(main, STAGES))

@@ -11,22 +11,24 @@ then completions.jsonl (one object per prompt, with its ranked samples), pairs.j
 import dataclasses
 import json
 import os
-import shutil
 import sys
 
 import torch
 from tqdm.auto import tqdm
 
 from imdb_dpo.batch_log import BatchLog, read_finished
-from imdb_dpo.config import PairsArguments, parse_config
-from imdb_dpo.data import load_reviews, make_prompts
+from imdb_dpo.checks import check_model, check_positive, check_sampling
+from imdb_dpo.cli import run_stage
+from imdb_dpo.config import ConfigError, PairsArguments
+from imdb_dpo.data import prompts_for
 from imdb_dpo.distributed import any_process, process_state
 from imdb_dpo.locks import folder_lock
-from imdb_dpo.manifests import Manifest, describe_model_input, is_finished, read_manifest, write_text_atomic
+from imdb_dpo.manifests import Manifest, describe_file_input, describe_model_input, read_manifest, write_text_atomic
+from imdb_dpo.outputs import differences, plan_output, run_settings
 from imdb_dpo.modeling import load_causal_lm, load_tokenizer
 from imdb_dpo.pairs import PAIRING_MODES, make_pairs, rank, write_pairs
 from imdb_dpo.preemption import StopRequest, exit_resumable
-from imdb_dpo.reward import make_reward
+from imdb_dpo.reward import VADER, make_reward
 from imdb_dpo.sampling import batch_seed, plan_batches, sample_batch
 
 STAGES = (PairsArguments,)
@@ -37,52 +39,71 @@ def shard_dir(args: PairsArguments, index: int) -> str:
 
 
 def check_args(args: PairsArguments) -> None:
+    check_sampling(args)
+    check_positive(args, "num_shards")
     if args.pairing not in PAIRING_MODES:
-        raise ValueError(f"pairing={args.pairing!r}: use one of {PAIRING_MODES}")
+        raise ConfigError(f"pairing={args.pairing!r}: use one of {PAIRING_MODES}")
     if not 0 <= args.shard_index < args.num_shards:
-        raise ValueError(f"shard_index={args.shard_index} must lie in [0, num_shards={args.num_shards})")
+        raise ConfigError(f"shard_index={args.shard_index} must lie in [0, num_shards={args.num_shards})")
     if args.samples_per_prompt < 2:
-        raise ValueError(f"samples_per_prompt={args.samples_per_prompt}: a pair needs at least 2 samples per prompt")
+        raise ConfigError(f"samples_per_prompt={args.samples_per_prompt}: a pair needs at least 2 samples per prompt")
+    check_model("model_name_or_path", args.model_name_or_path)
     model_manifest = read_manifest(args.model_name_or_path) if os.path.isdir(args.model_name_or_path) else None
     if model_manifest and not model_manifest.get("finished"):
-        raise ValueError(f"model_name_or_path={args.model_name_or_path!r}: its SFT run is unfinished; finish it first")
+        raise ConfigError(f"model_name_or_path={args.model_name_or_path!r}: its SFT run is unfinished; finish it first")
+    if args.reward_model != VADER:
+        check_model("reward_model", args.reward_model)
 
 
 def generation_settings(args: PairsArguments) -> dict:
     """Everything that decides the samples; shards and restarts must agree on it."""
-    settings = {k: v for k, v in vars(args).items() if k not in ("shard_index", "merge", "overwrite")}
+    settings = {k: v for k, v in vars(args).items()
+                if k not in ("shard_index", "merge", "overwrite", "output_dir", "allow_fewer_prompts")}
     return json.loads(json.dumps(settings))
+
+
+def settings_now(args: PairsArguments) -> dict:
+    return run_settings({"generation": generation_settings(args)}, inputs_of(args))
+
+
+def inputs_of(args: PairsArguments) -> dict:
+    return {"model": describe_model_input(args.model_name_or_path),
+            "train": describe_file_input(args.train_file) if args.train_file else args.dataset_name}
+
+
+def has_batches(directory: str) -> bool:
+    path = os.path.join(directory, "completions.jsonl")
+    return os.path.isfile(path) and os.path.getsize(path) > 0
 
 
 def generate_shard(args: PairsArguments, stop: StopRequest) -> bool:
     """Sample, score and log this shard's batches; returns False when stopped by a signal."""
     directory = shard_dir(args, args.shard_index)
-    with folder_lock(directory, "preference_pairs.py"):  # each process owns its shard
-        return generate_locked(args, directory, stop)
-
-
-def generate_locked(args: PairsArguments, directory: str, stop: StopRequest) -> bool:
-    if is_finished(directory):
-        return True
-    previous = read_manifest(directory)
-    if previous and previous["config"]["generation"] != generation_settings(args):
-        raise ValueError(f"{directory} was started with other settings; pass --overwrite true or use another output_dir")
-    manifest = Manifest(directory, "preference_pairs_shard", {"generation": generation_settings(args)},
-                        {"model": describe_model_input(args.model_name_or_path), "split": "train"}, own=True)
-
     tokenizer = load_tokenizer(args.model_name_or_path)
-    prompts = make_prompts(load_reviews(args, "train"), tokenizer, args.num_prompts, "train", args.min_prompt_tokens,
-                           args.max_prompt_tokens, args.min_review_chars, args.seed)
+    prompts = prompts_for(args, tokenizer, "train")  # before the lock: too few prompts leaves no folder behind
     for index, prompt in enumerate(prompts):
         prompt["prompt_index"] = index
+    with folder_lock(directory, "preference_pairs.py"):  # each process owns its shard
+        plan = plan_output(directory, settings_now(args), has_batches, args.overwrite, "pair shard")
+        if plan.skip:
+            return True
+        if not generate_locked(args, plan.directory, tokenizer, prompts, stop):
+            return False
+        plan.finish()
+        return True
+
+
+def generate_locked(args: PairsArguments, directory: str, tokenizer, prompts: list[dict], stop: StopRequest) -> bool:
     batches = list(enumerate(plan_batches(prompts, args.batch_size)))[args.shard_index :: args.num_shards]
+    manifest = Manifest(directory, "preference_pairs_shard", {"generation": generation_settings(args)}, inputs_of(args),
+                        own=True)
 
     log = BatchLog(os.path.join(directory, "completions.jsonl"))
     todo = [(b, batch) for b, batch in batches if b not in log.done_batches]
     if todo:
         device = process_state().device
         model = load_causal_lm(args.model_name_or_path, torch.bfloat16 if device.type == "cuda" else torch.float32, device)
-        reward = make_reward(args.reward_model, args.reward_batch_size)
+        reward = make_reward(args.reward_model, args.reward_batch_size, args.reward_positive_label)
     for b, batch in tqdm(todo, desc=f"sampling shard {args.shard_index}/{args.num_shards}", unit="batch"):
         samples = sample_batch(model, tokenizer, batch, args.samples_per_prompt, args.max_new_tokens,
                                batch_seed(args.seed, b), args.temperature, args.top_k, args.top_p)
@@ -108,13 +129,17 @@ def merge_shards(args: PairsArguments) -> None:
         directory = shard_dir(args, index)
         manifest = read_manifest(directory)
         if not (manifest and manifest.get("finished")):
-            raise ValueError(f"shard {index} of {args.num_shards} ({directory}) is missing or unfinished; run it first")
-        if manifest["config"]["generation"] != generation_settings(args):
-            raise ValueError(f"shard {index} ({directory}) was generated with other settings than this config")
+            raise ConfigError(f"shard {index} of {args.num_shards} ({directory}) is missing or unfinished; run it first "
+                              f"(--shard_index {index} --num_shards {args.num_shards})")
+        diffs = differences(manifest["config"]["generation"], generation_settings(args))
+        if diffs:
+            raise ConfigError(f"shard {index} ({directory}) was generated with other settings than this merge "
+                              f"({'; '.join(diffs[:6])}); merge with the settings the shards were run with")
         records += read_finished(os.path.join(directory, "completions.jsonl"), manifest["num_prompts"])
     records.sort(key=lambda r: r["prompt_index"])
     if [r["prompt_index"] for r in records] != list(range(len(records))):
-        raise ValueError(f"shards in {args.output_dir}/shards do not cover every prompt exactly once")
+        raise ConfigError(f"shards in {args.output_dir}/shards do not cover every prompt exactly once; delete the "
+                          "shards folder and generate again")
     for r in records:
         del r["batch"], r["batch_size"]
     pairs = [p for r in records for p in make_pairs(r, args.pairing, args.min_reward_margin)]
@@ -123,8 +148,7 @@ def merge_shards(args: PairsArguments) -> None:
     write_pairs(os.path.join(args.output_dir, "pairs.jsonl"), pairs)
     rewards = [c["reward"] for r in records for c in r["completions"]]
     finished = [c["finish"] == "eos" for r in records for c in r["completions"]]
-    manifest = Manifest(args.output_dir, "preference_pairs", {"generation": generation_settings(args)},
-                        {"model": describe_model_input(args.model_name_or_path), "split": "train"})
+    manifest = Manifest(args.output_dir, "preference_pairs", {"generation": generation_settings(args)}, inputs_of(args))
     manifest.finish(num_prompts=len(records), num_pairs=len(pairs), mean_reward=sum(rewards) / len(rewards),
                     eos_fraction=sum(finished) / len(finished))
     print(f"{len(pairs)} pairs from {len(records)} prompts (mean reward {sum(rewards) / len(rewards):.3f}) "
@@ -140,13 +164,14 @@ def split_across_processes(args: PairsArguments, rank: int, world: int) -> Pairs
 def main(args: PairsArguments) -> int:
     check_args(args)
     state = process_state()
-    if is_finished(args.output_dir):
-        if not args.overwrite:
-            print(f"pairs in {args.output_dir} are finished; skipping (pass --overwrite true to regenerate)")
-            return 0
-        if state.is_main_process:
-            shutil.rmtree(args.output_dir)
-        state.wait_for_everyone()
+    # Only the merge writes the folder's own manifest, so it is finished or absent: this decides skip or replace.
+    # Shards of a SLURM array run side by side, so only a lone process or the merge may finish an interrupted swap.
+    plan = plan_output(args.output_dir, settings_now(args), has_batches, args.overwrite, "pair generation",
+                       is_main=state.is_main_process and (args.merge or args.num_shards == 1),
+                       barrier=state.wait_for_everyone)
+    if plan.skip:
+        return 0
+    args = dataclasses.replace(args, output_dir=plan.directory)
     if not args.merge:
         args = split_across_processes(args, state.process_index, state.num_processes)
         stopped = not generate_shard(args, StopRequest())
@@ -157,11 +182,12 @@ def main(args: PairsArguments) -> int:
                   f"--num_shards {args.num_shards} when all are")
             return 0
     if state.is_main_process:
-        with folder_lock(args.output_dir, "preference_pairs.py --merge"):
+        with folder_lock(plan.final, "preference_pairs.py --merge"):
             merge_shards(args)
+            plan.finish()
     state.wait_for_everyone()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(*parse_config(STAGES)))
+    sys.exit(run_stage(main, STAGES))

@@ -2,21 +2,24 @@
 
     python sft.py --config configs/gpt2-large/sft.yaml [--flag value ...]
 
-Resumes from the last checkpoint in output_dir, skips a finished run (unless --overwrite true), and
-writes the model directory (full weights, LoRA merged) that the later stages load.
+Resumes from the last checkpoint in output_dir, skips a finished run made with the same settings (a finished run
+is replaced with --overwrite true only once the new one has finished), and writes the model directory (full
+weights, LoRA merged) that the later stages load.
 """
 
-import shutil
 import sys
 
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
-from imdb_dpo.config import SFTScriptArguments, parse_config
+from imdb_dpo.checks import check_learning_rate, check_model, check_positive
+from imdb_dpo.cli import run_stage
+from imdb_dpo.config import SFTScriptArguments
 from imdb_dpo.data import load_reviews
 from imdb_dpo.locks import main_process_lock
-from imdb_dpo.manifests import Manifest, describe_file_input, is_finished
+from imdb_dpo.manifests import Manifest, describe_file_input, describe_model_input
+from imdb_dpo.outputs import OutputPlan, plan_output, run_settings
 from imdb_dpo.modeling import load_tokenizer
 from imdb_dpo.preemption import SaveAndStopOnSignal, StopRequest, exit_resumable
 from imdb_dpo.tracking import check_wandb_credentials
@@ -25,37 +28,42 @@ STAGES = (SFTScriptArguments, SFTConfig, ModelConfig)
 
 
 def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> int:
-    training_args.distributed_state  # first, so the process group follows use_cpu as the Trainer will
+    state = training_args.distributed_state  # first, so the process group follows use_cpu as the Trainer will
+    check_learning_rate(training_args)
+    check_positive(script_args, "max_train_samples", "max_eval_samples")
+    check_model("model_name_or_path", model_args.model_name_or_path)
     check_wandb_credentials(training_args.report_to)
+    train_rows, held_out = load_data(script_args)
+    inputs = {"model": describe_model_input(model_args.model_name_or_path)}
+    for split in ("train", "test"):
+        path = getattr(script_args, f"{split}_file")
+        inputs[split] = describe_file_input(path) if path else script_args.dataset_name
+    configs = {"script": script_args, "training": training_args, "model": model_args}
     with main_process_lock(training_args.output_dir, "sft.py"):
-        return train(script_args, training_args, model_args)
-
-
-def train(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> int:
-    state = training_args.distributed_state
-    output_dir = training_args.output_dir
-    if is_finished(output_dir):
-        if not script_args.overwrite:
-            print(f"SFT run in {output_dir} is finished; skipping (pass --overwrite true to train again)")
+        plan = plan_output(training_args.output_dir, run_settings(configs, inputs),
+                           lambda d: get_last_checkpoint(d) is not None, script_args.overwrite, "SFT run",
+                           state.is_main_process, state.wait_for_everyone)
+        if plan.skip:
             return 0
-        if state.is_main_process:
-            shutil.rmtree(output_dir)
-        state.wait_for_everyone()
-    set_seed(training_args.seed)
+        training_args.output_dir = plan.directory
+        return train(training_args, model_args, train_rows, held_out, Manifest(plan.directory, "sft", configs, inputs),
+                     plan)
 
+
+def load_data(script_args: SFTScriptArguments):
     train = load_reviews(script_args, "train").select_columns(["text"])
     held_out = load_reviews(script_args, "test").select_columns(["text"])
     if script_args.max_train_samples:
         train = train.select(range(min(script_args.max_train_samples, len(train))))
     if script_args.max_eval_samples:
         held_out = held_out.select(range(min(script_args.max_eval_samples, len(held_out))))
+    return train, held_out
 
-    inputs = {"model": model_args.model_name_or_path}
-    for split in ("train", "test"):
-        path = getattr(script_args, f"{split}_file")
-        inputs[split] = describe_file_input(path) if path else script_args.dataset_name
-    manifest = Manifest(output_dir, "sft", {"script": script_args, "training": training_args, "model": model_args}, inputs)
 
+def train(training_args: SFTConfig, model_args: ModelConfig, train_rows, held_out, manifest: Manifest,
+          plan: OutputPlan) -> int:
+    output_dir = training_args.output_dir
+    set_seed(training_args.seed)
     training_args.model_init_kwargs = {
         "dtype": model_args.dtype,
         "attn_implementation": model_args.attn_implementation,
@@ -66,7 +74,7 @@ def train(script_args: SFTScriptArguments, training_args: SFTConfig, model_args:
     trainer = SFTTrainer(
         model=model_args.model_name_or_path,
         args=training_args,
-        train_dataset=train,
+        train_dataset=train_rows,
         eval_dataset=held_out,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
@@ -85,10 +93,13 @@ def train(script_args: SFTScriptArguments, training_args: SFTConfig, model_args:
     if trainer.accelerator.is_main_process:
         tokenizer.save_pretrained(output_dir)
     trainer.accelerator.wait_for_everyone()
-    manifest.finish(eval_loss=eval_metrics["eval_loss"], global_step=trainer.state.global_step, train_rows=len(train))
-    print(f"SFT finished: held-out loss {eval_metrics['eval_loss']:.4f}, model saved to {output_dir}")
+    manifest.finish(eval_loss=eval_metrics["eval_loss"], global_step=trainer.state.global_step, train_rows=len(train_rows))
+    if trainer.accelerator.is_main_process:
+        plan.finish()
+    trainer.accelerator.wait_for_everyone()
+    print(f"SFT finished: held-out loss {eval_metrics['eval_loss']:.4f}, model saved to {plan.final}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(*parse_config(STAGES)))
+    sys.exit(run_stage(main, STAGES))

@@ -8,12 +8,15 @@ names the line: the log is never silently cut back. A finished log is read with 
 accepts no tail at all.
 """
 
+import contextlib
 import json
 import os
 from collections import Counter
 
+from .cli import UserError
 
-class DamagedLogError(ValueError):
+
+class DamagedLogError(UserError, ValueError):
     """A results file that is damaged; the message names the file, the line and what to do."""
 
 
@@ -81,9 +84,14 @@ class BatchLog:
 
     def append_batch(self, batch_index: int, rows: list[dict]) -> None:
         stamped = [{**row, "batch": batch_index, "batch_size": len(rows)} for row in rows]
-        self._file.write("".join(json.dumps(row, sort_keys=True) + "\n" for row in stamped))
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        try:
+            self._file.write("".join(json.dumps(row, sort_keys=True) + "\n" for row in stamped))
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as error:  # a full disk: name the file (the torn batch is cut and redone on restart)
+            with contextlib.suppress(OSError):
+                self._file.close()  # closes the file even though flushing the rest of the batch fails again
+            raise OSError(error.errno, error.strerror, self.path) from error
         self.records.extend(stamped)
 
     def close(self) -> None:

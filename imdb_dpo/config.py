@@ -3,8 +3,8 @@
 Each stage parses its own argument dataclass together with TRL's config classes through `TrlParser`:
 YAML values become defaults and command-line flags override them. On top of TRL this module adds two
 things: a misspelt YAML key is an error naming the key and the file (with the nearest valid key), and
-`${VAR}` in a YAML string is expanded from the environment, with `OUTPUT_ROOT` defaulting to `.`, so
-that one variable moves every output of a preset.
+`${VAR}` in a YAML string (and in the project's own path defaults) is expanded from the environment, with
+`OUTPUT_ROOT` defaulting to the repository, so that one variable moves every output of a preset.
 """
 
 import dataclasses
@@ -16,8 +16,14 @@ from dataclasses import dataclass, field
 import yaml
 from trl import TrlParser
 
+from .cli import UserError
 
-class ConfigError(ValueError):
+
+# Outputs default to the repository's own folders, wherever the command is run from.
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class ConfigError(UserError, ValueError):
     """A configuration problem the user must fix; the message names the file, the key and the fix."""
 
 
@@ -93,19 +99,33 @@ def _read_yaml_config(path: str, dataclass_types) -> dict:
     return config
 
 
-def parse_config(dataclass_types, argv=None):
+def parse_config(dataclass_types, argv=None, program: str = "this stage"):
     """Parse `--config FILE` plus command-line overrides into one instance of each dataclass type."""
-    os.environ.setdefault("OUTPUT_ROOT", ".")
+    os.environ.setdefault("OUTPUT_ROOT", REPOSITORY)
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = TrlParser(dataclass_types)
     if "--config" in argv:
         i = argv.index("--config")
+        if i + 1 == len(argv) or argv[i + 1].startswith("--"):
+            raise ConfigError("--config needs a value: the path of a YAML file, e.g. --config configs/tiny/dpo.yaml")
         config_path = argv[i + 1]
         del argv[i : i + 2]
         config = _expand_env(_read_yaml_config(config_path, dataclass_types))
         parser.set_defaults_with_config(**config)
-    parsed = parser.parse_args_into_dataclasses(args=argv)
+    try:
+        parsed = parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as error:  # HfArgumentParser's "Some specified arguments are not used" (unknown flags)
+        unknown = [a for a in argv if a.startswith("--") and a[2:].split("=")[0].replace("-", "_") not in
+                   _known_keys(dataclass_types)]
+        if not unknown:
+            raise
+        raise ConfigError(f"{', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not a setting of {program}; "
+                          "remove it (--help lists every setting)") from None
     for obj in parsed:
+        # The project's own defaults name paths as ${OUTPUT_ROOT}/...; expand them as the YAML values are.
+        for f in dataclasses.fields(obj):
+            if f.type in (str, str | None) and isinstance(getattr(obj, f.name), str) and "$" in getattr(obj, f.name):
+                setattr(obj, f.name, os.path.expandvars(getattr(obj, f.name)))
         # One `--lora_target_modules c_attn` arrives as a str, which peft reads as a full-match regex
         # over module paths and so matches nothing; a module name is what the user meant.
         modules = getattr(obj, "lora_target_modules", None)
@@ -132,9 +152,14 @@ class SamplingArguments(DataArguments):
         default="siebert/sentiment-roberta-large-english",
         metadata={"help": "A sequence classifier with a POSITIVE label, or 'vader' for the offline lexicon."},
     )
+    reward_positive_label: str = field(
+        default="POSITIVE", metadata={"help": "The reward model's label whose probability is the reward."}
+    )
     reward_batch_size: int = 64
     seed: int = 0
-    overwrite: bool = False
+    allow_fewer_prompts: bool = field(
+        default=False, metadata={"help": "Go on with fewer prompts when fewer reviews qualify than num_prompts asks."}
+    )
 
 
 @dataclass
@@ -143,6 +168,9 @@ class PairsArguments(SamplingArguments):
         default="${OUTPUT_ROOT}/outputs/gpt2-large/sft", metadata={"help": "The SFT model that samples."}
     )
     output_dir: str = "${OUTPUT_ROOT}/generations/gpt2-large"
+    overwrite: bool = field(
+        default=False, metadata={"help": "Generate again; the finished files are replaced only once the new ones are."}
+    )
     pairing: str = field(default="all", metadata={"help": "'all' pairs with different rewards, or 'best_vs_worst'."})
     min_reward_margin: float = 0.0
     shard_index: int = 0

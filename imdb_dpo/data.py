@@ -6,11 +6,13 @@ import re
 
 from datasets import Dataset, load_dataset
 
+from .cli import UserError
+
 _BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 _HTML_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad input data; the message names the file, the field and the fix."""
 
 
@@ -27,7 +29,15 @@ def _load_local(path: str, field_name: str, split: str) -> Dataset:
         raise DataError(f"{field_name}={path!r}: file not found; check the path (relative paths start at {os.getcwd()})")
     if os.path.getsize(path) == 0:
         raise DataError(f"{field_name}={path!r}: the file is empty; it needs one review per row")
-    return load_dataset(_BUILDERS[extension], data_files={split: path}, split=split)
+    try:
+        return load_dataset(_BUILDERS[extension], data_files={split: path}, split=split)
+    except Exception as error:  # the builders raise DatasetGenerationError, ArrowInvalid, ...; none names the file
+        cause = error.__cause__ or error
+        if isinstance(cause, OSError) and cause.errno is not None:  # the disk, not the file's contents
+            raise cause from error
+        detail = str(cause).strip().splitlines()[0][:200] if str(cause).strip() else type(cause).__name__
+        raise DataError(f"{field_name}={path!r}: cannot be read as {extension[1:]} ({detail}); it needs one review "
+                        f"per {'line, as a JSON object with a text field' if extension == '.jsonl' else 'row'}") from error
 
 
 def load_reviews(data_args, split: str) -> Dataset:
@@ -84,7 +94,7 @@ def make_prompts(
     rng = random.Random(seed)
     eligible = [i for i, n in enumerate(len(t) for t in reviews["text"]) if n >= min_review_chars]
     if not eligible:
-        raise DataError(f"no {split} review has at least {min_review_chars} characters; lower min_review_chars")
+        raise DataError(f"no {split} review has at least min_review_chars={min_review_chars} characters; lower it")
     rng.shuffle(eligible)
     prompts = []
     for row in eligible:
@@ -98,4 +108,18 @@ def make_prompts(
         if not text.startswith(prompt):  # the byte-level prefix ends inside a multi-byte character
             continue
         prompts.append({"prompt_id": f"{split}-{row}", "prompt": prompt, "prompt_ids": ids})
+    return prompts
+
+
+def prompts_for(args, tokenizer, split: str) -> list[dict]:
+    """The stage's prompts from its config (a `SamplingArguments`): `num_prompts` of them, or an error giving both
+    numbers when fewer reviews qualify, unless `allow_fewer_prompts` is set."""
+    prompts = make_prompts(load_reviews(args, split), tokenizer, args.num_prompts, split, args.min_prompt_tokens,
+                           args.max_prompt_tokens, args.min_review_chars, args.seed)
+    if len(prompts) < args.num_prompts and not args.allow_fewer_prompts:
+        source = getattr(args, f"{split}_file") or args.dataset_name
+        raise DataError(
+            f"num_prompts={args.num_prompts}, but only {len(prompts)} {split} reviews of {source} qualify (at least "
+            f"min_review_chars={args.min_review_chars} characters, and a prefix that ends on a character boundary); "
+            "lower num_prompts or min_review_chars, use more reviews, or set allow_fewer_prompts true")
     return prompts

@@ -8,7 +8,12 @@ import re
 from transformers import TrainerCallback
 from trl import DPOTrainer
 
+from .cli import UserError
 from .pairs import REQUIRED_IDS
+
+
+class LossNotFinite(UserError, FloatingPointError):
+    """The DPO loss became NaN or infinite; the message says what to change."""
 
 
 def run_name(loss_type: str, beta: float, label_smoothing: float = 0.0, use_peft: bool = False) -> str:
@@ -46,7 +51,7 @@ class PretokenizedDPOTrainer(DPOTrainer):
     def training_step(self, *args, **kwargs):
         loss = super().training_step(*args, **kwargs)
         if not math.isfinite(loss.item()):
-            raise FloatingPointError(
+            raise LossNotFinite(
                 f"DPO loss is {loss.item()} at step {self.state.global_step + 1} of {self.args.output_dir}; the step "
                 "was not applied and no checkpoint was written for it. Lower learning_rate, or train in bf16/fp32 "
                 "rather than fp16, then rerun: training resumes from the last good checkpoint."

@@ -18,8 +18,10 @@ import socket
 import time
 import warnings
 
+from .cli import UserError
 
-class FolderInUse(RuntimeError):
+
+class FolderInUse(UserError, RuntimeError):
     """Another live process works on the folder; the message names it and what to do."""
 
 

@@ -31,9 +31,11 @@ def write_text_atomic(path: str, text: str) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(error, OSError) and not error.filename:  # a full disk: name the file
+            raise OSError(error.errno, error.strerror, path) from error
         raise
 
 

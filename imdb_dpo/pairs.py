@@ -18,6 +18,7 @@ import json
 import math
 import os
 
+from .cli import UserError
 from .manifests import read_manifest, write_text_atomic
 
 PAIRING_MODES = ("all", "best_vs_worst")
@@ -26,7 +27,7 @@ REQUIRED_IDS = ("prompt_ids", "chosen_ids", "rejected_ids")
 REQUIRED_NUMBERS = ("chosen_reward", "rejected_reward")
 
 
-class PairFileError(ValueError):
+class PairFileError(UserError, ValueError):
     """A pair file that DPO must not train on; the message names the file, the line and the field."""
 
 

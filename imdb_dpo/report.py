@@ -30,7 +30,7 @@ def _provenance(provenance: dict, checkpoints: list[dict], reward_model: str) ->
 
 
 def render_report(path: str, provenance: dict, summary: list[dict], final_rows: list[dict], samples: dict,
-                  curves: dict[str, str], settings: dict) -> str:
+                  curves: dict[str, str], settings: dict, skipped: list[dict] = ()) -> str:
     directory = os.path.dirname(os.path.abspath(path))
     checkpoints = [r for r in summary if r["kl_kind"] == "measured"]
     best_of_n = [r for r in summary if r["kl_kind"] == "analytic_bound"]
@@ -40,7 +40,11 @@ def render_report(path: str, provenance: dict, summary: list[dict], final_rows: 
              f"{settings['temperature']}, max_new_tokens {settings['max_new_tokens']}. "
              "KL is KL(policy || SFT) in nats per sample (exact estimator); intervals are 95% bootstrap over prompts. "
              f"Precision: sampling in {settings['sampling_dtype']}, KL pass in {settings['kl_dtype']}.",
-             "", "## Final models", "",
+             ""]
+    if skipped:
+        lines += ["## Not evaluated", "", "These were found but left out of every table and of the plot:", "",
+                  *[f"- `{s['path']}`: {s['reason']}" for s in skipped], ""]
+    lines += ["## Final models", "",
              "| model | reward (95% CI) | KL (95% CI) | KL, log-ratio estimator | win rate vs SFT | mean length | distinct-2 |",
              "|---|---|---|---|---|---|---|"]
     for r in final_rows:

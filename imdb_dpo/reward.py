@@ -1,12 +1,14 @@
 """Reward models behind one interface: a callable from a list of texts to a list of floats in [0, 1].
 
 - `SentimentClassifierReward`: any Hugging Face sequence classifier through the transformers pipeline
-  (default `siebert/sentiment-roberta-large-english`); the reward is the probability of the label named
-  POSITIVE, picked by name because the pipeline sorts its output by score.
+  (default `siebert/sentiment-roberta-large-english`); the reward is the probability of the label named by
+  `positive_label` (POSITIVE by default), picked by name because the pipeline sorts its output by score.
 - `VaderReward`: the offline VADER lexicon; its compound score in [-1, 1] mapped to [0, 1].
 """
 
 import torch
+
+from .config import ConfigError
 
 VADER = "vader"
 
@@ -22,7 +24,8 @@ class SentimentClassifierReward:
         )
         labels = set(self.classifier.model.config.id2label.values())
         if positive_label not in labels:
-            raise ValueError(f"reward model {model_name!r} has no label {positive_label!r} (labels: {sorted(labels)})")
+            raise ConfigError(f"reward_model={model_name!r} has no label {positive_label!r} (its labels: {sorted(labels)}); "
+                              "set reward_positive_label to the label that means positive sentiment")
         self.positive_label = positive_label
         self.batch_size = batch_size
 
@@ -41,5 +44,7 @@ class VaderReward:
         return [(self.analyzer.polarity_scores(t)["compound"] + 1) / 2 for t in texts]
 
 
-def make_reward(name: str, batch_size: int = 64):
-    return VaderReward() if name == VADER else SentimentClassifierReward(name, batch_size=batch_size)
+def make_reward(name: str, batch_size: int = 64, positive_label: str = "POSITIVE"):
+    if name == VADER:
+        return VaderReward()
+    return SentimentClassifierReward(name, batch_size=batch_size, positive_label=positive_label)

@@ -112,29 +112,39 @@ def write_jsonl(path: str, rows: list[dict]) -> None:
             f.write(json.dumps(row) + "\n")
 
 
-def build_tiny_base(args) -> None:
+def build_tiny_base(args) -> int:
     """Write `<output_dir>/model` (tokenizer + untrained GPT-2) and `<output_dir>/data/{train,test}.jsonl`."""
-    from .manifests import Manifest, is_finished
+    from .locks import folder_lock
+    from .manifests import Manifest
+    from .outputs import plan_output, run_settings
 
-    if is_finished(args.output_dir) and not args.overwrite:
-        print(f"tiny base already built in {args.output_dir}; skipping (pass --overwrite true to rebuild)")
-        return
-    manifest = Manifest(args.output_dir, "tiny_base", {"tiny": args}, inputs={})
-    # Disjoint seeds keep the test reviews apart from the training reviews.
-    train = make_corpus(args.num_train_reviews, seed=2 * args.seed)
-    test = make_corpus(args.num_test_reviews, seed=2 * args.seed + 1)
-    write_jsonl(os.path.join(args.output_dir, "data", "train.jsonl"), train)
-    write_jsonl(os.path.join(args.output_dir, "data", "test.jsonl"), test)
-    tokenizer = train_tokenizer([row["text"] for row in train], args.vocab_size)
-    model = build_tiny_gpt2(tokenizer, args.n_layer, args.n_head, args.n_embd, args.n_positions, args.seed)
-    model_dir = os.path.join(args.output_dir, "model")
-    model.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    manifest.finish(num_parameters=model.num_parameters(), vocab_size=len(tokenizer))
-    print(f"tiny base: {model.num_parameters():,} parameters, vocabulary {len(tokenizer)}, saved to {model_dir}")
+    configs = {"tiny": args}
+    with folder_lock(args.output_dir, "imdb_dpo.tiny"):
+        plan = plan_output(args.output_dir, run_settings(configs, {}), lambda d: False, args.overwrite, "tiny base")
+        if plan.skip:
+            return 0
+        manifest = Manifest(plan.directory, "tiny_base", configs, inputs={})
+        # Disjoint seeds keep the test reviews apart from the training reviews.
+        train = make_corpus(args.num_train_reviews, seed=2 * args.seed)
+        test = make_corpus(args.num_test_reviews, seed=2 * args.seed + 1)
+        write_jsonl(os.path.join(plan.directory, "data", "train.jsonl"), train)
+        write_jsonl(os.path.join(plan.directory, "data", "test.jsonl"), test)
+        tokenizer = train_tokenizer([row["text"] for row in train], args.vocab_size)
+        model = build_tiny_gpt2(tokenizer, args.n_layer, args.n_head, args.n_embd, args.n_positions, args.seed)
+        model_dir = os.path.join(plan.directory, "model")
+        model.save_pretrained(model_dir)
+        tokenizer.save_pretrained(model_dir)
+        manifest.finish(num_parameters=model.num_parameters(), vocab_size=len(tokenizer))
+        plan.finish()
+    print(f"tiny base: {model.num_parameters():,} parameters, vocabulary {len(tokenizer)}, saved to "
+          f"{os.path.join(plan.final, 'model')}")
+    return 0
 
 
 if __name__ == "__main__":
-    from .config import TinyBaseArguments, parse_config
+    import sys
 
-    build_tiny_base(*parse_config([TinyBaseArguments]))
+    from .cli import run_stage
+    from .config import TinyBaseArguments
+
+    sys.exit(run_stage(build_tiny_base, [TinyBaseArguments]))

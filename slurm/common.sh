@@ -40,3 +40,25 @@ run_requeueable() {
   echo "$(date +%FT%T) stage exited with status $status"
   exit "$status"
 }
+
+# For a stage that cannot save midway (the reference log-prob pass, which TRL caches only once complete): on the
+# warning or a preemption, stop it and requeue the job, which then starts that pass over.
+run_restartable() {
+  echo "$(date +%FT%T) job ${SLURM_JOB_ID:-?} (restart ${SLURM_RESTART_COUNT:-0}): $*"
+  local requeue=0
+  trap 'echo "$(date +%FT%T) signal: stopping the stage; the requeued job starts it over"; requeue=1; kill -TERM "$child" 2>/dev/null' USR1 TERM
+  "$@" &
+  local child=$! status
+  while true; do
+    wait "$child"; status=$?
+    kill -0 "$child" 2>/dev/null || break
+  done
+  trap - USR1 TERM
+  if [ "$requeue" -eq 1 ]; then
+    echo "$(date +%FT%T) requeueing job $SLURM_JOB_ID"
+    scontrol requeue "$SLURM_JOB_ID"
+    exit 0
+  fi
+  echo "$(date +%FT%T) stage exited with status $status"
+  exit "$status"
+}

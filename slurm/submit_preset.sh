@@ -8,7 +8,10 @@ preset=${1:?usage: slurm/submit_preset.sh <preset> [num_shards]}
 shards=${2:-4}
 cd "$(dirname "$0")/.."
 [ -d "configs/$preset" ] || { echo "no preset configs/$preset" >&2; exit 2; }
-betas=$(python3 -c "import sys, yaml; print(*yaml.safe_load(open(sys.argv[1]))['betas'])" "configs/$preset/dpo.yaml")
+[ -f .venv/bin/activate ] && . .venv/bin/activate   # the project's environment, as the job scripts use it
+betas=$(python -c "import sys, yaml; print(*yaml.safe_load(open(sys.argv[1]))['betas'])" "configs/$preset/dpo.yaml") || {
+  echo "could not read betas from configs/$preset/dpo.yaml with $(command -v python): activate the project's" \
+       "environment (python3 -m venv .venv && . .venv/bin/activate && pip install -r requirements.txt)" >&2; exit 2; }
 read -r -a beta_list <<< "$betas"
 submit() { sbatch --parsable ${SBATCH_EXTRA:-} "$@"; }
 

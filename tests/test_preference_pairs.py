@@ -143,7 +143,7 @@ def test_classifier_without_a_positive_label_is_refused(tiny_base, tmp_path):
                         eos_token_id=0)
     GPT2ForSequenceClassification(config).save_pretrained(tmp_path / "clf")
     tokenizer.save_pretrained(tmp_path / "clf")
-    with pytest.raises(ValueError, match=r"no label 'POSITIVE' \(labels: \['LABEL_0', 'LABEL_1'\]\)"):
+    with pytest.raises(ValueError, match=r"no label 'POSITIVE' \(its labels: \['LABEL_0', 'LABEL_1'\]\)"):
         SentimentClassifierReward(str(tmp_path / "clf"))
 
 

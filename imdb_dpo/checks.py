@@ -1,0 +1,84 @@
+"""Checks that run before a stage touches any output: the numbers it was given and the models it will load.
+
+Each failure is a `ConfigError` naming the field, the value and the fix, so that a typo costs a message instead
+of a traceback minutes into a job (or a finished output deleted by `--overwrite` before the typo shows)."""
+
+import math
+import os
+import re
+
+from .config import ConfigError
+
+# A hub model id is `name` or `owner/name`; anything else that does not exist locally is a missing directory.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "vocab.txt", "spiece.model",
+                    "sentencepiece.bpe.model")
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json", "adapter_model.safetensors", "adapter_model.bin")
+
+
+def check_positive(obj, *fields: str) -> None:
+    for name in fields:
+        value = getattr(obj, name)
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ConfigError(f"{name}={value}: must be a number > 0; fix it in the config or on the command line")
+
+
+def check_learning_rate(training_args) -> None:
+    check_positive(training_args, "learning_rate")
+
+
+def check_sampling(args) -> None:
+    """The prompt, sampling and reward settings shared by pair generation and evaluation."""
+    check_positive(args, "num_prompts", "samples_per_prompt", "max_new_tokens", "batch_size", "reward_batch_size",
+                   "temperature", "min_prompt_tokens", "max_prompt_tokens")
+    if args.top_k < 0:
+        raise ConfigError(f"top_k={args.top_k}: must be >= 0 (0 disables top-k sampling)")
+    if not 0 < args.top_p <= 1:
+        raise ConfigError(f"top_p={args.top_p}: must lie in (0, 1] (1 disables nucleus sampling)")
+    if args.min_prompt_tokens > args.max_prompt_tokens:
+        raise ConfigError(f"min_prompt_tokens={args.min_prompt_tokens} exceeds max_prompt_tokens="
+                          f"{args.max_prompt_tokens}; the paper uses 2 and 8")
+
+
+def _looks_local(path: str) -> bool:
+    return os.path.isabs(path) or path.startswith(("./", "../", "~")) or not _HUB_ID.fullmatch(path)
+
+
+def model_dir_problem(path: str, tokenizer: bool = True) -> str | None:
+    """What keeps the local directory `path` from loading as a saved model, or None."""
+    files = set(os.listdir(path))
+    if not files & {"config.json", "adapter_config.json"}:
+        return "the directory has no config.json, so it is not a saved model; point it at the folder save_pretrained wrote"
+    if not files & set(_WEIGHT_FILES):
+        return (f"the directory has no weights (none of {', '.join(_WEIGHT_FILES[:3])}, ...); the save was interrupted "
+                "or the files were moved: point it at a complete model")
+    if tokenizer and not files & set(_TOKENIZER_FILES):
+        return ("the directory holds weights but no tokenizer (no tokenizer.json or vocab.json); save the tokenizer "
+                "beside the weights (tokenizer.save_pretrained(path))")
+    return None
+
+
+def check_model(field: str, path: str, tokenizer: bool = True) -> None:
+    """`path` is a model directory with a config, weights and (when `tokenizer`) a tokenizer, or a hub id that
+    resolves (from the cache when the hub is offline)."""
+    if os.path.isdir(path):
+        problem = model_dir_problem(path, tokenizer)
+        if problem:
+            raise ConfigError(f"{field}={path!r}: {problem}")
+        return
+    if os.path.exists(path):
+        raise ConfigError(f"{field}={path!r}: this is a file; it must be a model directory or a hub model id")
+    if _looks_local(path):
+        raise ConfigError(f"{field}={path!r}: no such directory (relative paths start at {os.getcwd()}); fix the path, "
+                          "or run the stage that makes it first")
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(
+            f"{field}={path!r}: no local directory of that name (from {os.getcwd()}) and the hub model cannot be "
+            f"loaded ({cause}). Fix the path, or on a machine without network download the model first (README, "
+            "'Offline compute nodes')") from None

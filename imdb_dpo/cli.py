@@ -1,0 +1,54 @@
+"""How a stage reports a problem the user can fix: one paragraph naming the file, the field and the fix, and exit
+status 2, with no traceback unless `--debug` is passed or `IMDB_DPO_DEBUG=1` is set. Anything else is a bug and
+keeps its traceback."""
+
+import errno
+import os
+import sys
+
+DEBUG_VARIABLE = "IMDB_DPO_DEBUG"
+EXIT_USER_ERROR = 2
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class UserError(Exception):
+    """A problem in the inputs, the config or the files on disk that the user can fix; its message says how."""
+
+
+def user_message(error: BaseException, output_dirs: list[str]) -> str | None:
+    """The paragraph to print for `error`, or None when it is a bug (which keeps its traceback)."""
+    if isinstance(error, UserError):
+        return str(error)
+    if isinstance(error, OSError) and error.errno in _DISK_FULL:
+        where = f"writing {error.filename}" if error.filename else f"writing under {' or '.join(output_dirs) or '.'}"
+        return (f"{os.strerror(error.errno)} while {where}. Free space (or raise the quota) there, or move the outputs "
+                "with OUTPUT_ROOT, and run the same command again: finished work is kept and unfinished work resumes.")
+    return None
+
+
+def _take_debug_flag(argv: list[str]) -> bool:
+    """A bare `--debug` is ours; `--debug <option>` is TrainingArguments' own debug setting and is left to it."""
+    for i, arg in enumerate(argv):
+        if arg == "--debug" and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
+            del argv[i]
+            return True
+    return False
+
+
+def run_stage(main, stages, argv: list[str] | None = None) -> int:
+    """Parse the stage's config and run `main`; a user error becomes a message and exit status 2."""
+    from .config import parse_config
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = _take_debug_flag(argv) or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
+    parsed = []
+    try:
+        program = os.path.basename(getattr(sys.modules.get(main.__module__), "__file__", None) or "this stage")
+        parsed = parse_config(stages, argv, program)
+        return main(*parsed)
+    except Exception as error:
+        message = user_message(error, [p.output_dir for p in parsed if getattr(p, "output_dir", None)])
+        if message is None or debug:
+            raise
+        print(f"error: {message}\n(pass --debug or set {DEBUG_VARIABLE}=1 to see the traceback)", file=sys.stderr)
+        return EXIT_USER_ERROR

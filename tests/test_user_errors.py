@@ -1,0 +1,191 @@
+"""Every bad input a user can give is one paragraph naming the field and the fix, exit status 2, no traceback,
+and no finished output changes (each test hashes the finished trees before and after)."""
+
+import hashlib
+import json
+import os
+import shutil
+
+import pytest
+
+import dpo
+import eval as eval_stage
+import preference_pairs
+import sft
+from conftest import CPU_FLAGS, REPO, dpo_argv
+from imdb_dpo.cli import run_stage
+from imdb_dpo.config import EvalArguments, PairsArguments, parse_config
+
+
+def digest(*directories) -> dict:
+    """Every file under the directories with its SHA-256 (lock files, which sit beside folders, excluded)."""
+    found = {}
+    for top in directories:
+        for root, _, files in os.walk(top):
+            for name in files:
+                path = os.path.join(root, name)
+                with open(path, "rb") as f:
+                    found[path] = hashlib.sha256(f.read()).hexdigest()
+    assert found
+    return found
+
+
+def refused(capsys, stage, argv, *fragments) -> str:
+    """Run a stage as its command line does; it must exit 2 with one message holding every fragment."""
+    code = run_stage(stage.main, stage.STAGES, argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err and err.startswith("error: ")
+    for fragment in fragments:
+        assert fragment in err, f"{fragment!r} not in:\n{err}"
+    return err
+
+
+def pairs_argv(tiny_base, model, output_dir, *extra):
+    return ["--config", os.path.join(REPO, "configs/tiny/preference_pairs.yaml"), "--model_name_or_path", str(model),
+            "--train_file", tiny_base["train"], "--test_file", tiny_base["test"], "--output_dir", str(output_dir), *extra]
+
+
+def sft_argv(tiny_base, output_dir, *extra):
+    return ["--config", os.path.join(REPO, "configs/tiny/sft.yaml"), "--model_name_or_path", tiny_base["model"],
+            "--train_file", tiny_base["train"], "--test_file", tiny_base["test"], "--output_dir", str(output_dir),
+            *CPU_FLAGS, *extra]
+
+
+@pytest.fixture
+def finished(tiny_sft, tiny_pairs, tiny_dpo):
+    """The finished SFT, pairs and DPO folders, and their digest (checked unchanged after the test)."""
+    trees = (tiny_sft, os.path.dirname(tiny_pairs), tiny_dpo)
+    before = digest(*trees)
+    yield before
+    assert digest(*trees) == before
+
+
+def test_overwrite_with_a_misspelt_model_path_deletes_nothing(capsys, finished, tiny_base, tiny_sft, tiny_pairs,
+                                                              tiny_dpo):
+    refused(capsys, preference_pairs, pairs_argv(tiny_base, tiny_sft + "x", os.path.dirname(tiny_pairs),
+                                                 "--overwrite", "true"),
+            f"model_name_or_path='{tiny_sft}x': no such directory")
+    refused(capsys, dpo, dpo_argv(tiny_sft + "x", tiny_pairs, os.path.dirname(tiny_dpo), "--betas", "0.1",
+                                  "--overwrite", "true"), "no such directory")
+    refused(capsys, sft, sft_argv(tiny_base, tiny_sft, "--overwrite", "true", "--model_name_or_path", "gpt2-larg"),
+            "model_name_or_path='gpt2-larg': no local directory of that name", "the hub model cannot be loaded")
+
+
+def test_a_finished_stage_run_with_other_settings_names_them(capsys, finished, tiny_base, tiny_sft, tiny_pairs,
+                                                             tiny_dpo):
+    run_dir = tiny_dpo
+    refused(capsys, dpo, dpo_argv(tiny_sft, tiny_pairs, os.path.dirname(run_dir), "--betas", "0.1",
+                                  "--learning_rate", "1e-4"),
+            f"{run_dir} holds a finished DPO run made with other settings",
+            "config.training.learning_rate: 0.0005 before, 0.0001 now", "--overwrite true")
+    refused(capsys, preference_pairs, pairs_argv(tiny_base, tiny_sft, os.path.dirname(tiny_pairs), "--temperature", "0.7"),
+            "holds a finished pair generation made with other settings", "config.generation.temperature: 1.0 before, 0.7 now")
+    refused(capsys, sft, sft_argv(tiny_base, tiny_sft, "--num_train_epochs", "3"),
+            "holds a finished SFT run made with other settings", "config.training.num_train_epochs: 2 before, 3.0 now")
+    # The same settings skip, and so does a sweep that includes the finished beta (betas are not a run's setting).
+    assert run_stage(dpo.main, dpo.STAGES, dpo_argv(tiny_sft, tiny_pairs, os.path.dirname(run_dir), "--betas", "0.1")) == 0
+    assert "finished with these settings; skipping" in capsys.readouterr().out
+
+
+def test_beta_under_betas_is_refused(capsys, tiny_sft, tiny_pairs, tmp_path):
+    refused(capsys, dpo, dpo_argv(tiny_sft, tiny_pairs, tmp_path / "dpo", "--beta", "0.2"),
+            "beta=0.2 is set, but betas=[0.05, 0.1, 1.0] decides the runs", "--betas 0.2")
+    assert not (tmp_path / "dpo").exists()
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--learning_rate", "nan", "learning_rate=nan: must be a number > 0"),
+    ("--learning_rate", "0", "learning_rate=0.0: must be a number > 0"),
+    ("--max_train_pairs", "0", "max_train_pairs=0: must be a number > 0"),
+])
+def test_dpo_numbers_are_checked_before_any_folder_exists(capsys, tiny_sft, tiny_pairs, tmp_path, flag, value, message):
+    refused(capsys, dpo, dpo_argv(tiny_sft, tiny_pairs, tmp_path / "dpo", "--betas", "0.1", flag, value), message)
+    assert not (tmp_path / "dpo").exists()
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--num_prompts", "-5", "num_prompts=-5: must be a number > 0"),
+    ("--num_prompts", "0", "num_prompts=0: must be a number > 0"),
+    ("--temperature", "0", "temperature=0.0: must be a number > 0"),
+    ("--top_p", "1.5", "top_p=1.5: must lie in (0, 1]"),
+    ("--num_prompts", "100000", "num_prompts=100000, but only "),
+])
+def test_pair_numbers_are_checked_before_any_folder_exists(capsys, tiny_base, tiny_sft, tmp_path, flag, value, message):
+    err = refused(capsys, preference_pairs, pairs_argv(tiny_base, tiny_sft, tmp_path / "pairs", flag, value), message)
+    if value == "100000":  # both numbers, and the way out
+        assert "train reviews of" in err and "allow_fewer_prompts" in err
+    assert not (tmp_path / "pairs").exists()
+
+
+def test_fewer_prompts_than_asked_go_on_when_allowed(tiny_base, tiny_sft):
+    from imdb_dpo.data import prompts_for
+    from imdb_dpo.modeling import load_tokenizer
+
+    args = parse_config([EvalArguments], ["--config", os.path.join(REPO, "configs/tiny/eval.yaml"), "--test_file",
+                                          tiny_base["test"], "--num_prompts", "100000", "--allow_fewer_prompts", "true"])[0]
+    prompts = prompts_for(args, load_tokenizer(tiny_sft), "test")
+    assert 0 < len(prompts) <= 500
+
+
+def test_sft_learning_rate_and_a_data_file_that_is_not_json(capsys, tiny_base, tmp_path):
+    refused(capsys, sft, sft_argv(tiny_base, tmp_path / "sft", "--learning_rate", "nan"), "learning_rate=nan")
+    bad = tmp_path / "reviews.jsonl"
+    bad.write_text('{"text": "fine"}\nthis line is not JSON\n')
+    refused(capsys, sft, sft_argv(tiny_base, tmp_path / "sft", "--train_file", str(bad)),
+            f"train_file='{bad}': cannot be read as jsonl", "one review per line")
+    assert not (tmp_path / "sft").exists()
+
+
+def test_a_model_folder_without_tokenizer_or_weights(capsys, tiny_sft, tiny_base, tmp_path):
+    weights_only = tmp_path / "weights_only"
+    weights_only.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(os.path.join(tiny_sft, name), weights_only)
+    refused(capsys, preference_pairs, pairs_argv(tiny_base, weights_only, tmp_path / "pairs"),
+            f"model_name_or_path='{weights_only}': the directory holds weights but no tokenizer")
+    os.remove(weights_only / "model.safetensors")
+    refused(capsys, preference_pairs, pairs_argv(tiny_base, weights_only, tmp_path / "pairs"), "has no weights")
+    assert not (tmp_path / "pairs").exists()
+
+
+def test_config_flag_without_a_value_and_no_config_at_all(capsys, tiny_base, tiny_sft, tmp_path, monkeypatch):
+    refused(capsys, eval_stage, ["--config"], "--config needs a value")
+    monkeypatch.delenv("OUTPUT_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)  # outputs belong under the repository whatever the working directory
+    pairs = parse_config([PairsArguments], [])[0]
+    assert pairs.output_dir == os.path.join(REPO, "generations/gpt2-large")
+    assert pairs.model_name_or_path == os.path.join(REPO, "outputs/gpt2-large/sft")
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing set\n")
+    assert parse_config([EvalArguments], ["--config", str(empty)])[0].dpo_dir == os.path.join(REPO, "outputs/gpt2-large/dpo")
+
+
+def test_flags_a_stage_has_no_use_for_are_refused(capsys):
+    refused(capsys, eval_stage, ["--config", os.path.join(REPO, "configs/tiny/eval.yaml"), "--overwrite", "true"],
+            "--overwrite is not a setting of eval.py")
+
+
+def test_reward_positive_label_names_the_label(capsys, tiny_base, tiny_sft, tmp_path):
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification
+
+    from imdb_dpo.reward import SentimentClassifierReward
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_sft)
+    tokenizer.pad_token = tokenizer.eos_token
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=256, n_embd=16, n_layer=1, n_head=2, num_labels=2,
+                        id2label={0: "pos", 1: "neg"}, label2id={"pos": 0, "neg": 1}, pad_token_id=tokenizer.eos_token_id)
+    classifier = GPT2ForSequenceClassification(config).eval()
+    path = tmp_path / "pos_neg_classifier"
+    classifier.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+    refused(capsys, preference_pairs, pairs_argv(tiny_base, tiny_sft, tmp_path / "pairs", "--reward_model", str(path)),
+            f"reward_model='{path}' has no label 'POSITIVE' (its labels: ['neg', 'pos'])", "reward_positive_label")
+    texts = ["a fine film", "dull and slow", "it was"]
+    rewards = SentimentClassifierReward(str(path), batch_size=2, device="cpu", positive_label="pos")(texts)
+    with torch.no_grad():
+        expected = [torch.softmax(classifier(**tokenizer(t, return_tensors="pt")).logits, -1)[0, 0].item() for t in texts]
+    assert rewards == pytest.approx(expected, abs=1e-5)
