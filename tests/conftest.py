@@ -63,17 +63,22 @@ def gpt2_classifier(gpt2_tokenizer_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_base(tmp_path_factory):
-    """The tiny preset's base model and data, built by its own builder."""
-    from imdb_dpo.config import TinyBaseArguments, parse_config
-    from imdb_dpo.tiny import build_tiny_base
+def tiny_run(tmp_path_factory):
+    """The tiny preset run end to end by `./run_pipeline.sh tiny`, as a user runs it (OUTPUT_ROOT in a temporary
+    folder). The stage fixtures below are its folders: tests read them and never change them."""
+    root = tmp_path_factory.mktemp("tiny_run")
+    env = {**os.environ, "OUTPUT_ROOT": str(root), "PYTHON": sys.executable}
+    proc = subprocess.run(["./run_pipeline.sh", "tiny"], cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return {"root": root, "stdout": proc.stdout}
 
-    out = tmp_path_factory.mktemp("tiny_base")
-    args = parse_config([TinyBaseArguments], ["--config", os.path.join(REPO, "configs/tiny/base.yaml"),
-                                              "--output_dir", str(out)])[0]
-    build_tiny_base(args)
-    return {"dir": str(out), "model": str(out / "model"), "train": str(out / "data/train.jsonl"),
-            "test": str(out / "data/test.jsonl")}
+
+@pytest.fixture(scope="session")
+def tiny_base(tiny_run):
+    """The tiny preset's base model and data, built by its own builder."""
+    base = tiny_run["root"] / "outputs/tiny/base"
+    return {"dir": str(base), "model": str(base / "model"), "train": str(base / "data/train.jsonl"),
+            "test": str(base / "data/test.jsonl")}
 
 
 def run_script(script: str, args: list[str], env: dict | None = None, timeout: int = 600, check: bool = True):
@@ -87,29 +92,15 @@ def run_script(script: str, args: list[str], env: dict | None = None, timeout: i
 
 
 @pytest.fixture(scope="session")
-def tiny_sft(tiny_base, tmp_path_factory):
+def tiny_sft(tiny_run):
     """The tiny preset's SFT run, as configured, on the tiny base."""
-    import sft
-    from imdb_dpo.config import parse_config
-
-    out = tmp_path_factory.mktemp("tiny_sft")
-    argv = ["--config", os.path.join(REPO, "configs/tiny/sft.yaml"), "--model_name_or_path", tiny_base["model"],
-            "--train_file", tiny_base["train"], "--test_file", tiny_base["test"], "--output_dir", str(out), *CPU_FLAGS]
-    assert sft.main(*parse_config(sft.STAGES, argv)) == 0
-    return str(out)
+    return str(tiny_run["root"] / "outputs/tiny/sft")
 
 
 @pytest.fixture(scope="session")
-def tiny_pairs(tiny_base, tiny_sft, tmp_path_factory):
+def tiny_pairs(tiny_run):
     """The tiny preset's preference pairs, sampled from `tiny_sft`."""
-    import preference_pairs
-    from imdb_dpo.config import parse_config
-
-    out = tmp_path_factory.mktemp("tiny_pairs")
-    argv = ["--config", os.path.join(REPO, "configs/tiny/preference_pairs.yaml"), "--model_name_or_path", tiny_sft,
-            "--train_file", tiny_base["train"], "--test_file", tiny_base["test"], "--output_dir", str(out)]
-    assert preference_pairs.main(*parse_config(preference_pairs.STAGES, argv)) == 0
-    return str(out / "pairs.jsonl")
+    return str(tiny_run["root"] / "generations/tiny/pairs.jsonl")
 
 
 def dpo_argv(tiny_sft, pairs_file, output_dir, *extra):
@@ -118,11 +109,6 @@ def dpo_argv(tiny_sft, pairs_file, output_dir, *extra):
 
 
 @pytest.fixture(scope="session")
-def tiny_dpo(tiny_sft, tiny_pairs, tmp_path_factory):
+def tiny_dpo(tiny_run):
     """The tiny preset's DPO run for beta 0.1, as configured."""
-    import dpo
-    from imdb_dpo.config import parse_config
-
-    out = tmp_path_factory.mktemp("tiny_dpo")
-    assert dpo.main(*parse_config(dpo.STAGES, dpo_argv(tiny_sft, tiny_pairs, out, "--betas", "0.1"))) == 0
-    return str(out / "sigmoid_beta0.1")
+    return str(tiny_run["root"] / "outputs/tiny/dpo/sigmoid_beta0.1")

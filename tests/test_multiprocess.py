@@ -3,6 +3,7 @@ SFT trains, pair sampling splits the prompts and merges them into the one-proces
 the same number of pairs per optimizer step."""
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -62,7 +63,8 @@ def test_two_process_evaluation_equals_the_one_process_evaluation(tiny_base, tin
     import eval as eval_stage
     from test_eval import eval_argv
 
-    dpo_root = os.path.dirname(tiny_dpo)
+    dpo_root = tmp_path / "runs"  # one run of the preset's sweep
+    shutil.copytree(tiny_dpo, dpo_root / os.path.basename(tiny_dpo))
     assert eval_stage.main(*parse_config(eval_stage.STAGES, eval_argv(tiny_base, tiny_sft, dpo_root, tmp_path / "one"))) == 0
     launch_two("eval.py", eval_argv(tiny_base, tiny_sft, dpo_root, tmp_path / "two"))
     assert (tmp_path / "two/summary.csv").read_bytes() == (tmp_path / "one/summary.csv").read_bytes()

@@ -15,8 +15,8 @@ def run_pipeline(output_root):
     return proc.stdout
 
 
-def test_tiny_pipeline_shows_the_dpo_effect_and_reruns_as_a_no_op(tmp_path):
-    run_pipeline(tmp_path)
+def test_tiny_pipeline_shows_the_dpo_effect_and_reruns_as_a_no_op(tiny_run):
+    tmp_path = tiny_run["root"]  # the session's run of the whole pipeline (conftest), which every stage test reads
     with open(tmp_path / "outputs/tiny/eval/summary.csv") as f:
         rows = list(csv.DictReader(f))
     sft_reward = float(next(r for r in rows if r["run"] == "sft")["reward_mean"])

@@ -37,27 +37,30 @@ def cluster(tmp_path_factory):
         cluster.stop()
 
 
-def drive_to_end(cluster, job_id: str, timeout: float = 900) -> dict:
-    """Wait for the job to end. SLURM holds a requeued job back (BeginTime) for about two minutes while the
-    node cleans up; once it has been pending 10 s and the node is idle again, releasing it only shortens the
-    test (released at once, the relaunch can race slurmd's cleanup and fail)."""
+def drive_to_end(cluster, job_ids: list[str], timeout: float = 900) -> dict[str, dict]:
+    """Wait for the jobs to end. SLURM holds a requeued job back (BeginTime) for about two minutes while the
+    node cleans up; once it has been pending 10 s and the node has a free core again, releasing it only shortens
+    the test (released at once, the relaunch can race slurmd's cleanup and fail)."""
     deadline = time.time() + timeout
-    pending_since = None
+    pending_since, ended = {}, {}
     while time.time() < deadline:
-        out = cluster.run("scontrol", "show", "job", job_id).stdout
-        fields = dict(part.split("=", 1) for part in out.split() if "=" in part)
-        state = fields.get("JobState")
-        if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
-            return fields
-        if state == "PENDING" and fields.get("Reason") == "BeginTime":
-            pending_since = pending_since or time.time()
-            node_idle = cluster.run("sinfo", "-h", "-o", "%T").stdout.strip() == "idle"
-            if time.time() - pending_since > 10 and node_idle:
-                cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
-        else:
-            pending_since = None
+        for job_id in [j for j in job_ids if j not in ended]:
+            out = cluster.run("scontrol", "show", "job", job_id).stdout
+            fields = dict(part.split("=", 1) for part in out.split() if "=" in part)
+            state = fields.get("JobState")
+            if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
+                ended[job_id] = fields
+            elif state == "PENDING" and fields.get("Reason") == "BeginTime":
+                pending_since.setdefault(job_id, time.time())
+                node_free = cluster.run("sinfo", "-h", "-o", "%T").stdout.strip() in ("idle", "mixed")
+                if time.time() - pending_since[job_id] > 10 and node_free:
+                    cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+            else:
+                pending_since.pop(job_id, None)
+        if len(ended) == len(job_ids):
+            return ended
         time.sleep(1)
-    raise AssertionError(f"job {job_id} did not end in {timeout} s\n{cluster.logs()}")
+    raise AssertionError(f"jobs {job_ids} did not end in {timeout} s\n{cluster.logs()}")
 
 
 def job_env(output_root, **extra):
@@ -65,57 +68,75 @@ def job_env(output_root, **extra):
             "TQDM_DISABLE": "1", **extra}
 
 
-def test_dpo_job_is_warned_checkpoints_requeues_and_matches_an_uninterrupted_run(cluster, tiny_sft, tiny_pairs, tmp_path):
-    root = tmp_path / "slurm_run"
-    shutil.copytree(tiny_sft, root / "outputs/tiny/sft")
-    shutil.copytree(os.path.dirname(tiny_pairs), root / "generations/tiny")
-    dpo_args = "--max_steps 160 --save_steps 40 --logging_steps 1 --per_device_train_batch_size 16 --dataloader_num_workers 0"
-    log = tmp_path / "job.out"
-    job = cluster.submit(*JOB_LIMITS, f"--output={log}", "--array=0", "slurm/dpo.sbatch", "tiny", "0.1",
-                         env=job_env(root, DPO_ARGS=dpo_args, OMP_NUM_THREADS="1"))
-    fields = drive_to_end(cluster, job)
-    text = log.read_text()
+DPO_ARGS = "--max_steps 160 --save_steps 40 --logging_steps 1 --per_device_train_batch_size 16 --dataloader_num_workers 0"
+PAIR_ARGS = ["--num_prompts", "2000", "--batch_size", "1", "--max_new_tokens", "48"]  # about a minute of work
+
+
+@pytest.fixture(scope="module")
+def requeued(cluster, tiny_base, tiny_sft, tiny_pairs, tmp_path_factory):
+    """A DPO job and a pair-shard job that one allocation cannot finish, submitted together (each asks for one
+    core, so their allocations, warnings and requeue holds overlap instead of adding up); then the same work run
+    straight through outside SLURM, both at once, for comparison."""
+    top = tmp_path_factory.mktemp("requeued")
+    dpo_root, pairs_root = top / "dpo_run", top / "pairs_run"
+    shutil.copytree(tiny_sft, dpo_root / "outputs/tiny/sft")
+    shutil.copytree(os.path.dirname(tiny_pairs), dpo_root / "generations/tiny")
+    shutil.copytree(tiny_base["dir"], pairs_root / "outputs/tiny/base")
+    shutil.copytree(tiny_sft, pairs_root / "outputs/tiny/sft")
+    dpo_log, pairs_log = top / "dpo_job.out", top / "pairs_job.out"
+    dpo_job = cluster.submit(*JOB_LIMITS, f"--output={dpo_log}", "--array=0", "slurm/dpo.sbatch", "tiny", "0.1",
+                             env=job_env(dpo_root, DPO_ARGS=DPO_ARGS, OMP_NUM_THREADS="1"))
+    pairs_job = cluster.submit(*JOB_LIMITS, f"--output={pairs_log}", "--array=0", "slurm/pairs.sbatch", "tiny", "2",
+                               *PAIR_ARGS, env=job_env(pairs_root, OMP_NUM_THREADS="1"))
+    ended = drive_to_end(cluster, [dpo_job, pairs_job])
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    straight = [
+        subprocess.Popen([sys.executable, "dpo.py", "--config", "configs/tiny/dpo.yaml", "--betas", "0.1",
+                          *DPO_ARGS.split(), "--model_name_or_path", str(dpo_root / "outputs/tiny/sft"),
+                          "--pairs_file", str(dpo_root / "generations/tiny/pairs.jsonl"),
+                          "--output_dir", str(top / "dpo_straight")],
+                         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True),
+        subprocess.Popen([sys.executable, "preference_pairs.py", "--config", "configs/tiny/preference_pairs.yaml",
+                          *PAIR_ARGS, "--shard_index", "0", "--num_shards", "2",
+                          "--model_name_or_path", str(pairs_root / "outputs/tiny/sft"),
+                          "--train_file", str(pairs_root / "outputs/tiny/base/data/train.jsonl"),
+                          "--output_dir", str(top / "pairs_straight")],
+                         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True),
+    ]
+    for proc in straight:
+        _, stderr = proc.communicate(timeout=900)
+        assert proc.returncode == 0, stderr[-3000:]
+    return {"top": top, "dpo_root": dpo_root, "pairs_root": pairs_root, "dpo": ended[dpo_job], "pairs": ended[pairs_job],
+            "dpo_log": dpo_log, "pairs_log": pairs_log}
+
+
+def test_dpo_job_is_warned_checkpoints_requeues_and_matches_an_uninterrupted_run(cluster, requeued):
+    fields, text = requeued["dpo"], requeued["dpo_log"].read_text()
     assert fields["JobState"] == "COMPLETED", text[-3000:] + cluster.logs()
     assert int(fields["Restarts"]) >= 1, text[-3000:]
     assert "asking the stage to save and stop" in text and "requeueing job" in text
 
-    run_dir = root / "outputs/tiny/dpo/sigmoid_beta0.1"
+    run_dir = requeued["dpo_root"] / "outputs/tiny/dpo/sigmoid_beta0.1"
     manifest = read_manifest(run_dir)
     assert manifest["finished"] and manifest["global_step"] == 160
     logged = [e["step"] for e in json.load(open(run_dir / "trainer_state.json"))["log_history"] if "loss" in e]
     assert logged == list(range(1, 161))  # no step lost, none done twice
 
-    straight = tmp_path / "straight"
-    subprocess.run([sys.executable, "dpo.py", "--config", "configs/tiny/dpo.yaml", "--betas", "0.1", *dpo_args.split(),
-                    "--model_name_or_path", str(root / "outputs/tiny/sft"), "--pairs_file", str(root / "generations/tiny/pairs.jsonl"),
-                    "--output_dir", str(straight)], cwd=REPO, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     from helpers import state_dicts_equal
     from transformers import AutoModelForCausalLM
     assert state_dicts_equal(AutoModelForCausalLM.from_pretrained(run_dir),
-                             AutoModelForCausalLM.from_pretrained(straight / "sigmoid_beta0.1")) == []
+                             AutoModelForCausalLM.from_pretrained(requeued["top"] / "dpo_straight/sigmoid_beta0.1")) == []
 
 
-def test_pair_shard_job_flushes_requeues_and_matches_an_uninterrupted_shard(cluster, tiny_base, tiny_sft, tmp_path):
-    root = tmp_path / "slurm_run"
-    shutil.copytree(tiny_base["dir"], root / "outputs/tiny/base")
-    shutil.copytree(tiny_sft, root / "outputs/tiny/sft")
-    extra = ["--num_prompts", "2000", "--batch_size", "1", "--max_new_tokens", "48"]  # about a minute of work
-    log = tmp_path / "job.out"
-    job = cluster.submit(*JOB_LIMITS, f"--output={log}", "--array=0", "slurm/pairs.sbatch", "tiny", "2", *extra,
-                         env=job_env(root, OMP_NUM_THREADS="1"))
-    fields = drive_to_end(cluster, job)
-    text = log.read_text()
+def test_pair_shard_job_flushes_requeues_and_matches_an_uninterrupted_shard(cluster, requeued):
+    fields, text = requeued["pairs"], requeued["pairs_log"].read_text()
     assert fields["JobState"] == "COMPLETED", text[-3000:] + cluster.logs()
     assert int(fields["Restarts"]) >= 1, text[-3000:]
-    shard = root / "generations/tiny/shards/0-of-2"
+    shard = requeued["pairs_root"] / "generations/tiny/shards/0-of-2"
     assert read_manifest(shard)["finished"]
-
-    straight = tmp_path / "straight"
-    subprocess.run([sys.executable, "preference_pairs.py", "--config", "configs/tiny/preference_pairs.yaml", *extra,
-                    "--shard_index", "0", "--num_shards", "2", "--model_name_or_path", str(root / "outputs/tiny/sft"),
-                    "--train_file", str(root / "outputs/tiny/base/data/train.jsonl"), "--output_dir", str(straight)],
-                   cwd=REPO, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert (shard / "completions.jsonl").read_bytes() == (straight / "shards/0-of-2/completions.jsonl").read_bytes()
+    straight = requeued["top"] / "pairs_straight/shards/0-of-2/completions.jsonl"
+    assert (shard / "completions.jsonl").read_bytes() == straight.read_bytes()
 
 
 def test_submit_preset_chains_every_stage_with_afterok(cluster, tmp_path):

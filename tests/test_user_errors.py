@@ -2,7 +2,6 @@
 and no finished output changes (each test hashes the finished trees before and after)."""
 
 import hashlib
-import json
 import os
 import shutil
 

@@ -1,0 +1,54 @@
+"""The job scripts' signal handling, without a SLURM: `scontrol` is a stand-in that records what it was asked."""
+
+import os
+import signal
+import subprocess
+import time
+
+from conftest import REPO
+from helpers import wait_until
+
+RESTARTABLE = """
+source slurm/common.sh
+run_restartable sleep 300
+"""
+
+
+def children(pid: int) -> list[str]:
+    """The command names of `pid`'s child processes, from /proc."""
+    names = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:  # the process ended meanwhile
+            continue
+        name, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+        if int(rest[1]) == pid:
+            names.append(name)
+    return names
+
+
+def test_a_stage_that_cannot_save_is_stopped_and_its_job_requeued_on_the_warning(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "scontrol_calls"
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242",
+           "SLURM_SUBMIT_DIR": REPO, "OUTPUT_ROOT": str(tmp_path)}
+    job = subprocess.Popen(["bash", "-c", RESTARTABLE], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    wait_until(lambda: "sleep" in children(job.pid), job)
+    started = time.time()
+    job.send_signal(signal.SIGUSR1)  # SLURM's warning before the time limit
+    out, _ = job.communicate(timeout=30)
+    assert job.returncode == 0 and time.time() - started < 10, out  # the stage was stopped, not waited for
+    assert calls.read_text() == "requeue 4242\n"
+    assert "the requeued job starts it over" in out
+
+
+def test_every_job_script_that_runs_a_stage_is_requeueable():
+    for name in ("sft", "pairs", "dpo_reference", "dpo", "eval"):
+        text = open(os.path.join(REPO, "slurm", f"{name}.sbatch")).read()
+        assert "#SBATCH --requeue" in text and "#SBATCH --signal=B:USR1@" in text, name
+        assert "\nrun_requeueable " in text or "\nrun_restartable " in text, name
