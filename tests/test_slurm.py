@@ -69,7 +69,7 @@ def job_env(output_root, **extra):
 
 
 DPO_ARGS = "--max_steps 160 --save_steps 40 --logging_steps 1 --per_device_train_batch_size 16 --dataloader_num_workers 0"
-PAIR_ARGS = ["--num_prompts", "2000", "--batch_size", "1", "--max_new_tokens", "48"]  # about a minute of work
+PAIR_ARGS = ["--num_prompts", "1000", "--batch_size", "1", "--max_new_tokens", "48"]  # 500 batches: over a minute of work
 
 
 @pytest.fixture(scope="module")
