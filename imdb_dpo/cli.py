@@ -27,11 +27,19 @@ def user_message(error: BaseException, output_dirs: list[str]) -> str | None:
 
 
 def _take_debug_flag(argv: list[str]) -> bool:
-    """A bare `--debug` is ours; `--debug <option>` is TrainingArguments' own debug setting and is left to it."""
+    """`--debug` (or `--debug true`) is ours; `--debug underflow_overflow` is TrainingArguments' own setting."""
     for i, arg in enumerate(argv):
-        if arg == "--debug" and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
+        if arg in ("--debug=true", "--debug=True"):
             del argv[i]
             return True
+        if arg == "--debug":
+            value = argv[i + 1] if i + 1 < len(argv) else "--"
+            if value in ("true", "True"):
+                del argv[i : i + 2]
+                return True
+            if value.startswith("--"):
+                del argv[i]
+                return True
     return False
 
 
