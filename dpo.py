@@ -17,14 +17,14 @@ import sys
 import trl
 from datasets import load_dataset
 from transformers import AutoConfig, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 from trl import DPOConfig, ModelConfig, get_peft_config
 
 from imdb_dpo.checks import check_learning_rate, check_model, check_positive
 from imdb_dpo.cli import run_stage
 from imdb_dpo.config import ConfigError, DPOScriptArguments
 from imdb_dpo.locks import main_process_lock
-from imdb_dpo.dpo_training import DropOptimizerFromOldCheckpoints, PretokenizedDPOTrainer, checkpoint_steps, run_name
+from imdb_dpo.dpo_training import (DropOptimizerFromOldCheckpoints, PretokenizedDPOTrainer, checkpoint_steps,
+                                   resumable_checkpoint, run_name)
 from imdb_dpo.manifests import Manifest, describe_file_input, describe_model_input, read_manifest
 from imdb_dpo.outputs import plan_output, run_settings
 from imdb_dpo.modeling import load_tokenizer
@@ -130,7 +130,7 @@ def train_locked(plan, args, script_args, model_args, dataset, tokenizer, stop, 
     with own_wandb_run(args, manifest.run_id):
         trainer = new_trainer(args, model_args, dataset, tokenizer,
                               [SaveAndStopOnSignal(stop), DropOptimizerFromOldCheckpoints()])
-        trainer.train(resume_from_checkpoint=get_last_checkpoint(plan.directory))
+        trainer.train(resume_from_checkpoint=resumable_checkpoint(plan.directory))
     if stop.requested:
         return False
     trainer.save_model(plan.directory)

@@ -4,8 +4,9 @@
 
 Writes to output_dir: records/<settings>/<run>/step-<N>/records.jsonl (one record per sample),
 summary.csv (per checkpoint, with 95% bootstrap intervals over prompts, and best-of-N rows),
-reward_vs_kl.png (drawn from summary.csv alone) and report.md. A checkpoint already evaluated with the
-same settings is skipped, and an interrupted evaluation resumes from its last finished batch.
+reward_vs_kl.png (drawn from summary.csv alone), report.md and manifest.json. A checkpoint already evaluated
+with the same settings is skipped, and an interrupted evaluation resumes from its last finished batch. Run again
+with the same settings and models, it changes nothing; with other settings it needs --overwrite true.
 """
 
 import csv
@@ -276,6 +277,21 @@ def evaluate_all(args: EvalArguments, tokenizer, prompts: list[dict]) -> int:
     stop = StopRequest()
 
     units, skipped = models_to_evaluate(args)
+    planned = json.loads(json.dumps({"units": units, "skipped": skipped}, default=str))
+    previous = read_manifest(args.output_dir)
+    if previous and previous.get("finished") and previous.get("stage") == "eval":
+        if previous["settings_key"] != key and not args.overwrite:
+            changed = [f"{k}: {previous['settings'].get(k)!r} before, {v!r} now" for k, v in
+                       json.loads(json.dumps(settings, default=str)).items() if previous["settings"].get(k) != v]
+            raise ConfigError(
+                f"{args.output_dir} holds a finished evaluation made with other settings ({'; '.join(changed)}). "
+                "Pass --overwrite true to evaluate with these (the finished one's records stay in "
+                f"records/{previous['settings_key']}/; summary, plot and report are replaced once the new evaluation "
+                "has finished), or set another output_dir to keep both")
+        if previous["settings_key"] == key and previous["planned"] == planned:
+            print(f"the evaluation in {args.output_dir} is finished with these settings and models; skipping")
+            return 0
+    manifest = Manifest(args.output_dir, "eval", {"eval": args}, {"sft_model": describe_model_input(args.sft_model)})
     records, evaluated = {}, []
     for unit in units:
         try:
@@ -292,6 +308,7 @@ def evaluate_all(args: EvalArguments, tokenizer, prompts: list[dict]) -> int:
 
     if process_state().is_main_process:
         write_outputs(args, evaluated, records, prompts, settings, skipped)
+    manifest.finish(settings_key=key, settings=json.loads(json.dumps(settings, default=str)), planned=planned)
     print(f"summary, plot and report in {args.output_dir}")
     return 0
 

@@ -10,13 +10,13 @@ weights, LoRA merged) that the later stages load.
 import sys
 
 from transformers import set_seed
-from transformers.trainer_utils import get_last_checkpoint
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
 from imdb_dpo.checks import check_learning_rate, check_model, check_positive
 from imdb_dpo.cli import run_stage
 from imdb_dpo.config import SFTScriptArguments
 from imdb_dpo.data import load_reviews
+from imdb_dpo.dpo_training import checkpoint_steps, resumable_checkpoint
 from imdb_dpo.locks import main_process_lock
 from imdb_dpo.manifests import Manifest, describe_file_input, describe_model_input
 from imdb_dpo.outputs import OutputPlan, plan_output, run_settings
@@ -41,7 +41,7 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
     configs = {"script": script_args, "training": training_args, "model": model_args}
     with main_process_lock(training_args.output_dir, "sft.py"):
         plan = plan_output(training_args.output_dir, run_settings(configs, inputs),
-                           lambda d: get_last_checkpoint(d) is not None, script_args.overwrite, "SFT run",
+                           lambda d: bool(checkpoint_steps(d)), script_args.overwrite, "SFT run",
                            state.is_main_process, state.wait_for_everyone)
         if plan.skip:
             return 0
@@ -80,7 +80,7 @@ def train(training_args: SFTConfig, model_args: ModelConfig, train_rows, held_ou
         peft_config=get_peft_config(model_args),
         callbacks=[SaveAndStopOnSignal(stop)],
     )
-    trainer.train(resume_from_checkpoint=get_last_checkpoint(output_dir))
+    trainer.train(resume_from_checkpoint=resumable_checkpoint(output_dir))
     if stop.requested:
         return exit_resumable()
 

@@ -21,7 +21,7 @@ def check_positive(obj, *fields: str) -> None:
     for name in fields:
         value = getattr(obj, name)
         if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            raise ConfigError(f"{name}={value}: must be a number > 0; fix it in the config or on the command line")
+            raise ConfigError(f"{name}={value}: must be a finite number > 0; fix it in the config or on the command line")
 
 
 def check_learning_rate(training_args) -> None:

@@ -15,14 +15,32 @@ class UserError(Exception):
     """A problem in the inputs, the config or the files on disk that the user can fix; its message says how."""
 
 
+def _chain(error: BaseException):
+    while error is not None:
+        yield error
+        error = error.__cause__ or error.__context__
+
+
 def user_message(error: BaseException, output_dirs: list[str]) -> str | None:
-    """The paragraph to print for `error`, or None when it is a bug (which keeps its traceback)."""
+    """The paragraph to print for `error`, or None when it is a bug (which keeps its traceback).
+
+    Libraries wrap a full disk in errors of their own (datasets' DatasetGenerationError, safetensors'
+    SafetensorError, which keeps only the text "os error 28"), so the whole chain of causes is searched."""
     if isinstance(error, UserError):
         return str(error)
-    if isinstance(error, OSError) and error.errno in _DISK_FULL:
-        where = f"writing {error.filename}" if error.filename else f"writing under {' or '.join(output_dirs) or '.'}"
-        return (f"{os.strerror(error.errno)} while {where}. Free space (or raise the quota) there, or move the outputs "
-                "with OUTPUT_ROOT, and run the same command again: finished work is kept and unfinished work resumes.")
+    where_out = " or ".join(output_dirs) or "the output folder"
+    for cause in _chain(error):
+        number = cause.errno if isinstance(cause, OSError) else None
+        if number in _DISK_FULL or f"os error {errno.ENOSPC})" in str(cause):
+            number = number or errno.ENOSPC
+            where = f"writing {cause.filename}" if getattr(cause, "filename", None) else f"writing under {where_out}"
+            return (f"{os.strerror(number)} while {where}. Free space (or raise the quota) there, or move the outputs "
+                    "with OUTPUT_ROOT, and run the same command again: finished work is kept and unfinished work "
+                    "resumes.")
+        if number in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return (f"{os.strerror(number)}: {cause.filename or where_out}. The stage must write there (its output "
+                    "folder and a lock file beside it): choose a writable output_dir, or set OUTPUT_ROOT to writable "
+                    "storage.")
     return None
 
 

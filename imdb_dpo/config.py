@@ -114,13 +114,19 @@ def parse_config(dataclass_types, argv=None, program: str = "this stage"):
         parser.set_defaults_with_config(**config)
     try:
         parsed = parser.parse_args_into_dataclasses(args=argv)
-    except ValueError as error:  # HfArgumentParser's "Some specified arguments are not used" (unknown flags)
-        unknown = [a for a in argv if a.startswith("--") and a[2:].split("=")[0].replace("-", "_") not in
-                   _known_keys(dataclass_types)]
-        if not unknown:
-            raise
-        raise ConfigError(f"{', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not a setting of {program}; "
-                          "remove it (--help lists every setting)") from None
+    except ValueError as error:
+        known = _known_keys(dataclass_types)
+        unknown = [a for a in argv if a.startswith("--") and a[2:].split("=")[0].replace("-", "_") not in known]
+        if unknown:  # HfArgumentParser's "Some specified arguments are not used"
+            hints = []
+            for flag in unknown:
+                close = difflib.get_close_matches(flag[2:].split("=")[0].replace("-", "_"), known, n=1)
+                hints.append(flag + (f" (did you mean --{close[0]}?)" if close else ""))
+            raise ConfigError(f"{', '.join(hints)} {'is' if len(hints) == 1 else 'are'} not a setting of {program}; "
+                              "fix or remove it (--help lists every setting)") from None
+        # The configs' own validation, e.g. bf16 (TrainingArguments' default) on a machine without a GPU.
+        raise ConfigError(f"{program}: {error} (set it in the config or on the command line; the presets in "
+                          "configs/ set every such option)") from None
     for obj in parsed:
         # The project's own defaults name paths as ${OUTPUT_ROOT}/...; expand them as the YAML values are.
         for f in dataclasses.fields(obj):
@@ -219,3 +225,8 @@ class EvalArguments(SamplingArguments):
                           "magnitude (~100) are rounded to steps of 0.5, which adds ~0.3-1 nat of KL per sample."},
     )
     preset: str = field(default="", metadata={"help": "Name of the preset, shown in report.md."})
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "Evaluate with other settings than the finished evaluation in output_dir (its records are "
+                          "kept; summary, plot and report are replaced once the new evaluation has finished)."},
+    )

@@ -34,6 +34,14 @@ def checkpoint_steps(run_dir: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
+def resumable_checkpoint(run_dir: str) -> str | None:
+    """The newest checkpoint the Trainer finished writing, or None. The Trainer writes `trainer_state.json` last,
+    so a checkpoint without it was cut short (a kill or a full disk during the save) and is passed over; resuming
+    rewrites it when training reaches that step again."""
+    complete = [path for _, path in checkpoint_steps(run_dir) if os.path.isfile(os.path.join(path, "trainer_state.json"))]
+    return complete[-1] if complete else None
+
+
 class PretokenizedDPOTrainer(DPOTrainer):
     """DPOTrainer on the token ids that were actually sampled.
 

@@ -149,3 +149,38 @@ def test_a_full_disk_is_a_message_naming_the_file_and_the_rerun_resumes(tiny_bas
     assert "run the same command again" in full.stderr
     assert subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True).returncode == 0
     assert read_manifest(out)["num_prompts"] == 32
+
+
+def test_a_checkpoint_cut_short_by_a_kill_or_a_full_disk_is_passed_over_on_resume(tiny_sft, tiny_pairs, tmp_path,
+                                                                                   monkeypatch):
+    out = tmp_path / "dpo"
+    argv = dpo_argv(tiny_sft, tiny_pairs, out, "--betas", "0.1", "--max_train_pairs", "96", "--save_steps", "1")
+    stop_file = tmp_path / "stop"
+    stop_file.write_text("")
+    monkeypatch.setenv(STOP_FILE_VARIABLE, str(stop_file))
+    assert run_stage(dpo.main, dpo.STAGES, argv) == EXIT_RESUMABLE
+    monkeypatch.delenv(STOP_FILE_VARIABLE)
+    run_dir = out / "sigmoid_beta0.1"
+    torn = run_dir / "checkpoint-2"  # what a save cut short leaves: the config, no weights, no trainer state
+    torn.mkdir()
+    shutil.copy(run_dir / "checkpoint-1" / "config.json", torn)
+    assert run_stage(dpo.main, dpo.STAGES, argv) == 0
+    manifest = read_manifest(run_dir)
+    assert manifest["global_step"] == 3 and manifest["checkpoints"] == [1, 2, 3]
+    assert (torn / "trainer_state.json").is_file() and (torn / "model.safetensors").is_file()
+
+
+def test_eval_rerun_changes_nothing_and_other_settings_need_overwrite(capsys, tiny_base, tiny_sft, tmp_path):
+    out = tmp_path / "eval"
+    argv = eval_argv(tiny_base, tiny_sft, tmp_path / "no_runs", out, "--num_prompts", "8", "--batch_size", "8",
+                     "--best_of_n_samples", "4", "--max_new_tokens", "16")
+    assert run_stage(eval_stage.main, eval_stage.STAGES, argv) == 0
+    finished = digest(out)
+    assert run_stage(eval_stage.main, eval_stage.STAGES, argv) == 0
+    assert "finished with these settings and models; skipping" in capsys.readouterr().out
+    assert digest(out) == finished  # report.md too, with its date
+    refused(capsys, eval_stage, [*argv, "--seed", "1"], "holds a finished evaluation made with other settings",
+            "seed: 0 before, 1 now", "--overwrite true")
+    assert digest(out) == finished
+    assert run_stage(eval_stage.main, eval_stage.STAGES, [*argv, "--seed", "1", "--overwrite", "true"]) == 0
+    assert len(os.listdir(out / "records")) == 2  # the first evaluation's records are kept

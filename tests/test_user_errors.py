@@ -94,9 +94,9 @@ def test_beta_under_betas_is_refused(capsys, tiny_sft, tiny_pairs, tmp_path):
 
 
 @pytest.mark.parametrize("flag,value,message", [
-    ("--learning_rate", "nan", "learning_rate=nan: must be a number > 0"),
-    ("--learning_rate", "0", "learning_rate=0.0: must be a number > 0"),
-    ("--max_train_pairs", "0", "max_train_pairs=0: must be a number > 0"),
+    ("--learning_rate", "nan", "learning_rate=nan: must be a finite number > 0"),
+    ("--learning_rate", "0", "learning_rate=0.0: must be a finite number > 0"),
+    ("--max_train_pairs", "0", "max_train_pairs=0: must be a finite number > 0"),
 ])
 def test_dpo_numbers_are_checked_before_any_folder_exists(capsys, tiny_sft, tiny_pairs, tmp_path, flag, value, message):
     refused(capsys, dpo, dpo_argv(tiny_sft, tiny_pairs, tmp_path / "dpo", "--betas", "0.1", flag, value), message)
@@ -104,9 +104,9 @@ def test_dpo_numbers_are_checked_before_any_folder_exists(capsys, tiny_sft, tiny
 
 
 @pytest.mark.parametrize("flag,value,message", [
-    ("--num_prompts", "-5", "num_prompts=-5: must be a number > 0"),
-    ("--num_prompts", "0", "num_prompts=0: must be a number > 0"),
-    ("--temperature", "0", "temperature=0.0: must be a number > 0"),
+    ("--num_prompts", "-5", "num_prompts=-5: must be a finite number > 0"),
+    ("--num_prompts", "0", "num_prompts=0: must be a finite number > 0"),
+    ("--temperature", "0", "temperature=0.0: must be a finite number > 0"),
     ("--top_p", "1.5", "top_p=1.5: must lie in (0, 1]"),
     ("--num_prompts", "100000", "num_prompts=100000, but only "),
 ])
@@ -160,9 +160,39 @@ def test_config_flag_without_a_value_and_no_config_at_all(capsys, tiny_base, tin
     assert parse_config([EvalArguments], ["--config", str(empty)])[0].dpo_dir == os.path.join(REPO, "outputs/gpt2-large/dpo")
 
 
-def test_flags_a_stage_has_no_use_for_are_refused(capsys):
-    refused(capsys, eval_stage, ["--config", os.path.join(REPO, "configs/tiny/eval.yaml"), "--overwrite", "true"],
-            "--overwrite is not a setting of eval.py")
+def test_flags_a_stage_has_no_use_for_are_refused(capsys, tmp_path):
+    refused(capsys, eval_stage, ["--config", os.path.join(REPO, "configs/tiny/eval.yaml"), "--merge", "true"],
+            "--merge is not a setting of eval.py")
+    refused(capsys, dpo, ["--config", os.path.join(REPO, "configs/tiny/dpo.yaml"), "--learnin_rate", "1e-4"],
+            "--learnin_rate (did you mean --learning_rate?) is not a setting of dpo.py")
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")  # TrainingArguments' defaults ask for bf16, which this machine cannot do
+    refused(capsys, sft, ["--config", str(empty)], "sft.py: Your setup doesn't support bf16")
+
+
+def test_a_full_disk_or_a_read_only_folder_inside_a_library_error_is_a_message():
+    import errno
+
+    from imdb_dpo.cli import user_message
+
+    def wrapped(cause, outer):
+        try:
+            try:
+                raise cause
+            except OSError as e:
+                raise outer from e
+        except Exception as error:
+            return error
+
+    # datasets wraps the OSError of a full disk in its own error; safetensors keeps only the text
+    full = wrapped(OSError(errno.ENOSPC, "No space left on device"), RuntimeError("An error occurred while generating"))
+    assert user_message(full, ["/out/dpo"]).startswith("No space left on device while writing under /out/dpo.")
+    safetensors_style = RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "
+                                     '"No space left on device" }) (os error 28)')
+    assert "No space left on device while writing under /out/sft" in user_message(safetensors_style, ["/out/sft"])
+    read_only = OSError(errno.EROFS, "Read-only file system", "/ro/.eval.lock")
+    assert user_message(read_only, ["/ro/eval"]).startswith("Read-only file system: /ro/.eval.lock.")
+    assert user_message(ValueError("a bug"), []) is None  # anything else keeps its traceback
 
 
 def test_reward_positive_label_names_the_label(capsys, tiny_base, tiny_sft, tmp_path):
