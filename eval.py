@@ -268,13 +268,6 @@ def evaluate_all(args: EvalArguments, tokenizer, prompts: list[dict]) -> int:
     settings = settings_of(args)
     key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
     records_root = os.path.join(args.output_dir, "records", key)
-    if process_state().is_main_process:
-        write_text_atomic(os.path.join(records_root, "settings.json"), json.dumps(settings, indent=2, default=str) + "\n")
-
-    device = process_state().device
-    reference = ModelPair(args.sft_model, args, device)
-    reward = make_reward(args.reward_model, args.reward_batch_size, args.reward_positive_label)
-    stop = StopRequest()
 
     units, skipped = models_to_evaluate(args)
     planned = json.loads(json.dumps({"units": units, "skipped": skipped}, default=str))
@@ -291,7 +284,12 @@ def evaluate_all(args: EvalArguments, tokenizer, prompts: list[dict]) -> int:
         if previous["settings_key"] == key and previous["planned"] == planned:
             print(f"the evaluation in {args.output_dir} is finished with these settings and models; skipping")
             return 0
-    manifest = Manifest(args.output_dir, "eval", {"eval": args}, {"sft_model": describe_model_input(args.sft_model)})
+    if process_state().is_main_process:
+        write_text_atomic(os.path.join(records_root, "settings.json"), json.dumps(settings, indent=2, default=str) + "\n")
+    device = process_state().device
+    reference = ModelPair(args.sft_model, args, device)
+    reward = make_reward(args.reward_model, args.reward_batch_size, args.reward_positive_label)
+    stop = StopRequest()
     records, evaluated = {}, []
     for unit in units:
         try:
@@ -308,6 +306,8 @@ def evaluate_all(args: EvalArguments, tokenizer, prompts: list[dict]) -> int:
 
     if process_state().is_main_process:
         write_outputs(args, evaluated, records, prompts, settings, skipped)
+    # Written only now: until the new summary, plot and report exist, the folder's manifest describes the old ones.
+    manifest = Manifest(args.output_dir, "eval", {"eval": args}, {"sft_model": describe_model_input(args.sft_model)})
     manifest.finish(settings_key=key, settings=json.loads(json.dumps(settings, default=str)), planned=planned)
     print(f"summary, plot and report in {args.output_dir}")
     return 0
