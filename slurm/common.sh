@@ -16,49 +16,47 @@ LAUNCH=${LAUNCH:-python}                          # e.g. LAUNCH="accelerate laun
 STOP_DIR=$OUTPUT_ROOT/.slurm_stop
 export IMDB_DPO_STOP_FILE=$STOP_DIR/${SLURM_JOB_ID:-local}
 
-run_requeueable() {
-  mkdir -p "$STOP_DIR"
-  rm -f "$IMDB_DPO_STOP_FILE" "$IMDB_DPO_STOP_FILE.saved"
+# Runs the stage "$@" in the background with $1 as the USR1/TERM handler, and waits until it has really exited
+# (`wait` returns early when a trapped signal arrives); its exit status is left in $stage_status. The handler
+# sees the stage's pid as $child.
+_run_stage_with_handler() {
+  local handler=$1; shift
   echo "$(date +%FT%T) job ${SLURM_JOB_ID:-?} (restart ${SLURM_RESTART_COUNT:-0}): $*"
-  trap 'echo "$(date +%FT%T) signal: asking the stage to save and stop"; touch "$IMDB_DPO_STOP_FILE"' USR1 TERM
+  trap "$handler" USR1 TERM
   "$@" &
-  local child=$! status
-  # `wait` returns early when a trapped signal arrives; keep waiting until the stage has really exited.
+  child=$!
   while true; do
-    wait "$child"; status=$?
+    wait "$child"; stage_status=$?
     kill -0 "$child" 2>/dev/null || break
   done
   trap - USR1 TERM
-  local saved=0
-  [ "$status" -eq 75 ] || [ -f "$IMDB_DPO_STOP_FILE.saved" ] && saved=1
-  rm -f "$IMDB_DPO_STOP_FILE" "$IMDB_DPO_STOP_FILE.saved"
-  if [ "$saved" -eq 1 ]; then
-    echo "$(date +%FT%T) the stage saved its progress; requeueing job $SLURM_JOB_ID"
+}
+
+# Requeues the job when $1 is 1 (saying $2), else exits with the stage's status.
+_requeue_or_exit() {
+  if [ "$1" -eq 1 ]; then
+    echo "$(date +%FT%T) $2; requeueing job $SLURM_JOB_ID"
     scontrol requeue "$SLURM_JOB_ID"
     exit 0
   fi
-  echo "$(date +%FT%T) stage exited with status $status"
-  exit "$status"
+  echo "$(date +%FT%T) stage exited with status $stage_status"
+  exit "$stage_status"
+}
+
+run_requeueable() {
+  mkdir -p "$STOP_DIR"
+  rm -f "$IMDB_DPO_STOP_FILE" "$IMDB_DPO_STOP_FILE.saved"
+  _run_stage_with_handler 'echo "$(date +%FT%T) signal: asking the stage to save and stop"; touch "$IMDB_DPO_STOP_FILE"' "$@"
+  local saved=0
+  [ "$stage_status" -eq 75 ] || [ -f "$IMDB_DPO_STOP_FILE.saved" ] && saved=1
+  rm -f "$IMDB_DPO_STOP_FILE" "$IMDB_DPO_STOP_FILE.saved"
+  _requeue_or_exit "$saved" "the stage saved its progress"
 }
 
 # For a stage that cannot save midway (the reference log-prob pass, which TRL caches only once complete): on the
 # warning or a preemption, stop it and requeue the job, which then starts that pass over.
 run_restartable() {
-  echo "$(date +%FT%T) job ${SLURM_JOB_ID:-?} (restart ${SLURM_RESTART_COUNT:-0}): $*"
-  local requeue=0
-  trap 'echo "$(date +%FT%T) signal: stopping the stage; the requeued job starts it over"; requeue=1; kill -TERM "$child" 2>/dev/null' USR1 TERM
-  "$@" &
-  local child=$! status
-  while true; do
-    wait "$child"; status=$?
-    kill -0 "$child" 2>/dev/null || break
-  done
-  trap - USR1 TERM
-  if [ "$requeue" -eq 1 ]; then
-    echo "$(date +%FT%T) requeueing job $SLURM_JOB_ID"
-    scontrol requeue "$SLURM_JOB_ID"
-    exit 0
-  fi
-  echo "$(date +%FT%T) stage exited with status $status"
-  exit "$status"
+  requeue=0
+  _run_stage_with_handler 'echo "$(date +%FT%T) signal: stopping the stage; the requeued job starts it over"; requeue=1; kill -TERM "$child" 2>/dev/null' "$@"
+  _requeue_or_exit "$requeue" "the stage was stopped"
 }
