@@ -16,7 +16,7 @@ from imdb_dpo.checks import check_learning_rate, check_model, check_positive
 from imdb_dpo.cli import run_stage
 from imdb_dpo.config import SFTScriptArguments
 from imdb_dpo.data import load_reviews
-from imdb_dpo.dpo_training import checkpoint_steps, resumable_checkpoint
+from imdb_dpo.checkpoints import checkpoint_steps, resumable_checkpoint
 from imdb_dpo.locks import main_process_lock
 from imdb_dpo.manifests import Manifest, describe_file_input, describe_model_input
 from imdb_dpo.outputs import OutputPlan, plan_output, run_settings

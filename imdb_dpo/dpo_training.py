@@ -1,15 +1,20 @@
-"""What the project adds to TRL's DPOTrainer: exact sampled token ids, a NaN guard, lean old checkpoints."""
+"""What the project adds to TRL's DPOTrainer: exact sampled token ids and a NaN guard."""
 
-import glob
 import math
-import os
-import re
 
-from transformers import TrainerCallback
 from trl import DPOTrainer
 
 from .cli import UserError
 from .pairs import REQUIRED_IDS
+
+
+# What training_curves.png shows for a DPO run: (logged key or keys, panel title).
+DPO_CURVES = [
+    ("loss", "DPO loss"),
+    ("rewards/margins", "reward margin (chosen - rejected)"),
+    ("rewards/accuracies", "preference accuracy"),
+    (("logps/chosen", "logps/rejected"), "log-prob of chosen / rejected"),
+]
 
 
 class LossNotFinite(UserError, FloatingPointError):
@@ -22,24 +27,6 @@ def run_name(loss_type: str, beta: float, label_smoothing: float = 0.0, use_peft
     if label_smoothing:
         name += f"_ls{label_smoothing:g}"
     return name + ("_lora" if use_peft else "")
-
-
-def checkpoint_steps(run_dir: str) -> list[tuple[int, str]]:
-    """(step, path) of every `checkpoint-N` directory of a run, in step order."""
-    found = []
-    for path in glob.glob(os.path.join(run_dir, "checkpoint-*")):
-        match = re.fullmatch(r"checkpoint-(\d+)", os.path.basename(path))
-        if match and os.path.isdir(path):
-            found.append((int(match.group(1)), path))
-    return sorted(found)
-
-
-def resumable_checkpoint(run_dir: str) -> str | None:
-    """The newest checkpoint the Trainer finished writing, or None. The Trainer writes `trainer_state.json` last,
-    so a checkpoint without it was cut short (a kill or a full disk during the save) and is passed over; resuming
-    rewrites it when training reaches that step again."""
-    complete = [path for _, path in checkpoint_steps(run_dir) if os.path.isfile(os.path.join(path, "trainer_state.json"))]
-    return complete[-1] if complete else None
 
 
 class PretokenizedDPOTrainer(DPOTrainer):
@@ -65,17 +52,3 @@ class PretokenizedDPOTrainer(DPOTrainer):
                 "rather than fp16, then rerun: training resumes from the last good checkpoint."
             )
         return loss
-
-
-class DropOptimizerFromOldCheckpoints(TrainerCallback):
-    """Keeps every checkpoint's weights for the evaluation but the optimizer state of the newest one only,
-    which is all that resuming needs (for GPT-2 Large this saves about 6 GB a checkpoint)."""
-
-    def on_save(self, args, state, control, **kwargs):
-        if not state.is_world_process_zero:
-            return
-        for _, path in checkpoint_steps(args.output_dir)[:-1]:
-            for name in ("optimizer.pt", "optimizer.bin"):
-                if os.path.exists(os.path.join(path, name)):
-                    os.remove(os.path.join(path, name))
-

@@ -44,7 +44,7 @@ class VaderReward:
         return [(self.analyzer.polarity_scores(t)["compound"] + 1) / 2 for t in texts]
 
 
-def make_reward(name: str, batch_size: int = 64, positive_label: str = "POSITIVE"):
+def make_reward(name: str, batch_size: int = 64, positive_label: str = "POSITIVE", device: str | None = None):
     if name == VADER:
         return VaderReward()
-    return SentimentClassifierReward(name, batch_size=batch_size, positive_label=positive_label)
+    return SentimentClassifierReward(name, batch_size=batch_size, device=device, positive_label=positive_label)

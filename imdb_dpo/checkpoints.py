@@ -1,0 +1,92 @@
+"""Checkpoints of the runs that the frontier evaluates: where they are, which one resumes, which steps to save.
+
+The reward-versus-KL frontier is traced by evaluating checkpoints, so their steps decide where its points lie.
+Saving every `save_steps` puts the first point far from the SFT model; the default schedule adds log-spaced
+early steps (1, 2, 4, ...) so each run's curve starts near KL 0.
+"""
+
+import glob
+import os
+import re
+
+from transformers import TrainerCallback
+
+from .config import ConfigError
+
+SCHEDULES = {
+    "log+steps": "steps 1, 2, 4, ... below save_steps, then every save_steps, and the last step",
+    "log": "steps 1, 2, 4, 8, ... to the end, and the last step: about log2(steps) + 2 checkpoints a run, whatever its length",
+    "steps": "every save_steps and the last step (the Trainer's own schedule)",
+}
+
+
+def checkpoint_schedule(kind: str, max_steps: int, save_steps: int) -> list[int]:
+    """The optimizer steps at which a run of `max_steps` steps saves a checkpoint, in order."""
+    if kind not in SCHEDULES:
+        raise ConfigError(f"checkpoint_schedule={kind!r}: use one of {sorted(SCHEDULES)}")
+    powers = {2 ** i for i in range(max_steps.bit_length()) if 2 ** i <= max_steps}
+    every = set(range(save_steps, max_steps + 1, save_steps))
+    if kind == "log":
+        steps = powers
+    elif kind == "steps":
+        steps = every
+    else:
+        steps = {s for s in powers if s < save_steps} | every
+    return sorted(steps | {max_steps})
+
+
+def check_schedule(kind: str, training_args) -> None:
+    checkpoint_schedule(kind, 1, 1)  # the name
+    if training_args.save_strategy != "steps":
+        raise ConfigError(f"checkpoint_schedule={kind!r} needs save_strategy: steps (got {training_args.save_strategy!r}); "
+                          "the frontier is traced by the checkpoints")
+
+
+class ScheduledCheckpoints(TrainerCallback):
+    """Saves at exactly the steps of `checkpoint_schedule` (a stop request still saves where it stops).
+
+    It must come before `SaveAndStopOnSignal` among the callbacks: it decides `should_save` for the step, and the
+    stop request may then add a save."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.steps: set[int] = set()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        save_steps = args.save_steps if args.save_steps >= 1 else max(1, round(args.save_steps * state.max_steps))
+        self.steps = set(checkpoint_schedule(self.kind, state.max_steps, int(save_steps)))
+
+    def on_step_end(self, args, state, control, **kwargs):
+        control.should_save = state.global_step in self.steps
+        return control
+
+
+def checkpoint_steps(run_dir: str) -> list[tuple[int, str]]:
+    """(step, path) of every `checkpoint-N` directory of a run, in step order."""
+    found = []
+    for path in glob.glob(os.path.join(run_dir, "checkpoint-*")):
+        match = re.fullmatch(r"checkpoint-(\d+)", os.path.basename(path))
+        if match and os.path.isdir(path):
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def resumable_checkpoint(run_dir: str) -> str | None:
+    """The newest checkpoint the Trainer finished writing, or None. The Trainer writes `trainer_state.json` last,
+    so a checkpoint without it was cut short (a kill or a full disk during the save) and is passed over; resuming
+    rewrites it when training reaches that step again."""
+    complete = [path for _, path in checkpoint_steps(run_dir) if os.path.isfile(os.path.join(path, "trainer_state.json"))]
+    return complete[-1] if complete else None
+
+
+class DropOptimizerFromOldCheckpoints(TrainerCallback):
+    """Keeps every checkpoint's weights for the evaluation but the optimizer state of the newest one only,
+    which is all that resuming needs (for GPT-2 Large this saves about 6 GB a checkpoint)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        for _, path in checkpoint_steps(args.output_dir)[:-1]:
+            for name in ("optimizer.pt", "optimizer.bin"):
+                if os.path.exists(os.path.join(path, name)):
+                    os.remove(os.path.join(path, name))

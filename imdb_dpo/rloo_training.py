@@ -1,0 +1,61 @@
+"""What the project adds to TRL's RLOOTrainer: the pair file's exact prompt ids and stage 2's reward.
+
+RLOO (REINFORCE leave-one-out) maximises reward - beta * KL(policy || reference), the objective PPO maximises in
+the DPO paper's IMDb experiment; PPO itself is gone from TRL.
+"""
+
+from datasets import Dataset
+from trl import RLOOTrainer
+
+# What training_curves.png shows for an RLOO run: (logged key or keys, panel title).
+RLOO_CURVES = [
+    ("loss", "RLOO loss"),
+    ("reward", "mean reward of the sampled completions"),
+    ("kl", "KL to the reference (log-ratio, per token)"),
+    ("completions/mean_length", "mean completion length"),
+]
+
+
+def run_name(kl_coef: float, use_peft: bool = False) -> str:
+    """e.g. `rloo_kl0.05`: the method and its KL coefficient at a glance, apart from every DPO run's name."""
+    return f"rloo_kl{kl_coef:g}" + ("_lora" if use_peft else "")
+
+
+def prompts_of_pairs(pairs: list[dict], limit: int | None = None) -> Dataset:
+    """Each prompt of a pair file once, in file order: its text (for the reward model) and its sampled ids."""
+    prompts = {}
+    for pair in pairs:
+        prompts.setdefault(pair.get("prompt_id") or tuple(pair["prompt_ids"]),
+                           {"prompt": pair["prompt"], "prompt_ids": pair["prompt_ids"]})
+    rows = list(prompts.values())[:limit]
+    return Dataset.from_list(rows)
+
+
+class SentimentReward:
+    """RLOO's reward function: stage 2's reward (the classifier's positive-label probability, or VADER) of the
+    prompt followed by the completion, the text the pairs were ranked on.
+
+    TRL would score a reward *model* with `logits[:, 0]` (or load it with num_labels=1): for siebert that is the
+    NEGATIVE logit. A function of the text avoids both."""
+
+    __name__ = "sentiment"
+
+    def __init__(self, reward):
+        self.reward = reward
+
+    def __call__(self, prompts: list[str], completions: list[str], **kwargs) -> list[float]:
+        return self.reward([p + c for p, c in zip(prompts, completions, strict=True)])
+
+
+class PretokenizedRLOOTrainer(RLOOTrainer):
+    """RLOOTrainer that samples from the prompt ids of the pair file, as stage 2 and the evaluation do.
+
+    TRL tokenises the prompt text again; a prompt's text does not always tokenise back to its ids."""
+
+    def _generate_and_score_completions(self, inputs):
+        self._batch_prompt_ids = [list(x["prompt_ids"]) for x in inputs]
+        return super()._generate_and_score_completions(inputs)
+
+    def _tokenize_prompts(self, prompts: list):
+        assert len(prompts) == len(self._batch_prompt_ids)
+        return self._batch_prompt_ids, None, {}

@@ -1,0 +1,119 @@
+"""One run of a sweep, the same way for every trainer-based method on the frontier (DPO, RLOO, Preferred-FT).
+
+A run lives in its own folder under the lock of that folder: it is skipped once finished with the same settings,
+resumed from its newest complete checkpoint, replaced only through `--overwrite true` (see `outputs.py`), saved
+on the checkpoint schedule, stopped cleanly by a signal or the stop file, and finished with a manifest.
+"""
+
+import math
+import os
+from collections.abc import Callable
+
+from transformers import AutoConfig
+
+from .checkpoints import (DropOptimizerFromOldCheckpoints, ScheduledCheckpoints, checkpoint_steps,
+                          resumable_checkpoint)
+from .config import ConfigError
+from .locks import main_process_lock
+from .manifests import Manifest, describe_file_input, describe_model_input, read_manifest
+from .outputs import plan_output, run_settings
+from .pairs import REQUIRED_IDS, PairFileError, read_pairs
+from .plots import plot_training_curves
+from .preemption import SaveAndStopOnSignal, StopRequest
+from .tracking import own_wandb_run
+
+
+def sweep_values(name: str, values: list[float] | None, single_name: str, single: float, default: float) -> list[float]:
+    """The values a sweep runs: the list when set (then the single value must be left at its default), else the
+    single one. Each must be a finite number > 0."""
+    if values:
+        if single != default:
+            raise ConfigError(f"{single_name}={single} is set, but {name}={values} decides the runs and would ignore it; "
+                              f"for one run use --{name} {single:g} (or remove {name} from the config)")
+    else:
+        values = [single]
+    bad = [v for v in values if not (math.isfinite(v) and v > 0)]
+    if bad:
+        raise ConfigError(f"{single_name} must be a number > 0 (got {bad}); fix {name} in the config")
+    return list(values)
+
+
+def same_model(a: dict, b: dict) -> bool:
+    """A stage's run id names its output wherever the directory moves; a hub name has none: compare paths."""
+    if a["run_id"] or b["run_id"]:
+        return a["run_id"] == b["run_id"]
+    return a["path"] == b["path"]
+
+
+def pairs_input(pairs_file: str, model: str, role: str) -> dict:
+    """The identity of a finished pair file sampled from `model` (an error otherwise), for a manifest's inputs."""
+    pairs_dir = os.path.dirname(os.path.abspath(pairs_file))
+    manifest = read_manifest(pairs_dir)
+    if not (manifest and manifest.get("finished")):
+        raise PairFileError(f"pairs_file={pairs_file!r}: no finished manifest.json beside it, so it was not "
+                            "written by preference_pairs.py or its run is unfinished; finish that stage first")
+    source, start = manifest["inputs"]["model"], describe_model_input(model)
+    if not same_model(source, start):
+        raise ConfigError(
+            f"{pairs_file} was sampled from {source['path']} (run {source['run_id']}), but model_name_or_path is "
+            f"{start['path']} (run {start['run_id']}); {role} must be the model that generated the pairs: fix "
+            "model_name_or_path or regenerate the pairs")
+    return {**describe_file_input(pairs_file), "run_id": manifest["run_id"]}
+
+
+def read_training_pairs(pairs_file: str, model: str, fields=REQUIRED_IDS) -> list[dict]:
+    """The validated pairs of `pairs_file` (an error naming file, line and field otherwise), with every token id of
+    `fields` inside `model`'s vocabulary."""
+    pairs = read_pairs(pairs_file)
+    # The model's embedding size, not the tokenizer's length: a padded vocabulary can sample ids beyond the latter.
+    vocabulary = AutoConfig.from_pretrained(model).get_text_config().vocab_size
+    for number, pair in enumerate(pairs, start=1):
+        too_large = [i for field in fields for i in pair[field] if i >= vocabulary]
+        if too_large:
+            raise PairFileError(
+                f"{pairs_file}, line {number}: token id {too_large[0]} is outside the vocabulary of {model} "
+                f"({vocabulary} tokens); the pairs were sampled with another tokenizer: fix model_name_or_path or "
+                "regenerate the pairs")
+    return pairs
+
+
+def train_run(run_dir: str, stage: str, what: str, configs: dict, inputs: dict, overwrite: bool, schedule: str,
+              make_trainer: Callable, stop: StopRequest, curves, results: Callable = lambda trainer: {}) -> bool:
+    """Train (or resume, or skip) one run in `run_dir`; returns False when stopped by a signal.
+
+    `configs["training"]` is the run's trainer config (its output_dir is set here); `make_trainer(args, callbacks)`
+    builds the trainer; `results(trainer)` adds to the finished manifest; `curves` are the logged metrics that
+    `training_curves.png` shows."""
+    args = configs["training"]
+    state = args.distributed_state
+    with main_process_lock(run_dir, f"{stage}.py"):
+        plan = plan_output(run_dir, run_settings(configs, inputs), lambda d: bool(checkpoint_steps(d)), overwrite,
+                           what, state.is_main_process, state.wait_for_everyone)
+        if plan.skip:
+            return True
+        args.output_dir = plan.directory
+        manifest = Manifest(plan.directory, stage, configs, inputs)
+        with own_wandb_run(args, manifest.run_id):
+            trainer = make_trainer(args, [ScheduledCheckpoints(schedule), SaveAndStopOnSignal(stop),
+                                          DropOptimizerFromOldCheckpoints()])
+            trainer.train(resume_from_checkpoint=resumable_checkpoint(plan.directory))
+        if stop.requested:
+            return False
+        trainer.save_model(plan.directory)
+        if trainer.accelerator.is_main_process:
+            trainer.state.save_to_json(os.path.join(plan.directory, "trainer_state.json"))
+            plot_training_curves(os.path.join(plan.directory, "trainer_state.json"),
+                                 os.path.join(plan.directory, "training_curves.png"), args.run_name, curves)
+        trainer.accelerator.wait_for_everyone()
+        manifest.finish(global_step=trainer.state.global_step,
+                        checkpoints=[s for s, _ in checkpoint_steps(plan.directory)], processes=args.world_size,
+                        **results(trainer))
+        if trainer.accelerator.is_main_process:
+            plan.finish()
+        trainer.accelerator.wait_for_everyone()
+    return True
+
+
+def last_logged(trainer, key: str) -> dict:
+    """The last log entry of a run that has `key` ({} if none)."""
+    return next((e for e in reversed(trainer.state.log_history) if key in e), {})

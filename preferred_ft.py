@@ -1,0 +1,82 @@
+"""Baseline: Preferred-FT, supervised fine-tuning of the SFT model on the chosen completions of the pair file.
+
+    python preferred_ft.py --config configs/gpt2-large/preferred_ft.yaml
+
+The DPO paper's simplest baseline: every distinct (prompt, chosen completion) of stage 2's pairs, trained on with
+TRL's SFTTrainer on the exact sampled token ids, the loss on the completion only (a completion ends with EOS only
+where the model ended it). The run goes to <output_dir>/preferred_ft/, checkpoints on checkpoint_schedule, resumes
+by itself, and is skipped once finished with the same settings (--overwrite true replaces it once the new run has
+finished).
+"""
+
+import os
+import sys
+
+from datasets import Dataset
+from transformers import set_seed
+from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
+
+from imdb_dpo.checkpoints import check_schedule
+from imdb_dpo.checks import check_learning_rate, check_model, check_positive
+from imdb_dpo.cli import run_stage
+from imdb_dpo.config import PreferredFTScriptArguments
+from imdb_dpo.manifests import describe_model_input, read_manifest
+from imdb_dpo.modeling import load_tokenizer
+from imdb_dpo.preemption import StopRequest, exit_resumable
+from imdb_dpo.tracking import check_wandb_credentials
+from imdb_dpo.training_runs import last_logged, pairs_input, read_training_pairs, train_run
+
+STAGES = (PreferredFTScriptArguments, SFTConfig, ModelConfig)
+CURVES = [("loss", "loss on the chosen completions"), ("mean_token_accuracy", "token accuracy")]
+IGNORED = -100  # a label the loss skips
+
+
+def chosen_examples(pairs: list[dict], limit: int | None = None) -> Dataset:
+    """Each distinct (prompt, chosen completion) once, in file order, as token ids with the prompt masked out of
+    the labels."""
+    examples = {}
+    for pair in pairs:
+        key = (tuple(pair["prompt_ids"]), tuple(pair["chosen_ids"]))
+        examples.setdefault(key, {"input_ids": pair["prompt_ids"] + pair["chosen_ids"],
+                                  "labels": [IGNORED] * len(pair["prompt_ids"]) + pair["chosen_ids"]})
+    return Dataset.from_list(list(examples.values())[:limit])
+
+
+def main(script_args: PreferredFTScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> int:
+    training_args.distributed_state  # first, so the process group follows use_cpu as the Trainer will
+    check_wandb_credentials(training_args.report_to)
+    check_learning_rate(training_args)
+    check_positive(script_args, "max_train_examples")
+    check_schedule(script_args.checkpoint_schedule, training_args)
+    check_model("model_name_or_path", model_args.model_name_or_path)
+    pairs = read_training_pairs(script_args.pairs_file, model_args.model_name_or_path, ("prompt_ids", "chosen_ids"))
+    inputs = {"pairs": pairs_input(script_args.pairs_file, model_args.model_name_or_path, "Preferred-FT's start"),
+              "model": describe_model_input(model_args.model_name_or_path)}
+    dataset = chosen_examples(pairs, script_args.max_train_examples)
+    training_args.model_init_kwargs = {
+        "dtype": model_args.dtype, "attn_implementation": model_args.attn_implementation,
+        **(training_args.model_init_kwargs or {}),
+    }
+    tokenizer = load_tokenizer(model_args.model_name_or_path, padding_side="right")
+    run_dir = os.path.join(training_args.output_dir, "preferred_ft" + ("_lora" if model_args.use_peft else ""))
+    training_args.output_dir, training_args.run_name = run_dir, os.path.basename(run_dir)
+
+    def make_trainer(args, callbacks):
+        set_seed(args.seed)
+        return SFTTrainer(model=model_args.model_name_or_path, args=args, train_dataset=dataset,
+                          processing_class=tokenizer, peft_config=get_peft_config(model_args), callbacks=callbacks)
+
+    def results(trainer):
+        return {"final_metrics": last_logged(trainer, "loss"), "examples": len(dataset)}
+
+    if not train_run(run_dir, "preferred_ft", "Preferred-FT run",
+                     {"script": script_args, "training": training_args, "model": model_args}, inputs,
+                     script_args.overwrite, script_args.checkpoint_schedule, make_trainer, StopRequest(), CURVES,
+                     results):
+        return exit_resumable()
+    print(f"{run_dir}: finished on {read_manifest(run_dir)['examples']} chosen completions")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage(main, STAGES))

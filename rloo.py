@@ -1,0 +1,92 @@
+"""Baseline: online RL from the SFT model with TRL's RLOOTrainer, swept over the KL coefficient.
+
+    python rloo.py --config configs/gpt2-large/rloo.yaml                  # the config's sweep (--kl_coefs)
+    python rloo.py --config configs/gpt2-large/rloo.yaml --kl_coefs 0.05  # one run (a SLURM array task)
+
+RLOO maximises reward - beta * KL(policy || SFT), the objective of PPO in the DPO paper. It samples on the prompts
+of stage 2's pair file (their exact token ids), with the sampling settings of the config (the presets use stage 2's:
+temperature 1, no top-k/top-p, the same max_new_tokens as max_completion_length), and is rewarded by stage 2's
+reward: the sentiment classifier's POSITIVE probability of prompt + completion (VADER on the tiny preset). Each run
+goes to <output_dir>/rloo_kl<coef>/, checkpoints on checkpoint_schedule, resumes by itself, and is skipped once
+finished with the same settings (--overwrite true replaces it once the new run has finished).
+"""
+
+import copy
+import os
+import sys
+
+from transformers import set_seed
+from trl import ModelConfig, RLOOConfig, get_peft_config
+
+from imdb_dpo.checkpoints import check_schedule
+from imdb_dpo.checks import check_learning_rate, check_model, check_positive
+from imdb_dpo.cli import run_stage
+from imdb_dpo.config import ConfigError, RLOOScriptArguments
+from imdb_dpo.manifests import describe_model_input, read_manifest
+from imdb_dpo.modeling import load_tokenizer
+from imdb_dpo.preemption import StopRequest, exit_resumable
+from imdb_dpo.reward import VADER, make_reward
+from imdb_dpo.rloo_training import RLOO_CURVES, PretokenizedRLOOTrainer, SentimentReward, prompts_of_pairs, run_name
+from imdb_dpo.tracking import check_wandb_credentials
+from imdb_dpo.training_runs import last_logged, pairs_input, read_training_pairs, sweep_values, train_run
+
+STAGES = (RLOOScriptArguments, RLOOConfig, ModelConfig)
+
+
+def check_inputs(script_args: RLOOScriptArguments, training_args: RLOOConfig, model_args: ModelConfig) -> None:
+    check_learning_rate(training_args)
+    check_positive(script_args, "max_train_prompts", "reward_batch_size")
+    check_positive(training_args, "max_completion_length")
+    check_schedule(script_args.checkpoint_schedule, training_args)
+    if not training_args.temperature > 0:
+        raise ConfigError(f"temperature={training_args.temperature}: must be > 0 (RLOO samples)")
+    check_model("model_name_or_path", model_args.model_name_or_path)
+    if script_args.reward_model != VADER:
+        check_model("reward_model", script_args.reward_model)
+
+
+def main(script_args: RLOOScriptArguments, training_args: RLOOConfig, model_args: ModelConfig) -> int:
+    state = training_args.distributed_state  # first, so the process group follows use_cpu as the Trainer will
+    check_wandb_credentials(training_args.report_to)
+    coefs = sweep_values("kl_coefs", script_args.kl_coefs, "beta", training_args.beta,
+                         RLOOConfig.__dataclass_fields__["beta"].default)
+    check_inputs(script_args, training_args, model_args)
+    pairs = read_training_pairs(script_args.pairs_file, model_args.model_name_or_path, ("prompt_ids",))
+    inputs = {"pairs": pairs_input(script_args.pairs_file, model_args.model_name_or_path, "RLOO's start and reference"),
+              "model": describe_model_input(model_args.model_name_or_path)}
+    dataset = prompts_of_pairs(pairs, script_args.max_train_prompts)
+    training_args.model_init_kwargs = {
+        "dtype": model_args.dtype, "attn_implementation": model_args.attn_implementation,
+        **(training_args.model_init_kwargs or {}),
+    }
+    tokenizer = load_tokenizer(model_args.model_name_or_path)
+    # The classifier scores on this process's own device (RLOO gathers the rewards across processes).
+    reward = SentimentReward(make_reward(script_args.reward_model, script_args.reward_batch_size,
+                                         script_args.reward_positive_label, device=str(state.device)))
+    stop = StopRequest()
+    for coef in coefs:
+        run_dir = os.path.join(training_args.output_dir, run_name(coef, model_args.use_peft))
+        args = copy.copy(training_args)  # not dataclasses.replace: RLOOConfig's checks refuse its own derived sizes
+        args.beta, args.output_dir, args.run_name = coef, run_dir, os.path.basename(run_dir)
+
+        def make_trainer(a, callbacks):
+            set_seed(a.seed)
+            return PretokenizedRLOOTrainer(model=model_args.model_name_or_path, reward_funcs=reward, args=a,
+                                           train_dataset=dataset, processing_class=tokenizer,
+                                           peft_config=get_peft_config(model_args), callbacks=callbacks)
+
+        def results(trainer):
+            return {"final_metrics": last_logged(trainer, "reward"), "prompts": len(dataset)}
+
+        if not train_run(run_dir, "rloo", "RLOO run", {"script": script_args, "training": args, "model": model_args},
+                         inputs, script_args.overwrite, script_args.checkpoint_schedule, make_trainer, stop,
+                         RLOO_CURVES, results):
+            return exit_resumable()
+        last = read_manifest(run_dir)["final_metrics"]
+        print(f"{run_dir}: finished; last logged reward {last.get('reward', float('nan')):.3f}, "
+              f"KL per token {last.get('kl', float('nan')):.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage(main, STAGES))
