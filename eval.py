@@ -1,18 +1,21 @@
-"""Stage 4: reward and KL(policy || SFT) of the SFT model and every DPO checkpoint on held-out prompts.
+"""Stage 4: reward and KL(policy || SFT) of the SFT model and every checkpoint of every DPO, RLOO and Preferred-FT
+run on held-out prompts.
 
     python eval.py --config configs/gpt2-large/eval.yaml
 
 Writes to output_dir: records/<settings>/<run>/step-<N>/records.jsonl (one record per sample),
-summary.csv (per checkpoint, with 95% bootstrap intervals over prompts, and best-of-N rows),
-reward_vs_kl.png (drawn from summary.csv alone), report.md and manifest.json. A checkpoint already evaluated
-with the same settings is skipped, and an interrupted evaluation resumes from its last finished batch. Run again
-with the same settings and models, it changes nothing; with other settings it needs --overwrite true.
+summary.csv (per checkpoint, with 95% bootstrap intervals over prompts, and best-of-N rows; `method` tells the
+families apart), reward_vs_kl.png (drawn from summary.csv alone), frontier_budget.csv (per method, the best reward
+within each of kl_budgets), report.md and manifest.json. A checkpoint already evaluated with the same settings is
+skipped, and an interrupted evaluation resumes from its last finished batch. Run again with the same settings and
+models, it changes nothing; with other settings it needs --overwrite true.
 """
 
 import csv
 import hashlib
 import io
 import json
+import math
 import os
 import sys
 import time
@@ -22,12 +25,12 @@ import torch
 from tqdm.auto import tqdm
 
 from imdb_dpo.batch_log import BatchLog, read_finished
+from imdb_dpo.checkpoints import checkpoint_steps
 from imdb_dpo.checks import check_model, check_positive, check_sampling, model_dir_problem
 from imdb_dpo.cli import run_stage
 from imdb_dpo.config import ConfigError, EvalArguments
 from imdb_dpo.data import prompts_for
 from imdb_dpo.distributed import any_process, process_state
-from imdb_dpo.dpo_training import checkpoint_steps
 from imdb_dpo.evaluation import (BEST_OF_N, best_of_n_kl_bound, best_of_n_rewards, bootstrap_interval, distinct_n,
                                  summarise, win_rate)
 from imdb_dpo.kl import sequence_kls
@@ -37,14 +40,15 @@ from imdb_dpo.manifests import (Manifest, describe_model_input, git_commit, is_f
 from imdb_dpo.modeling import load_causal_lm, load_tokenizer
 from imdb_dpo.plots import plot_frontier
 from imdb_dpo.preemption import StopRequest, exit_resumable
-from imdb_dpo.report import render_report
+from imdb_dpo.report import FRONTIER_BUDGET_COLUMNS, best_within_budgets, render_report
 from imdb_dpo.reward import VADER, make_reward
 from imdb_dpo.sampling import batch_seed, plan_batches, sample_batch
 
 STAGES = (EvalArguments,)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # kl_kind: `measured` (a checkpoint's exact KL) or `analytic_bound` (best-of-N: log N - (N-1)/N, never measured).
-SUMMARY_COLUMNS = ["run", "loss_type", "beta", "step", "reward_model", "reward_mean", "reward_lo", "reward_hi",
+# method: dpo, rloo, preferred_ft, sft, base or best_of_n.
+SUMMARY_COLUMNS = ["method", "run", "loss_type", "beta", "step", "reward_model", "reward_mean", "reward_lo", "reward_hi",
                    "kl_kind", "kl_mean", "kl_lo", "kl_hi", "kl_logratio_mean", "n", "win_rate_vs_sft", "mean_length",
                    "distinct_2", "path"]
 
@@ -58,35 +62,68 @@ def settings_of(args: EvalArguments) -> dict:
     return {**{k: getattr(args, k) for k in keys}, "reference": describe_model_input(args.sft_model)}
 
 
+# The trained methods: (method = the manifest's stage, EvalArguments field of its root, name, script that makes it).
+METHODS = (("dpo", "dpo_dir", "DPO", "dpo.py"), ("rloo", "rloo_dir", "RLOO", "rloo.py"),
+           ("preferred_ft", "preferred_ft_dir", "Preferred-FT", "preferred_ft.py"))
+RESERVED_RUNS = ("sft", "base", "best_of_n")  # names of the rows that are not runs
+
+
+def run_meta(method: str, name: str, training: dict) -> dict:
+    """A run's columns: `loss_type` is DPO's loss ("" otherwise), `beta` DPO's beta or RLOO's KL coefficient."""
+    if method == "dpo":
+        return {"method": method, "run": name, "loss_type": "+".join(training["loss_type"]), "beta": training["beta"]}
+    return {"method": method, "run": name, "loss_type": "", "beta": training["beta"] if method == "rloo" else ""}
+
+
 def models_to_evaluate(args: EvalArguments) -> tuple[list[dict], list[dict]]:
-    """The models to evaluate, and what is left out with the reason (reported, not fatal): unfinished DPO runs
-    and checkpoints that cannot be loaded."""
-    units = [{"run": "sft", "loss_type": "", "beta": "", "step": 0, "path": args.sft_model}]
+    """The models to evaluate, and what is left out with the reason (reported, not fatal): unfinished runs and
+    checkpoints that cannot be loaded.
+
+    Every run folder under dpo_dir, rloo_dir and preferred_ft_dir whose manifest's stage is that root's method
+    counts (a root that does not exist: the method was not run). Records are kept by run name, so a name found
+    in two roots is an error."""
+    units = [{"method": "sft", "run": "sft", "loss_type": "", "beta": "", "step": 0, "path": args.sft_model}]
     if args.base_model:
-        units.append({"run": "base", "loss_type": "", "beta": "", "step": 0, "path": args.base_model})
-    skipped = []
-    # A leading dot marks work in progress beside a finished run (e.g. `.sigmoid_beta0.1.new` of an --overwrite).
-    runs = sorted(n for n in os.listdir(args.dpo_dir) if not n.startswith(".")) if os.path.isdir(args.dpo_dir) else []
-    for name in runs:
-        run_dir = os.path.join(args.dpo_dir, name)
-        manifest = read_manifest(run_dir)
-        if not manifest or manifest.get("stage") != "dpo":
-            continue
-        if not manifest.get("finished"):
-            skipped.append({"path": run_dir, "reason": "the DPO run is unfinished; finish it (run dpo.py again) and "
-                                                       "evaluate again"})
-            continue
-        training = manifest["config"]["training"]
-        meta = {"run": name, "loss_type": "+".join(training["loss_type"]), "beta": training["beta"]}
-        steps = dict(checkpoint_steps(run_dir))
-        steps.setdefault(manifest["global_step"], run_dir)  # the final model, when no checkpoint holds it
-        for step, path in sorted(steps.items()):
-            problem = model_dir_problem(path, tokenizer=False)
-            if problem:
-                skipped.append({"path": path, "reason": problem})
-            else:
-                units.append({**meta, "step": step, "path": path})
+        units.append({"method": "base", "run": "base", "loss_type": "", "beta": "", "step": 0, "path": args.base_model})
+    skipped, seen = [], {}
+    for method, field, title, script in METHODS:
+        root = getattr(args, field)
+        # A leading dot marks work in progress beside a finished run (e.g. `.sigmoid_beta0.1.new` of an --overwrite).
+        runs = sorted(n for n in os.listdir(root) if not n.startswith(".")) if os.path.isdir(root) else []
+        for name in runs:
+            run_dir = os.path.join(root, name)
+            manifest = read_manifest(run_dir)
+            if not manifest or manifest.get("stage") != method:
+                continue
+            if name in RESERVED_RUNS:
+                raise ConfigError(f"{run_dir}: a run may not be named {name!r}, which names the {name} rows of the "
+                                  "evaluation; rename the folder")
+            if name in seen:
+                raise ConfigError(f"two runs are named {name!r}: {seen[name]} and {run_dir}. The evaluation keeps "
+                                  "records by run name, so run names must differ across dpo_dir, rloo_dir and "
+                                  "preferred_ft_dir; rename one of the folders")
+            seen[name] = run_dir
+            if not manifest.get("finished"):
+                skipped.append({"path": run_dir, "reason": f"the {title} run is unfinished; finish it (run {script} "
+                                                           "again) and evaluate again"})
+                continue
+            units += run_units(run_dir, manifest, run_meta(method, name, manifest["config"]["training"]), skipped)
     return units, skipped
+
+
+def run_units(run_dir: str, manifest: dict, meta: dict, skipped: list[dict]) -> list[dict]:
+    """One unit per loadable checkpoint of a finished run (and its final model when no checkpoint holds that step);
+    the others go to `skipped` with the reason."""
+    units = []
+    steps = dict(checkpoint_steps(run_dir))
+    steps.setdefault(manifest["global_step"], run_dir)  # the final model, when no checkpoint holds it
+    for step, path in sorted(steps.items()):
+        problem = model_dir_problem(path, tokenizer=False)
+        if problem:
+            skipped.append({"path": path, "reason": problem})
+        else:
+            units.append({**meta, "step": step, "path": path})
+    return units
 
 
 class UnreadableCheckpoint(Exception):
@@ -171,7 +208,7 @@ def evaluate(unit, prompts, args, tokenizer, reference: ModelPair, reward, recor
 def summary_row(unit, records, sft_records, args) -> dict:
     stats = summarise(records, args.seed)
     is_sft = unit["run"] == "sft"
-    return {**{k: unit[k] for k in ("run", "loss_type", "beta", "step", "path")}, **stats,
+    return {**{k: unit[k] for k in ("method", "run", "loss_type", "beta", "step", "path")}, **stats,
             "reward_model": args.reward_model, "kl_kind": "measured",
             "win_rate_vs_sft": "" if is_sft else win_rate(records, sft_records),
             "mean_length": float(np.mean([len(r["completion_ids"]) for r in records])),
@@ -184,7 +221,7 @@ def best_of_n_rows(sft_records, args) -> list[dict]:
         rewards = best_of_n_rewards(sft_records, n)
         lo, hi = bootstrap_interval(rewards, seed=args.seed)
         bound = best_of_n_kl_bound(n)
-        rows.append({"run": "best_of_n", "loss_type": "", "beta": "", "step": n, "reward_model": args.reward_model,
+        rows.append({"method": "best_of_n", "run": "best_of_n", "loss_type": "", "beta": "", "step": n, "reward_model": args.reward_model,
                      "reward_mean": float(rewards.mean()), "reward_lo": lo, "reward_hi": hi,
                      "kl_kind": "analytic_bound", "kl_mean": bound, "kl_lo": bound, "kl_hi": bound,
                      "kl_logratio_mean": bound, "n": len(sft_records), "win_rate_vs_sft": "", "mean_length": "",
@@ -205,8 +242,16 @@ def read_summary(path: str) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def write_frontier_budget(path: str, table: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=FRONTIER_BUDGET_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(table)
+    write_text_atomic(path, buffer.getvalue())
+
+
 def write_outputs(args, units, records, prompts, settings, skipped) -> None:
-    """summary.csv, then the plot from it alone, then report.md.
+    """summary.csv, then the plot from it alone, then frontier_budget.csv, then report.md.
 
     Every model is measured on its first samples_per_prompt samples per prompt, SFT included although it draws
     best_of_n_samples for best-of-N: distinct-2 pools n-grams over all samples, so only equal counts compare."""
@@ -217,8 +262,11 @@ def write_outputs(args, units, records, prompts, settings, skipped) -> None:
     write_summary(summary_path, rows)
     plot_frontier(read_summary(summary_path), os.path.join(args.output_dir, "reward_vs_kl.png"))
 
+    write_frontier_budget(os.path.join(args.output_dir, "frontier_budget.csv"),
+                          best_within_budgets(rows, args.kl_budgets))
+
     finals = [r for r in rows if r["run"] in ("base", "sft")]
-    for run in sorted({u["run"] for u in units} - {"base", "sft"}):
+    for run in dict.fromkeys(u["run"] for u in units if u["run"] not in ("base", "sft")):  # DPO, RLOO, Preferred-FT
         finals.append(max((r for r in rows if r["run"] == run), key=lambda r: r["step"]))
     for r in finals:
         r["label"] = r["run"] if r["run"] in ("base", "sft") else f"{r['run']} (step {r['step']})"
@@ -226,17 +274,40 @@ def write_outputs(args, units, records, prompts, settings, skipped) -> None:
     samples = {prompt: {r["label"]: next(x for x in records[(r["run"], r["step"])]
                                         if x["prompt"] == prompt and x["sample"] == 0) for r in finals}
                for prompt in shown}
-    curves = {run: os.path.join(args.dpo_dir, run, "training_curves.png") for run in {u["run"] for u in units}
-              if os.path.isfile(os.path.join(args.dpo_dir, run, "training_curves.png"))}
+    roots = {method: getattr(args, field) for method, field, _, _ in METHODS}
+    pngs = {u["run"]: os.path.join(roots[u["method"]], u["run"], "training_curves.png") for u in units
+            if u["method"] in roots}
+    curves = {run: png for run, png in pngs.items() if os.path.isfile(png)}
     provenance = {"preset": args.preset, "git_commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-                  "sft_model": describe_model_input(args.sft_model), "dpo_dir": args.dpo_dir,
+                  "sft_model": describe_model_input(args.sft_model),
+                  **{field: getattr(args, field) for _, field, _, _ in METHODS},
                   "base_model": describe_model_input(args.base_model) if args.base_model else None}
     report_path = os.path.join(args.output_dir, "report.md")
     write_text_atomic(report_path, render_report(report_path, provenance, rows, finals, samples, curves, settings,
-                                                       skipped))
+                                                 skipped, args.kl_budgets))
     for r in finals:
         print(f"{r['label']:<28} reward {r['reward_mean']:.3f}  KL {r['kl_mean']:.2f}  "
               f"win vs SFT {r['win_rate_vs_sft'] if r['win_rate_vs_sft'] == '' else round(r['win_rate_vs_sft'], 3)}")
+
+
+def check_kl_budgets(budgets) -> list[float]:
+    """The budgets as floats (YAML may give ints, or strings such as 1e-1); a ConfigError unless each is > 0."""
+    if not budgets:
+        raise ConfigError("kl_budgets is empty: give at least one KL budget in nats, e.g. --kl_budgets 1 3 10")
+    values, bad = [], []
+    for budget in budgets:
+        try:
+            value = math.nan if isinstance(budget, bool) else float(budget)
+        except (TypeError, ValueError):
+            value = math.nan
+        if math.isfinite(value) and value > 0:
+            values.append(value)
+        else:
+            bad.append(budget)
+    if bad:
+        raise ConfigError(f"kl_budgets={list(budgets)}: every budget must be a finite number of nats > 0 (got "
+                          f"{', '.join(repr(b) for b in bad)}); fix it in the config or on the command line")
+    return values
 
 
 def check_args(args: EvalArguments) -> None:
@@ -249,6 +320,7 @@ def check_args(args: EvalArguments) -> None:
                           f"({args.samples_per_prompt}): the SFT samples also serve as its own evaluation")
     for field in ("sampling_dtype", "kl_dtype"):
         torch_dtype(args, field)
+    args.kl_budgets = check_kl_budgets(args.kl_budgets)
     check_model("sft_model", args.sft_model)
     if args.base_model:
         check_model("base_model", args.base_model, tokenizer=False)
@@ -281,7 +353,9 @@ def evaluate_all(args: EvalArguments, tokenizer, prompts: list[dict]) -> int:
                 "Pass --overwrite true to evaluate with these (the finished one's records stay in "
                 f"records/{previous['settings_key']}/; summary, plot and report are replaced once the new evaluation "
                 "has finished), or set another output_dir to keep both")
-        if previous["settings_key"] == key and previous["planned"] == planned:
+        # kl_budgets decide only the tables: other budgets re-write them from the finished records.
+        same_budgets = previous.get("config", {}).get("eval", {}).get("kl_budgets") == args.kl_budgets
+        if previous["settings_key"] == key and previous["planned"] == planned and same_budgets:
             print(f"the evaluation in {args.output_dir} is finished with these settings and models; skipping")
             return 0
     if process_state().is_main_process:

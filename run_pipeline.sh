@@ -16,7 +16,8 @@ if [ -f "$configs/base.yaml" ]; then
   echo "== tiny base model and data ($configs/base.yaml)"
   "$python" -m imdb_dpo.tiny --config "$configs/base.yaml"
 fi
-for stage in sft preference_pairs dpo eval; do
+# rloo and preferred_ft are the paper's baselines; a preset without their configs skips them.
+for stage in sft preference_pairs dpo rloo preferred_ft eval; do
   if [ -f "$configs/$stage.yaml" ]; then
     echo "== $stage ($configs/$stage.yaml)"
     "$python" "$stage.py" --config "$configs/$stage.yaml"

@@ -185,7 +185,19 @@ class PairsArguments(SamplingArguments):
 
 
 @dataclass
-class DPOScriptArguments:
+class CheckpointArguments:
+    """When the runs that the frontier evaluates save their checkpoints (see imdb_dpo/checkpoints.py)."""
+
+    checkpoint_schedule: str = field(
+        default="log+steps",
+        metadata={"help": "'log+steps': steps 1, 2, 4, ... below save_steps, then every save_steps (the default); "
+                          "'log': 1, 2, 4, 8, ... to the end (fewest checkpoints); 'steps': every save_steps only. "
+                          "The last step is always saved."},
+    )
+
+
+@dataclass
+class DPOScriptArguments(CheckpointArguments):
     pairs_file: str = field(
         default="${OUTPUT_ROOT}/generations/gpt2-large/pairs.jsonl", metadata={"help": "Pairs from stage 2."}
     )
@@ -206,10 +218,62 @@ class DPOScriptArguments:
 
 
 @dataclass
+class RLOOScriptArguments(CheckpointArguments):
+    """Online RL (TRL's RLOOTrainer) from the SFT model on the pair file's prompts, rewarded by the sentiment model."""
+
+    pairs_file: str = field(
+        default="${OUTPUT_ROOT}/generations/gpt2-large/pairs.jsonl",
+        metadata={"help": "Stage 2's pair file: its prompts (each once, with their exact token ids) are RLOO's prompts, "
+                          "so RLOO and DPO train on the same prefixes."},
+    )
+    kl_coefs: list[float] | None = field(
+        default=None, metadata={"help": "Sweep: one run per KL coefficient (RLOOConfig's beta), in sequence. Unset: --beta."}
+    )
+    max_train_prompts: int | None = None
+    reward_model: str = field(
+        default="siebert/sentiment-roberta-large-english",
+        metadata={"help": "A sequence classifier with a POSITIVE label, or 'vader' for the offline lexicon (as stage 2)."},
+    )
+    reward_positive_label: str = field(
+        default="POSITIVE", metadata={"help": "The reward model's label whose probability is the reward."}
+    )
+    reward_batch_size: int = 64
+    overwrite: bool = field(default=False, metadata={"help": "Replace finished runs of this sweep once the new ones finish."})
+
+
+@dataclass
+class PreferredFTScriptArguments(CheckpointArguments):
+    """The paper's Preferred-FT baseline: supervised fine-tuning of the SFT model on the chosen completions."""
+
+    pairs_file: str = field(
+        default="${OUTPUT_ROOT}/generations/gpt2-large/pairs.jsonl", metadata={"help": "Pairs from stage 2."}
+    )
+    max_train_examples: int | None = field(
+        default=None, metadata={"help": "Use only the first N distinct (prompt, chosen completion) examples."}
+    )
+    overwrite: bool = field(default=False, metadata={"help": "Replace a finished run once the new one has finished."})
+
+
+@dataclass
 class EvalArguments(SamplingArguments):
     sft_model: str = field(default="${OUTPUT_ROOT}/outputs/gpt2-large/sft", metadata={"help": "Also the KL reference."})
     base_model: str | None = field(default=None, metadata={"help": "Pre-SFT model, shown as a point when set."})
     dpo_dir: str = field(default="${OUTPUT_ROOT}/outputs/gpt2-large/dpo", metadata={"help": "Root of the DPO runs."})
+    rloo_dir: str = field(
+        default="${OUTPUT_ROOT}/outputs/gpt2-large/rloo",
+        metadata={"help": "Root of the RLOO runs (rloo.py); a folder that does not exist means none were run."},
+    )
+    preferred_ft_dir: str = field(
+        default="${OUTPUT_ROOT}/outputs/gpt2-large/preferred_ft",
+        metadata={"help": "Root of the Preferred-FT runs (preferred_ft.py); a folder that does not exist means none "
+                          "were run."},
+    )
+    kl_budgets: list[float] = field(
+        default_factory=lambda: [1.0, 3.0, 10.0],
+        metadata={"help": "KL budgets (nats per sample, each > 0) of report.md's and frontier_budget.csv's table: per "
+                          "method, the best reward among its checkpoints (and the SFT model) within each budget. "
+                          "Reporting only: changing them re-writes the tables without evaluating anything again."},
+    )
     output_dir: str = "${OUTPUT_ROOT}/outputs/gpt2-large/eval"
     best_of_n_samples: int = field(default=16, metadata={"help": "SFT samples per prompt for the best-of-N baseline."})
     kl_batch_size: int = 32

@@ -1,4 +1,4 @@
-"""Figures: DPO training curves from the trainer state, and the reward-versus-KL frontier."""
+"""Figures: training curves from the trainer state, and the reward-versus-KL frontier."""
 
 import json
 
@@ -7,22 +7,16 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .report import method_of
 from .reward import VADER  # noqa: E402
 
-CURVES = [
-    ("loss", "DPO loss"),
-    ("rewards/margins", "reward margin (chosen - rejected)"),
-    ("rewards/accuracies", "preference accuracy"),
-    (("logps/chosen", "logps/rejected"), "log-prob of chosen / rejected"),
-]
-
-
-def plot_training_curves(trainer_state_path: str, output_path: str, title: str) -> None:
+def plot_training_curves(trainer_state_path: str, output_path: str, title: str, curves: list) -> None:
+    """One panel per `(key or keys, title)` of `curves`, over the optimizer steps of the trainer's log."""
     with open(trainer_state_path) as f:
         history = [entry for entry in json.load(f)["log_history"] if "loss" in entry]
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(4.2 * len(CURVES), 3.4))
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.4), squeeze=False)
     steps = [entry["step"] for entry in history]
-    for ax, (keys, label) in zip(axes, CURVES):
+    for ax, (keys, label) in zip(axes[0], curves):
         for key in (keys,) if isinstance(keys, str) else keys:
             ax.plot(steps, [entry.get(key, float("nan")) for entry in history], label=key.split("/")[-1])
         ax.set_title(label, fontsize=10)
@@ -42,11 +36,39 @@ def reward_axis_label(reward_model: str) -> str:
     return f"mean reward\nP(POSITIVE) under {reward_model}"
 
 
-def plot_frontier(summary: list[dict], output_path: str, title: str = "reward vs KL") -> None:
-    """Reward against KL(pi || pi_ref) from the summary rows alone: one line per DPO run through its
-    checkpoints (starting at the SFT model, each point labelled with its step), best-of-N on the SFT model
-    (labelled N=..., at its analytic KL bound), and the base model if present. A point label that would
-    overlap one already drawn is left out, so crowded checkpoints stay readable."""
+# How plot_frontier draws each trained method: one family of lines, one colour map (a shade per run) or colour each.
+FAMILIES = {
+    "dpo": {"name": "DPO", "cmap": "Blues", "fmt": "-", "marker": "o"},
+    "rloo": {"name": "RLOO", "cmap": "Oranges", "fmt": "--", "marker": "^"},
+    "preferred_ft": {"name": "Preferred-FT", "color": "green", "fmt": ":", "marker": "D"},
+}
+
+
+def _beta_key(rows: list[dict]):
+    try:
+        return (0, float(rows[0]["beta"]))
+    except (TypeError, ValueError):
+        return (1, 0.0)
+
+
+def _run_label(method: str, rows: list[dict]) -> str:
+    row = rows[0]
+    if method == "dpo":
+        loss = row.get("loss_type") or "sigmoid"
+        return f"DPO beta={row['beta']}" + ("" if loss == "sigmoid" else f" ({loss})")
+    if method == "rloo":
+        return f"RLOO KL coef={row['beta']}"
+    return FAMILIES[method]["name"] if method in FAMILIES else f"{method} {row['run']}"
+
+
+def plot_frontier(summary: list[dict], output_path: str, title: str = "reward vs KL") -> list[str]:
+    """Reward against KL(pi || pi_ref) from the summary rows alone; returns the legend's labels.
+
+    One line per trained run through its checkpoints, each starting at the SFT model and each point labelled with
+    its step: DPO runs solid with circles in shades of blue, RLOO runs dashed with triangles in shades of orange,
+    Preferred-FT dotted with diamonds in green (shades follow beta / the KL coefficient). Best-of-N on the SFT model
+    (labelled N=..., at its analytic KL bound), the SFT model and the base model if present. A point label that
+    would overlap one already drawn is left out, so crowded checkpoints stay readable."""
     fig, ax = plt.subplots(figsize=(7.5, 5))
     by_run: dict[str, list[dict]] = {}
     for row in summary:
@@ -69,16 +91,29 @@ def plot_frontier(summary: list[dict], output_path: str, title: str = "reward vs
         rows = by_run["best_of_n"]
         color = errorbar(rows, fmt="--", color="gray", marker="s", markersize=4,
                          label="best-of-N on SFT (KL: analytic bound)")
-        label_points(rows, lambda r: f"N={r['step']}", color, offset=(4, -10))  # below the line, clear of DPO labels
-    for run in sorted(r for r in by_run if r not in ("sft", "base", "best_of_n")):
-        rows = by_run[run]
-        color = errorbar(sft + rows, fmt="-", marker="o", markersize=4, label=f"{run} (beta={rows[0]['beta']})")
-        label_points(rows, lambda r: r["step"], color, offset=(4, 4))
+        label_points(rows, lambda r: f"N={r['step']}", color, offset=(4, -10))  # below the line, clear of run labels
+    runs = {run: rows for run, rows in by_run.items() if method_of(rows[0]) not in ("sft", "base", "best_of_n")}
+    families = {m: [] for m in FAMILIES}
+    for run, rows in runs.items():
+        families.setdefault(method_of(rows[0]), []).append(run)
+    for method, names in families.items():
+        style = FAMILIES.get(method, {"fmt": "-.", "marker": "x"})
+        names.sort(key=lambda run: (_beta_key(runs[run]), run))
+        texts = [_run_label(method, runs[run]) for run in names]
+        for i, run in enumerate(names):
+            rows = runs[run]
+            text = texts[i] if texts.count(texts[i]) == 1 else f"{texts[i]} [{run}]"  # e.g. a LoRA twin of a run
+            if "cmap" in style:  # light to dark, never so light that the line fades into the background
+                color = matplotlib.colormaps[style["cmap"]](0.45 + 0.5 * (i / (len(names) - 1) if len(names) > 1 else 0.5))
+            else:
+                color = style.get("color")
+            color = errorbar(sft + rows, fmt=style["fmt"], marker=style["marker"], markersize=4, color=color, label=text)
+            label_points(rows, lambda r: r["step"], color, offset=(4, 4))
     if sft:
         errorbar(sft, fmt="*", color="black", markersize=12, label="SFT")
     if "base" in by_run:
         errorbar(by_run["base"], fmt="P", color="brown", markersize=9, label="base (pre-SFT)")
-    # Best-of-N lives below 2 nats and DPO runs reach tens: a log scale past 1 nat shows both.
+    # Best-of-N lives below 2 nats and trained runs reach tens: a log scale past 1 nat shows both.
     ax.set_xscale("symlog", linthresh=1.0)
     ax.set_xlabel("KL(policy || SFT reference), nats per sample (log scale above 1)")
     ax.set_ylabel(reward_axis_label(summary[0]["reward_model"]))
@@ -93,6 +128,7 @@ def plot_frontier(summary: list[dict], output_path: str, title: str = "reward vs
             label.remove()
         else:
             drawn.append(box)
-    ax.legend(fontsize=8, loc="best")
+    legend = ax.legend(fontsize=8, loc="best")
     fig.savefig(output_path, dpi=120)
     plt.close(fig)
+    return [text.get_text() for text in legend.get_texts()]

@@ -1,10 +1,77 @@
 """`report.md`: what a person reads after the evaluation (links are made relative to the report's path)."""
 
+import math
 import os
+
+# summary.csv's `method` column: the key of each method, and how the report names it (in table order).
+METHOD_NAMES = {"sft": "SFT", "base": "base", "dpo": "DPO", "rloo": "RLOO", "preferred_ft": "Preferred-FT",
+                "best_of_n": "best-of-N"}
+TRAINED_METHODS = ("dpo", "rloo", "preferred_ft")  # the methods whose runs live in run folders
+BUDGET_METHODS = ("sft", "dpo", "rloo", "preferred_ft", "best_of_n")
+FRONTIER_BUDGET_COLUMNS = ["method", "budget", "reward_mean", "kl_mean", "run", "step"]
 
 
 def _fmt(x, digits=3):
     return f"{float(x):.{digits}f}"
+
+
+def method_of(row: dict) -> str:
+    """A summary row's method. A summary.csv written before the column existed held only SFT, base, best-of-N and
+    DPO runs, so a row without one is told by its run name."""
+    if row.get("method"):
+        return row["method"]
+    return row["run"] if row["run"] in ("sft", "base", "best_of_n") else "dpo"
+
+
+def best_within_budgets(rows: list[dict], budgets) -> list[dict]:
+    """Per method and KL budget, the summary row with the highest reward_mean among the method's points whose
+    kl_mean <= budget: one dict per (method, budget), keys FRONTIER_BUDGET_COLUMNS, with reward_mean, kl_mean, run
+    and step "" when no point fits.
+
+    A method's points are all its runs' checkpoints plus the SFT model at its measured KL (every method starts
+    there; for SFT itself, only that point). Best-of-N's KL is its analytic bound and its step is N. A tie in reward
+    goes to the lower KL, then to the SFT model, then to the row that comes first in `rows`. Methods with no rows of
+    their own (not run) are left out; base is no method of this table. Values may be numbers or csv strings."""
+    points: dict[str, list[dict]] = {}
+    for row in rows:
+        reward, kl = float(row["reward_mean"]), float(row["kl_mean"])
+        if math.isfinite(reward) and math.isfinite(kl):
+            points.setdefault(method_of(row), []).append(
+                {"reward_mean": reward, "kl_mean": kl, "run": row["run"], "step": int(float(row["step"]))})
+    sft = points.get("sft", [])
+    table = []
+    for method in BUDGET_METHODS:
+        if method not in points:
+            continue
+        candidates = sft if method == "sft" else sft + points[method]
+        for budget in budgets:
+            within = [p for p in candidates if p["kl_mean"] <= float(budget)]
+            best = max(within, key=lambda p: (p["reward_mean"], -p["kl_mean"]), default=None)  # max keeps the first
+            table.append({"method": method, "budget": float(budget),
+                          **(best or {"reward_mean": "", "kl_mean": "", "run": "", "step": ""})})
+    return table
+
+
+def _budget_section(summary: list[dict], budgets) -> list[str]:
+    budgets = [float(b) for b in budgets]
+    table = best_within_budgets(summary, budgets)
+    lines = ["## Best reward within a KL budget", "",
+             ("Per method, the highest mean reward among its points with KL at most the budget (nats per sample): "
+              "every evaluated checkpoint of every run of the method, and the SFT model at its measured KL, where every "
+              "method starts. `-`: no point within the budget. A tie in reward goes to the lower KL. The best-of-N "
+              "row's KL is the analytic bound log N - (N-1)/N, not a measurement (its step is N), so it compares a "
+              "bound with the measured KLs of the others. Methods that were not run are left out. The same table is "
+              "in `frontier_budget.csv`."), "",
+             "| method | " + " | ".join(f"KL <= {b:g}" for b in budgets) + " |",
+             "|---|" + "---|" * len(budgets)]
+    for method in BUDGET_METHODS:
+        cells = [c for c in table if c["method"] == method]
+        if not cells:
+            continue
+        name = "best-of-N (KL: analytic bound)" if method == "best_of_n" else METHOD_NAMES[method]
+        lines.append(f"| {name} | " + " | ".join(
+            "-" if c["run"] == "" else f"{_fmt(c['reward_mean'])} ({c['run']} step {c['step']})" for c in cells) + " |")
+    return lines
 
 
 def _provenance(provenance: dict, checkpoints: list[dict], reward_model: str) -> list[str]:
@@ -18,19 +85,30 @@ def _provenance(provenance: dict, checkpoints: list[dict], reward_model: str) ->
              f"- SFT model, also the KL reference: {model(provenance['sft_model'])}"]
     if provenance["base_model"]:
         lines.append(f"- base model: {model(provenance['base_model'])}")
-    runs: dict[str, list[dict]] = {}
-    for r in checkpoints:
-        if r["run"] not in ("sft", "base"):
-            runs.setdefault(r["run"], []).append(r)
-    lines.append(f"- DPO runs in `{provenance['dpo_dir']}`:" if runs else "- DPO runs: none")
-    for run, rows in sorted(runs.items()):
-        lines.append(f"  - `{run}`: beta {rows[0]['beta']}, loss `{rows[0]['loss_type']}`, {len(rows)} checkpoints")
+    for method in TRAINED_METHODS:
+        runs: dict[str, list[dict]] = {}
+        for r in checkpoints:
+            if method_of(r) == method:
+                runs.setdefault(r["run"], []).append(r)
+        root = provenance.get(f"{method}_dir")
+        name = METHOD_NAMES[method]
+        if runs:
+            lines.append(f"- {name} runs in `{root}`:")
+        else:
+            lines.append(f"- {name} runs: none" + (f" in `{root}`" if root else ""))
+        for run, rows in sorted(runs.items()):
+            what = {"dpo": f"beta {rows[0]['beta']}, loss `{rows[0]['loss_type']}`, ",
+                    "rloo": f"KL coef {rows[0]['beta']}, "}.get(method, "")
+            lines.append(f"  - `{run}`: {what}{len(rows)} checkpoint{'s' if len(rows) != 1 else ''}")
     lines.append(f"- reward model: `{reward_model}`")
     return lines
 
 
 def render_report(path: str, provenance: dict, summary: list[dict], final_rows: list[dict], samples: dict,
-                  curves: dict[str, str], settings: dict, skipped: list[dict] = ()) -> str:
+                  curves: dict[str, str], settings: dict, skipped: list[dict] = (),
+                  kl_budgets=(1.0, 3.0, 10.0)) -> str:
+    """The report's markdown. `summary`: the rows of summary.csv; `final_rows`: each model's last checkpoint, with a
+    `label`; `samples`: {prompt: {label: record}}; `curves`: {run: training_curves.png}."""
     directory = os.path.dirname(os.path.abspath(path))
     checkpoints = [r for r in summary if r["kl_kind"] == "measured"]
     best_of_n = [r for r in summary if r["kl_kind"] == "analytic_bound"]
@@ -54,9 +132,10 @@ def render_report(path: str, provenance: dict, summary: list[dict], final_rows: 
             f"| {_fmt(r['win_rate_vs_sft']) if r['win_rate_vs_sft'] != '' else '-'} | {_fmt(r['mean_length'], 1)} "
             f"| {_fmt(r['distinct_2'])} |")
     lines += ["", "## Reward versus KL", "", "![reward vs KL](reward_vs_kl.png)", "",
-              "| run | step | reward | KL | n |", "|---|---|---|---|---|"]
+              "| method | run | step | reward | KL | n |", "|---|---|---|---|---|---|"]
     for r in checkpoints:
-        lines.append(f"| {r['run']} | {r['step']} | {_fmt(r['reward_mean'])} | {_fmt(r['kl_mean'], 2)} | {r['n']} |")
+        lines.append(f"| {METHOD_NAMES.get(method_of(r), method_of(r))} | {r['run']} | {r['step']} "
+                     f"| {_fmt(r['reward_mean'])} | {_fmt(r['kl_mean'], 2)} | {r['n']} |")
     if best_of_n:
         lines += ["", "## Best-of-N on the SFT model: KL is an analytic bound, not measured", "",
                   f"Per prompt, the best by reward (`{settings['reward_model']}`) of N SFT samples, averaged over disjoint "
@@ -66,10 +145,14 @@ def render_report(path: str, provenance: dict, summary: list[dict], final_rows: 
         for r in best_of_n:
             lines.append(f"| {r['step']} | {_fmt(r['reward_mean'])} ({_fmt(r['reward_lo'])}-{_fmt(r['reward_hi'])}) "
                          f"| {_fmt(r['kl_mean'], 2)} |")
+    lines += ["", *_budget_section(summary, kl_budgets)]
     if curves:
-        lines += ["", "## DPO training curves", ""]
-        for run, png in sorted(curves.items()):
-            lines += [f"### {run}", "", f"![{run}]({os.path.relpath(png, directory)})", ""]
+        methods = {r["run"]: method_of(r) for r in checkpoints}
+        order = {m: i for i, m in enumerate(METHOD_NAMES)}
+        lines += ["", "## Training curves", ""]
+        for run, png in sorted(curves.items(), key=lambda item: (order.get(methods.get(item[0]), len(order)), item[0])):
+            name = METHOD_NAMES.get(methods.get(run), "")
+            lines += [f"### {name + ': ' if name else ''}{run}", "", f"![{run}]({os.path.relpath(png, directory)})", ""]
     lines += ["", "## Samples side by side", ""]
     for prompt, by_model in samples.items():
         lines += [f"**Prompt:** `{prompt}`", "", "| model | reward | completion |", "|---|---|---|"]

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Submits a whole preset as a chain of SLURM jobs, each starting when the one before succeeded:
-#   SFT -> pair shards (array) -> merge -> reference log-probs -> DPO (array over betas) -> evaluation
+#   SFT -> pair shards (array) -> merge -> reference log-probs -> DPO (array over betas) -+-> evaluation
+#                                  merge -> RLOO (array over KL coefficients) ---------------+
+#                                  merge -> Preferred-FT ------------------------------------+
+# (RLOO and Preferred-FT only where the preset has rloo.yaml / preferred_ft.yaml.)
 # Usage, from the repo root: slurm/submit_preset.sh <preset> [number of pair shards, default 4]
 # Extra sbatch options for every job (partition, account, ...) go in SBATCH_EXTRA.
 set -euo pipefail
@@ -13,6 +16,12 @@ betas=$(python -c "import sys, yaml; print(*yaml.safe_load(open(sys.argv[1]))['b
   echo "could not read betas from configs/$preset/dpo.yaml with $(command -v python): activate the project's" \
        "environment (python3 -m venv .venv && . .venv/bin/activate && pip install -r requirements.txt)" >&2; exit 2; }
 read -r -a beta_list <<< "$betas"
+coefs=""
+if [ -f "configs/$preset/rloo.yaml" ]; then
+  coefs=$(python -c "import sys, yaml; print(*yaml.safe_load(open(sys.argv[1]))['kl_coefs'])" "configs/$preset/rloo.yaml") || {
+    echo "could not read kl_coefs from configs/$preset/rloo.yaml" >&2; exit 2; }
+fi
+read -r -a coef_list <<< "$coefs"
 submit() { sbatch --parsable ${SBATCH_EXTRA:-} "$@"; }
 
 sft=$(submit slurm/sft.sbatch "$preset")
@@ -20,6 +29,16 @@ pairs=$(submit --dependency=afterok:"$sft" --array=0-$((shards - 1)) slurm/pairs
 merge=$(submit --dependency=afterok:"$pairs" slurm/merge_pairs.sbatch "$preset" "$shards")
 reference=$(submit --dependency=afterok:"$merge" slurm/dpo_reference.sbatch "$preset")
 dpo=$(submit --dependency=afterok:"$reference" --array=0-$((${#beta_list[@]} - 1)) slurm/dpo.sbatch "$preset" "${beta_list[@]}")
-evaluation=$(submit --dependency=afterok:"$dpo" slurm/eval.sbatch "$preset")
-printf 'sft %s\npairs %s (array of %s)\nmerge %s\nreference %s\ndpo %s (betas %s)\neval %s\n' \
-  "$sft" "$pairs" "$shards" "$merge" "$reference" "$dpo" "$betas" "$evaluation"
+trained=$dpo
+rloo=none preferred_ft=none
+if [ ${#coef_list[@]} -gt 0 ]; then
+  rloo=$(submit --dependency=afterok:"$merge" --array=0-$((${#coef_list[@]} - 1)) slurm/rloo.sbatch "$preset" "${coef_list[@]}")
+  trained=$trained:$rloo
+fi
+if [ -f "configs/$preset/preferred_ft.yaml" ]; then
+  preferred_ft=$(submit --dependency=afterok:"$merge" slurm/preferred_ft.sbatch "$preset")
+  trained=$trained:$preferred_ft
+fi
+evaluation=$(submit --dependency=afterok:"$trained" slurm/eval.sbatch "$preset")
+printf 'sft %s\npairs %s (array of %s)\nmerge %s\nreference %s\ndpo %s (betas %s)\nrloo %s (KL coefficients %s)\npreferred_ft %s\neval %s\n' \
+  "$sft" "$pairs" "$shards" "$merge" "$reference" "$dpo" "$betas" "$rloo" "${coefs:-none}" "$preferred_ft" "$evaluation"

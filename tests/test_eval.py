@@ -26,6 +26,8 @@ from imdb_dpo.sampling import plan_batches, sample_batch
 def eval_argv(tiny_base, tiny_sft, dpo_root, output_dir, *extra):
     return ["--config", os.path.join(REPO, "configs/tiny/eval.yaml"), "--sft_model", tiny_sft,
             "--base_model", tiny_base["model"], "--dpo_dir", str(dpo_root), "--output_dir", str(output_dir),
+            # Only the runs a test puts under dpo_root: no baseline runs from elsewhere.
+            "--rloo_dir", str(output_dir) + ".no_rloo", "--preferred_ft_dir", str(output_dir) + ".no_preferred_ft",
             "--train_file", tiny_base["train"], "--test_file", tiny_base["test"], "--num_prompts", "24",
             "--batch_size", "12", *extra]
 

@@ -2,6 +2,8 @@
 mixed with other settings, --overwrite replaces a finished folder only once the new work has finished, and an
 evaluation reports what it could not evaluate instead of failing."""
 
+import csv
+import io
 import json
 import os
 import resource
@@ -114,7 +116,7 @@ def test_eval_reports_unfinished_runs_and_unloadable_checkpoints_and_goes_on(tin
     assert run_stage(eval_stage.main, eval_stage.STAGES, argv) == 0
     summary = (out / "summary.csv").read_text()
     assert "sigmoid_beta0.5" not in summary
-    evaluated = {int(line.split(",")[3]) for line in summary.splitlines() if line.startswith("sigmoid_beta0.1,")}
+    evaluated = {int(row["step"]) for row in csv.DictReader(io.StringIO(summary)) if row["run"] == "sigmoid_beta0.1"}
     assert evaluated == set(steps[2:]) | {read_manifest(good)["global_step"]}
     report = (out / "report.md").read_text()
     assert "## Not evaluated" in report

@@ -6,6 +6,7 @@ Skipped where SLURM is not installed, except in CI (CI=true), where `.ci/run` in
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -144,15 +145,21 @@ def test_submit_preset_chains_every_stage_with_afterok(cluster, tmp_path):
     proc = subprocess.run(["slurm/submit_preset.sh", "tiny", "3"], cwd=REPO, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     ids = dict(line.split()[:2] for line in proc.stdout.splitlines())
-    assert list(ids) == ["sft", "pairs", "merge", "reference", "dpo", "eval"]
+    assert list(ids) == ["sft", "pairs", "merge", "reference", "dpo", "rloo", "preferred_ft", "eval"]
     try:
-        chain = list(ids.values())
-        for before, after in zip(chain, chain[1:]):
-            out = cluster.run("scontrol", "show", "job", after).stdout
-            assert f"Dependency=afterok:{before}" in out, out
+        def dependency(job):  # the job ids it waits for with afterok (an array shows as <id>_*)
+            out = cluster.run("scontrol", "show", "job", job).stdout
+            return sorted(re.findall(r"afterok:(\d+)", out.split("Dependency=")[1].split()[0]))
+
+        for before, after in [("sft", "pairs"), ("pairs", "merge"), ("merge", "reference"), ("reference", "dpo"),
+                              ("merge", "rloo"), ("merge", "preferred_ft")]:
+            assert dependency(ids[after]) == [ids[before]], (after, dependency(ids[after]))
+        # The evaluation waits for every method's training.
+        assert dependency(ids["eval"]) == sorted(ids[k] for k in ("dpo", "rloo", "preferred_ft"))
         pairs_tasks = cluster.run("squeue", "-h", "-r", "-j", ids["pairs"], "-o", "%i").stdout.split()
         dpo_tasks = cluster.run("squeue", "-h", "-r", "-j", ids["dpo"], "-o", "%i").stdout.split()
-        assert len(pairs_tasks) == 3 and len(dpo_tasks) == 3  # 3 shards; betas 0.05, 0.1, 1.0
-        assert "betas 0.05 0.1 1.0" in proc.stdout
+        rloo_tasks = cluster.run("squeue", "-h", "-r", "-j", ids["rloo"], "-o", "%i").stdout.split()
+        assert len(pairs_tasks) == 3 and len(dpo_tasks) == 3 and len(rloo_tasks) == 2  # shards; betas; KL coefficients
+        assert "betas 0.05 0.1 1.0" in proc.stdout and "KL coefficients 0.01 0.1" in proc.stdout
     finally:
         cluster.run("scancel", *ids.values())

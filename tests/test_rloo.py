@@ -1,0 +1,118 @@
+"""The RLOO baseline: its reward is stage 2's, it learns, its KL coefficient orders the KL, and it resumes exactly."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from trl import RLOOConfig
+
+from conftest import CPU_FLAGS, REPO, run_script
+from helpers import state_dicts_equal, wait_until
+from imdb_dpo.checkpoints import checkpoint_schedule, checkpoint_steps
+from imdb_dpo.config import PairsArguments
+from imdb_dpo.data import load_reviews, make_prompts
+from imdb_dpo.manifests import read_manifest
+from imdb_dpo.modeling import load_causal_lm, load_tokenizer
+from imdb_dpo.pairs import read_pairs
+from imdb_dpo.reward import VaderReward, make_reward
+from imdb_dpo.rloo_training import PretokenizedRLOOTrainer, SentimentReward, prompts_of_pairs
+from imdb_dpo.sampling import plan_batches, sample_batch
+
+
+def rloo_argv(tiny_sft, tiny_pairs, output_dir, *extra):
+    return ["--config", os.path.join(REPO, "configs/tiny/rloo.yaml"), "--model_name_or_path", tiny_sft,
+            "--pairs_file", tiny_pairs, "--output_dir", str(output_dir), *CPU_FLAGS, *extra]
+
+
+@torch.no_grad()
+def positive_probabilities(classifier_dir, texts):
+    """P(POSITIVE) by the classifier's own forward pass and softmax, without the pipeline."""
+    tokenizer = AutoTokenizer.from_pretrained(classifier_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(classifier_dir).eval()
+    positive = model.config.label2id["POSITIVE"]
+    return [torch.softmax(model(**tokenizer(t, return_tensors="pt")).logits[0].float(), -1)[positive].item() for t in texts]
+
+
+def test_the_reward_rloo_trains_on_is_the_classifiers_positive_probability(tiny_sft, tiny_pairs, gpt2_classifier,
+                                                                            tmp_path):
+    # POSITIVE is label 1 of this classifier: TRL's reward-model path would have scored logits[:, 0] (NEGATIVE).
+    assert AutoModelForSequenceClassification.from_pretrained(gpt2_classifier).config.id2label[0] == "NEGATIVE"
+    args = RLOOConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, num_generations=4, max_steps=1,
+                      max_completion_length=16, disable_dropout=True, report_to=[], use_cpu=True, bf16=False,
+                      gradient_checkpointing=False, save_strategy="no", logging_steps=1)
+    trainer = PretokenizedRLOOTrainer(model=tiny_sft, reward_funcs=SentimentReward(make_reward(gpt2_classifier)),
+                                      args=args, train_dataset=prompts_of_pairs(read_pairs(tiny_pairs), 8),
+                                      processing_class=load_tokenizer(tiny_sft))
+    trainer.train()
+    prompts, completions = list(trainer._logs["prompt"]), list(trainer._logs["completion"])
+    rewards = list(trainer._logs["rewards"]["sentiment"])
+    assert len(rewards) == 8 and len(set(prompts)) == 2
+    expected = positive_probabilities(gpt2_classifier, [p + c for p, c in zip(prompts, completions)])
+    assert torch.allclose(torch.tensor(rewards), torch.tensor(expected), atol=1e-5), (rewards, expected)
+
+
+def test_the_prompts_are_the_pair_files_own_token_ids(tiny_pairs):
+    pairs = read_pairs(tiny_pairs)
+    dataset = prompts_of_pairs(pairs)
+    assert len(dataset) == len({p["prompt_id"] for p in pairs})
+    first = {}
+    for p in pairs:
+        first.setdefault(p["prompt_id"], p["prompt_ids"])
+    assert dataset["prompt_ids"] == list(first.values())
+
+
+def test_tiny_rloo_raises_the_reward_and_a_smaller_kl_coefficient_gives_a_larger_kl(tiny_base, tiny_sft, tiny_run):
+    runs = tiny_run["root"] / "outputs/tiny/rloo"
+    low, high = runs / "rloo_kl0.01", runs / "rloo_kl0.1"
+    tokenizer = load_tokenizer(tiny_sft)
+    prompts = make_prompts(load_reviews(PairsArguments(train_file=tiny_base["train"], test_file=tiny_base["test"]),
+                                        "test"), tokenizer, 64, "test")
+    vader = VaderReward()
+
+    def mean_reward(model):  # held-out prompts, sampled and scored here, not by the trainer or eval.py
+        rewards = []
+        for b, batch in enumerate(plan_batches(prompts, 32)):
+            samples = sample_batch(model, tokenizer, batch, 4, 48, seed=100 + b)
+            rewards += vader([p["prompt"] + c["text"] for p, cs in zip(batch, samples) for c in cs])
+        return sum(rewards) / len(rewards)
+
+    sft_reward = mean_reward(load_causal_lm(tiny_sft))
+    for run in (low, high):
+        assert read_manifest(run)["finished"]
+        assert mean_reward(load_causal_lm(str(run))) > sft_reward + 0.1, run
+        steps = [s for s, _ in checkpoint_steps(str(run))]
+        assert steps == checkpoint_schedule("log+steps", read_manifest(run)["global_step"], 10) and len(steps) >= 5
+    with open(tiny_run["root"] / "outputs/tiny/eval/summary.csv") as f:
+        finals = {}
+        for row in csv.DictReader(f):
+            if row["run"] in (low.name, high.name):
+                finals[row["run"]] = max(finals.get(row["run"], row), row, key=lambda r: int(r["step"]))
+    assert float(finals[low.name]["kl_mean"]) > float(finals[high.name]["kl_mean"]), finals
+
+
+def test_killed_rloo_resumes_to_the_same_weights(tiny_sft, tiny_pairs, tmp_path):
+    extra = ["--kl_coefs", "0.1", "--max_train_prompts", "64", "--max_steps", "8", "--save_steps", "4",
+             "--per_device_train_batch_size", "16"]
+    run_script("rloo.py", rloo_argv(tiny_sft, tiny_pairs, tmp_path / "straight", *extra))
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "rloo.py", *rloo_argv(tiny_sft, tiny_pairs, killed, *extra)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until(lambda: os.path.isfile(killed / "rloo_kl0.1" / "checkpoint-4" / "trainer_state.json"), proc)
+    time.sleep(0.3)  # land between two checkpoints
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    run_dir = killed / "rloo_kl0.1"
+    assert not read_manifest(run_dir)["finished"]
+
+    run_script("rloo.py", rloo_argv(tiny_sft, tiny_pairs, killed, *extra))
+    manifest = read_manifest(run_dir)
+    assert manifest["finished"] and manifest["global_step"] == 8
+    straight = AutoModelForCausalLM.from_pretrained(tmp_path / "straight" / "rloo_kl0.1")
+    assert state_dicts_equal(straight, AutoModelForCausalLM.from_pretrained(run_dir)) == []
+    assert [s for s, _ in checkpoint_steps(str(run_dir))] == [1, 2, 4, 8]
