@@ -20,6 +20,7 @@ from trl import DPOConfig
 import dpo
 from conftest import REPO, dpo_argv, run_script
 from helpers import sequence_log_probs, state_dicts_equal, wait_until
+from imdb_dpo.checkpoints import checkpoint_steps
 from imdb_dpo.config import PairsArguments, parse_config
 from imdb_dpo.data import load_reviews, make_prompts
 from imdb_dpo.dpo_training import PretokenizedDPOTrainer
@@ -208,3 +209,17 @@ def test_nan_loss_stops_training_without_writing_a_checkpoint(tiny_sft, tiny_pai
         run_dpo(dpo_argv(str(broken), tiny_pairs, tmp_path / "out", "--betas", "0.1", "--max_train_pairs", "64",
                          "--save_steps", "1", "--precompute_ref_log_probs", "false"))
     assert glob.glob(str(tmp_path / "out" / "*" / "checkpoint-*")) == []
+
+
+def test_the_log_schedule_bounds_the_checkpoints_of_a_dpo_run(tiny_sft, tiny_pairs, tmp_path):
+    """The README's way to bound disk: `--checkpoint_schedule log` saves ~log2(steps) checkpoints, each a real
+    point of the frontier, and only the newest keeps its optimizer state."""
+    common = ["--betas", "0.1", "--max_train_pairs", "640", "--max_steps", "20", "--save_steps", "6",
+              "--per_device_train_batch_size", "32"]
+    for schedule, expected in (("log+steps", [1, 2, 4, 6, 12, 18, 20]), ("log", [1, 2, 4, 8, 16, 20])):
+        out = tmp_path / schedule
+        assert run_dpo(dpo_argv(tiny_sft, tiny_pairs, out, *common, "--checkpoint_schedule", schedule)) == 0
+        run_dir = out / "sigmoid_beta0.1"
+        assert [s for s, _ in checkpoint_steps(str(run_dir))] == expected == read_manifest(run_dir)["checkpoints"]
+        with_optimizer = [s for s, path in checkpoint_steps(str(run_dir)) if os.path.exists(os.path.join(path, "optimizer.pt"))]
+        assert with_optimizer == [20]
