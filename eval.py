@@ -3,7 +3,7 @@ run on held-out prompts.
 
     python eval.py --config configs/gpt2-large/eval.yaml
 
-Writes to output_dir: records/<settings>/<run>/step-<N>/records.jsonl (one record per sample),
+Writes to output_dir: records/<settings>/<run>/<run id>/step-<N>/records.jsonl (one record per sample),
 summary.csv (per checkpoint, with 95% bootstrap intervals over prompts, and best-of-N rows; `method` tells the
 families apart), reward_vs_kl.png (drawn from summary.csv alone), frontier_budget.csv (per method, the best reward
 within each of kl_budgets), report.md and manifest.json. A checkpoint already evaluated with the same settings is
@@ -68,11 +68,13 @@ METHODS = (("dpo", "dpo_dir", "DPO", "dpo.py"), ("rloo", "rloo_dir", "RLOO", "rl
 RESERVED_RUNS = ("sft", "base", "best_of_n")  # names of the rows that are not runs
 
 
-def run_meta(method: str, name: str, training: dict) -> dict:
-    """A run's columns: `loss_type` is DPO's loss ("" otherwise), `beta` DPO's beta or RLOO's KL coefficient."""
-    if method == "dpo":
-        return {"method": method, "run": name, "loss_type": "+".join(training["loss_type"]), "beta": training["beta"]}
-    return {"method": method, "run": name, "loss_type": "", "beta": training["beta"] if method == "rloo" else ""}
+def run_meta(method: str, name: str, manifest: dict) -> dict:
+    """A run's columns: `loss_type` is DPO's loss ("" otherwise), `beta` DPO's beta or RLOO's KL coefficient; and
+    its run id, which tells a run replaced by `--overwrite true` (same name, new id) from the one evaluated before."""
+    training = manifest["config"]["training"]
+    loss_type = "+".join(training["loss_type"]) if method == "dpo" else ""
+    beta = training["beta"] if method in ("dpo", "rloo") else ""
+    return {"method": method, "run": name, "loss_type": loss_type, "beta": beta, "run_id": manifest["run_id"]}
 
 
 def models_to_evaluate(args: EvalArguments) -> tuple[list[dict], list[dict]]:
@@ -107,7 +109,7 @@ def models_to_evaluate(args: EvalArguments) -> tuple[list[dict], list[dict]]:
                 skipped.append({"path": run_dir, "reason": f"the {title} run is unfinished; finish it (run {script} "
                                                            "again) and evaluate again"})
                 continue
-            units += run_units(run_dir, manifest, run_meta(method, name, manifest["config"]["training"]), skipped)
+            units += run_units(run_dir, manifest, run_meta(method, name, manifest), skipped)
     return units, skipped
 
 
@@ -158,6 +160,13 @@ def load_policy(unit: dict, args: EvalArguments, device) -> ModelPair:
         raise UnreadableCheckpoint(f"it does not load ({type(error).__name__}: {detail})") from error
 
 
+def records_dir(records_root: str, unit: dict) -> str:
+    """Where a model's records are kept: `<run>/step-<N>`, under the run id of a trained run (`<run>/<id>/step-<N>`)
+    so that records of a run replaced by --overwrite are never taken for the new run's."""
+    run = os.path.join(unit["run"], unit["run_id"]) if unit.get("run_id") else unit["run"]
+    return os.path.join(records_root, run, f"step-{unit['step']}")
+
+
 def evaluate(unit, prompts, args, tokenizer, reference: ModelPair, reward, records_root, stop) -> list[dict] | None:
     """Per-sample records of one model; None when stopped by a signal (the finished batches are kept).
 
@@ -165,7 +174,7 @@ def evaluate(unit, prompts, args, tokenizer, reference: ModelPair, reward, recor
     joins the logs in batch order, so the records equal a one-process run's."""
     state = process_state()
     world, rank = state.num_processes, state.process_index
-    directory = os.path.join(records_root, unit["run"], f"step-{unit['step']}")
+    directory = records_dir(records_root, unit)
     merged = os.path.join(directory, "records.jsonl")
     if is_finished(directory):
         return read_finished(merged, read_manifest(directory)["n"])

@@ -1,6 +1,7 @@
 """Stage 4: KL estimators, best-of-N, intervals, win rate, incremental evaluation, and the report."""
 
 import csv
+import glob
 import json
 import math
 import os
@@ -111,9 +112,17 @@ def evaluated(tiny_base, tiny_sft, tiny_dpo, tmp_path_factory):
     return {"root": root, "dpo_root": dpo_root, "out": root / "out", "run": os.path.basename(tiny_dpo), "commit": commit}
 
 
+def records_file(records_root, run, step) -> str:
+    """The records of one model: `<run>/step-<N>` for SFT and base, `<run>/<run id>/step-<N>` for a trained run."""
+    found = glob.glob(str(records_root / run / "*" / f"step-{step}" / "records.jsonl")) + \
+        glob.glob(str(records_root / run / f"step-{step}" / "records.jsonl"))
+    assert len(found) == 1, found
+    return found[0]
+
+
 def read_records(evaluated, run, step):
     records_root = next((evaluated["out"] / "records").iterdir())
-    with open(records_root / run / f"step-{step}" / "records.jsonl") as f:
+    with open(records_file(records_root, run, step)) as f:
         return [json.loads(line) for line in f]
 
 
@@ -183,3 +192,20 @@ def test_adding_a_run_evaluates_only_what_is_new(evaluated, tiny_base, tiny_sft,
     new_models = [p for p in evaluated_paths if "copy_of_run" in p]
     assert len(new_models) == len(evaluated_paths) - 1  # the reference is loaded once, then only the new run
     assert {r["run"] for r in read_csv(evaluated["out"] / "summary.csv")} >= {"copy_of_run", evaluated["run"]}
+
+
+def test_a_run_replaced_under_its_name_is_evaluated_afresh(tiny_base, tiny_sft, tiny_run, tmp_path):
+    """`dpo.py --overwrite true` leaves a new run (a new run id) under the old name: its records are not the old ones."""
+    runs, final_only = tiny_run["root"] / "outputs/tiny/dpo", shutil.ignore_patterns("checkpoint-*")
+
+    def evaluate(run, root, out):
+        shutil.rmtree(root / "run", ignore_errors=True)
+        shutil.copytree(runs / run, root / "run", ignore=final_only)
+        assert run_eval(eval_argv(tiny_base, tiny_sft, root, out, "--best_of_n_samples", "4")) == 0
+        return next(r for r in read_csv(out / "summary.csv") if r["run"] == "run")
+
+    first = evaluate("sigmoid_beta1", tmp_path / "dpo", tmp_path / "out")
+    replaced = evaluate("sigmoid_beta0.05", tmp_path / "dpo", tmp_path / "out")
+    alone = evaluate("sigmoid_beta0.05", tmp_path / "dpo_alone", tmp_path / "out_alone")
+    assert (replaced["reward_mean"], replaced["kl_mean"]) != (first["reward_mean"], first["kl_mean"])
+    assert (replaced["reward_mean"], replaced["kl_mean"]) == (alone["reward_mean"], alone["kl_mean"])

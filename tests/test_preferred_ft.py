@@ -22,10 +22,16 @@ def test_examples_are_the_distinct_chosen_completions_with_the_prompt_masked():
 @torch.no_grad()
 def test_preferred_ft_raises_the_likelihood_of_the_chosen_completions(tiny_sft, tiny_pairs, tiny_run):
     run = tiny_run["root"] / "outputs/tiny/preferred_ft/preferred_ft"
-    assert read_manifest(run)["finished"]
-    examples = {(tuple(p["prompt_ids"]), tuple(p["chosen_ids"])) for p in read_pairs(tiny_pairs)}
-    sample = sorted(examples)[::10]
+    manifest = read_manifest(run)
+    assert manifest["finished"]
+    trained = chosen_examples(read_pairs(tiny_pairs), manifest["config"]["script"]["max_train_examples"])
     sft, tuned = load_causal_lm(tiny_sft), load_causal_lm(str(run))
-    before = sum(sequence_log_probs(sft, list(p), list(c)).item() for p, c in sample) / len(sample)
-    after = sum(sequence_log_probs(tuned, list(p), list(c)).item() for p, c in sample) / len(sample)
-    assert after > before + 1.0, (before, after)
+    gains = []
+    for example in list(trained)[::4]:
+        start = example["labels"].count(IGNORED)
+        prompt, completion = example["input_ids"][:start], example["input_ids"][start:]
+        gains.append((sequence_log_probs(tuned, prompt, completion) - sequence_log_probs(sft, prompt, completion)).item())
+    gains = torch.tensor(gains)
+    # The chosen completions are the SFT model's own samples, so the gain per completion is small, but it is
+    # many standard errors above zero.
+    assert gains.mean() > 0.2 and gains.mean() > 3 * gains.std() / len(gains) ** 0.5, (gains.mean(), gains.std())

@@ -22,6 +22,7 @@ from imdb_dpo.manifests import Manifest, describe_model_input, read_manifest
 from imdb_dpo.modeling import load_causal_lm, load_tokenizer
 from imdb_dpo.pairs import make_pairs, rank, read_pairs, write_pairs
 from imdb_dpo.sampling import completion
+from test_eval import records_file
 
 GPT2_LARGE = os.path.join(REPO, "configs", "gpt2-large")
 
@@ -134,10 +135,25 @@ def test_gpt2_large_preset_runs_every_stage_with_gpt2s_tokenizer_on_real_reviews
     runs = sorted(r for r in os.listdir(tmp_path / "outputs/gpt2-large/dpo") if not r.startswith("."))
     assert runs == ["sigmoid_beta0.05", "sigmoid_beta0.1", "sigmoid_beta1"]
 
+    import preferred_ft
+    import rloo
+
+    argv = ["--config", f"{GPT2_LARGE}/rloo.yaml", "--kl_coefs", "0.05", "--max_steps", "2",
+            "--per_device_train_batch_size", "8", "--max_completion_length", "8", "--save_steps", "1",
+            "--reward_model", gpt2_classifier, *CPU_FLAGS]
+    assert rloo.main(*parse_config(rloo.STAGES, argv)) == 0
+    assert read_manifest(tmp_path / "outputs/gpt2-large/rloo/rloo_kl0.05")["checkpoints"] == [1, 2]
+    argv = ["--config", f"{GPT2_LARGE}/preferred_ft.yaml", "--max_steps", "2", "--per_device_train_batch_size", "4",
+            "--save_steps", "1", *CPU_FLAGS]
+    assert preferred_ft.main(*parse_config(preferred_ft.STAGES, argv)) == 0
+
     argv = ["--config", f"{GPT2_LARGE}/eval.yaml", *data, "--base_model", gpt2_stand_in, "--num_prompts", "4",
             "--batch_size", "4", "--max_new_tokens", "8", "--best_of_n_samples", "4", "--reward_model", gpt2_classifier]
     assert eval_stage.main(*parse_config(eval_stage.STAGES, argv)) == 0
     assert os.path.isfile(tmp_path / "outputs/gpt2-large/eval/report.md")
+    with open(tmp_path / "outputs/gpt2-large/eval/summary.csv") as f:
+        methods = {row["method"] for row in csv.DictReader(f)}
+    assert methods == {"sft", "base", "dpo", "rloo", "preferred_ft", "best_of_n"}
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +190,7 @@ def test_a_model_that_often_stops_at_once_runs_through_pairs_dpo_and_eval(eos_he
         rows = list(csv.DictReader(f))
     assert {r["run"] for r in rows} >= {"sft", "sigmoid_beta0.1"}
     records_dir = next((tmp_path / "outputs/gpt2-large/eval/records").iterdir())
-    records = [json.loads(line) for line in open(records_dir / "sigmoid_beta0.1" / "step-2" / "records.jsonl")]
+    records = [json.loads(line) for line in open(records_file(records_dir, "sigmoid_beta0.1", 2))]
     assert any(r["completion_ids"] == [eos] and r["text"] == "" for r in records)
     assert all(r["kl_exact"] >= 0 for r in records)
 
@@ -217,7 +233,7 @@ def evaluate_kl(pair, imdb_sample, output_dir, *flags) -> tuple[float, float]:
             "--best_of_n_samples", "4", "--reward_model", "vader", *flags]
     assert eval_stage.main(*parse_config(eval_stage.STAGES, argv)) == 0
     records_dir = next((output_dir / "records").iterdir())
-    records = [json.loads(line) for line in open(records_dir / "sigmoid_beta0.1" / "step-1" / "records.jsonl")]
+    records = [json.loads(line) for line in open(records_file(records_dir, "sigmoid_beta0.1", 1))]
     policy, reference = (load_causal_lm(p, torch.float64) for p in (pair["policy"], pair["reference"]))
     reported = sum(r["kl_exact"] for r in records) / len(records)
     return reported, sum(float64_kl(policy, reference, r) for r in records) / len(records)
