@@ -95,7 +95,13 @@ def models_to_evaluate(args: EvalArguments) -> tuple[list[dict], list[dict]]:
         for name in runs:
             run_dir = os.path.join(root, name)
             manifest = read_manifest(run_dir)
-            if not manifest or manifest.get("stage") != method:
+            if not manifest:
+                continue
+            if manifest.get("stage") != method:
+                other = next((m for m in METHODS if m[0] == manifest.get("stage")), None)
+                if other:  # e.g. rloo.py run with --output_dir of the DPO runs: say so rather than drop it unseen
+                    skipped.append({"path": run_dir, "reason": f"it holds a {other[2]} run, but it is in {field}; move "
+                                                               f"it under {other[1]} (or point {other[1]} at its folder)"})
                 continue
             if name in RESERVED_RUNS:
                 raise ConfigError(f"{run_dir}: a run may not be named {name!r}, which names the {name} rows of the "

@@ -34,7 +34,8 @@ def sweep_values(name: str, values: list[float] | None, single_name: str, single
         values = [single]
     bad = [v for v in values if not (math.isfinite(v) and v > 0)]
     if bad:
-        raise ConfigError(f"{single_name} must be a number > 0 (got {bad}); fix {name} in the config")
+        raise ConfigError(f"{single_name} must be a number > 0 (got {', '.join(f'{v:g}' for v in bad)}); fix {name} in "
+                          "the config or on the command line")
     return list(values)
 
 

@@ -163,7 +163,7 @@ def test_label_smoothing_with_the_sigmoid_loss_is_refused(tiny_sft, tiny_pairs, 
 
 
 def test_non_positive_beta_is_refused_before_anything_is_written(tiny_sft, tiny_pairs, tmp_path):
-    with pytest.raises(ValueError, match=r"beta must be a number > 0 \(got \[0.0\]\)"):
+    with pytest.raises(ValueError, match=r"beta must be a number > 0 \(got 0\); fix betas in the config or on the command line"):
         run_dpo(dpo_argv(tiny_sft, tiny_pairs, tmp_path / "out", "--betas", "0.1", "0"))
     assert not (tmp_path / "out").exists()
 

@@ -180,7 +180,6 @@ def roots(tmp_path):
     fake_run(dpo, "sigmoid_beta0.1", "dpo", [1, 2], {"beta": 0.1, "loss_type": ["sigmoid"]})
     fake_run(rloo, "rloo_kl0.05", "rloo", [1, 3], {"beta": 0.05})
     fake_run(pft, "preferred_ft", "preferred_ft", [2], {"beta": 0.1})  # SFTConfig has no beta; a stray one is ignored
-    fake_run(rloo, "misfiled_dpo_run", "dpo", [1], {"beta": 0.5, "loss_type": ["sigmoid"]})  # stage != root: ignored
     return {"sft": str(sft), "dpo": dpo, "rloo": rloo, "pft": pft, "tmp": tmp_path}
 
 
@@ -202,6 +201,15 @@ def test_models_to_evaluate_finds_every_method(roots):
     assert skipped == []
     with_base = eval_stage.models_to_evaluate(eval_args(roots, base_model=roots["sft"]))[0]
     assert [(u["method"], u["run"]) for u in with_base[:2]] == [("sft", "sft"), ("base", "base")]
+
+
+def test_a_run_in_another_methods_root_is_reported_not_evaluated(roots):
+    fake_run(roots["rloo"], "misfiled_dpo_run", "dpo", [1], {"beta": 0.5, "loss_type": ["sigmoid"]})
+    units, skipped = eval_stage.models_to_evaluate(eval_args(roots))
+    assert "misfiled_dpo_run" not in {u["run"] for u in units}
+    assert skipped == [{"path": str(roots["rloo"] / "misfiled_dpo_run"),
+                        "reason": "it holds a DPO run, but it is in rloo_dir; move it under dpo_dir (or point dpo_dir "
+                                  "at its folder)"}]
 
 
 def test_a_missing_root_means_the_method_was_not_run(roots):
