@@ -244,9 +244,9 @@ def best_of_n_rows(sft_records, args) -> list[dict]:
     return rows
 
 
-def write_summary(path: str, rows: list[dict]) -> None:
+def write_csv(path: str, columns: list[str], rows: list[dict]) -> None:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomic(path, buffer.getvalue())
@@ -255,14 +255,6 @@ def write_summary(path: str, rows: list[dict]) -> None:
 def read_summary(path: str) -> list[dict]:
     with open(path) as f:
         return list(csv.DictReader(f))
-
-
-def write_frontier_budget(path: str, table: list[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=FRONTIER_BUDGET_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(table)
-    write_text_atomic(path, buffer.getvalue())
 
 
 def write_outputs(args, units, records, prompts, settings, skipped) -> None:
@@ -274,11 +266,11 @@ def write_outputs(args, units, records, prompts, settings, skipped) -> None:
     rows = [summary_row(u, measured[(u["run"], u["step"])], measured[("sft", 0)], args) for u in units]
     rows += best_of_n_rows(records[("sft", 0)], args)
     summary_path = os.path.join(args.output_dir, "summary.csv")
-    write_summary(summary_path, rows)
+    write_csv(summary_path, SUMMARY_COLUMNS, rows)
     plot_frontier(read_summary(summary_path), os.path.join(args.output_dir, "reward_vs_kl.png"))
 
-    write_frontier_budget(os.path.join(args.output_dir, "frontier_budget.csv"),
-                          best_within_budgets(rows, args.kl_budgets))
+    write_csv(os.path.join(args.output_dir, "frontier_budget.csv"), FRONTIER_BUDGET_COLUMNS,
+              best_within_budgets(rows, args.kl_budgets))
 
     finals = [r for r in rows if r["run"] in ("base", "sft")]
     for run in dict.fromkeys(u["run"] for u in units if u["run"] not in ("base", "sft")):  # DPO, RLOO, Preferred-FT

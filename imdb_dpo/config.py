@@ -141,7 +141,21 @@ def parse_config(dataclass_types, argv=None, program: str = "this stage"):
 
 
 @dataclass
-class SamplingArguments(DataArguments):
+class RewardArguments:
+    """The sentiment reward of stage 2, which the evaluation and RLOO use too."""
+
+    reward_model: str = field(
+        default="siebert/sentiment-roberta-large-english",
+        metadata={"help": "A sequence classifier with a POSITIVE label, or 'vader' for the offline lexicon."},
+    )
+    reward_positive_label: str = field(
+        default="POSITIVE", metadata={"help": "The reward model's label whose probability is the reward."}
+    )
+    reward_batch_size: int = 64
+
+
+@dataclass
+class SamplingArguments(RewardArguments, DataArguments):
     """Prompts, sampling and reward: shared by pair generation (train split) and evaluation (test split)."""
 
     num_prompts: int = field(default=1000, metadata={"help": "Review prefixes to sample from (paper: 25,000)."})
@@ -154,14 +168,6 @@ class SamplingArguments(DataArguments):
     top_k: int = field(default=0, metadata={"help": "0 disables top-k (the paper samples from the full distribution)."})
     top_p: float = 1.0
     batch_size: int = field(default=64, metadata={"help": "Prompts per generation batch (rows = this x samples)."})
-    reward_model: str = field(
-        default="siebert/sentiment-roberta-large-english",
-        metadata={"help": "A sequence classifier with a POSITIVE label, or 'vader' for the offline lexicon."},
-    )
-    reward_positive_label: str = field(
-        default="POSITIVE", metadata={"help": "The reward model's label whose probability is the reward."}
-    )
-    reward_batch_size: int = 64
     seed: int = 0
     allow_fewer_prompts: bool = field(
         default=False, metadata={"help": "Go on with fewer prompts when fewer reviews qualify than num_prompts asks."}
@@ -218,7 +224,7 @@ class DPOScriptArguments(CheckpointArguments):
 
 
 @dataclass
-class RLOOScriptArguments(CheckpointArguments):
+class RLOOScriptArguments(RewardArguments, CheckpointArguments):
     """Online RL (TRL's RLOOTrainer) from the SFT model on the pair file's prompts, rewarded by the sentiment model."""
 
     pairs_file: str = field(
@@ -230,14 +236,6 @@ class RLOOScriptArguments(CheckpointArguments):
         default=None, metadata={"help": "Sweep: one run per KL coefficient (RLOOConfig's beta), in sequence. Unset: --beta."}
     )
     max_train_prompts: int | None = None
-    reward_model: str = field(
-        default="siebert/sentiment-roberta-large-english",
-        metadata={"help": "A sequence classifier with a POSITIVE label, or 'vader' for the offline lexicon (as stage 2)."},
-    )
-    reward_positive_label: str = field(
-        default="POSITIVE", metadata={"help": "The reward model's label whose probability is the reward."}
-    )
-    reward_batch_size: int = 64
     overwrite: bool = field(default=False, metadata={"help": "Replace finished runs of this sweep once the new ones finish."})
 
 

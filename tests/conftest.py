@@ -91,6 +91,22 @@ def run_script(script: str, args: list[str], env: dict | None = None, timeout: i
     return proc
 
 
+def kill_once_saved(script: str, args: list[str], checkpoint, settle: float = 0.0) -> None:
+    """Start one of the top-level scripts and SIGKILL it `settle` seconds after `checkpoint` is complete (the
+    Trainer writes its trainer_state.json last)."""
+    import signal
+    import time
+
+    from helpers import wait_until
+
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, script), *args], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until(lambda: os.path.isfile(os.path.join(checkpoint, "trainer_state.json")), proc)
+    time.sleep(settle)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 @pytest.fixture(scope="session")
 def tiny_sft(tiny_run):
     """The tiny preset's SFT run, as configured, on the tiny base."""

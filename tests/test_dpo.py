@@ -4,10 +4,6 @@ import glob
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -18,8 +14,8 @@ from transformers import AutoModelForCausalLM
 from trl import DPOConfig
 
 import dpo
-from conftest import REPO, dpo_argv, run_script
-from helpers import sequence_log_probs, state_dicts_equal, wait_until
+from conftest import dpo_argv, kill_once_saved, run_script
+from helpers import sequence_log_probs, state_dicts_equal
 from imdb_dpo.checkpoints import checkpoint_steps
 from imdb_dpo.config import PairsArguments, parse_config
 from imdb_dpo.data import load_reviews, make_prompts
@@ -114,12 +110,8 @@ def test_killed_dpo_resumes_to_the_same_step_and_weights(tiny_sft, tiny_pairs, t
     run_script("dpo.py", dpo_argv(tiny_sft, tiny_pairs, tmp_path / "straight", *extra))
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "dpo.py", *dpo_argv(tiny_sft, tiny_pairs, killed, *extra)], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_until(lambda: glob.glob(str(killed / "sigmoid_beta0.1" / "checkpoint-8" / "trainer_state.json")), proc)
-    time.sleep(0.3)  # land between two checkpoints
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_once_saved("dpo.py", dpo_argv(tiny_sft, tiny_pairs, killed, *extra), killed / "sigmoid_beta0.1" / "checkpoint-8",
+                    settle=0.3)  # land between two checkpoints
     run_dir = killed / "sigmoid_beta0.1"
     assert not read_manifest(run_dir)["finished"]
 

@@ -2,17 +2,13 @@
 
 import csv
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 from trl import RLOOConfig
 
-from conftest import CPU_FLAGS, REPO, run_script
-from helpers import state_dicts_equal, wait_until
+from conftest import CPU_FLAGS, REPO, kill_once_saved, run_script
+from helpers import state_dicts_equal
 from imdb_dpo.checkpoints import checkpoint_schedule, checkpoint_steps
 from imdb_dpo.config import PairsArguments
 from imdb_dpo.data import load_reviews, make_prompts
@@ -101,12 +97,8 @@ def test_killed_rloo_resumes_to_the_same_weights(tiny_sft, tiny_pairs, tmp_path)
     run_script("rloo.py", rloo_argv(tiny_sft, tiny_pairs, tmp_path / "straight", *extra))
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "rloo.py", *rloo_argv(tiny_sft, tiny_pairs, killed, *extra)], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_until(lambda: os.path.isfile(killed / "rloo_kl0.1" / "checkpoint-4" / "trainer_state.json"), proc)
-    time.sleep(0.3)  # land between two checkpoints
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_once_saved("rloo.py", rloo_argv(tiny_sft, tiny_pairs, killed, *extra), killed / "rloo_kl0.1" / "checkpoint-4",
+                    settle=0.3)  # land between two checkpoints
     run_dir = killed / "rloo_kl0.1"
     assert not read_manifest(run_dir)["finished"]
 

@@ -3,16 +3,13 @@
 import glob
 import json
 import os
-import signal
-import subprocess
-import sys
 
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import sft
-from conftest import CPU_FLAGS, REPO, run_script
-from helpers import mean_token_nll, state_dicts_equal, wait_until
+from conftest import CPU_FLAGS, REPO, kill_once_saved, run_script
+from helpers import mean_token_nll, state_dicts_equal
 from imdb_dpo.config import ConfigError, parse_config
 from imdb_dpo.data import DataError, normalise_review
 from imdb_dpo.manifests import read_manifest
@@ -70,11 +67,7 @@ def test_killed_sft_resumes_to_the_same_weights_as_an_uninterrupted_run(tiny_bas
     run_script("sft.py", sft_argv(tiny_base, tmp_path / "straight", *steps))
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "sft.py", *sft_argv(tiny_base, killed, *steps)], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_until(lambda: glob.glob(str(killed / "checkpoint-20" / "trainer_state.json")), proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_once_saved("sft.py", sft_argv(tiny_base, killed, *steps), killed / "checkpoint-20")
     assert not read_manifest(killed)["finished"]
 
     resumed = run_script("sft.py", sft_argv(tiny_base, killed, *steps))
