@@ -35,17 +35,18 @@ from imdb_dpo.evaluation import (BEST_OF_N, best_of_n_kl_bound, best_of_n_reward
                                  summarise, win_rate)
 from imdb_dpo.kl import sequence_kls
 from imdb_dpo.locks import main_process_lock
+from imdb_dpo.memory import OutOfMemory, naming_the_fix
 from imdb_dpo.manifests import (Manifest, describe_model_input, git_commit, is_finished, read_manifest,
                                 write_text_atomic)
 from imdb_dpo.modeling import load_causal_lm, load_tokenizer
 from imdb_dpo.plots import plot_frontier
+from imdb_dpo.precision import inference_dtype
 from imdb_dpo.preemption import StopRequest, exit_resumable
 from imdb_dpo.report import FRONTIER_BUDGET_COLUMNS, best_within_budgets, render_report
 from imdb_dpo.reward import VADER, make_reward
 from imdb_dpo.sampling import batch_seed, plan_batches, sample_batch
 
 STAGES = (EvalArguments,)
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # kl_kind: `measured` (a checkpoint's exact KL) or `analytic_bound` (best-of-N: log N - (N-1)/N, never measured).
 # method: dpo, rloo, preferred_ft, sft, base or best_of_n.
 SUMMARY_COLUMNS = ["method", "run", "loss_type", "beta", "step", "reward_model", "reward_mean", "reward_lo", "reward_hi",
@@ -58,7 +59,7 @@ def settings_of(args: EvalArguments) -> dict:
     keys = ("dataset_name", "train_file", "test_file", "text_column", "num_prompts", "min_prompt_tokens",
             "max_prompt_tokens", "min_review_chars", "samples_per_prompt", "best_of_n_samples", "max_new_tokens",
             "temperature", "top_k", "top_p", "batch_size", "reward_model", "reward_positive_label", "seed",
-            "sampling_dtype", "kl_dtype")
+            "sampling_dtype", "kl_dtype", "reward_dtype")
     return {**{k: getattr(args, k) for k in keys}, "reference": describe_model_input(args.sft_model)}
 
 
@@ -66,6 +67,9 @@ def settings_of(args: EvalArguments) -> dict:
 METHODS = (("dpo", "dpo_dir", "DPO", "dpo.py"), ("rloo", "rloo_dir", "RLOO", "rloo.py"),
            ("preferred_ft", "preferred_ft_dir", "Preferred-FT", "preferred_ft.py"))
 RESERVED_RUNS = ("sft", "base", "best_of_n")  # names of the rows that are not runs
+SAMPLING_FIX = ("Lower batch_size (rows sampled at once = batch_size x samples_per_prompt, and x best_of_n_samples for "
+                "the SFT model; batch_size is one of the evaluation's settings, so a finished evaluation needs "
+                "--overwrite true to change it) or set sampling_dtype bfloat16 (half the KV cache)")
 
 
 def run_meta(method: str, name: str, manifest: dict) -> dict:
@@ -138,27 +142,25 @@ class UnreadableCheckpoint(Exception):
     """A DPO checkpoint whose files are there but do not load (e.g. cut short by a full disk)."""
 
 
-def torch_dtype(args: EvalArguments, field: str) -> torch.dtype:
-    name = getattr(args, field)
-    if name not in DTYPES:
-        raise ConfigError(f"{field}={name!r}: use one of {sorted(DTYPES)} (float32 keeps the KL exact)")
-    return DTYPES[name]
-
-
 class ModelPair:
     """One model at the two precisions of the evaluation: `sampler` draws the completions (sampling_dtype) and
     `scorer` enters the KL pass (kl_dtype). Each is loaded from the checkpoint itself, never cast from the
     other (a bf16 copy cast up to fp32 keeps bf16's rounding); equal precisions share one model."""
 
     def __init__(self, path: str, args: EvalArguments, device):
-        self.scorer = load_causal_lm(path, torch_dtype(args, "kl_dtype"), device)
+        self.scorer = load_causal_lm(path, inference_dtype(args, "kl_dtype"), device)
         same = args.sampling_dtype == args.kl_dtype
-        self.sampler = self.scorer if same else load_causal_lm(path, torch_dtype(args, "sampling_dtype"), device)
+        self.sampler = self.scorer if same else load_causal_lm(path, inference_dtype(args, "sampling_dtype"), device)
 
 
 def load_policy(unit: dict, args: EvalArguments, device) -> ModelPair:
     try:
-        return ModelPair(unit["path"], args, device)
+        with naming_the_fix(f"loading {unit['path']} beside the reference",
+                            "The evaluation holds the reference and one checkpoint, each in sampling_dtype and, where it "
+                            "differs, in kl_dtype too: set both alike (one copy of each model), or free the device"):
+            return ModelPair(unit["path"], args, device)
+    except OutOfMemory:  # the device's fault, not the checkpoint's: never "Not evaluated"
+        raise
     except Exception as error:  # safetensors, torch and transformers each raise their own kind for a damaged file
         if unit["run"] == "base":
             raise
@@ -192,13 +194,17 @@ def evaluate(unit, prompts, args, tokenizer, reference: ModelPair, reward, recor
     if batches:
         policy = reference if unit["run"] == "sft" else load_policy(unit, args, reference.scorer.device)
     for b, batch in tqdm(batches, desc=f"eval {unit['run']} step {unit['step']}", unit="batch"):
-        samples = sample_batch(policy.sampler, tokenizer, batch, num_samples, args.max_new_tokens, batch_seed(args.seed, b),
-                               args.temperature, args.top_k, args.top_p)
+        with naming_the_fix(f"sampling {len(batch)} prompts x {num_samples} samples from {unit['path']}",
+                            SAMPLING_FIX):
+            samples = sample_batch(policy.sampler, tokenizer, batch, num_samples, args.max_new_tokens,
+                                   batch_seed(args.seed, b), args.temperature, args.top_k, args.top_p)
         flat = [(p, i, c) for p, cs in zip(batch, samples) for i, c in enumerate(cs)]
-        rewards = reward([p["prompt"] + c["text"] for p, _, c in flat])
-        exact, ratio = sequence_kls(policy.scorer, None if policy is reference else reference.scorer,
-                                    [p["prompt_ids"] for p, _, _ in flat],
-                                    [c["ids"] for _, _, c in flat], tokenizer.pad_token_id, args.kl_batch_size)
+        with naming_the_fix(f"scoring {len(flat)} samples with {args.reward_model}", "Lower reward_batch_size"):
+            rewards = reward([p["prompt"] + c["text"] for p, _, c in flat])
+        with naming_the_fix(f"the KL pass over {len(flat)} samples of {unit['path']}", "Lower kl_batch_size"):
+            exact, ratio = sequence_kls(policy.scorer, None if policy is reference else reference.scorer,
+                                        [p["prompt_ids"] for p, _, _ in flat],
+                                        [c["ids"] for _, _, c in flat], tokenizer.pad_token_id, args.kl_batch_size)
         log.append_batch(b, [
             {"run": unit["run"], "loss_type": unit["loss_type"], "beta": unit["beta"], "step": unit["step"],
              "prompt_id": p["prompt_id"], "prompt": p["prompt"], "prompt_ids": p["prompt_ids"], "sample": i,
@@ -320,13 +326,12 @@ def check_kl_budgets(budgets) -> list[float]:
 def check_args(args: EvalArguments) -> None:
     check_sampling(args)
     check_positive(args, "best_of_n_samples", "kl_batch_size")
+    inference_dtype(args, "kl_dtype")
     if args.report_prompts < 0:
         raise ConfigError(f"report_prompts={args.report_prompts}: must be >= 0")
     if args.best_of_n_samples < args.samples_per_prompt:
         raise ConfigError(f"best_of_n_samples ({args.best_of_n_samples}) must be >= samples_per_prompt "
                           f"({args.samples_per_prompt}): the SFT samples also serve as its own evaluation")
-    for field in ("sampling_dtype", "kl_dtype"):
-        torch_dtype(args, field)
     args.kl_budgets = check_kl_budgets(args.kl_budgets)
     check_model("sft_model", args.sft_model)
     if args.base_model:
@@ -336,6 +341,7 @@ def check_args(args: EvalArguments) -> None:
 
 
 def main(args: EvalArguments) -> int:
+    process_state(args.use_cpu)  # first: it decides this process's device
     check_args(args)
     tokenizer = load_tokenizer(args.sft_model)
     prompts = prompts_for(args, tokenizer, "test")
@@ -368,8 +374,10 @@ def evaluate_all(args: EvalArguments, tokenizer, prompts: list[dict]) -> int:
     if process_state().is_main_process:
         write_text_atomic(os.path.join(records_root, "settings.json"), json.dumps(settings, indent=2, default=str) + "\n")
     device = process_state().device
-    reference = ModelPair(args.sft_model, args, device)
-    reward = make_reward(args.reward_model, args.reward_batch_size, args.reward_positive_label)
+    with naming_the_fix(f"loading the reference {args.sft_model} and the reward model", "Free the device"):
+        reference = ModelPair(args.sft_model, args, device)
+        reward = make_reward(args.reward_model, args.reward_batch_size, args.reward_positive_label, device,
+                             inference_dtype(args, "reward_dtype"))
     stop = StopRequest()
     records, evaluated = {}, []
     for unit in units:

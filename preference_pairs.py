@@ -13,7 +13,6 @@ import json
 import os
 import sys
 
-import torch
 from tqdm.auto import tqdm
 
 from imdb_dpo.batch_log import BatchLog, read_finished
@@ -23,10 +22,12 @@ from imdb_dpo.config import ConfigError, PairsArguments
 from imdb_dpo.data import prompts_for
 from imdb_dpo.distributed import any_process, process_state
 from imdb_dpo.locks import folder_lock
+from imdb_dpo.memory import naming_the_fix
 from imdb_dpo.manifests import Manifest, describe_file_input, describe_model_input, read_manifest, write_text_atomic
 from imdb_dpo.outputs import differences, plan_output, run_settings
 from imdb_dpo.modeling import load_causal_lm, load_tokenizer
 from imdb_dpo.pairs import PAIRING_MODES, make_pairs, rank, write_pairs
+from imdb_dpo.precision import inference_dtype
 from imdb_dpo.preemption import StopRequest, exit_resumable
 from imdb_dpo.reward import VADER, make_reward
 from imdb_dpo.sampling import batch_seed, plan_batches, sample_batch
@@ -58,7 +59,7 @@ def check_args(args: PairsArguments) -> None:
 def generation_settings(args: PairsArguments) -> dict:
     """Everything that decides the samples; shards and restarts must agree on it."""
     settings = {k: v for k, v in vars(args).items()
-                if k not in ("shard_index", "merge", "overwrite", "output_dir", "allow_fewer_prompts")}
+                if k not in ("shard_index", "merge", "overwrite", "output_dir", "allow_fewer_prompts", "use_cpu")}
     return json.loads(json.dumps(settings))
 
 
@@ -102,13 +103,20 @@ def generate_locked(args: PairsArguments, directory: str, tokenizer, prompts: li
     todo = [(b, batch) for b, batch in batches if b not in log.done_batches]
     if todo:
         device = process_state().device
-        model = load_causal_lm(args.model_name_or_path, torch.bfloat16 if device.type == "cuda" else torch.float32, device)
-        reward = make_reward(args.reward_model, args.reward_batch_size, args.reward_positive_label)
+        with naming_the_fix(f"loading {args.model_name_or_path} and {args.reward_model}", "Free the device"):
+            model = load_causal_lm(args.model_name_or_path, inference_dtype(args, "sampling_dtype"), device)
+            reward = make_reward(args.reward_model, args.reward_batch_size, args.reward_positive_label, device,
+                                 inference_dtype(args, "reward_dtype"))
     for b, batch in tqdm(todo, desc=f"sampling shard {args.shard_index}/{args.num_shards}", unit="batch"):
-        samples = sample_batch(model, tokenizer, batch, args.samples_per_prompt, args.max_new_tokens,
-                               batch_seed(args.seed, b), args.temperature, args.top_k, args.top_p)
+        with naming_the_fix(f"sampling {len(batch)} prompts x {args.samples_per_prompt} samples",
+                            "Lower batch_size (rows sampled at once = batch_size x samples_per_prompt; batch_size is "
+                            "one of the settings of the samples, so finished shards need --overwrite true to change "
+                            "it) or set sampling_dtype bfloat16 (half the KV cache)"):
+            samples = sample_batch(model, tokenizer, batch, args.samples_per_prompt, args.max_new_tokens,
+                                   batch_seed(args.seed, b), args.temperature, args.top_k, args.top_p)
         texts = [p["prompt"] + c["text"] for p, cs in zip(batch, samples) for c in cs]
-        rewards = iter(reward(texts))
+        with naming_the_fix(f"scoring {len(texts)} samples with {args.reward_model}", "Lower reward_batch_size"):
+            rewards = iter(reward(texts))
         rows = []
         for prompt, completions in zip(batch, samples):
             for c in completions:
@@ -162,6 +170,7 @@ def split_across_processes(args: PairsArguments, rank: int, world: int) -> Pairs
 
 
 def main(args: PairsArguments) -> int:
+    process_state(args.use_cpu)  # first: it decides this process's device
     check_args(args)
     state = process_state()
     # Only the merge writes the folder's own manifest, so it is finished or absent: this decides skip or replace.

@@ -24,6 +24,7 @@ from imdb_dpo.cli import run_stage
 from imdb_dpo.config import ConfigError, RLOOScriptArguments
 from imdb_dpo.manifests import describe_model_input, read_manifest
 from imdb_dpo.modeling import load_tokenizer
+from imdb_dpo.precision import inference_dtype
 from imdb_dpo.preemption import StopRequest, exit_resumable
 from imdb_dpo.reward import VADER, make_reward
 from imdb_dpo.rloo_training import RLOO_CURVES, PretokenizedRLOOTrainer, SentimentReward, prompts_of_pairs, run_name
@@ -36,6 +37,7 @@ STAGES = (RLOOScriptArguments, RLOOConfig, ModelConfig)
 def check_inputs(script_args: RLOOScriptArguments, training_args: RLOOConfig, model_args: ModelConfig) -> None:
     check_learning_rate(training_args)
     check_positive(script_args, "max_train_prompts", "reward_batch_size")
+    inference_dtype(script_args, "reward_dtype")
     check_positive(training_args, "max_completion_length")
     check_schedule(script_args.checkpoint_schedule, training_args)
     if not training_args.temperature > 0:
@@ -62,7 +64,8 @@ def main(script_args: RLOOScriptArguments, training_args: RLOOConfig, model_args
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     # The classifier scores on this process's own device (RLOO gathers the rewards across processes).
     reward = SentimentReward(make_reward(script_args.reward_model, script_args.reward_batch_size,
-                                         script_args.reward_positive_label, device=str(state.device)))
+                                         script_args.reward_positive_label, state.device,
+                                         inference_dtype(script_args, "reward_dtype")))
     stop = StopRequest()
     for coef in coefs:
         run_dir = os.path.join(training_args.output_dir, run_name(coef, model_args.use_peft))

@@ -7,6 +7,7 @@ is replaced with --overwrite true only once the new one has finished), and write
 weights, LoRA merged) that the later stages load.
 """
 
+import os
 import sys
 
 from transformers import set_seed
@@ -92,6 +93,7 @@ def train(training_args: SFTConfig, model_args: ModelConfig, train_rows, held_ou
         trainer.save_model(output_dir)
     if trainer.accelerator.is_main_process:
         tokenizer.save_pretrained(output_dir)
+        trainer.state.save_to_json(os.path.join(output_dir, "trainer_state.json"))  # loss and throughput, for people
     trainer.accelerator.wait_for_everyone()
     manifest.finish(eval_loss=eval_metrics["eval_loss"], global_step=trainer.state.global_step, train_rows=len(train_rows))
     if trainer.accelerator.is_main_process:

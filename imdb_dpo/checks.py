@@ -8,6 +8,7 @@ import os
 import re
 
 from .config import ConfigError
+from .precision import inference_dtype
 
 # A hub model id is `name` or `owner/name`; anything else that does not exist locally is a missing directory.
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
@@ -36,6 +37,8 @@ def check_sampling(args) -> None:
         raise ConfigError(f"top_k={args.top_k}: must be >= 0 (0 disables top-k sampling)")
     if not 0 < args.top_p <= 1:
         raise ConfigError(f"top_p={args.top_p}: must lie in (0, 1] (1 disables nucleus sampling)")
+    for field in ("sampling_dtype", "reward_dtype"):
+        inference_dtype(args, field)
     if args.min_prompt_tokens > args.max_prompt_tokens:
         raise ConfigError(f"min_prompt_tokens={args.min_prompt_tokens} exceeds max_prompt_tokens="
                           f"{args.max_prompt_tokens}; the paper uses 2 and 8")
@@ -62,6 +65,9 @@ def model_dir_problem(path: str, tokenizer: bool = True) -> str | None:
 def check_model(field: str, path: str, tokenizer: bool = True) -> None:
     """`path` is a model directory with a config, weights and (when `tokenizer`) a tokenizer, or a hub id that
     resolves (from the cache when the hub is offline)."""
+    if not path:
+        raise ConfigError(f"{field} is not set: give the model to load (a folder save_pretrained wrote, or a hub id such "
+                          f"as gpt2-large) in the config or with --{field}")
     if os.path.isdir(path):
         problem = model_dir_problem(path, tokenizer)
         if problem:

@@ -5,8 +5,12 @@ keeps its traceback."""
 import errno
 import os
 import sys
+import time
+
+import torch
 
 DEBUG_VARIABLE = "IMDB_DPO_DEBUG"
+RESOURCE_REPORT = "IMDB_DPO_RESOURCE_REPORT"  # a path: the stage writes what it used there when it ends
 EXIT_USER_ERROR = 2
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
@@ -30,6 +34,12 @@ def user_message(error: BaseException, output_dirs: list[str]) -> str | None:
         return str(error)
     where_out = " or ".join(output_dirs) or "the output folder"
     for cause in _chain(error):
+        if isinstance(cause, torch.OutOfMemoryError):  # a training step; sampling and evaluation name their own fix
+            detail = str(cause).strip().splitlines()[0][:300] if str(cause).strip() else "out of memory"
+            return (f"out of memory while training ({detail}). Lower per_device_train_batch_size and raise "
+                    "gradient_accumulation_steps by the same factor (the pairs per optimizer step stay the same; "
+                    "dpo.py's total_batch_size does this for you), or lower precompute_ref_batch_size if DPO's "
+                    "reference pass ran out. The newest checkpoint is kept: the same command resumes from it.")
         number = cause.errno if isinstance(cause, OSError) else None
         if number in _DISK_FULL or f"os error {errno.ENOSPC})" in str(cause):
             number = number or errno.ENOSPC
@@ -67,14 +77,34 @@ def run_stage(main, stages, argv: list[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = _take_debug_flag(argv) or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
-    parsed = []
+    parsed, started, code = [], time.perf_counter(), None
     try:
         program = os.path.basename(getattr(sys.modules.get(main.__module__), "__file__", None) or "this stage")
         parsed = parse_config(stages, argv, program)
-        return main(*parsed)
+        code = main(*parsed)
+        return code
     except Exception as error:
         message = user_message(error, [p.output_dir for p in parsed if getattr(p, "output_dir", None)])
         if message is None or debug:
             raise
         print(f"error: {message}\n(pass --debug or set {DEBUG_VARIABLE}=1 to see the traceback)", file=sys.stderr)
-        return EXIT_USER_ERROR
+        code = EXIT_USER_ERROR
+        return code
+    finally:
+        if os.environ.get(RESOURCE_REPORT) and os.environ.get("RANK", "0") == "0":
+            write_resource_report(os.environ[RESOURCE_REPORT], time.perf_counter() - started, code)
+
+
+def write_resource_report(path: str, seconds: float, code: int | None) -> None:
+    """What the stage used, for the GPU check: wall seconds, peak GPU memory (PyTorch's allocator, this process)
+    and peak resident memory. `exit_code` is None when the stage raised."""
+    import json
+    import resource
+
+    report = {"wall_s": seconds, "exit_code": code, "device": "cpu",
+              "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    if torch.cuda.is_initialized():
+        report.update(device=torch.cuda.get_device_name(), peak_gpu_allocated_gib=torch.cuda.max_memory_allocated() / 2**30,
+                      peak_gpu_reserved_gib=torch.cuda.max_memory_reserved() / 2**30)
+    with open(path, "w") as f:
+        json.dump(report, f, indent=1)

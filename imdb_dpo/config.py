@@ -152,6 +152,11 @@ class RewardArguments:
         default="POSITIVE", metadata={"help": "The reward model's label whose probability is the reward."}
     )
     reward_batch_size: int = 64
+    reward_dtype: str = field(
+        default="float32",
+        metadata={"help": "Precision of the reward classifier (float32, bfloat16 or float16). A bf16 classifier gives a "
+                          "different reward, so this is a setting that decides results (README, 'Precision')."},
+    )
 
 
 @dataclass
@@ -169,6 +174,14 @@ class SamplingArguments(RewardArguments, DataArguments):
     top_p: float = 1.0
     batch_size: int = field(default=64, metadata={"help": "Prompts per generation batch (rows = this x samples)."})
     seed: int = 0
+    sampling_dtype: str = field(
+        default="float32",
+        metadata={"help": "Precision of the model that samples (float32, bfloat16 or float16). float32 samples the "
+                          "model's own policy; bfloat16 samples a slightly different one, faster (README, 'Precision')."},
+    )
+    use_cpu: bool = field(
+        default=False, metadata={"help": "Run on the CPU even where a GPU is available (as TrainingArguments' use_cpu)."}
+    )
     allow_fewer_prompts: bool = field(
         default=False, metadata={"help": "Go on with fewer prompts when fewer reviews qualify than num_prompts asks."}
     )
@@ -276,11 +289,6 @@ class EvalArguments(SamplingArguments):
     best_of_n_samples: int = field(default=16, metadata={"help": "SFT samples per prompt for the best-of-N baseline."})
     kl_batch_size: int = 32
     report_prompts: int = field(default=3, metadata={"help": "Prompts shown side by side in report.md."})
-    sampling_dtype: str = field(
-        default="float32",
-        metadata={"help": "Precision of the models that sample (float32, bfloat16 or float16). float32 samples the "
-                          "checkpoint's own policy; bfloat16 samples a slightly different one."},
-    )
     kl_dtype: str = field(
         default="float32",
         metadata={"help": "Precision of the KL pass over policy and reference. Keep float32: bf16 logits of GPT-2's "

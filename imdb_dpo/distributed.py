@@ -4,9 +4,13 @@ import torch
 from accelerate import PartialState
 
 
-def process_state() -> PartialState:
-    """The launcher's process group (a single process when started with plain `python`)."""
-    return PartialState(cpu=not torch.cuda.is_available())
+def process_state(use_cpu: bool = False) -> PartialState:
+    """The launcher's process group (a single process when started with plain `python`).
+
+    The first call in a process decides its device: the CPU when `use_cpu` (the stage's setting, which a machine
+    with a GPU must honour) or when there is no GPU, else the process's GPU. Later calls return that same state,
+    as the training stages' `TrainingArguments.distributed_state` does."""
+    return PartialState(cpu=use_cpu or not torch.cuda.is_available())
 
 
 def is_main_process() -> bool:

@@ -32,6 +32,8 @@ def _pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: 
 def sequence_kls(policy, reference, prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int,
                  batch_size: int = 32) -> tuple[list[float], list[float]]:
     """(exact, log-ratio) KL estimates, one per completion. `reference=None` means the policy is the reference."""
+    if reference is None:  # KL(pi || pi) = 0 exactly: no forward pass
+        return [0.0] * len(prompt_ids), [0.0] * len(prompt_ids)
     exact, log_ratio = [], []
     for start in range(0, len(prompt_ids), batch_size):
         ids, attention, completion = _pack(prompt_ids[start : start + batch_size],
@@ -40,11 +42,6 @@ def sequence_kls(policy, reference, prompt_ids: list[list[int]], completion_ids:
         # Position t-1 predicts token t: shift so each generated token lines up with its distribution.
         targets, mask = ids[:, 1:], completion[:, 1:].to(policy.device)
         logp = torch.log_softmax(policy(input_ids=ids, attention_mask=attention).logits[:, :-1].float(), -1)
-        if reference is None:
-            zeros = [0.0] * ids.size(0)
-            exact += zeros
-            log_ratio += zeros
-            continue
         logq = torch.log_softmax(reference(input_ids=ids, attention_mask=attention).logits[:, :-1].float(), -1)
         per_token_exact = (logp.exp() * (logp - logq)).sum(-1).clamp_min(0.0)
         per_token_ratio = (logp - logq).gather(-1, targets[..., None])[..., 0]

@@ -117,7 +117,8 @@ def render_report(path: str, provenance: dict, summary: list[dict], final_rows: 
              f"samples per prompt (the SFT model draws {settings['best_of_n_samples']}, for best-of-N), temperature "
              f"{settings['temperature']}, max_new_tokens {settings['max_new_tokens']}. "
              "KL is KL(policy || SFT) in nats per sample (exact estimator); intervals are 95% bootstrap over prompts. "
-             f"Precision: sampling in {settings['sampling_dtype']}, KL pass in {settings['kl_dtype']}.",
+             f"Precision: sampling in {settings['sampling_dtype']}, KL pass in {settings['kl_dtype']}, reward model in "
+             f"{settings.get('reward_dtype', 'float32')}.",
              ""]
     if skipped:
         lines += ["## Not evaluated", "", "These were found but left out of every table and of the plot:", "",

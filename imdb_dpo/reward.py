@@ -2,7 +2,9 @@
 
 - `SentimentClassifierReward`: any Hugging Face sequence classifier through the transformers pipeline
   (default `siebert/sentiment-roberta-large-english`); the reward is the probability of the label named by
-  `positive_label` (POSITIVE by default), picked by name because the pipeline sorts its output by score.
+  `positive_label` (POSITIVE by default), picked by name because the pipeline sorts its output by score. It runs
+  on the device and in the dtype it is given (the stage's process device and `reward_dtype`, float32 unless set):
+  a bf16 classifier gives a different reward, so the dtype is a setting, never a guess from the hardware.
 - `VaderReward`: the offline VADER lexicon; its compound score in [-1, 1] mapped to [0, 1].
 """
 
@@ -14,14 +16,12 @@ VADER = "vader"
 
 
 class SentimentClassifierReward:
-    def __init__(self, model_name: str, batch_size: int = 64, device: str | None = None, positive_label: str = "POSITIVE"):
+    def __init__(self, model_name: str, batch_size: int = 64, device: str | torch.device = "cpu",
+                 positive_label: str = "POSITIVE", dtype: torch.dtype = torch.float32):
         from transformers import pipeline
 
-        self.classifier = pipeline(
-            "text-classification", model=model_name, top_k=None, truncation=True, max_length=512,
-            device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
-            dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32,
-        )
+        self.classifier = pipeline("text-classification", model=model_name, top_k=None, truncation=True,
+                                   max_length=512, device=device, dtype=dtype)
         labels = set(self.classifier.model.config.id2label.values())
         if positive_label not in labels:
             raise ConfigError(f"reward_model={model_name!r} has no label {positive_label!r} (its labels: {sorted(labels)}); "
@@ -44,7 +44,9 @@ class VaderReward:
         return [(self.analyzer.polarity_scores(t)["compound"] + 1) / 2 for t in texts]
 
 
-def make_reward(name: str, batch_size: int = 64, positive_label: str = "POSITIVE", device: str | None = None):
+def make_reward(name: str, batch_size: int = 64, positive_label: str = "POSITIVE", device: str | torch.device = "cpu",
+                dtype: torch.dtype = torch.float32):
     if name == VADER:
         return VaderReward()
-    return SentimentClassifierReward(name, batch_size=batch_size, device=device, positive_label=positive_label)
+    return SentimentClassifierReward(name, batch_size=batch_size, device=device, positive_label=positive_label,
+                                     dtype=dtype)

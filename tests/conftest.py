@@ -13,6 +13,24 @@ SHARED_GPT2_TOKENIZER = os.environ.get("GPT2_TOKENIZER_DIR", os.path.join(REPO, 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The suite is CI's CPU suite wherever it runs: on a GPU node the GPUs are hidden from it (and from every stage it
+# starts), so fp32 numbers compare exactly and one- and two-process runs use CPU processes. The tests marked `gpu`
+# need the GPU: benchmarks/gpu_check.py runs them with IMDB_DPO_TEST_DEVICE=cuda python -m pytest -m gpu.
+TEST_DEVICE = os.environ.get("IMDB_DPO_TEST_DEVICE", "cpu")
+if TEST_DEVICE == "cpu":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if TEST_DEVICE == "cuda" and torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU: IMDB_DPO_TEST_DEVICE=cuda python -m pytest -m gpu on a GPU node "
+                                   "(benchmarks/gpu_check.py does this)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 CPU_FLAGS = ["--bf16", "false", "--use_cpu", "true", "--report_to", "none", "--gradient_checkpointing", "false"]
 

@@ -1,0 +1,372 @@
+"""The GPU check: every stage of the gpt2-large preset at its real shapes with tiny counts, then the benchmarks, and
+one table: per stage its exit status, wall seconds, peak GPU memory and the trainer's throughput; per benchmark
+its figures and MFU; the GPU-only tests; and the whole preset's cost projected from what was measured.
+
+    python benchmarks/gpu_check.py --work /scratch/$USER/gpu_check
+    python benchmarks/gpu_check.py --work DIR --tokenizer GPT2_TOKENIZER_DIR --reviews IMDB_JSONL_DIR
+    python benchmarks/gpu_check.py --work DIR --size tiny --tokenizer ... --reviews ...     # CPU dry run, minutes
+
+Models: `gpt2-large` and `siebert/sentiment-roberta-large-english` from the Hugging Face cache when it holds them,
+otherwise random weights of their shapes (GPT-2's tokenizer from `--tokenizer`). Reviews: `--reviews`, a folder
+with imdb_train.jsonl and imdb_test.jsonl (or any json/jsonl/csv/parquet pair named so), else `stanfordnlp/imdb`
+from the cache. Nothing is downloaded (HF_HUB_OFFLINE=1) and nothing is written outside `--work`: the stages'
+OUTPUT_ROOT is `<work>/out`, never your outputs. Every run keeps one checkpoint; the models' weights are deleted
+as soon as no later stage reads them, so the disk stays under 40 GB at GPT-2 Large's shape. The table, the logs and
+each stage's small outputs stay in `<work>/results/`.
+
+Without a GPU the stages run on the CPU with small batches (`--bf16 false --use_cpu true`): a dry run of the
+machinery, not a measurement.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+import torch  # noqa: E402
+
+from benchmarks.stand_ins import build_classifier, build_policy  # noqa: E402
+from imdb_dpo.checkpoints import checkpoint_schedule  # noqa: E402
+
+HUB_POLICY, HUB_CLASSIFIER, HUB_REVIEWS = "gpt2-large", "siebert/sentiment-roberta-large-english", "stanfordnlp/imdb"
+PRESET = os.path.join(REPO, "configs", "gpt2-large")
+# The preset at paper scale, for the projection: prompts of stage 2 and of the evaluation, sweep sizes.
+PAPER = {"sft_reviews": 25_000, "prompts": 25_000, "eval_prompts": 500, "betas": 3, "kl_coefs": 3}
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".arrow")
+
+
+def cached_file(repo_id: str, name: str) -> str | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    path = try_to_load_from_cache(repo_id, name)
+    return path if isinstance(path, str) else None
+
+
+def cached_on_hub(repo_id: str) -> bool:
+    return cached_file(repo_id, "config.json") is not None
+
+
+def review_files(folder: str) -> tuple[str, str]:
+    for ext in ("jsonl", "json", "csv", "parquet"):
+        train, test = (os.path.join(folder, f"imdb_{split}.{ext}") for split in ("train", "test"))
+        if os.path.isfile(train) and os.path.isfile(test):
+            return train, test
+    sys.exit(f"error: --reviews {folder!r} holds no imdb_train.jsonl and imdb_test.jsonl (or .json/.csv/.parquet); "
+             "point it at the folder with both")
+
+
+class Check:
+    def __init__(self, args):
+        self.args, self.gpu = args, torch.cuda.is_available()
+        self.work = os.path.abspath(args.work)
+        self.results = os.path.join(self.work, "results")
+        self.out = os.path.join(self.work, "out")
+        self.rows, self.benchmarks, self.facts, self.peak_disk_gb = [], {}, {}, 0.0
+        self.env = {**os.environ, "OUTPUT_ROOT": self.out, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                    "WANDB_MODE": "disabled", "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1",
+                    "TOKENIZERS_PARALLELISM": "false", "TMPDIR": os.path.join(self.work, "tmp")}
+
+    # --- inputs ---
+    def models_and_data(self) -> None:
+        args, large = self.args, self.args.size == "gpt2-large"
+        device = "cuda" if self.gpu else "cpu"
+        models = os.path.join(self.work, "models")
+        if large and cached_on_hub(HUB_POLICY):
+            self.policy = HUB_POLICY
+        else:
+            self.need_tokenizer(f"{HUB_POLICY} is not in the Hugging Face cache" if large else "--size tiny")
+            self.policy = build_policy(args.size, args.tokenizer, os.path.join(models, "policy"), device)
+        if large and cached_on_hub(HUB_CLASSIFIER):
+            self.classifier = HUB_CLASSIFIER
+        else:
+            self.need_tokenizer(f"{HUB_CLASSIFIER} is not in the Hugging Face cache" if large else "--size tiny")
+            self.classifier = build_classifier(args.size, args.tokenizer, os.path.join(models, "classifier"), device)
+        if args.reviews:
+            train, test = review_files(args.reviews)
+            self.data = ["--train_file", train, "--test_file", test]
+        else:
+            self.data = []  # the preset's stanfordnlp/imdb, from the cache (a stage says so if it is not there)
+        self.facts.update(policy=self.policy if self.policy == HUB_POLICY else f"random weights, {args.size} shape",
+                          classifier=(self.classifier if self.classifier == HUB_CLASSIFIER
+                                      else f"random weights, {args.size} RoBERTa shape"),
+                          reviews=args.reviews or f"{HUB_REVIEWS} (cache)")
+
+    def need_tokenizer(self, why: str) -> None:
+        if not (self.args.tokenizer and os.path.isfile(os.path.join(self.args.tokenizer, "vocab.json"))):
+            sys.exit(f"error: {why}, so the check builds random weights of the real shape, which needs GPT-2's "
+                     "tokenizer: pass --tokenizer DIR (a folder with vocab.json and merges.txt)")
+
+    # --- running ---
+    def run(self, name: str, command: list[str], limit: int, *, kind: str = "stage") -> dict:
+        log = os.path.join(self.results, f"{name}.log")
+        resources = os.path.join(self.results, f"{name}.resources.json")
+        print(f"[{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
+        started = time.perf_counter()
+        with open(log, "w") as f:
+            try:
+                code = subprocess.run(command, cwd=REPO, env={**self.env, "IMDB_DPO_RESOURCE_REPORT": resources},
+                                      stdout=f, stderr=subprocess.STDOUT, timeout=limit).returncode
+            except subprocess.TimeoutExpired:
+                code = f"timeout ({limit} s)"
+        row = {"name": name, "kind": kind, "exit": code, "wall_s": time.perf_counter() - started, "log": log}
+        if os.path.isfile(resources):
+            with open(resources) as f:
+                row.update({k: v for k, v in json.load(f).items() if k.startswith("peak_")})
+        self.peak_disk_gb = max(self.peak_disk_gb, disk_gb(self.work))
+        print(f"    exit {code}, {row['wall_s']:.0f} s" + ("" if code == 0 else f": see {log}"), flush=True)
+        if code != 0:
+            with open(log) as f:
+                print("    | " + "    | ".join(f.readlines()[-15:]), end="", flush=True)
+        self.rows.append(row)
+        shutil.rmtree(self.env["TMPDIR"], ignore_errors=True)
+        os.makedirs(self.env["TMPDIR"], exist_ok=True)
+        return row
+
+    def stage(self, name: str, script: str, *flags: str, limit: int = 600, trained: str | None = None) -> bool:
+        row = self.run(name, [sys.executable, script, "--config", os.path.join(PRESET, f"{name}.yaml"), *flags], limit)
+        if trained and row["exit"] == 0:
+            row.update(trainer_throughput(trained))
+        return row["exit"] == 0
+
+    def stages(self) -> None:
+        gpu, out, d = self.gpu, self.out, self.data
+        cpu = [] if gpu else ["--bf16", "false", "--use_cpu", "true"]
+        small = [] if gpu else ["--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1"]
+        keep_one = ["--checkpoint_schedule", "steps", "--save_steps", "100000", "--report_to", "none"]
+        sft_dir, pairs_dir = f"{out}/outputs/gpt2-large/sft", f"{out}/generations/gpt2-large"
+        if not self.stage("sft", "sft.py", "--model_name_or_path", self.policy, *d, "--max_steps", "10" if gpu else "2",
+                          "--max_eval_samples", "64" if gpu else "8", "--save_strategy", "no", "--report_to", "none",
+                          *cpu, *small, *([] if gpu else ["--per_device_eval_batch_size", "4", "--max_length", "128"]),
+                          trained=sft_dir):
+            return
+        if not self.stage("preference_pairs", "preference_pairs.py", *d, "--num_prompts", "512" if gpu else "32",
+                          "--reward_model", self.classifier, *([] if gpu else ["--use_cpu", "true", "--batch_size", "16"])):
+            return
+        self.facts["pairs"] = read_json(os.path.join(pairs_dir, "manifest.json"))
+        self.stage("dpo", "dpo.py", "--betas", "0.1", "--max_steps", "8" if gpu else "3", "--max_train_pairs",
+                   "512" if gpu else "24", *keep_one, *cpu, *small,
+                   *([] if gpu else ["--precompute_ref_batch_size", "8", "--dataloader_num_workers", "0"]),
+                   trained=f"{out}/outputs/gpt2-large/dpo/sigmoid_beta0.1")
+        for name, script, flags, run in (
+                ("rloo", "rloo.py", ["--kl_coefs", "0.05", "--reward_model", self.classifier], "rloo/rloo_kl0.05"),
+                ("preferred_ft", "preferred_ft.py", [], "preferred_ft/preferred_ft")):
+            self.stage(name, script, *flags, "--max_steps", "3" if gpu else "2", *keep_one, *cpu,
+                       *([] if gpu else ["--per_device_train_batch_size", "8", "--dataloader_num_workers", "0"]),
+                       trained=f"{out}/outputs/gpt2-large/{run}")
+            drop_weights(os.path.join(out, "outputs", "gpt2-large", name))  # the evaluation covers DPO's run only
+        self.facts["eval_samples"] = (128 if gpu else 16) * (16 + 4)  # SFT: best_of_n_samples; DPO: samples_per_prompt
+        self.stage("eval", "eval.py", *d, "--num_prompts", "128" if gpu else "16", "--base_model", "",
+                   "--reward_model", self.classifier, "--rloo_dir", f"{out}/none", "--preferred_ft_dir", f"{out}/none",
+                   *([] if gpu else ["--use_cpu", "true", "--batch_size", "16", "--kl_batch_size", "16"]))
+        for name in ("summary.csv", "report.md", "reward_vs_kl.png"):
+            path = os.path.join(out, "outputs", "gpt2-large", "eval", name)
+            if os.path.isfile(path):
+                shutil.copy(path, os.path.join(self.results, f"eval_{name}"))
+
+    def run_benchmarks(self) -> None:
+        size = self.args.size
+        tokenizer = ["--tokenizer", self.args.tokenizer] if self.args.tokenizer else []
+        reviews = self.args.reviews or ""
+        runs = [("bench_sampling", ["--plain_prompts", "8"] if self.gpu else []),
+                ("bench_dpo", ["--steps", "5", "--warmup", "2"] if self.gpu else ["--steps", "2", "--warmup", "1"]),
+                ("bench_eval", [])]
+        if reviews:
+            classifier = ["--classifier", HUB_CLASSIFIER] if self.classifier == HUB_CLASSIFIER else tokenizer
+            runs.append(("bench_reward_precision", ["--reviews", reviews, *classifier]))
+        for name, flags in runs:
+            output = os.path.join(self.results, f"{name}.json")
+            row = self.run(name, [sys.executable, f"benchmarks/{name}.py", "--size", size, *flags, "--output", output],
+                           600, kind="benchmark")
+            if row["exit"] == 0:
+                self.benchmarks[name] = read_json(output)
+
+    def gpu_tests(self) -> None:
+        tokenizer = self.args.tokenizer or os.path.dirname(cached_file(HUB_POLICY, "vocab.json") or "")
+        self.env.update(IMDB_DPO_TEST_DEVICE="cuda", GPT2_TOKENIZER_DIR=tokenizer)
+        row = self.run("gpu_tests", [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
+                                     "tests"], 600, kind="tests")
+        with open(row["log"]) as f:
+            row["summary"] = next((l.strip() for l in reversed(f.readlines()) if " in " in l and "=" in l), "")
+
+
+def disk_gb(path: str) -> float:
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total / 1e9
+
+
+def drop_weights(path: str) -> None:
+    """Delete the large files under `path` (weights, optimizer state, cached arrays); keep manifests and logs."""
+    for root, _, files in os.walk(path):
+        for name in files:
+            if name.endswith(WEIGHT_SUFFIXES):
+                os.remove(os.path.join(root, name))
+
+
+def read_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def trainer_throughput(run_dir: str) -> dict:
+    """The Trainer's own figures from the run's trainer_state.json: samples/s over train_runtime (no loading)."""
+    path = os.path.join(run_dir, "trainer_state.json")
+    if not os.path.isfile(path):
+        return {}
+    final = next((e for e in reversed(read_json(path)["log_history"]) if "train_runtime" in e), {})
+    return {"train_samples_per_s": final.get("train_samples_per_second"), "train_runtime_s": final.get("train_runtime"),
+            "steps": read_json(path).get("global_step")}
+
+
+def projection(check: Check) -> list[tuple[str, str, float | None]]:
+    """GPU hours of the preset at paper scale from the measured rates: (stage, work, seconds). Training rates are the
+    Trainer's (loading excluded); sampling and evaluation rates include loading, so they err on the slow side."""
+    rows = {r["name"]: r for r in check.rows}
+    pairs = check.facts.get("pairs", {})
+    pairs_per_prompt = pairs.get("num_pairs", 0) / max(pairs.get("num_prompts", 1), 1)
+    full_pairs = round(pairs_per_prompt * PAPER["prompts"])
+
+    def rate(name, key="train_samples_per_s"):
+        value = rows.get(name, {}).get(key)
+        return value if isinstance(value, (int, float)) and value > 0 else None
+
+    plan = []
+    sft = rate("sft")
+    plan.append(("sft", f"{PAPER['sft_reviews']:,} reviews, 1 epoch", PAPER["sft_reviews"] / sft if sft else None))
+    pp = rows.get("preference_pairs", {})
+    prompts_s = (pairs.get("num_prompts", 0) / pp["wall_s"]) if pp.get("exit") == 0 else None
+    plan.append(("preference_pairs", f"{PAPER['prompts']:,} prompts x 4 samples",
+                 PAPER["prompts"] / prompts_s if prompts_s else None))
+    dpo = rate("dpo")
+    plan.append(("dpo", f"{PAPER['betas']} betas x {full_pairs:,} pairs (+ one reference pass, not counted)",
+                 PAPER["betas"] * full_pairs / dpo if dpo else None))
+    rloo = rate("rloo")
+    plan.append(("rloo", f"{PAPER['kl_coefs']} coefficients x {PAPER['prompts']:,} prompts x 4 samples",
+                 PAPER["kl_coefs"] * PAPER["prompts"] * 4 / rloo if rloo else None))
+    pft = rate("preferred_ft")
+    chosen = round(min(pairs_per_prompt, 3) * PAPER["prompts"])  # distinct chosen completions: at most 3 of 4
+    plan.append(("preferred_ft", f"~{chosen:,} chosen completions", chosen / pft if pft else None))
+    ev = rows.get("eval", {})
+    if ev.get("exit") == 0 and full_pairs:
+        steps = {"dpo": full_pairs // 64, "rloo": PAPER["prompts"] * 4 // 64, "preferred_ft": chosen // 64}
+        points = (PAPER["betas"] * len(checkpoint_schedule("log+steps", steps["dpo"], 100))
+                  + PAPER["kl_coefs"] * len(checkpoint_schedule("log+steps", steps["rloo"], 100))
+                  + len(checkpoint_schedule("log+steps", steps["preferred_ft"], 100)))
+        # the check evaluated SFT (16 samples a prompt, no KL pass) and one DPO checkpoint (4 samples, KL pass)
+        per_point = ev["wall_s"] / 2 * PAPER["eval_prompts"] / (128 if check.gpu else 16)
+        plan.append(("eval", f"{points} checkpoints + SFT x {PAPER['eval_prompts']} prompts", (points + 1) * per_point))
+    else:
+        plan.append(("eval", "", None))
+    return plan
+
+
+def gib(value) -> str:
+    return f"{value:.1f}" if isinstance(value, (int, float)) else "-"
+
+
+def render(check: Check) -> str:
+    device = torch.cuda.get_device_name(0) if check.gpu else "CPU (dry run: no GPU figures)"
+    lines = [f"# GPU check, {time.strftime('%Y-%m-%d %H:%M')}, {device}", "",
+             f"size {check.args.size}; policy: {check.facts.get('policy')}; classifier: {check.facts.get('classifier')}; "
+             f"reviews: {check.facts.get('reviews')}; peak disk {check.peak_disk_gb:.1f} GB in {check.work}", "",
+             "| stage | exit | wall s | peak GPU GiB (allocated / reserved) | peak RAM GiB | throughput |",
+             "|---|---|---|---|---|---|"]
+    for r in check.rows:
+        if r["kind"] != "stage":
+            continue
+        throughput = (f"{r['train_samples_per_s']:.1f} samples/s over {r['steps']} steps (Trainer)"
+                      if r.get("train_samples_per_s") else "")
+        if r["name"] == "preference_pairs" and r["exit"] == 0:
+            pairs = check.facts.get("pairs", {})
+            throughput = f"{pairs.get('num_prompts', 0) / r['wall_s']:.1f} prompts/s ({pairs.get('num_pairs')} pairs)"
+        if r["name"] == "eval" and r["exit"] == 0:
+            throughput = f"{check.facts['eval_samples'] / r['wall_s']:.1f} samples/s (2 models, loading included)"
+        lines.append(f"| {r['name']} | {r['exit']} | {r['wall_s']:.0f} | {gib(r.get('peak_gpu_allocated_gib'))} / "
+                     f"{gib(r.get('peak_gpu_reserved_gib'))} | {gib(r.get('peak_rss_gib'))} | {throughput} |")
+    lines += ["", "| benchmark | exit | wall s | figures |", "|---|---|---|---|"]
+    for r in check.rows:
+        if r["kind"] == "benchmark":
+            lines.append(f"| {r['name']} | {r['exit']} | {r['wall_s']:.0f} | {benchmark_figures(check.benchmarks.get(r['name']))} |")
+    tests = next((r for r in check.rows if r["kind"] == "tests"), None)
+    if tests:
+        lines += ["", f"GPU-only tests (`pytest -m gpu`): exit {tests['exit']}, {tests.get('summary', '')}"]
+    plan = projection(check)
+    what = ("GPU time" if check.gpu and check.args.size == "gpt2-large"
+            else "time at these rates (a dry run: not an estimate for a GPU)")
+    lines += ["", f"Projected {what} of the gpt2-large preset at paper scale (training at the Trainer's rate, "
+              "sampling and evaluation with their loading, so on the slow side):", "",
+              "| stage | work | hours |", "|---|---|---|"]
+    lines += [f"| {name} | {work} | {seconds / 3600:.2f} |" if seconds else f"| {name} | {work} | - |"
+              for name, work, seconds in plan]
+    known = [s for _, _, s in plan if s]
+    lines.append(f"| total | | {sum(known) / 3600:.2f}{'' if len(known) == len(plan) else ' (stages with a rate)'} |")
+    return "\n".join(lines) + "\n"
+
+
+def benchmark_figures(result: dict | None) -> str:
+    if not result:
+        return "failed: see its log"
+    name = result["benchmark"]
+    if name == "sampling":
+        plain, project = result["results"]
+        return (f"project {project['prompts_per_s']:.1f} prompts/s vs plain loop {plain['prompts_per_s']:.1f} "
+                f"({result['speedup']:.1f}x); 25k prompts in {project['projected_25k_prompts_min']:.1f} min")
+    if name == "dpo_training":
+        parts = [f"{r['variant']}: {r['tokens_per_s']:,.0f} tokens/s, {r['peak_memory_gb']:.1f} GiB"
+                 + (f", MFU {r['mfu']:.0%}" if r.get("mfu") else "") for r in result["results"]]
+        return "; ".join(parts) + f"; project/TRL {result['speedup_tokens_per_s']:.2f}x"
+    if name == "eval_one_checkpoint":
+        return (f"sampling {result['sampling_s']:.1f} s, reward {result['reward_s']:.1f} s, KL {result['kl_s']:.1f} s for "
+                f"{result['prompts_timed']} prompts; 500 prompts in {result['projected_500_prompts_s']:.0f} s")
+    if name == "reward_precision":
+        return (f"|bf16 - fp32| mean {result['mean_abs_diff']:.4f}, max {result['max_abs_diff']:.4f} over "
+                f"{result['texts']} reviews; {result['pair_order_flips']:.1%} of pairs reordered")
+    return json.dumps(result)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", required=True, help="an empty or new folder for models, outputs and results "
+                        "(up to 40 GB at GPT-2 Large's shape): scratch storage, never your outputs")
+    parser.add_argument("--size", choices=["gpt2-large", "tiny"], default="gpt2-large",
+                        help="the models' shape: gpt2-large (the check) or tiny (a dry run of the machinery)")
+    parser.add_argument("--tokenizer", help="GPT-2's tokenizer folder, for random weights where the cache lacks a model")
+    parser.add_argument("--reviews", help="folder with imdb_train.jsonl and imdb_test.jsonl (default: the cache's IMDb)")
+    parser.add_argument("--skip_benchmarks", action="store_true")
+    args = parser.parse_args()
+    if os.path.isfile(args.work) or (os.path.isdir(args.work) and os.listdir(args.work)):
+        parser.error(f"--work {args.work!r} must be a new or empty folder (the check deletes what it writes there)")
+    check = Check(args)
+    os.makedirs(check.results, exist_ok=True)
+    os.makedirs(check.env["TMPDIR"], exist_ok=True)
+    started = time.perf_counter()
+    check.models_and_data()
+    check.stages()
+    drop_weights(check.work)  # before the benchmarks, which build their own models
+    if not args.skip_benchmarks:
+        check.run_benchmarks()
+    if check.gpu:
+        check.gpu_tests()
+    table = render(check) + f"\nWhole check: {time.perf_counter() - started:.0f} s.\n"
+    with open(os.path.join(check.results, "gpu_check.md"), "w") as f:
+        f.write(table)
+    with open(os.path.join(check.results, "gpu_check.json"), "w") as f:
+        json.dump({"rows": check.rows, "benchmarks": check.benchmarks, "facts": check.facts,
+                   "peak_disk_gb": check.peak_disk_gb, "projection": projection(check)}, f, indent=1, default=str)
+    print("\n" + table + f"\nResults and logs: {check.results}")
+    return 0 if all(r["exit"] == 0 for r in check.rows) and len(check.rows) >= 6 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

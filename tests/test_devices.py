@@ -1,0 +1,105 @@
+"""Devices and precision on a machine that has a GPU, simulated on the CPU (the real GPU runs are in test_gpu.py):
+`use_cpu` keeps every stage on the CPU, the reward's precision is its setting and not the hardware's, running out
+of GPU memory names the setting to lower, and an unset model is a message."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import eval as eval_stage
+from conftest import REPO
+from imdb_dpo.cli import run_stage
+from imdb_dpo.kl import sequence_kls
+from imdb_dpo.reward import make_reward
+from test_eval import eval_argv
+
+# Runs a stage script in a process where torch believes a GPU exists (there is none: any use of it fails).
+SEES_A_GPU = ("import runpy, sys, torch; torch.cuda.is_available = lambda: True; sys.argv = sys.argv[1:]; "
+              "runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
+def run_seeing_a_gpu(script, argv, tmp_path):
+    report = tmp_path / f"{script}.resources.json"
+    proc = subprocess.run([sys.executable, "-c", SEES_A_GPU, script, *argv], cwd=REPO, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "IMDB_DPO_RESOURCE_REPORT": str(report)})
+    return proc, report
+
+
+def test_a_reward_on_the_cpu_is_fp32_where_a_gpu_is_seen(gpt2_classifier, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    reward = make_reward(gpt2_classifier, device="cpu")
+    parameters = list(reward.classifier.model.parameters())
+    assert {p.dtype for p in parameters} == {torch.float32} and {p.device.type for p in parameters} == {"cpu"}
+    bf16 = make_reward(gpt2_classifier, device="cpu", dtype=torch.bfloat16)  # the setting, on any device
+    assert {p.dtype for p in bf16.classifier.model.parameters()} == {torch.bfloat16}
+
+
+@pytest.mark.parametrize("script", ["preference_pairs.py", "eval.py"])
+def test_use_cpu_keeps_a_stage_on_the_cpu_where_a_gpu_is_seen(script, gpt2_stand_in, gpt2_classifier, imdb_sample,
+                                                               tmp_path):
+    config = "preference_pairs" if script == "preference_pairs.py" else "eval"
+    model = "--model_name_or_path" if script == "preference_pairs.py" else "--sft_model"
+    argv = ["--config", os.path.join(REPO, f"configs/gpt2-large/{config}.yaml"), model, gpt2_stand_in,
+            "--train_file", imdb_sample["train"], "--test_file", imdb_sample["test"], "--num_prompts", "4",
+            "--batch_size", "4", "--max_new_tokens", "8", "--reward_model", gpt2_classifier,
+            "--output_dir", str(tmp_path / "out")]
+    if script == "eval.py":
+        argv += ["--base_model", "", "--best_of_n_samples", "4", "--dpo_dir", str(tmp_path / "none")]
+    proc, report = run_seeing_a_gpu(script, argv + ["--use_cpu", "true"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert '"device": "cpu"' in report.read_text()  # CUDA was never initialised
+    # The same command without use_cpu goes for the GPU the process believes in, and fails for want of one.
+    proc, _ = run_seeing_a_gpu(script, [*argv[:-2], "--output_dir", str(tmp_path / "gpu")], tmp_path)
+    assert proc.returncode != 0 and ("CUDA" in proc.stderr or "cuda" in proc.stderr), proc.stderr[-3000:]
+
+
+def test_running_out_of_gpu_memory_names_the_setting_never_not_evaluated(capsys, monkeypatch, tiny_base, tiny_sft,
+                                                                         tiny_dpo, tmp_path):
+    import shutil
+
+    runs = tmp_path / "dpo"
+    shutil.copytree(tiny_dpo, runs / "sigmoid_beta0.1")
+    argv = eval_argv(tiny_base, tiny_sft, runs, tmp_path / "eval", "--num_prompts", "8", "--batch_size", "8",
+                     "--best_of_n_samples", "4", "--max_new_tokens", "8")
+    real_load = eval_stage.load_causal_lm
+
+    def load_but_the_checkpoints_do_not_fit(path, *args):
+        if str(runs) in str(path):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.00 GiB")
+        return real_load(path, *args)
+
+    monkeypatch.setattr(eval_stage, "load_causal_lm", load_but_the_checkpoints_do_not_fit)
+    assert run_stage(eval_stage.main, eval_stage.STAGES, argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: out of memory while loading ") and "Traceback" not in err
+    assert "CUDA out of memory. Tried to allocate 3.00 GiB" in err and "sampling_dtype" in err and "kl_dtype" in err
+    assert not (tmp_path / "eval" / "summary.csv").exists()  # no frontier with a point silently missing
+
+    monkeypatch.setattr(eval_stage, "load_causal_lm", real_load)
+    monkeypatch.setattr(eval_stage, "sample_batch", lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError("")))
+    assert run_stage(eval_stage.main, eval_stage.STAGES, argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: out of memory while sampling 8 prompts x 4 samples") and "Lower batch_size" in err
+
+
+def test_the_kl_pass_of_the_reference_itself_runs_no_forward_pass():
+    class NoForward(torch.nn.Module):
+        def forward(self, *args, **kwargs):
+            raise AssertionError("a forward pass whose result is thrown away")
+
+    exact, ratio = sequence_kls(NoForward(), None, [[1, 2]] * 3, [[3, 4, 5]] * 3, pad_id=0)
+    assert exact == ratio == [0.0, 0.0, 0.0]
+
+
+def test_an_unset_model_is_a_message(capsys, tmp_path):
+    import sft
+
+    config = tmp_path / "sft.yaml"
+    config.write_text("bf16: false\nuse_cpu: true\nreport_to: none\n")
+    code = run_stage(sft.main, sft.STAGES, ["--config", str(config), "--output_dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "model_name_or_path is not set" in err and "--model_name_or_path" in err

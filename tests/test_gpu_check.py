@@ -1,0 +1,82 @@
+"""benchmarks/gpu_check.py, the one-command GPU check, as a CPU dry run at tiny shape: every stage of the gpt2-large
+preset and every benchmark runs and lands in the table, nothing is written outside --work, and the weights are
+gone when it ends. (On a GPU the same command runs the real shapes and the tests marked `gpu`.)"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+STAGES = ["sft", "preference_pairs", "dpo", "rloo", "preferred_ft", "eval"]
+BENCHMARKS = ["bench_sampling", "bench_dpo", "bench_eval", "bench_reward_precision"]
+
+
+def repository_outputs() -> dict:
+    found = {}
+    for top in ("outputs", "generations"):
+        for root, _, files in os.walk(os.path.join(REPO, top)):
+            for name in files:
+                path = os.path.join(root, name)
+                found[path] = os.stat(path).st_mtime_ns
+    return found
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory, gpt2_tokenizer_dir, imdb_sample):
+    work = tmp_path_factory.mktemp("gpu_check") / "work"
+    before = repository_outputs()
+    proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--work", str(work), "--size", "tiny",
+                           "--tokenizer", gpt2_tokenizer_dir, "--reviews", os.path.dirname(imdb_sample["train"])],
+                          cwd=REPO, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert repository_outputs() == before  # the user's outputs are never touched
+    with open(work / "results" / "gpu_check.json") as f:
+        return {"work": work, "stdout": proc.stdout, "result": json.load(f)}
+
+
+def test_every_stage_runs_and_reports_time_memory_and_throughput(dry_run):
+    rows = {r["name"]: r for r in dry_run["result"]["rows"]}
+    assert [r["name"] for r in dry_run["result"]["rows"] if r["kind"] == "stage"] == STAGES
+    for name in STAGES:
+        assert rows[name]["exit"] == 0 and rows[name]["wall_s"] > 0 and rows[name]["peak_rss_gib"] > 0
+    for name in ("sft", "dpo", "rloo", "preferred_ft"):
+        assert rows[name]["train_samples_per_s"] > 0 and rows[name]["steps"] >= 2
+    table = dry_run["stdout"]
+    for name in STAGES + BENCHMARKS:
+        assert f"| {name} | 0 |" in table, name
+    assert "dry run: not an estimate for a GPU" in table and "| total |" in table
+
+
+def test_the_benchmarks_report_their_figures(dry_run):
+    benchmarks = dry_run["result"]["benchmarks"]
+    assert sorted(benchmarks) == sorted(BENCHMARKS)
+    variants = {r["variant"]: r for r in benchmarks["bench_dpo"]["results"]}
+    assert variants["trl_defaults"]["gradient_checkpointing"] and variants["trl_defaults"]["reference_in_step"]
+    assert not variants["project"]["gradient_checkpointing"] and not variants["project"]["reference_in_step"]
+    for r in variants.values():
+        assert r["step_s"] > 0 and r["tokens_per_s"] > 0 and r["peak_memory_gb"] > 0 and "mfu" in r
+    assert benchmarks["bench_sampling"]["speedup"] > 0
+    assert all(r["prompts_per_s"] > 0 and r["projected_25k_prompts_min"] > 0 for r in benchmarks["bench_sampling"]["results"])
+    assert all(benchmarks["bench_eval"][k] > 0 for k in ("sampling_s", "reward_s", "kl_s", "projected_500_prompts_s"))
+    precision = benchmarks["bench_reward_precision"]
+    assert precision["texts"] == 64 and 0 <= precision["mean_abs_diff"] <= precision["max_abs_diff"] < 1
+
+
+def test_the_work_folder_keeps_results_not_weights(dry_run):
+    work = dry_run["work"]
+    left = [os.path.join(root, n) for root, _, files in os.walk(work) for n in files
+            if n.endswith((".safetensors", ".bin", ".pt"))]
+    assert left == []
+    results = os.listdir(work / "results")
+    assert {"gpu_check.md", "gpu_check.json", "eval_summary.csv", "eval_report.md"} <= set(results)
+    assert dry_run["result"]["peak_disk_gb"] > 0
+
+
+def test_a_folder_in_use_is_refused(dry_run):
+    proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--work", str(dry_run["work"]), "--size", "tiny"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "must be a new or empty folder" in proc.stderr
