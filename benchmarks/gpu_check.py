@@ -41,10 +41,10 @@ PAPER = {"sft_reviews": 25_000, "prompts": 25_000, "eval_prompts": 500, "betas":
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".arrow")
 
 
-def cached_file(repo_id: str, name: str) -> str | None:
+def cached_file(repo_id: str, name: str, repo_type: str = "model") -> str | None:
     from huggingface_hub import try_to_load_from_cache
 
-    path = try_to_load_from_cache(repo_id, name)
+    path = try_to_load_from_cache(repo_id, name, repo_type=repo_type)
     return path if isinstance(path, str) else None
 
 
@@ -52,13 +52,18 @@ def cached_on_hub(repo_id: str) -> bool:
     return cached_file(repo_id, "config.json") is not None
 
 
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def review_files(folder: str) -> tuple[str, str]:
     for ext in ("jsonl", "json", "csv", "parquet"):
         train, test = (os.path.join(folder, f"imdb_{split}.{ext}") for split in ("train", "test"))
         if os.path.isfile(train) and os.path.isfile(test):
             return train, test
-    sys.exit(f"error: --reviews {folder!r} holds no imdb_train.jsonl and imdb_test.jsonl (or .json/.csv/.parquet); "
-             "point it at the folder with both")
+    fail(f"--reviews {folder!r} holds no imdb_train.jsonl and imdb_test.jsonl (or .json/.csv/.parquet); point it at "
+         "the folder with both")
 
 
 class Check:
@@ -70,37 +75,39 @@ class Check:
         self.rows, self.benchmarks, self.facts, self.peak_disk_gb = [], {}, {}, 0.0
         self.env = {**os.environ, "OUTPUT_ROOT": self.out, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                     "WANDB_MODE": "disabled", "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1",
-                    "TOKENIZERS_PARALLELISM": "false", "TMPDIR": os.path.join(self.work, "tmp")}
+                    "TOKENIZERS_PARALLELISM": "false", "TMPDIR": os.path.join(self.work, "tmp"),
+                    "HF_DATASETS_CACHE": os.path.join(self.work, "datasets_cache")}  # not the user's cache
 
     # --- inputs ---
-    def models_and_data(self) -> None:
+    def resolve_inputs(self) -> None:
+        """What the check will load, decided (and refused with a message) before anything is written."""
         args, large = self.args, self.args.size == "gpt2-large"
-        device = "cuda" if self.gpu else "cpu"
-        models = os.path.join(self.work, "models")
-        if large and cached_on_hub(HUB_POLICY):
-            self.policy = HUB_POLICY
-        else:
-            self.need_tokenizer(f"{HUB_POLICY} is not in the Hugging Face cache" if large else "--size tiny")
-            self.policy = build_policy(args.size, args.tokenizer, os.path.join(models, "policy"), device)
-        if large and cached_on_hub(HUB_CLASSIFIER):
-            self.classifier = HUB_CLASSIFIER
-        else:
-            self.need_tokenizer(f"{HUB_CLASSIFIER} is not in the Hugging Face cache" if large else "--size tiny")
-            self.classifier = build_classifier(args.size, args.tokenizer, os.path.join(models, "classifier"), device)
+        self.policy = HUB_POLICY if large and cached_on_hub(HUB_POLICY) else None
+        self.classifier = HUB_CLASSIFIER if large and cached_on_hub(HUB_CLASSIFIER) else None
+        for name, found in ((HUB_POLICY, self.policy), (HUB_CLASSIFIER, self.classifier)):
+            if not found and not (args.tokenizer and os.path.isfile(os.path.join(args.tokenizer, "vocab.json"))):
+                fail(f"{f'{name} is not in the Hugging Face cache' if large else '--size tiny'}, so the check builds "
+                     "random weights of its shape, which needs GPT-2's tokenizer: pass --tokenizer DIR (a folder with "
+                     "vocab.json and merges.txt)")
         if args.reviews:
             train, test = review_files(args.reviews)
             self.data = ["--train_file", train, "--test_file", test]
+        elif cached_file(HUB_REVIEWS, "README.md", "dataset"):
+            self.data = []  # the preset's stanfordnlp/imdb, from the cache
         else:
-            self.data = []  # the preset's stanfordnlp/imdb, from the cache (a stage says so if it is not there)
-        self.facts.update(policy=self.policy if self.policy == HUB_POLICY else f"random weights, {args.size} shape",
-                          classifier=(self.classifier if self.classifier == HUB_CLASSIFIER
-                                      else f"random weights, {args.size} RoBERTa shape"),
+            fail(f"{HUB_REVIEWS} is not in the Hugging Face cache: pass --reviews DIR (a folder with imdb_train.jsonl "
+                 "and imdb_test.jsonl)")
+        self.facts.update(policy=self.policy or f"random weights, {args.size} shape",
+                          classifier=self.classifier or f"random weights, {args.size} RoBERTa shape",
                           reviews=args.reviews or f"{HUB_REVIEWS} (cache)")
 
-    def need_tokenizer(self, why: str) -> None:
-        if not (self.args.tokenizer and os.path.isfile(os.path.join(self.args.tokenizer, "vocab.json"))):
-            sys.exit(f"error: {why}, so the check builds random weights of the real shape, which needs GPT-2's "
-                     "tokenizer: pass --tokenizer DIR (a folder with vocab.json and merges.txt)")
+    def build_stand_ins(self) -> None:
+        device, models = "cuda" if self.gpu else "cpu", os.path.join(self.work, "models")
+        if not self.policy:
+            self.policy = build_policy(self.args.size, self.args.tokenizer, os.path.join(models, "policy"), device)
+        if not self.classifier:
+            self.classifier = build_classifier(self.args.size, self.args.tokenizer, os.path.join(models, "classifier"),
+                                               device)
 
     # --- running ---
     def run(self, name: str, command: list[str], limit: int, *, kind: str = "stage") -> dict:
@@ -348,10 +355,11 @@ def main():
     if os.path.isfile(args.work) or (os.path.isdir(args.work) and os.listdir(args.work)):
         parser.error(f"--work {args.work!r} must be a new or empty folder (the check deletes what it writes there)")
     check = Check(args)
+    check.resolve_inputs()
     os.makedirs(check.results, exist_ok=True)
     os.makedirs(check.env["TMPDIR"], exist_ok=True)
     started = time.perf_counter()
-    check.models_and_data()
+    check.build_stand_ins()
     check.stages()
     drop_weights(check.work)  # before the benchmarks, which build their own models
     if not args.skip_benchmarks:

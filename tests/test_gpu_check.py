@@ -80,3 +80,14 @@ def test_a_folder_in_use_is_refused(dry_run):
     proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--work", str(dry_run["work"]), "--size", "tiny"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "must be a new or empty folder" in proc.stderr
+
+
+def test_missing_inputs_are_refused_before_anything_is_written(tmp_path, gpt2_tokenizer_dir):
+    work = tmp_path / "work"
+    for argv, message in ((["--tokenizer", gpt2_tokenizer_dir, "--reviews", str(tmp_path / "nowhere")],
+                           "holds no imdb_train.jsonl and imdb_test.jsonl"),
+                          (["--reviews", str(tmp_path)], "which needs GPT-2's tokenizer: pass --tokenizer DIR")):
+        proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--work", str(work), "--size", "tiny", *argv],
+                              cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert not work.exists()
