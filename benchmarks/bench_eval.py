@@ -1,5 +1,7 @@
 """Stage 4 for one checkpoint: sampling, reward (a classifier of the siebert model's shape through the
-transformers pipeline) and both KL estimators, timed apart and projected to the preset's 500 prompts.
+transformers pipeline) and both KL estimators, timed apart and projected to the preset's 500 prompts. The
+precisions and batch sizes are the gpt2-large preset's (configs/gpt2-large/eval.yaml: fp32 throughout, README
+"Precision"); on a CPU the batches are smaller.
 
     python benchmarks/bench_eval.py --size gpt2-large --output eval.json    # on a GPU
 """
@@ -12,15 +14,18 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
+import yaml  # noqa: E402
 
 from benchmarks.common import (SIZES, Timer, build_classifier, build_policy, emit, synthetic_prompts,  # noqa: E402
                                word_tokenizer)
 from imdb_dpo.kl import sequence_kls  # noqa: E402
 from imdb_dpo.modeling import load_causal_lm  # noqa: E402
+from imdb_dpo.precision import DTYPES  # noqa: E402
 from imdb_dpo.reward import SentimentClassifierReward  # noqa: E402
 from imdb_dpo.sampling import plan_batches, sample_batch  # noqa: E402
 
 PRESET_PROMPTS, SAMPLES, NEW_TOKENS = 500, 4, 64
+PRESET = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "gpt2-large", "eval.yaml")
 
 
 def main():
@@ -31,13 +36,18 @@ def main():
     parser.add_argument("--output")
     args = parser.parse_args()
     gpu = torch.cuda.is_available()
-    device, dtype = ("cuda", torch.bfloat16) if gpu else ("cpu", torch.float32)
+    device = "cuda" if gpu else "cpu"
+    with open(PRESET) as f:
+        preset = yaml.safe_load(f)
+    dtype, reward_dtype = DTYPES[preset["sampling_dtype"]], DTYPES[preset["reward_dtype"]]
+    assert preset["kl_dtype"] == preset["sampling_dtype"]  # one copy of each model samples and enters the KL pass
     n = args.prompts or (256 if gpu else 16)
-    batch = args.batch or (128 if gpu else 8)
+    batch = args.batch or (preset["batch_size"] if gpu else 8)
     work = tempfile.mkdtemp(prefix="bench_eval_")
     policy = load_causal_lm(build_policy(args.size, os.path.join(work, "policy"), seed=1), dtype, device)
     reference = load_causal_lm(build_policy(args.size, os.path.join(work, "reference"), seed=0), dtype, device)
-    reward = SentimentClassifierReward(build_classifier(args.size, os.path.join(work, "classifier")), batch_size=256)
+    reward = SentimentClassifierReward(build_classifier(args.size, os.path.join(work, "classifier")), device=device,
+                                       batch_size=preset["reward_batch_size"], dtype=reward_dtype)
     vocab = SIZES[args.size]["vocab_size"]
     tokenizer = word_tokenizer(vocab)
     prompts = synthetic_prompts(n, vocab)
@@ -51,9 +61,10 @@ def main():
         reward([p["prompt"] + c["text"] for p, c in samples])
     with Timer() as kl:
         sequence_kls(policy, reference, [p["prompt_ids"] for p, _ in samples], [c["ids"] for _, c in samples], 0,
-                     batch_size=64 if gpu else 16)
+                     batch_size=preset["kl_batch_size"] if gpu else 16)
     total = sampling.seconds + scoring.seconds + kl.seconds
     emit({"benchmark": "eval_one_checkpoint", "size": args.size, "prompts_timed": n, "samples_per_prompt": SAMPLES,
+          "dtypes": {k: preset[k] for k in ("sampling_dtype", "kl_dtype", "reward_dtype")},
           "sampling_s": sampling.seconds, "reward_s": scoring.seconds, "kl_s": kl.seconds,
           "projected_500_prompts_s": total * PRESET_PROMPTS / n}, args.output)
 

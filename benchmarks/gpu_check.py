@@ -11,7 +11,8 @@ otherwise random weights of their shapes (GPT-2's tokenizer from `--tokenizer`).
 with imdb_train.jsonl and imdb_test.jsonl (or any json/jsonl/csv/parquet pair named so), else `stanfordnlp/imdb`
 from the cache. Nothing is downloaded (HF_HUB_OFFLINE=1) and nothing is written outside `--work`: the stages'
 OUTPUT_ROOT is `<work>/out`, never your outputs. Every run keeps one checkpoint; the models' weights are deleted
-as soon as no later stage reads them, so the disk stays under 40 GB at GPT-2 Large's shape. The table, the logs and
+as soon as no later stage reads them (and when the check is interrupted), so the disk peaks at about 27 GB at GPT-2
+Large's shape. A rerun into the same --work starts over. The table, the logs and
 each stage's small outputs stay in `<work>/results/`.
 
 Without a GPU the stages run on the CPU with small batches (`--bf16 false --use_cpu true`): a dry run of the
@@ -22,6 +23,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -31,14 +33,15 @@ sys.path.insert(0, REPO)
 
 import torch  # noqa: E402
 
-from benchmarks.stand_ins import build_classifier, build_policy  # noqa: E402
+from benchmarks.stand_ins import build_classifier, build_policy, roberta_tokenizer  # noqa: E402
 from imdb_dpo.checkpoints import checkpoint_schedule  # noqa: E402
 
 HUB_POLICY, HUB_CLASSIFIER, HUB_REVIEWS = "gpt2-large", "siebert/sentiment-roberta-large-english", "stanfordnlp/imdb"
 PRESET = os.path.join(REPO, "configs", "gpt2-large")
 # The preset at paper scale, for the projection: prompts of stage 2 and of the evaluation, sweep sizes.
 PAPER = {"sft_reviews": 25_000, "prompts": 25_000, "eval_prompts": 500, "betas": 3, "kl_coefs": 3}
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".arrow")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".arrow")
+MARKER = ".imdb_dpo_gpu_check"  # marks a --work folder as the check's own, which a rerun may clear
 
 
 def cached_file(repo_id: str, name: str, repo_type: str = "model") -> str | None:
@@ -85,10 +88,21 @@ class Check:
         self.policy = HUB_POLICY if large and cached_on_hub(HUB_POLICY) else None
         self.classifier = HUB_CLASSIFIER if large and cached_on_hub(HUB_CLASSIFIER) else None
         for name, found in ((HUB_POLICY, self.policy), (HUB_CLASSIFIER, self.classifier)):
-            if not found and not (args.tokenizer and os.path.isfile(os.path.join(args.tokenizer, "vocab.json"))):
+            if not found and not args.tokenizer:
                 fail(f"{f'{name} is not in the Hugging Face cache' if large else '--size tiny'}, so the check builds "
                      "random weights of its shape, which needs GPT-2's tokenizer: pass --tokenizer DIR (a folder with "
                      "vocab.json and merges.txt)")
+        if args.tokenizer:
+            missing = [n for n in ("vocab.json", "merges.txt") if not os.path.isfile(os.path.join(args.tokenizer, n))]
+            if missing:
+                fail(f"--tokenizer {args.tokenizer!r} has no {' or '.join(missing)}: point it at GPT-2's tokenizer "
+                     "folder (vocab.json and merges.txt)")
+            try:
+                roberta_tokenizer(args.tokenizer)
+            except Exception as error:
+                fail(f"--tokenizer {args.tokenizer!r} does not load as GPT-2's byte-level BPE ({type(error).__name__}: "
+                     f"{str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}); point it at GPT-2's "
+                     "tokenizer folder")
         if args.reviews:
             train, test = review_files(args.reviews)
             self.data = ["--train_file", train, "--test_file", test]
@@ -116,11 +130,16 @@ class Check:
         print(f"[{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
         started = time.perf_counter()
         with open(log, "w") as f:
+            child = subprocess.Popen(command, cwd=REPO, env={**self.env, "IMDB_DPO_RESOURCE_REPORT": resources},
+                                     stdout=f, stderr=subprocess.STDOUT)
             try:
-                code = subprocess.run(command, cwd=REPO, env={**self.env, "IMDB_DPO_RESOURCE_REPORT": resources},
-                                      stdout=f, stderr=subprocess.STDOUT, timeout=limit).returncode
+                code = child.wait(timeout=limit)
             except subprocess.TimeoutExpired:
                 code = f"timeout ({limit} s)"
+                stop(child)
+            except BaseException:  # interrupted: the stage must not run on, holding the GPU, after the check ends
+                stop(child)
+                raise
         row = {"name": name, "kind": kind, "exit": code, "wall_s": time.perf_counter() - started, "log": log}
         if os.path.isfile(resources):
             with open(resources) as f:
@@ -200,6 +219,17 @@ class Check:
                                      "tests"], 600, kind="tests")
         with open(row["log"]) as f:
             row["summary"] = next((l.strip() for l in reversed(f.readlines()) if " in " in l and "=" in l), "")
+
+
+def stop(child: subprocess.Popen) -> None:
+    """SIGTERM (a stage saves or flushes and exits), then SIGKILL if it has not ended within a minute."""
+    if child.poll() is None:
+        child.terminate()
+        try:
+            child.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
 
 
 def disk_gb(path: str) -> float:
@@ -337,35 +367,56 @@ def benchmark_figures(result: dict | None) -> str:
         return (f"sampling {result['sampling_s']:.1f} s, reward {result['reward_s']:.1f} s, KL {result['kl_s']:.1f} s for "
                 f"{result['prompts_timed']} prompts; 500 prompts in {result['projected_500_prompts_s']:.0f} s")
     if name == "reward_precision":
-        return (f"|bf16 - fp32| mean {result['mean_abs_diff']:.4f}, max {result['max_abs_diff']:.4f} over "
-                f"{result['texts']} reviews; {result['pair_order_flips']:.1%} of pairs reordered")
+        return (f"|bf16 - fp32| mean {result['mean_abs_diff']:.2g}, max {result['max_abs_diff']:.2g} over "
+                f"{result['texts']} reviews (reward std {result['reward_std_fp32']:.2g}); "
+                f"{result['pair_order_flips']:.1%} of pairs reordered")
     return json.dumps(result)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", required=True, help="an empty or new folder for models, outputs and results "
-                        "(up to 40 GB at GPT-2 Large's shape): scratch storage, never your outputs")
+    parser.add_argument("--work", required=True, help="a new or empty folder (or one an earlier check left) for "
+                        "models, outputs and results, about 27 GB at the peak at GPT-2 Large's shape: scratch "
+                        "storage, never your outputs")
     parser.add_argument("--size", choices=["gpt2-large", "tiny"], default="gpt2-large",
                         help="the models' shape: gpt2-large (the check) or tiny (a dry run of the machinery)")
     parser.add_argument("--tokenizer", help="GPT-2's tokenizer folder, for random weights where the cache lacks a model")
     parser.add_argument("--reviews", help="folder with imdb_train.jsonl and imdb_test.jsonl (default: the cache's IMDb)")
     parser.add_argument("--skip_benchmarks", action="store_true")
     args = parser.parse_args()
-    if os.path.isfile(args.work) or (os.path.isdir(args.work) and os.listdir(args.work)):
-        parser.error(f"--work {args.work!r} must be a new or empty folder (the check deletes what it writes there)")
+    args.work, args.tokenizer, args.reviews = (os.path.abspath(p) if p else p for p in (args.work, args.tokenizer,
+                                                                                           args.reviews))
+    marker = os.path.join(args.work, MARKER)
+    if os.path.exists(args.work) and not os.path.isdir(args.work):
+        fail(f"--work {args.work!r} is a file: give a new or empty folder")
+    if os.path.isdir(args.work) and os.listdir(args.work) and not os.path.isfile(marker):
+        fail(f"--work {args.work!r} holds files that no GPU check wrote: give a new or empty folder (the check "
+             "writes models and outputs there and deletes the weights when it ends)")
     check = Check(args)
     check.resolve_inputs()
-    os.makedirs(check.results, exist_ok=True)
-    os.makedirs(check.env["TMPDIR"], exist_ok=True)
+    try:
+        if os.path.isfile(marker):  # an earlier check's folder (interrupted, or finished): start it afresh
+            shutil.rmtree(args.work)
+        os.makedirs(check.results)
+        os.makedirs(check.env["TMPDIR"])
+        open(marker, "w").close()
+    except OSError as error:
+        fail(f"--work {args.work!r} cannot be written ({error.strerror}): give a folder on writable storage")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a plain kill: stop the stage, drop the weights
     started = time.perf_counter()
-    check.build_stand_ins()
-    check.stages()
-    drop_weights(check.work)  # before the benchmarks, which build their own models
-    if not args.skip_benchmarks:
-        check.run_benchmarks()
-    if check.gpu:
-        check.gpu_tests()
+    try:
+        check.build_stand_ins()
+        check.stages()
+        drop_weights(check.work)  # before the benchmarks, which build their own models
+        if not args.skip_benchmarks:
+            check.run_benchmarks()
+        if check.gpu:
+            check.gpu_tests()
+    except (KeyboardInterrupt, SystemExit) as interruption:
+        drop_weights(check.work)
+        print(f"\ninterrupted: the running step was stopped and the weights deleted; the logs are in {check.results}. "
+              "Run the same command again to start over.", file=sys.stderr)
+        return 130 if isinstance(interruption, KeyboardInterrupt) else 143
     table = render(check) + f"\nWhole check: {time.perf_counter() - started:.0f} s.\n"
     with open(os.path.join(check.results, "gpu_check.md"), "w") as f:
         f.write(table)

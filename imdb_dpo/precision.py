@@ -21,6 +21,6 @@ def inference_dtype(args, field: str) -> torch.dtype:
     """The torch dtype named by `args.<field>` (a ConfigError naming the field for any other value)."""
     name = getattr(args, field)
     if name not in DTYPES:
-        raise ConfigError(f"{field}={name!r}: use one of {sorted(DTYPES)} (float32 is the default: the checkpoint's "
-                          "own policy, an exact KL and the reward every stage compares)")
+        raise ConfigError(f"{field}={name!r}: use one of {sorted(DTYPES)} (float32 unless you mean otherwise: "
+                          "README, 'Precision'); fix it in the config or on the command line")
     return DTYPES[name]

@@ -76,17 +76,46 @@ def test_the_work_folder_keeps_results_not_weights(dry_run):
     assert dry_run["result"]["peak_disk_gb"] > 0
 
 
-def test_a_folder_in_use_is_refused(dry_run):
-    proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--work", str(dry_run["work"]), "--size", "tiny"],
+def test_a_folder_the_check_did_not_write_is_refused(tmp_path):
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "thesis.tex").write_text("mine")
+    proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--work", str(tmp_path / "work"), "--size", "tiny"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "must be a new or empty folder" in proc.stderr
+    assert proc.returncode == 2 and "holds files that no GPU check wrote" in proc.stderr
+    assert (tmp_path / "work" / "thesis.tex").read_text() == "mine"
 
 
-def test_missing_inputs_are_refused_before_anything_is_written(tmp_path, gpt2_tokenizer_dir):
+def test_a_killed_check_stops_its_stage_drops_the_weights_and_reruns(tmp_path, gpt2_tokenizer_dir, imdb_sample):
+    """Run from another folder with relative paths; SIGTERM once SFT has finished (the pairs stage is running)."""
+    import signal
+
+    from helpers import wait_until
+
+    tokenizer = os.path.relpath(gpt2_tokenizer_dir, tmp_path)
+    reviews = os.path.relpath(os.path.dirname(imdb_sample["train"]), tmp_path)
+    argv = [sys.executable, os.path.join(REPO, "benchmarks/gpu_check.py"), "--work", "work", "--size", "tiny",
+            "--tokenizer", tokenizer, "--reviews", reviews]
+    check = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: (tmp_path / "work/results/preference_pairs.log").exists(), check, timeout=600)
+    check.send_signal(signal.SIGTERM)
+    assert check.wait(timeout=120) == 143 and "interrupted" in check.stderr.read()
+    assert json.loads((tmp_path / "work/results/sft.resources.json").read_text())["exit_code"] == 0
+    assert not [p for p in (tmp_path / "work").rglob("*") if p.suffix in (".safetensors", ".bin", ".pt")]
+    running = subprocess.run(["pgrep", "-f", str(tmp_path / "work")], capture_output=True, text=True).stdout
+    assert running == "", running  # no stage left behind
+    # The same command again is accepted (the folder is the check's own); here it stops at a bad input, untouched.
+    proc = subprocess.run(argv[:-1] + ["nowhere"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "holds no imdb_train.jsonl" in proc.stderr
+    assert (tmp_path / "work/results/sft.log").exists()
+
+
+def test_missing_inputs_are_refused_before_anything_is_written(tmp_path, gpt2_tokenizer_dir, imdb_sample):
     work = tmp_path / "work"
     for argv, message in ((["--tokenizer", gpt2_tokenizer_dir, "--reviews", str(tmp_path / "nowhere")],
                            "holds no imdb_train.jsonl and imdb_test.jsonl"),
-                          (["--reviews", str(tmp_path)], "which needs GPT-2's tokenizer: pass --tokenizer DIR")):
+                          (["--reviews", str(tmp_path)], "which needs GPT-2's tokenizer: pass --tokenizer DIR"),
+                          (["--reviews", os.path.dirname(imdb_sample["train"]), "--tokenizer", str(tmp_path)],
+                           "has no vocab.json or merges.txt")):
         proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--work", str(work), "--size", "tiny", *argv],
                               cwd=REPO, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
