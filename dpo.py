@@ -23,9 +23,9 @@ from imdb_dpo.checks import check_learning_rate, check_model, check_positive
 from imdb_dpo.cli import run_stage
 from imdb_dpo.config import ConfigError, DPOScriptArguments
 from imdb_dpo.checkpoints import check_schedule
-from imdb_dpo.dpo_training import DPO_CURVES, PretokenizedDPOTrainer, run_name
+from imdb_dpo.methods.dpo import DPO_CURVES, PretokenizedDPOTrainer, run_name
 from imdb_dpo.manifests import describe_model_input, read_manifest
-from imdb_dpo.modeling import load_tokenizer
+from imdb_dpo.modeling import load_tokenizer, set_model_init_kwargs
 from imdb_dpo.pairs import REQUIRED_IDS
 from imdb_dpo.preemption import StopRequest, exit_resumable
 from imdb_dpo.tracking import check_wandb_credentials
@@ -104,10 +104,7 @@ def main(script_args: DPOScriptArguments, training_args: DPOConfig, model_args: 
     set_total_batch_size(script_args, training_args)
     check_inputs(script_args, training_args, model_args)
     pairs = pairs_input(script_args.pairs_file, model_args.model_name_or_path, "DPO's reference")
-    training_args.model_init_kwargs = {
-        "dtype": model_args.dtype, "attn_implementation": model_args.attn_implementation,
-        **(training_args.model_init_kwargs or {}),
-    }
+    set_model_init_kwargs(training_args, model_args)
     dataset = load_pairs_dataset(script_args, os.path.join(training_args.output_dir, ".datasets_cache"))
     tokenizer = load_tokenizer(model_args.model_name_or_path, padding_side="right")
     if script_args.reference_only:

@@ -35,6 +35,7 @@ from imdb_dpo.evaluation import (BEST_OF_N, best_of_n_kl_bound, best_of_n_reward
                                  summarise, win_rate)
 from imdb_dpo.kl import sequence_kls
 from imdb_dpo.locks import main_process_lock
+from imdb_dpo.methods import BY_KEY, TRAINED
 from imdb_dpo.memory import OutOfMemory, naming_the_fix
 from imdb_dpo.manifests import (Manifest, describe_model_input, git_commit, is_finished, read_manifest,
                                 write_text_atomic)
@@ -63,9 +64,6 @@ def settings_of(args: EvalArguments) -> dict:
     return {**{k: getattr(args, k) for k in keys}, "reference": describe_model_input(args.sft_model)}
 
 
-# The trained methods: (method = the manifest's stage, EvalArguments field of its root, name, script that makes it).
-METHODS = (("dpo", "dpo_dir", "DPO", "dpo.py"), ("rloo", "rloo_dir", "RLOO", "rloo.py"),
-           ("preferred_ft", "preferred_ft_dir", "Preferred-FT", "preferred_ft.py"))
 RESERVED_RUNS = ("sft", "base", "best_of_n")  # names of the rows that are not runs
 SAMPLING_FIX = ("Lower batch_size (rows sampled at once = batch_size x samples_per_prompt, and x best_of_n_samples for "
                 "the SFT model; batch_size is one of the evaluation's settings, so a finished evaluation needs "
@@ -73,11 +71,12 @@ SAMPLING_FIX = ("Lower batch_size (rows sampled at once = batch_size x samples_p
 
 
 def run_meta(method: str, name: str, manifest: dict) -> dict:
-    """A run's columns: `loss_type` is DPO's loss ("" otherwise), `beta` DPO's beta or RLOO's KL coefficient; and
-    its run id, which tells a run replaced by `--overwrite true` (same name, new id) from the one evaluated before."""
+    """A run's columns: `loss_type` is DPO's loss ("" otherwise), `beta` the method's parameter (DPO's beta, RLOO's KL
+    coefficient, Unlikelihood's alpha; "" for Preferred-FT); and its run id, which tells a run replaced by
+    `--overwrite true` (same name, new id) from the one evaluated before."""
     training = manifest["config"]["training"]
     loss_type = "+".join(training["loss_type"]) if method == "dpo" else ""
-    beta = training["beta"] if method in ("dpo", "rloo") else ""
+    beta = training["alpha"] if method == "unlikelihood" else training["beta"] if method in ("dpo", "rloo") else ""
     return {"method": method, "run": name, "loss_type": loss_type, "beta": beta, "run_id": manifest["run_id"]}
 
 
@@ -85,15 +84,15 @@ def models_to_evaluate(args: EvalArguments) -> tuple[list[dict], list[dict]]:
     """The models to evaluate, and what is left out with the reason (reported, not fatal): unfinished runs and
     checkpoints that cannot be loaded.
 
-    Every run folder under dpo_dir, rloo_dir and preferred_ft_dir whose manifest's stage is that root's method
-    counts (a root that does not exist: the method was not run). Records are kept by run name, so a name found
+    Every run folder under a method's root (dpo_dir, rloo_dir, ...: methods.TRAINED) whose manifest's stage is that
+    method counts (a root that does not exist: the method was not run). Records are kept by run name, so a name found
     in two roots is an error."""
     units = [{"method": "sft", "run": "sft", "loss_type": "", "beta": "", "step": 0, "path": args.sft_model}]
     if args.base_model:
         units.append({"method": "base", "run": "base", "loss_type": "", "beta": "", "step": 0, "path": args.base_model})
     skipped, seen = [], {}
-    for method, field, title, script in METHODS:
-        root = getattr(args, field)
+    for method in TRAINED:
+        root = getattr(args, method.root_field)
         # A leading dot marks work in progress beside a finished run (e.g. `.sigmoid_beta0.1.new` of an --overwrite).
         runs = sorted(n for n in os.listdir(root) if not n.startswith(".")) if os.path.isdir(root) else []
         for name in runs:
@@ -101,25 +100,26 @@ def models_to_evaluate(args: EvalArguments) -> tuple[list[dict], list[dict]]:
             manifest = read_manifest(run_dir)
             if not manifest:
                 continue
-            if manifest.get("stage") != method:
-                other = next((m for m in METHODS if m[0] == manifest.get("stage")), None)
+            if manifest.get("stage") != method.key:
+                other = BY_KEY.get(manifest.get("stage"))
                 if other:  # e.g. rloo.py run with --output_dir of the DPO runs: say so rather than drop it unseen
-                    skipped.append({"path": run_dir, "reason": f"it holds a {other[2]} run, but it is in {field}; move "
-                                                               f"it under {other[1]} (or point {other[1]} at its folder)"})
+                    skipped.append({"path": run_dir, "reason": f"it holds a {other.title} run, but it is in "
+                                                               f"{method.root_field}; move it under {other.root_field} "
+                                                               f"(or point {other.root_field} at its folder)"})
                 continue
             if name in RESERVED_RUNS:
                 raise ConfigError(f"{run_dir}: a run may not be named {name!r}, which names the {name} rows of the "
                                   "evaluation; rename the folder")
             if name in seen:
                 raise ConfigError(f"two runs are named {name!r}: {seen[name]} and {run_dir}. The evaluation keeps "
-                                  "records by run name, so run names must differ across dpo_dir, rloo_dir and "
-                                  "preferred_ft_dir; rename one of the folders")
+                                  "records by run name, so run names must differ across "
+                                  f"{', '.join(m.root_field for m in TRAINED)}; rename one of the folders")
             seen[name] = run_dir
             if not manifest.get("finished"):
-                skipped.append({"path": run_dir, "reason": f"the {title} run is unfinished; finish it (run {script} "
-                                                           "again) and evaluate again"})
+                skipped.append({"path": run_dir, "reason": f"the {method.title} run is unfinished; finish it (run "
+                                                           f"{method.script} again) and evaluate again"})
                 continue
-            units += run_units(run_dir, manifest, run_meta(method, name, manifest), skipped)
+            units += run_units(run_dir, manifest, run_meta(method.key, name, manifest), skipped)
     return units, skipped
 
 
@@ -287,13 +287,13 @@ def write_outputs(args, units, records, prompts, settings, skipped) -> None:
     samples = {prompt: {r["label"]: next(x for x in records[(r["run"], r["step"])]
                                         if x["prompt"] == prompt and x["sample"] == 0) for r in finals}
                for prompt in shown}
-    roots = {method: getattr(args, field) for method, field, _, _ in METHODS}
+    roots = {m.key: getattr(args, m.root_field) for m in TRAINED}
     pngs = {u["run"]: os.path.join(roots[u["method"]], u["run"], "training_curves.png") for u in units
             if u["method"] in roots}
     curves = {run: png for run, png in pngs.items() if os.path.isfile(png)}
     provenance = {"preset": args.preset, "git_commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
                   "sft_model": describe_model_input(args.sft_model),
-                  **{field: getattr(args, field) for _, field, _, _ in METHODS},
+                  **{m.root_field: getattr(args, m.root_field) for m in TRAINED},
                   "base_model": describe_model_input(args.base_model) if args.base_model else None}
     report_path = os.path.join(args.output_dir, "report.md")
     write_text_atomic(report_path, render_report(report_path, provenance, rows, finals, samples, curves, settings,

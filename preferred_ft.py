@@ -12,7 +12,6 @@ finished).
 import os
 import sys
 
-from datasets import Dataset
 from transformers import set_seed
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
@@ -20,26 +19,14 @@ from imdb_dpo.checkpoints import check_schedule
 from imdb_dpo.checks import check_learning_rate, check_model, check_positive
 from imdb_dpo.cli import run_stage
 from imdb_dpo.config import PreferredFTScriptArguments
+from imdb_dpo.methods.preferred_ft import CURVES, chosen_examples
 from imdb_dpo.manifests import describe_model_input, read_manifest
-from imdb_dpo.modeling import load_tokenizer
+from imdb_dpo.modeling import load_tokenizer, set_model_init_kwargs
 from imdb_dpo.preemption import StopRequest, exit_resumable
 from imdb_dpo.tracking import check_wandb_credentials
 from imdb_dpo.training_runs import last_logged, pairs_input, read_training_pairs, train_run
 
 STAGES = (PreferredFTScriptArguments, SFTConfig, ModelConfig)
-CURVES = [("loss", "loss on the chosen completions"), ("mean_token_accuracy", "token accuracy")]
-IGNORED = -100  # a label the loss skips
-
-
-def chosen_examples(pairs: list[dict], limit: int | None = None) -> Dataset:
-    """Each distinct (prompt, chosen completion) once, in file order, as token ids with the prompt masked out of
-    the labels."""
-    examples = {}
-    for pair in pairs:
-        key = (tuple(pair["prompt_ids"]), tuple(pair["chosen_ids"]))
-        examples.setdefault(key, {"input_ids": pair["prompt_ids"] + pair["chosen_ids"],
-                                  "labels": [IGNORED] * len(pair["prompt_ids"]) + pair["chosen_ids"]})
-    return Dataset.from_list(list(examples.values())[:limit])
 
 
 def main(script_args: PreferredFTScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> int:
@@ -53,10 +40,7 @@ def main(script_args: PreferredFTScriptArguments, training_args: SFTConfig, mode
     inputs = {"pairs": pairs_input(script_args.pairs_file, model_args.model_name_or_path, "Preferred-FT's start"),
               "model": describe_model_input(model_args.model_name_or_path)}
     dataset = chosen_examples(pairs, script_args.max_train_examples)
-    training_args.model_init_kwargs = {
-        "dtype": model_args.dtype, "attn_implementation": model_args.attn_implementation,
-        **(training_args.model_init_kwargs or {}),
-    }
+    set_model_init_kwargs(training_args, model_args)
     tokenizer = load_tokenizer(model_args.model_name_or_path, padding_side="right")
     run_dir = os.path.join(training_args.output_dir, "preferred_ft" + ("_lora" if model_args.use_peft else ""))
     training_args.output_dir, training_args.run_name = run_dir, os.path.basename(run_dir)

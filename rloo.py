@@ -23,11 +23,11 @@ from imdb_dpo.checks import check_learning_rate, check_model, check_positive
 from imdb_dpo.cli import run_stage
 from imdb_dpo.config import ConfigError, RLOOScriptArguments
 from imdb_dpo.manifests import describe_model_input, read_manifest
-from imdb_dpo.modeling import load_tokenizer
+from imdb_dpo.modeling import load_tokenizer, set_model_init_kwargs
 from imdb_dpo.precision import inference_dtype
 from imdb_dpo.preemption import StopRequest, exit_resumable
 from imdb_dpo.reward import VADER, make_reward
-from imdb_dpo.rloo_training import RLOO_CURVES, PretokenizedRLOOTrainer, SentimentReward, prompts_of_pairs, run_name
+from imdb_dpo.methods.rloo import RLOO_CURVES, PretokenizedRLOOTrainer, SentimentReward, prompts_of_pairs, run_name
 from imdb_dpo.tracking import check_wandb_credentials
 from imdb_dpo.training_runs import last_logged, pairs_input, read_training_pairs, sweep_values, train_run
 
@@ -57,10 +57,7 @@ def main(script_args: RLOOScriptArguments, training_args: RLOOConfig, model_args
     inputs = {"pairs": pairs_input(script_args.pairs_file, model_args.model_name_or_path, "RLOO's start and reference"),
               "model": describe_model_input(model_args.model_name_or_path)}
     dataset = prompts_of_pairs(pairs, script_args.max_train_prompts)
-    training_args.model_init_kwargs = {
-        "dtype": model_args.dtype, "attn_implementation": model_args.attn_implementation,
-        **(training_args.model_init_kwargs or {}),
-    }
+    set_model_init_kwargs(training_args, model_args)
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     # The classifier scores on this process's own device (RLOO gathers the rewards across processes).
     reward = SentimentReward(make_reward(script_args.reward_model, script_args.reward_batch_size,

@@ -16,8 +16,8 @@ if [ -f "$configs/base.yaml" ]; then
   echo "== tiny base model and data ($configs/base.yaml)"
   "$python" -m imdb_dpo.tiny --config "$configs/base.yaml"
 fi
-# rloo and preferred_ft are the paper's baselines; a preset without their configs skips them.
-for stage in sft preference_pairs dpo rloo preferred_ft eval; do
+# rloo, preferred_ft and unlikelihood are the paper's baselines; a preset without their configs skips them.
+for stage in sft preference_pairs dpo rloo preferred_ft unlikelihood eval; do
   if [ -f "$configs/$stage.yaml" ]; then
     echo "== $stage ($configs/$stage.yaml)"
     "$python" "$stage.py" --config "$configs/$stage.yaml"

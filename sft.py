@@ -21,7 +21,7 @@ from imdb_dpo.checkpoints import checkpoint_steps, resumable_checkpoint
 from imdb_dpo.locks import main_process_lock
 from imdb_dpo.manifests import Manifest, describe_file_input, describe_model_input
 from imdb_dpo.outputs import OutputPlan, plan_output, run_settings
-from imdb_dpo.modeling import load_tokenizer
+from imdb_dpo.modeling import load_tokenizer, set_model_init_kwargs
 from imdb_dpo.preemption import SaveAndStopOnSignal, StopRequest, exit_resumable
 from imdb_dpo.tracking import check_wandb_credentials
 
@@ -65,11 +65,7 @@ def train(training_args: SFTConfig, model_args: ModelConfig, train_rows, held_ou
           plan: OutputPlan) -> int:
     output_dir = training_args.output_dir
     set_seed(training_args.seed)
-    training_args.model_init_kwargs = {
-        "dtype": model_args.dtype,
-        "attn_implementation": model_args.attn_implementation,
-        **(training_args.model_init_kwargs or {}),
-    }
+    set_model_init_kwargs(training_args, model_args)
     tokenizer = load_tokenizer(model_args.model_name_or_path, padding_side="right")
     stop = StopRequest()
     trainer = SFTTrainer(

@@ -26,7 +26,7 @@ from trl import DPOConfig, DPOTrainer  # noqa: E402
 
 from benchmarks.common import (SIZES, build_policy, emit, peak_memory_gb, peak_tflops, reset_peak_memory,  # noqa: E402
                                synthetic_pairs, sync, word_tokenizer)
-from imdb_dpo.dpo_training import PretokenizedDPOTrainer  # noqa: E402
+from imdb_dpo.methods.dpo import PretokenizedDPOTrainer  # noqa: E402
 
 
 class StepTimer(TrainerCallback):

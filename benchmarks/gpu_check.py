@@ -38,8 +38,8 @@ from imdb_dpo.checkpoints import checkpoint_schedule  # noqa: E402
 
 HUB_POLICY, HUB_CLASSIFIER, HUB_REVIEWS = "gpt2-large", "siebert/sentiment-roberta-large-english", "stanfordnlp/imdb"
 PRESET = os.path.join(REPO, "configs", "gpt2-large")
-# The preset at paper scale, for the projection: prompts of stage 2 and of the evaluation, sweep sizes.
-PAPER = {"sft_reviews": 25_000, "prompts": 25_000, "eval_prompts": 500, "betas": 3, "kl_coefs": 3}
+# The preset at paper scale, for the projection: IMDb's train split, prompts of stage 2 and of the evaluation.
+PAPER = {"sft_reviews": 25_000, "prompts": 25_000, "eval_prompts": 500}
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".arrow")
 MARKER = ".imdb_dpo_gpu_check"  # marks a --work folder as the check's own, which a rerun may clear
 
@@ -181,7 +181,8 @@ class Check:
                    trained=f"{out}/outputs/gpt2-large/dpo/sigmoid_beta0.1")
         for name, script, flags, run in (
                 ("rloo", "rloo.py", ["--kl_coefs", "0.05", "--reward_model", self.classifier], "rloo/rloo_kl0.05"),
-                ("preferred_ft", "preferred_ft.py", [], "preferred_ft/preferred_ft")):
+                ("preferred_ft", "preferred_ft.py", [], "preferred_ft/preferred_ft"),
+                ("unlikelihood", "unlikelihood.py", ["--alphas", "1"], "unlikelihood/unlikelihood_alpha1")):
             self.stage(name, script, *flags, "--max_steps", "3" if gpu else "2", *keep_one, *cpu,
                        *([] if gpu else ["--per_device_train_batch_size", "8", "--dataloader_num_workers", "0"]),
                        trained=f"{out}/outputs/gpt2-large/{run}")
@@ -189,6 +190,7 @@ class Check:
         self.facts["eval_samples"] = (128 if gpu else 16) * (16 + 4)  # SFT: best_of_n_samples; DPO: samples_per_prompt
         self.stage("eval", "eval.py", *d, "--num_prompts", "128" if gpu else "16", "--base_model", "",
                    "--reward_model", self.classifier, "--rloo_dir", f"{out}/none", "--preferred_ft_dir", f"{out}/none",
+                   "--unlikelihood_dir", f"{out}/none",
                    *([] if gpu else ["--use_cpu", "true", "--batch_size", "16", "--kl_batch_size", "16"]))
         for name in ("summary.csv", "report.md", "reward_vs_kl.png"):
             path = os.path.join(out, "outputs", "gpt2-large", "eval", name)
@@ -251,6 +253,13 @@ def drop_weights(path: str) -> None:
                 os.remove(os.path.join(root, name))
 
 
+def read_yaml(path: str) -> dict:
+    import yaml
+
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
 def read_json(path: str) -> dict:
     with open(path) as f:
         return json.load(f)
@@ -285,21 +294,23 @@ def projection(check: Check) -> list[tuple[str, str, float | None]]:
     prompts_s = (pairs.get("num_prompts", 0) / pp["wall_s"]) if pp.get("exit") == 0 else None
     plan.append(("preference_pairs", f"{PAPER['prompts']:,} prompts x 4 samples",
                  PAPER["prompts"] / prompts_s if prompts_s else None))
-    dpo = rate("dpo")
-    plan.append(("dpo", f"{PAPER['betas']} betas x {full_pairs:,} pairs (+ one reference pass, not counted)",
-                 PAPER["betas"] * full_pairs / dpo if dpo else None))
-    rloo = rate("rloo")
-    plan.append(("rloo", f"{PAPER['kl_coefs']} coefficients x {PAPER['prompts']:,} prompts x 4 samples",
-                 PAPER["kl_coefs"] * PAPER["prompts"] * 4 / rloo if rloo else None))
-    pft = rate("preferred_ft")
     chosen = round(min(pairs_per_prompt, 3) * PAPER["prompts"])  # distinct chosen completions: at most 3 of 4
-    plan.append(("preferred_ft", f"~{chosen:,} chosen completions", chosen / pft if pft else None))
+    # (stage, the key of its sweep in the preset, what it trains on, how many of those an epoch)
+    trained = [("dpo", "betas", "pairs (+ one reference pass, not counted)", full_pairs),
+               ("rloo", "kl_coefs", f"completions ({PAPER['prompts']:,} prompts x 4)", PAPER["prompts"] * 4),
+               ("preferred_ft", None, "chosen completions", chosen),
+               ("unlikelihood", "alphas", "pairs", full_pairs)]
+    points = 0
+    for name, sweep, what, count in trained:
+        config = read_yaml(os.path.join(PRESET, f"{name}.yaml"))
+        runs = len(config[sweep]) if sweep else 1
+        steps = max(1, count // (config["per_device_train_batch_size"] * config.get("gradient_accumulation_steps", 1)))
+        points += runs * len(checkpoint_schedule(config.get("checkpoint_schedule", "log+steps"), steps,
+                                                 config["save_steps"]))
+        speed = rate(name)
+        plan.append((name, f"{runs} run{'s' if runs > 1 else ''} x {count:,} {what}", runs * count / speed if speed else None))
     ev = rows.get("eval", {})
     if ev.get("exit") == 0 and full_pairs:
-        steps = {"dpo": full_pairs // 64, "rloo": PAPER["prompts"] * 4 // 64, "preferred_ft": chosen // 64}
-        points = (PAPER["betas"] * len(checkpoint_schedule("log+steps", steps["dpo"], 100))
-                  + PAPER["kl_coefs"] * len(checkpoint_schedule("log+steps", steps["rloo"], 100))
-                  + len(checkpoint_schedule("log+steps", steps["preferred_ft"], 100)))
         # the check evaluated SFT (16 samples a prompt, no KL pass) and one DPO checkpoint (4 samples, KL pass)
         per_point = ev["wall_s"] / 2 * PAPER["eval_prompts"] / (128 if check.gpu else 16)
         plan.append(("eval", f"{points} checkpoints + SFT x {PAPER['eval_prompts']} prompts", (points + 1) * per_point))
@@ -367,7 +378,7 @@ def benchmark_figures(result: dict | None) -> str:
         return (f"sampling {result['sampling_s']:.1f} s, reward {result['reward_s']:.1f} s, KL {result['kl_s']:.1f} s for "
                 f"{result['prompts_timed']} prompts; 500 prompts in {result['projected_500_prompts_s']:.0f} s")
     if name == "reward_precision":
-        return (f"|bf16 - fp32| mean {result['mean_abs_diff']:.2g}, max {result['max_abs_diff']:.2g} over "
+        return (f"abs(bf16 - fp32) mean {result['mean_abs_diff']:.2g}, max {result['max_abs_diff']:.2g} over "
                 f"{result['texts']} reviews (reward std {result['reward_std_fp32']:.2g}); "
                 f"{result['pair_order_flips']:.1%} of pairs reordered")
     return json.dumps(result)

@@ -13,7 +13,7 @@ import json
 import os
 from collections import Counter
 
-from .cli import UserError
+from .errors import UserError
 
 
 class DamagedLogError(UserError, ValueError):

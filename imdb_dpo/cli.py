@@ -9,14 +9,13 @@ import time
 
 import torch
 
+from .config import parse_config
+from .errors import UserError
+
 DEBUG_VARIABLE = "IMDB_DPO_DEBUG"
 RESOURCE_REPORT = "IMDB_DPO_RESOURCE_REPORT"  # a path: the stage writes what it used there when it ends
 EXIT_USER_ERROR = 2
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-
-
-class UserError(Exception):
-    """A problem in the inputs, the config or the files on disk that the user can fix; its message says how."""
 
 
 def _chain(error: BaseException):
@@ -73,8 +72,6 @@ def _take_debug_flag(argv: list[str]) -> bool:
 
 def run_stage(main, stages, argv: list[str] | None = None) -> int:
     """Parse the stage's config and run `main`; a user error becomes a message and exit status 2."""
-    from .config import parse_config
-
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = _take_debug_flag(argv) or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
     parsed, started, code = [], time.perf_counter(), None

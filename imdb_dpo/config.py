@@ -16,15 +16,11 @@ from dataclasses import dataclass, field
 import yaml
 from trl import TrlParser
 
-from .cli import UserError
+from .errors import ConfigError
 
 
 # Outputs default to the repository's own folders, wherever the command is run from.
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-class ConfigError(UserError, ValueError):
-    """A configuration problem the user must fix; the message names the file, the key and the fix."""
 
 
 @dataclass
@@ -266,6 +262,21 @@ class PreferredFTScriptArguments(CheckpointArguments):
 
 
 @dataclass
+class UnlikelihoodScriptArguments(CheckpointArguments):
+    """The DPO paper's Unlikelihood baseline: raise log p of the chosen completion, push the rejected one down."""
+
+    pairs_file: str = field(
+        default="${OUTPUT_ROOT}/generations/gpt2-large/pairs.jsonl", metadata={"help": "Pairs from stage 2."}
+    )
+    alphas: list[float] | None = field(
+        default=None, metadata={"help": "Sweep: one run per alpha (the unlikelihood term's weight), in sequence. "
+                                        "Unset: the single --alpha."}
+    )
+    max_train_pairs: int | None = None
+    overwrite: bool = field(default=False, metadata={"help": "Replace finished runs of this sweep once the new ones finish."})
+
+
+@dataclass
 class EvalArguments(SamplingArguments):
     sft_model: str = field(default="${OUTPUT_ROOT}/outputs/gpt2-large/sft", metadata={"help": "Also the KL reference."})
     base_model: str | None = field(default=None, metadata={"help": "Pre-SFT model, shown as a point when set."})
@@ -277,6 +288,11 @@ class EvalArguments(SamplingArguments):
     preferred_ft_dir: str = field(
         default="${OUTPUT_ROOT}/outputs/gpt2-large/preferred_ft",
         metadata={"help": "Root of the Preferred-FT runs (preferred_ft.py); a folder that does not exist means none "
+                          "were run."},
+    )
+    unlikelihood_dir: str = field(
+        default="${OUTPUT_ROOT}/outputs/gpt2-large/unlikelihood",
+        metadata={"help": "Root of the Unlikelihood runs (unlikelihood.py); a folder that does not exist means none "
                           "were run."},
     )
     kl_budgets: list[float] = field(

@@ -6,7 +6,7 @@ import re
 
 from datasets import Dataset, load_dataset
 
-from .cli import UserError
+from .errors import UserError
 
 _BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 _HTML_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)

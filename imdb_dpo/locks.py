@@ -18,7 +18,7 @@ import socket
 import time
 import warnings
 
-from .cli import UserError
+from .errors import UserError
 
 
 class FolderInUse(UserError, RuntimeError):

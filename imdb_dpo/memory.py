@@ -4,7 +4,7 @@ import contextlib
 
 import torch
 
-from .cli import UserError
+from .errors import UserError
 
 
 class OutOfMemory(UserError, RuntimeError):

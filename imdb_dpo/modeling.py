@@ -26,6 +26,13 @@ def base_model_of(path: str) -> str | None:
         return json.load(f)["base_model_name_or_path"]
 
 
+def set_model_init_kwargs(training_args, model_args) -> None:
+    """How the trainer loads the model from its path: ModelConfig's dtype (fp32 weights: the precision rule) and
+    attention implementation, under any model_init_kwargs the config gives explicitly."""
+    training_args.model_init_kwargs = {"dtype": model_args.dtype, "attn_implementation": model_args.attn_implementation,
+                                       **(training_args.model_init_kwargs or {})}
+
+
 def load_causal_lm(path: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
     """A model ready for inference; a LoRA adapter is merged into its base so sampling runs at full speed."""
     base = base_model_of(path)

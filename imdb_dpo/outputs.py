@@ -26,7 +26,7 @@ NOT_SETTINGS = frozenset({
     "log_level_replica", "log_on_each_node", "logging_strategy", "logging_steps", "logging_first_step",
     "logging_nan_inf_filter", "push_to_hub", "hub_token", "hub_private_repo", "hub_model_id", "hub_strategy",
     "hub_always_push", "hub_revision", "dataloader_num_workers", "dataloader_prefetch_factor",
-    "betas", "kl_coefs", "reference_only", "merge", "shard_index", "allow_fewer_prompts",
+    "betas", "kl_coefs", "alphas", "reference_only", "merge", "shard_index", "allow_fewer_prompts",
     # Input paths: what they point at is compared instead (see `run_settings`), so moved outputs still match.
     "model_name_or_path", "pairs_file", "train_file", "test_file",
 })

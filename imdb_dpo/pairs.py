@@ -18,7 +18,7 @@ import json
 import math
 import os
 
-from .cli import UserError
+from .errors import UserError
 from .manifests import read_manifest, write_text_atomic
 
 PAIRING_MODES = ("all", "best_vs_worst")

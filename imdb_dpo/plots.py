@@ -7,6 +7,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .methods import BY_KEY, TRAINED
 from .report import method_of
 from .reward import VADER  # noqa: E402
 
@@ -36,12 +37,6 @@ def reward_axis_label(reward_model: str) -> str:
     return f"mean reward\nP(POSITIVE) under {reward_model}"
 
 
-# How plot_frontier draws each trained method: one family of lines, one colour map (a shade per run) or colour each.
-FAMILIES = {
-    "dpo": {"name": "DPO", "cmap": "Blues", "fmt": "-", "marker": "o"},
-    "rloo": {"name": "RLOO", "cmap": "Oranges", "fmt": "--", "marker": "^"},
-    "preferred_ft": {"name": "Preferred-FT", "color": "green", "fmt": ":", "marker": "D"},
-}
 
 
 def _beta_key(rows: list[dict]):
@@ -53,12 +48,13 @@ def _beta_key(rows: list[dict]):
 
 def _run_label(method: str, rows: list[dict]) -> str:
     row = rows[0]
-    if method == "dpo":
-        loss = row.get("loss_type") or "sigmoid"
-        return f"DPO beta={row['beta']}" + ("" if loss == "sigmoid" else f" ({loss})")
-    if method == "rloo":
-        return f"RLOO KL coef={row['beta']}"
-    return FAMILIES[method]["name"] if method in FAMILIES else f"{method} {row['run']}"
+    if method not in BY_KEY:
+        return f"{method} {row['run']}"
+    label = BY_KEY[method].title
+    if BY_KEY[method].parameter and row["beta"] != "":
+        label += f" {BY_KEY[method].parameter}={row['beta']}"
+    loss = row.get("loss_type") or "sigmoid"
+    return label + ("" if method != "dpo" or loss == "sigmoid" else f" ({loss})")
 
 
 def plot_frontier(summary: list[dict], output_path: str, title: str = "reward vs KL") -> list[str]:
@@ -66,7 +62,8 @@ def plot_frontier(summary: list[dict], output_path: str, title: str = "reward vs
 
     One line per trained run through its checkpoints, each starting at the SFT model and each point labelled with
     its step: DPO runs solid with circles in shades of blue, RLOO runs dashed with triangles in shades of orange,
-    Preferred-FT dotted with diamonds in green (shades follow beta / the KL coefficient). Best-of-N on the SFT model
+    Preferred-FT dotted with diamonds in green, Unlikelihood dash-dotted with squares in shades of purple (shades
+    follow the method's parameter: beta, the KL coefficient, alpha). Best-of-N on the SFT model
     (labelled N=..., at its analytic KL bound), the SFT model and the base model if present. A point label that
     would overlap one already drawn is left out, so crowded checkpoints stay readable."""
     fig, ax = plt.subplots(figsize=(7.5, 5))
@@ -93,11 +90,11 @@ def plot_frontier(summary: list[dict], output_path: str, title: str = "reward vs
                          label="best-of-N on SFT (KL: analytic bound)")
         label_points(rows, lambda r: f"N={r['step']}", color, offset=(4, -10))  # below the line, clear of run labels
     runs = {run: rows for run, rows in by_run.items() if method_of(rows[0]) not in ("sft", "base", "best_of_n")}
-    families = {m: [] for m in FAMILIES}
+    families = {m.key: [] for m in TRAINED}
     for run, rows in runs.items():
         families.setdefault(method_of(rows[0]), []).append(run)
     for method, names in families.items():
-        style = FAMILIES.get(method, {"fmt": "-.", "marker": "x"})
+        style = BY_KEY[method].style if method in BY_KEY else {"fmt": "-.", "marker": "x"}
         names.sort(key=lambda run: (_beta_key(runs[run]), run))
         texts = [_run_label(method, runs[run]) for run in names]
         for i, run in enumerate(names):

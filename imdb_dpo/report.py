@@ -3,11 +3,12 @@
 import math
 import os
 
+from .methods import BY_KEY, TRAINED
+
 # summary.csv's `method` column: the key of each method, and how the report names it (in table order).
-METHOD_NAMES = {"sft": "SFT", "base": "base", "dpo": "DPO", "rloo": "RLOO", "preferred_ft": "Preferred-FT",
-                "best_of_n": "best-of-N"}
-TRAINED_METHODS = ("dpo", "rloo", "preferred_ft")  # the methods whose runs live in run folders
-BUDGET_METHODS = ("sft", "dpo", "rloo", "preferred_ft", "best_of_n")
+METHOD_NAMES = {"sft": "SFT", "base": "base", **{m.key: m.title for m in TRAINED}, "best_of_n": "best-of-N"}
+TRAINED_METHODS = tuple(m.key for m in TRAINED)  # the methods whose runs live in run folders
+BUDGET_METHODS = ("sft", *TRAINED_METHODS, "best_of_n")
 FRONTIER_BUDGET_COLUMNS = ["method", "budget", "reward_mean", "kl_mean", "run", "step"]
 
 
@@ -90,15 +91,16 @@ def _provenance(provenance: dict, checkpoints: list[dict], reward_model: str) ->
         for r in checkpoints:
             if method_of(r) == method:
                 runs.setdefault(r["run"], []).append(r)
-        root = provenance.get(f"{method}_dir")
+        root = provenance.get(BY_KEY[method].root_field)
         name = METHOD_NAMES[method]
         if runs:
             lines.append(f"- {name} runs in `{root}`:")
         else:
             lines.append(f"- {name} runs: none" + (f" in `{root}`" if root else ""))
         for run, rows in sorted(runs.items()):
-            what = {"dpo": f"beta {rows[0]['beta']}, loss `{rows[0]['loss_type']}`, ",
-                    "rloo": f"KL coef {rows[0]['beta']}, "}.get(method, "")
+            parameter = BY_KEY[method].parameter
+            what = f"{parameter} {rows[0]['beta']}, " if parameter else ""
+            what += f"loss `{rows[0]['loss_type']}`, " if method == "dpo" else ""
             lines.append(f"  - `{run}`: {what}{len(rows)} checkpoint{'s' if len(rows) != 1 else ''}")
     lines.append(f"- reward model: `{reward_model}`")
     return lines

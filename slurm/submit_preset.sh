@@ -3,7 +3,8 @@
 #   SFT -> pair shards (array) -> merge -> reference log-probs -> DPO (array over betas) -+-> evaluation
 #                                  merge -> RLOO (array over KL coefficients) ---------------+
 #                                  merge -> Preferred-FT ------------------------------------+
-# (RLOO and Preferred-FT only where the preset has rloo.yaml / preferred_ft.yaml.)
+#                                  merge -> Unlikelihood (array over alphas) ----------------+
+# (RLOO, Preferred-FT and Unlikelihood only where the preset has rloo.yaml / preferred_ft.yaml / unlikelihood.yaml.)
 # Usage, from the repo root: slurm/submit_preset.sh <preset> [number of pair shards, default 4]
 # Extra sbatch options for every job (partition, account, ...) go in SBATCH_EXTRA.
 set -euo pipefail
@@ -22,6 +23,12 @@ if [ -f "configs/$preset/rloo.yaml" ]; then
     echo "could not read kl_coefs from configs/$preset/rloo.yaml" >&2; exit 2; }
 fi
 read -r -a coef_list <<< "$coefs"
+alphas=""
+if [ -f "configs/$preset/unlikelihood.yaml" ]; then
+  alphas=$(python -c "import sys, yaml; print(*yaml.safe_load(open(sys.argv[1]))['alphas'])" "configs/$preset/unlikelihood.yaml") || {
+    echo "could not read alphas from configs/$preset/unlikelihood.yaml" >&2; exit 2; }
+fi
+read -r -a alpha_list <<< "$alphas"
 submit() { sbatch --parsable ${SBATCH_EXTRA:-} "$@"; }
 
 sft=$(submit slurm/sft.sbatch "$preset")
@@ -30,7 +37,7 @@ merge=$(submit --dependency=afterok:"$pairs" slurm/merge_pairs.sbatch "$preset" 
 reference=$(submit --dependency=afterok:"$merge" slurm/dpo_reference.sbatch "$preset")
 dpo=$(submit --dependency=afterok:"$reference" --array=0-$((${#beta_list[@]} - 1)) slurm/dpo.sbatch "$preset" "${beta_list[@]}")
 trained=$dpo
-rloo=none preferred_ft=none
+rloo=none preferred_ft=none unlikelihood=none
 if [ ${#coef_list[@]} -gt 0 ]; then
   rloo=$(submit --dependency=afterok:"$merge" --array=0-$((${#coef_list[@]} - 1)) slurm/rloo.sbatch "$preset" "${coef_list[@]}")
   trained=$trained:$rloo
@@ -39,6 +46,10 @@ if [ -f "configs/$preset/preferred_ft.yaml" ]; then
   preferred_ft=$(submit --dependency=afterok:"$merge" slurm/preferred_ft.sbatch "$preset")
   trained=$trained:$preferred_ft
 fi
+if [ ${#alpha_list[@]} -gt 0 ]; then
+  unlikelihood=$(submit --dependency=afterok:"$merge" --array=0-$((${#alpha_list[@]} - 1)) slurm/unlikelihood.sbatch "$preset" "${alpha_list[@]}")
+  trained=$trained:$unlikelihood
+fi
 evaluation=$(submit --dependency=afterok:"$trained" slurm/eval.sbatch "$preset")
-printf 'sft %s\npairs %s (array of %s)\nmerge %s\nreference %s\ndpo %s (betas %s)\nrloo %s (KL coefficients %s)\npreferred_ft %s\neval %s\n' \
-  "$sft" "$pairs" "$shards" "$merge" "$reference" "$dpo" "$betas" "$rloo" "${coefs:-none}" "$preferred_ft" "$evaluation"
+printf 'sft %s\npairs %s (array of %s)\nmerge %s\nreference %s\ndpo %s (betas %s)\nrloo %s (KL coefficients %s)\npreferred_ft %s\nunlikelihood %s (alphas %s)\neval %s\n' \
+  "$sft" "$pairs" "$shards" "$merge" "$reference" "$dpo" "$betas" "$rloo" "${coefs:-none}" "$preferred_ft" "$unlikelihood" "${alphas:-none}" "$evaluation"

@@ -19,7 +19,7 @@ from helpers import sequence_log_probs, state_dicts_equal
 from imdb_dpo.checkpoints import checkpoint_steps
 from imdb_dpo.config import PairsArguments, parse_config
 from imdb_dpo.data import load_reviews, make_prompts
-from imdb_dpo.dpo_training import PretokenizedDPOTrainer
+from imdb_dpo.methods.dpo import PretokenizedDPOTrainer
 from imdb_dpo.manifests import read_manifest
 from imdb_dpo.modeling import load_causal_lm, load_tokenizer
 from imdb_dpo.pairs import PairFileError, read_pairs

@@ -6,7 +6,7 @@ from helpers import sequence_log_probs
 from imdb_dpo.manifests import read_manifest
 from imdb_dpo.modeling import load_causal_lm
 from imdb_dpo.pairs import read_pairs
-from preferred_ft import IGNORED, chosen_examples
+from imdb_dpo.methods.preferred_ft import IGNORED, chosen_examples
 
 
 def test_examples_are_the_distinct_chosen_completions_with_the_prompt_masked():

@@ -133,10 +133,11 @@ def test_gpt2_large_preset_runs_every_stage_with_gpt2s_tokenizer_on_real_reviews
             "--save_steps", "1", *CPU_FLAGS]
     assert dpo.main(*parse_config(dpo.STAGES, argv)) == 0
     runs = sorted(r for r in os.listdir(tmp_path / "outputs/gpt2-large/dpo") if not r.startswith("."))
-    assert runs == ["sigmoid_beta0.05", "sigmoid_beta0.1", "sigmoid_beta1"]
+    assert runs == ["sigmoid_beta0.05", "sigmoid_beta0.1", "sigmoid_beta1", "sigmoid_beta5"]
 
     import preferred_ft
     import rloo
+    import unlikelihood
 
     argv = ["--config", f"{GPT2_LARGE}/rloo.yaml", "--kl_coefs", "0.05", "--max_steps", "2",
             "--per_device_train_batch_size", "8", "--max_completion_length", "8", "--save_steps", "1",
@@ -146,6 +147,10 @@ def test_gpt2_large_preset_runs_every_stage_with_gpt2s_tokenizer_on_real_reviews
     argv = ["--config", f"{GPT2_LARGE}/preferred_ft.yaml", "--max_steps", "2", "--per_device_train_batch_size", "4",
             "--save_steps", "1", *CPU_FLAGS]
     assert preferred_ft.main(*parse_config(preferred_ft.STAGES, argv)) == 0
+    argv = ["--config", f"{GPT2_LARGE}/unlikelihood.yaml", "--alphas", "1", "--max_steps", "2",
+            "--per_device_train_batch_size", "4", *CPU_FLAGS]
+    assert unlikelihood.main(*parse_config(unlikelihood.STAGES, argv)) == 0
+    assert read_manifest(tmp_path / "outputs/gpt2-large/unlikelihood/unlikelihood_alpha1")["checkpoints"] == [1, 2]
 
     argv = ["--config", f"{GPT2_LARGE}/eval.yaml", *data, "--base_model", gpt2_stand_in, "--num_prompts", "4",
             "--batch_size", "4", "--max_new_tokens", "8", "--best_of_n_samples", "4", "--reward_model", gpt2_classifier]
@@ -153,7 +158,7 @@ def test_gpt2_large_preset_runs_every_stage_with_gpt2s_tokenizer_on_real_reviews
     assert os.path.isfile(tmp_path / "outputs/gpt2-large/eval/report.md")
     with open(tmp_path / "outputs/gpt2-large/eval/summary.csv") as f:
         methods = {row["method"] for row in csv.DictReader(f)}
-    assert methods == {"sft", "base", "dpo", "rloo", "preferred_ft", "best_of_n"}
+    assert methods == {"sft", "base", "dpo", "rloo", "preferred_ft", "unlikelihood", "best_of_n"}
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from imdb_dpo.manifests import read_manifest
 from imdb_dpo.modeling import load_causal_lm, load_tokenizer
 from imdb_dpo.pairs import read_pairs
 from imdb_dpo.reward import VaderReward, make_reward
-from imdb_dpo.rloo_training import PretokenizedRLOOTrainer, SentimentReward, prompts_of_pairs
+from imdb_dpo.methods.rloo import PretokenizedRLOOTrainer, SentimentReward, prompts_of_pairs
 from imdb_dpo.sampling import plan_batches, sample_batch
 
 

@@ -4,8 +4,8 @@ import math
 
 from trl import DPOTrainer
 
-from .cli import UserError
-from .pairs import REQUIRED_IDS
+from ..errors import UserError
+from ..pairs import REQUIRED_IDS
 
 
 # What training_curves.png shows for a DPO run: (logged key or keys, panel title).

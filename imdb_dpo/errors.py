@@ -1,0 +1,9 @@
+"""The errors a user can fix: a stage prints their message as one paragraph and exits with status 2 (cli.py)."""
+
+
+class UserError(Exception):
+    """A problem in the inputs, the config or the files on disk that the user can fix; its message says how."""
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration problem the user must fix; the message names the file, the key and the fix."""

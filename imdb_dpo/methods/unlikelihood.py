@@ -1,0 +1,93 @@
+"""Unlikelihood (Welleck et al. 2019), the DPO paper's baseline that pushes the rejected completion down directly.
+
+On a pair (x, y_w, y_l), with p_t the model's probability of the token actually at position t:
+
+    loss = mean_t [-log p_t(y_w)]  +  alpha * mean_t [-log(1 - p_t(y_l))]
+
+the first term is Preferred-FT's (the chosen completion's mean token negative log-likelihood), the second the
+unlikelihood term over the rejected completion's tokens, weighted by alpha. Token means keep the loss on the scale
+of Preferred-FT's, so the two baselines share learning rates. 1 - p is clamped at 1e-5, as in Welleck et al.'s code:
+a token the model is sure of would otherwise give an infinite loss. There is no reference model.
+
+Trains on the pair file's exact token ids (a completion ends with EOS only where the model ended it).
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+from trl.trainer.dpo_trainer import DataCollatorForPreference
+from trl.trainer.utils import selective_log_softmax
+
+CURVES = [
+    ("loss", "Unlikelihood loss"),
+    (("nll/chosen", "unlikelihood/rejected"), "chosen NLL / rejected unlikelihood term (per token)"),
+    (("logps/chosen", "logps/rejected"), "log-prob of chosen / rejected"),
+]
+
+
+@dataclass
+class UnlikelihoodConfig(TrainingArguments):
+    alpha: float = field(default=1.0, metadata={"help": "Weight of the unlikelihood term on the rejected completion."})
+    max_length: int | None = field(
+        default=1024, metadata={"help": "Longest prompt + completion in tokens; longer pairs are cut at the end."}
+    )
+    model_init_kwargs: dict | None = field(
+        default=None, metadata={"help": "Keyword arguments of AutoModelForCausalLM.from_pretrained."}
+    )
+
+
+def run_name(alpha: float, use_peft: bool = False) -> str:
+    """e.g. `unlikelihood_alpha1`: the method and its weight at a glance."""
+    return f"unlikelihood_alpha{alpha:g}" + ("_lora" if use_peft else "")
+
+
+def unlikelihood_loss(logits: torch.Tensor, input_ids: torch.Tensor, completion_mask: torch.Tensor, alpha: float):
+    """The loss of a batch whose first half holds prompt + chosen and second half prompt + rejected (the layout of
+    TRL's DataCollatorForPreference), with its two terms and the sequences' log-probabilities for the logs."""
+    logp = selective_log_softmax(logits[:, :-1].float(), input_ids[:, 1:])  # position t-1 predicts token t
+    mask = completion_mask[:, 1:].to(logp.dtype)
+    logp_chosen, logp_rejected = logp.chunk(2)
+    mask_chosen, mask_rejected = mask.chunk(2)
+    nll = -(logp_chosen * mask_chosen).sum(1) / mask_chosen.sum(1)
+    one_minus_p = (1 - logp_rejected.exp()).clamp_min(1e-5)
+    unlikely = -(torch.log(one_minus_p) * mask_rejected).sum(1) / mask_rejected.sum(1)
+    return (nll + alpha * unlikely).mean(), {
+        "nll/chosen": nll.mean().item(), "unlikelihood/rejected": unlikely.mean().item(),
+        "logps/chosen": (logp_chosen * mask_chosen).sum(1).mean().item(),
+        "logps/rejected": (logp_rejected * mask_rejected).sum(1).mean().item()}
+
+
+class UnlikelihoodTrainer(Trainer):
+    """A plain `Trainer` with the unlikelihood loss over pre-tokenised pairs (`prompt_ids`, `chosen_ids`,
+    `rejected_ids`); the model is loaded from `model` (a path) with `args.model_init_kwargs`."""
+
+    loss_is_scaled_for_ga = False  # a mean over the batch: the Trainer divides by gradient_accumulation_steps
+
+    def __init__(self, model: str, args: UnlikelihoodConfig, train_dataset, processing_class, peft_config=None,
+                 callbacks=None):
+        model = AutoModelForCausalLM.from_pretrained(model, **(args.model_init_kwargs or {}))
+        if peft_config is not None:
+            from peft import get_peft_model
+
+            model = get_peft_model(model, peft_config)
+        collator = DataCollatorForPreference(pad_token_id=processing_class.pad_token_id, max_length=args.max_length)
+        super().__init__(model=model, args=args, data_collator=collator, train_dataset=train_dataset,
+                         processing_class=processing_class, callbacks=callbacks)
+        self._logged: dict[str, list[float]] = {}
+
+    def _set_signature_columns_if_needed(self):
+        self._signature_columns = ["prompt_ids", "chosen_ids", "rejected_ids"]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False).logits
+        loss, terms = unlikelihood_loss(logits, inputs["input_ids"], inputs["completion_mask"], self.args.alpha)
+        for key, value in terms.items():
+            self._logged.setdefault(key, []).append(value)
+        return (loss, logits) if return_outputs else loss
+
+    def log(self, logs: dict, start_time=None) -> None:
+        if "loss" in logs:  # a training log: add the means of the terms since the last one
+            logs.update({key: sum(values) / len(values) for key, values in self._logged.items() if values})
+            self._logged = {}
+        super().log(logs, start_time)

@@ -1,0 +1,77 @@
+"""Baseline: Unlikelihood (Welleck et al. 2019) from the SFT model on the pair file, swept over alpha.
+
+    python unlikelihood.py --config configs/gpt2-large/unlikelihood.yaml                # the config's sweep (--alphas)
+    python unlikelihood.py --config configs/gpt2-large/unlikelihood.yaml --alphas 1     # one run (a SLURM array task)
+
+The DPO paper's baseline that raises the chosen completion's likelihood and pushes the rejected one's tokens down
+with -log(1 - p), weighted by alpha (imdb_dpo/methods/unlikelihood.py has the loss). It trains on every pair of
+stage 2's pair file by its exact token ids, with no reference model. Each run goes to
+<output_dir>/unlikelihood_alpha<alpha>/, checkpoints on checkpoint_schedule, resumes by itself, and is skipped once
+finished with the same settings (--overwrite true replaces it once the new run has finished).
+"""
+
+import copy
+import os
+import sys
+
+from datasets import Dataset
+from transformers import set_seed
+from trl import ModelConfig, get_peft_config
+
+from imdb_dpo.checkpoints import check_schedule
+from imdb_dpo.checks import check_learning_rate, check_model, check_positive
+from imdb_dpo.cli import run_stage
+from imdb_dpo.config import UnlikelihoodScriptArguments
+from imdb_dpo.manifests import describe_model_input, read_manifest
+from imdb_dpo.methods.unlikelihood import CURVES, UnlikelihoodConfig, UnlikelihoodTrainer, run_name
+from imdb_dpo.modeling import load_tokenizer, set_model_init_kwargs
+from imdb_dpo.pairs import REQUIRED_IDS
+from imdb_dpo.preemption import StopRequest, exit_resumable
+from imdb_dpo.tracking import check_wandb_credentials
+from imdb_dpo.training_runs import last_logged, pairs_input, read_training_pairs, sweep_values, train_run
+
+STAGES = (UnlikelihoodScriptArguments, UnlikelihoodConfig, ModelConfig)
+
+
+def main(script_args: UnlikelihoodScriptArguments, training_args: UnlikelihoodConfig, model_args: ModelConfig) -> int:
+    training_args.distributed_state  # first, so the process group follows use_cpu as the Trainer will
+    check_wandb_credentials(training_args.report_to)
+    alphas = sweep_values("alphas", script_args.alphas, "alpha", training_args.alpha,
+                          UnlikelihoodConfig.__dataclass_fields__["alpha"].default)
+    check_learning_rate(training_args)
+    check_positive(script_args, "max_train_pairs")
+    check_positive(training_args, "max_length")
+    check_schedule(script_args.checkpoint_schedule, training_args)
+    check_model("model_name_or_path", model_args.model_name_or_path)
+    pairs = read_training_pairs(script_args.pairs_file, model_args.model_name_or_path)
+    inputs = {"pairs": pairs_input(script_args.pairs_file, model_args.model_name_or_path, "Unlikelihood's start"),
+              "model": describe_model_input(model_args.model_name_or_path)}
+    dataset = Dataset.from_list([{k: p[k] for k in REQUIRED_IDS} for p in pairs[: script_args.max_train_pairs]])
+    set_model_init_kwargs(training_args, model_args)
+    tokenizer = load_tokenizer(model_args.model_name_or_path, padding_side="right")
+    stop = StopRequest()
+    for alpha in alphas:
+        run_dir = os.path.join(training_args.output_dir, run_name(alpha, model_args.use_peft))
+        args = copy.copy(training_args)  # one config per run of the sweep
+        args.alpha, args.output_dir, args.run_name = alpha, run_dir, os.path.basename(run_dir)
+
+        def make_trainer(args, callbacks):
+            set_seed(args.seed)
+            return UnlikelihoodTrainer(model_args.model_name_or_path, args, dataset, tokenizer,
+                                       get_peft_config(model_args), callbacks)
+
+        def results(trainer):
+            return {"final_metrics": last_logged(trainer, "loss"), "pairs": len(dataset)}
+
+        if not train_run(run_dir, "unlikelihood", "Unlikelihood run",
+                         {"script": script_args, "training": args, "model": model_args}, inputs,
+                         script_args.overwrite, script_args.checkpoint_schedule, make_trainer, stop, CURVES, results):
+            return exit_resumable()
+        last = read_manifest(run_dir)["final_metrics"]
+        print(f"{run_dir}: finished on {len(dataset)} pairs; last logged log-prob of chosen "
+              f"{last.get('logps/chosen', float('nan')):.2f}, of rejected {last.get('logps/rejected', float('nan')):.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage(main, STAGES))
