@@ -7,8 +7,8 @@ import os
 
 import torch
 
-from conftest import REPO, run_script
-from helpers import sequence_log_probs
+from conftest import REPO, kill_once_saved, run_script
+from helpers import sequence_log_probs, state_dicts_equal
 from imdb_dpo.manifests import read_manifest
 from imdb_dpo.methods.unlikelihood import unlikelihood_loss
 from imdb_dpo.modeling import load_causal_lm
@@ -60,3 +60,15 @@ def test_the_evaluation_draws_the_unlikelihood_run(tiny_run):
         rows = [r for r in csv.DictReader(f) if r["method"] == "unlikelihood"]
     assert {r["run"] for r in rows} == {"unlikelihood_alpha1"} and {r["beta"] for r in rows} == {"1.0"}
     assert sorted(int(r["step"]) for r in rows) == [1, 2, 4, 8, 16, 25]
+
+
+def test_a_killed_run_resumes_to_the_preset_runs_weights(tiny_sft, tiny_pairs, tiny_run, tmp_path):
+    argv = ["--config", os.path.join(REPO, "configs/tiny/unlikelihood.yaml"), "--model_name_or_path", tiny_sft,
+            "--pairs_file", tiny_pairs, "--output_dir", str(tmp_path)]
+    run_dir = tmp_path / "unlikelihood_alpha1"
+    kill_once_saved("unlikelihood.py", argv, run_dir / "checkpoint-8", settle=0.3)  # between two checkpoints
+    assert not read_manifest(run_dir)["finished"]
+    run_script("unlikelihood.py", argv)
+    assert read_manifest(run_dir)["finished"]
+    uninterrupted = load_causal_lm(str(tiny_run["root"] / "outputs/tiny/unlikelihood/unlikelihood_alpha1"))
+    assert state_dicts_equal(uninterrupted, load_causal_lm(str(run_dir))) == []
