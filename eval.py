@@ -21,7 +21,6 @@ import sys
 import time
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from imdb_dpo.batch_log import BatchLog, read_finished
