@@ -1,7 +1,7 @@
 """The precision rule, one for every stage (README, "Precision").
 
-- Training (SFT, DPO, RLOO, Preferred-FT, Unlikelihood) keeps fp32 weights (`dtype: float32`) and computes under bf16 autocast
-  where the config sets `bf16: true` (the GPU presets); on CPU, `bf16: false`, plain fp32.
+- Training (SFT, DPO, RLOO, Preferred-FT, Unlikelihood) keeps fp32 weights (`dtype: float32`) and computes under
+  bf16 autocast where the config sets `bf16: true` (the GPU presets); on CPU, `bf16: false`, plain fp32.
 - Inference (sampling, the reward classifier, the KL pass) runs in the dtype its stage's setting names
   (`sampling_dtype`, `reward_dtype`, `kl_dtype`), float32 unless set, on whichever device the model is on. These
   settings decide results (a bf16 model samples a slightly different policy, a bf16 classifier gives a different
