@@ -30,6 +30,7 @@ from imdb_dpo.cli import run_stage
 from imdb_dpo.config import ConfigError, EvalArguments
 from imdb_dpo.data import prompts_for
 from imdb_dpo.distributed import any_process, process_state
+from imdb_dpo.errors import first_line
 from imdb_dpo.evaluation import (BEST_OF_N, best_of_n_kl_bound, best_of_n_rewards, bootstrap_interval, distinct_n,
                                  summarise, win_rate)
 from imdb_dpo.kl import sequence_kls
@@ -75,7 +76,8 @@ def run_meta(method: str, name: str, manifest: dict) -> dict:
     `--overwrite true` (same name, new id) from the one evaluated before."""
     training = manifest["config"]["training"]
     loss_type = "+".join(training["loss_type"]) if method == "dpo" else ""
-    beta = training["alpha"] if method == "unlikelihood" else training["beta"] if method in ("dpo", "rloo") else ""
+    field = BY_KEY[method].parameter_field
+    beta = training[field] if field else ""
     return {"method": method, "run": name, "loss_type": loss_type, "beta": beta, "run_id": manifest["run_id"]}
 
 
@@ -163,7 +165,7 @@ def load_policy(unit: dict, args: EvalArguments, device) -> ModelPair:
     except Exception as error:  # safetensors, torch and transformers each raise their own kind for a damaged file
         if unit["run"] == "base":
             raise
-        detail = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        detail = first_line(error, 200, type(error).__name__)
         raise UnreadableCheckpoint(f"it does not load ({type(error).__name__}: {detail})") from error
 
 

@@ -35,6 +35,7 @@ import torch  # noqa: E402
 
 from benchmarks.stand_ins import build_classifier, build_policy, roberta_tokenizer  # noqa: E402
 from imdb_dpo.checkpoints import checkpoint_schedule  # noqa: E402
+from imdb_dpo.errors import first_line  # noqa: E402
 
 HUB_POLICY, HUB_CLASSIFIER, HUB_REVIEWS = "gpt2-large", "siebert/sentiment-roberta-large-english", "stanfordnlp/imdb"
 PRESET = os.path.join(REPO, "configs", "gpt2-large")
@@ -101,7 +102,7 @@ class Check:
                 roberta_tokenizer(args.tokenizer)
             except Exception as error:
                 fail(f"--tokenizer {args.tokenizer!r} does not load as GPT-2's byte-level BPE ({type(error).__name__}: "
-                     f"{str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}); point it at GPT-2's "
+                     f"{first_line(error, 200)}); point it at GPT-2's "
                      "tokenizer folder")
         if args.reviews:
             train, test = review_files(args.reviews)

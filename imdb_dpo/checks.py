@@ -8,6 +8,7 @@ import os
 import re
 
 from .config import ConfigError
+from .errors import first_line
 from .precision import inference_dtype
 
 # A hub model id is `name` or `owner/name`; anything else that does not exist locally is a missing directory.
@@ -83,7 +84,7 @@ def check_model(field: str, path: str, tokenizer: bool = True) -> None:
     try:
         AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as error:
-        cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        cause = first_line(error, 10_000, type(error).__name__)
         raise ConfigError(
             f"{field}={path!r}: no local directory of that name (from {os.getcwd()}) and the hub model cannot be "
             f"loaded ({cause}). Fix the path, or on a machine without network download the model first (README, "

@@ -10,7 +10,7 @@ import time
 import torch
 
 from .config import parse_config
-from .errors import UserError
+from .errors import UserError, first_line
 
 DEBUG_VARIABLE = "IMDB_DPO_DEBUG"
 RESOURCE_REPORT = "IMDB_DPO_RESOURCE_REPORT"  # a path: the stage writes what it used there when it ends
@@ -34,10 +34,9 @@ def user_message(error: BaseException, output_dirs: list[str]) -> str | None:
     where_out = " or ".join(output_dirs) or "the output folder"
     for cause in _chain(error):
         if isinstance(cause, torch.OutOfMemoryError):  # a training step; sampling and evaluation name their own fix
-            detail = str(cause).strip().splitlines()[0][:300] if str(cause).strip() else "out of memory"
-            return (f"out of memory while training ({detail}). Lower per_device_train_batch_size and raise "
-                    "gradient_accumulation_steps by the same factor (the pairs per optimizer step stay the same; "
-                    "dpo.py's total_batch_size does this for you), or lower precompute_ref_batch_size if DPO's "
+            return (f"out of memory while training ({first_line(cause, default='out of memory')}). Lower "
+                    "per_device_train_batch_size and raise gradient_accumulation_steps by the same factor (the pairs "
+                    "per optimizer step stay the same; dpo.py's total_batch_size does this for you), or lower precompute_ref_batch_size if DPO's "
                     "reference pass ran out. The newest checkpoint is kept: the same command resumes from it.")
         number = cause.errno if isinstance(cause, OSError) else None
         if number in _DISK_FULL or f"os error {errno.ENOSPC})" in str(cause):

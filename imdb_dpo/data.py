@@ -6,7 +6,7 @@ import re
 
 from datasets import Dataset, load_dataset
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 _BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 _HTML_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
@@ -35,7 +35,7 @@ def _load_local(path: str, field_name: str, split: str) -> Dataset:
         cause = error.__cause__ or error
         if isinstance(cause, OSError) and cause.errno is not None:  # the disk, not the file's contents
             raise cause from error
-        detail = str(cause).strip().splitlines()[0][:200] if str(cause).strip() else type(cause).__name__
+        detail = first_line(cause, 200, type(cause).__name__)
         raise DataError(f"{field_name}={path!r}: cannot be read as {extension[1:]} ({detail}); it needs one review "
                         f"per {'line, as a JSON object with a text field' if extension == '.jsonl' else 'row'}") from error
 

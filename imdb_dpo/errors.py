@@ -7,3 +7,10 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """A configuration problem the user must fix; the message names the file, the key and the fix."""
+
+
+def first_line(error: BaseException, limit: int = 300, default: str = "") -> str:
+    """The first line of an error's message, cut to `limit` characters, for a one-paragraph message that quotes it
+    (`default`, e.g. the error's type name, when it has no text)."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else default

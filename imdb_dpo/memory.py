@@ -4,7 +4,7 @@ import contextlib
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 
 class OutOfMemory(UserError, RuntimeError):
@@ -18,7 +18,6 @@ def naming_the_fix(doing: str, fix: str):
     try:
         yield
     except torch.OutOfMemoryError as error:
-        detail = str(error).strip().splitlines()[0][:300] if str(error).strip() else "out of memory"
-        raise OutOfMemory(f"out of memory while {doing} ({detail}). {fix}. Finished work is kept on disk; run the "
-                          "command again after the change (or on a device with more free memory: nvidia-smi shows "
-                          "what else holds it)") from error
+        raise OutOfMemory(f"out of memory while {doing} ({first_line(error, default='out of memory')}). {fix}. "
+                          "Finished work is kept on disk; run the command again after the change (or on a device "
+                          "with more free memory: nvidia-smi shows what else holds it)") from error

@@ -15,15 +15,16 @@ class Method:
     root_field: str  # the EvalArguments field of the folder holding its runs
     script: str      # what makes its runs
     parameter: str = ""  # what summary.csv's `beta` column holds for it ("" when it has none)
+    parameter_field: str = ""  # the field of its trainer config that holds that parameter
     style: dict = field(default_factory=dict)  # the plot family: a colour map (a shade per run) or one colour
 
 
 TRAINED = (
-    Method("dpo", "DPO", "dpo_dir", "dpo.py", "beta", {"cmap": "Blues", "fmt": "-", "marker": "o"}),
-    Method("rloo", "RLOO", "rloo_dir", "rloo.py", "KL coef", {"cmap": "Oranges", "fmt": "--", "marker": "^"}),
-    Method("preferred_ft", "Preferred-FT", "preferred_ft_dir", "preferred_ft.py", "",
+    Method("dpo", "DPO", "dpo_dir", "dpo.py", "beta", "beta", {"cmap": "Blues", "fmt": "-", "marker": "o"}),
+    Method("rloo", "RLOO", "rloo_dir", "rloo.py", "KL coef", "beta", {"cmap": "Oranges", "fmt": "--", "marker": "^"}),
+    Method("preferred_ft", "Preferred-FT", "preferred_ft_dir", "preferred_ft.py", "", "",
            {"color": "green", "fmt": ":", "marker": "D"}),
-    Method("unlikelihood", "Unlikelihood", "unlikelihood_dir", "unlikelihood.py", "alpha",
+    Method("unlikelihood", "Unlikelihood", "unlikelihood_dir", "unlikelihood.py", "alpha", "alpha",
            {"cmap": "Purples", "fmt": "-.", "marker": "s"}),
 )
 BY_KEY = {m.key: m for m in TRAINED}
