@@ -1,12 +1,14 @@
-"""Stage 4: reward and KL(policy || SFT) of the SFT model and every checkpoint of every DPO, RLOO and Preferred-FT
-run on held-out prompts.
+"""Stage 4: reward and KL(policy || SFT) of the SFT model and every checkpoint of every trained method's runs
+(imdb_dpo/methods: DPO, RLOO on the true and on a learned reward, Preferred-FT, Unlikelihood) on held-out prompts.
 
     python eval.py --config configs/gpt2-large/eval.yaml
 
 Writes to output_dir: records/<settings>/<run>/<run id>/step-<N>/records.jsonl (one record per sample),
 summary.csv (per checkpoint, with 95% bootstrap intervals over prompts, and best-of-N rows; `method` tells the
-families apart), reward_vs_kl.png (drawn from summary.csv alone), frontier_budget.csv (per method, the best reward
-within each of kl_budgets), report.md and manifest.json. A checkpoint already evaluated with the same settings is
+families apart), reward_vs_kl.png (the paper's view, drawn from summary.csv alone) and reward_vs_kl_full.png (every
+point), overoptimisation.png (proxy against true reward of the runs on a learned reward model; Gao et al.'s curves
+fitted per method), frontier_budget.csv (per method, the best reward within each of kl_budgets), report.md and
+manifest.json. A checkpoint already evaluated with the same settings is
 skipped, and an interrupted evaluation resumes from its last finished batch. Run again with the same settings and
 models, it changes nothing; with other settings it needs --overwrite true.
 """
@@ -31,37 +33,40 @@ from imdb_dpo.config import ConfigError, EvalArguments
 from imdb_dpo.data import prompts_for
 from imdb_dpo.distributed import any_process, process_state
 from imdb_dpo.errors import first_line
+from imdb_dpo.frontier_fits import fits_by_method
 from imdb_dpo.evaluation import (BEST_OF_N, best_of_n_kl_bound, best_of_n_rewards, bootstrap_interval, distinct_n,
                                  summarise, win_rate)
 from imdb_dpo.kl import sequence_kls
 from imdb_dpo.locks import main_process_lock
 from imdb_dpo.methods import BY_KEY, TRAINED
+from imdb_dpo.methods.reward_model import LearnedReward
 from imdb_dpo.memory import OutOfMemory, naming_the_fix
 from imdb_dpo.manifests import (Manifest, describe_model_input, git_commit, is_finished, read_manifest,
                                 write_text_atomic)
 from imdb_dpo.modeling import load_causal_lm, load_tokenizer
-from imdb_dpo.plots import plot_frontier
+from imdb_dpo.plots import plot_frontier, plot_overoptimisation
 from imdb_dpo.precision import inference_dtype
 from imdb_dpo.preemption import StopRequest, exit_resumable
-from imdb_dpo.report import FRONTIER_BUDGET_COLUMNS, best_within_budgets, render_report
+from imdb_dpo.report import FRONTIER_BUDGET_COLUMNS, best_within_budgets, method_of, render_report
 from imdb_dpo.reward import VADER, make_reward
 from imdb_dpo.sampling import batch_seed, plan_batches, sample_batch
+from imdb_dpo import settings
 
 STAGES = (EvalArguments,)
 # kl_kind: `measured` (a checkpoint's exact KL) or `analytic_bound` (best-of-N: log N - (N-1)/N, never measured).
 # method: dpo, rloo, preferred_ft, sft, base or best_of_n.
+# proxy_reward_mean: the learned reward model's mean score of the samples, for the runs that optimised one (rloo_rm).
 SUMMARY_COLUMNS = ["method", "run", "loss_type", "beta", "step", "reward_model", "reward_mean", "reward_lo", "reward_hi",
                    "kl_kind", "kl_mean", "kl_lo", "kl_hi", "kl_logratio_mean", "n", "win_rate_vs_sft", "mean_length",
-                   "distinct_2", "path"]
+                   "distinct_2", "proxy_reward_mean", "path"]
 
 
 def settings_of(args: EvalArguments) -> dict:
-    """What decides an evaluation's numbers; records made under other settings are kept apart."""
-    keys = ("dataset_name", "train_file", "test_file", "text_column", "num_prompts", "min_prompt_tokens",
-            "max_prompt_tokens", "min_review_chars", "samples_per_prompt", "best_of_n_samples", "max_new_tokens",
-            "temperature", "top_k", "top_p", "batch_size", "reward_model", "reward_positive_label", "seed",
-            "sampling_dtype", "kl_dtype", "reward_dtype")
-    return {**{k: getattr(args, k) for k in keys}, "reference": describe_model_input(args.sft_model)}
+    """What decides an evaluation's numbers (imdb_dpo/settings.py); records made under other settings are kept apart.
+    The reference is named by its run id; the data files by their paths, as they always were (a records key made
+    before must stay the same)."""
+    return {**settings.settings_of(json.loads(json.dumps(vars(args)))), "train_file": args.train_file,
+            "test_file": args.test_file, "reference": describe_model_input(args.sft_model)}
 
 
 RESERVED_RUNS = ("sft", "base", "best_of_n")  # names of the rows that are not runs
@@ -78,7 +83,10 @@ def run_meta(method: str, name: str, manifest: dict) -> dict:
     loss_type = "+".join(training["loss_type"]) if method == "dpo" else ""
     field = BY_KEY[method].parameter_field
     beta = training[field] if field else ""
-    return {"method": method, "run": name, "loss_type": loss_type, "beta": beta, "run_id": manifest["run_id"]}
+    meta = {"method": method, "run": name, "loss_type": loss_type, "beta": beta, "run_id": manifest["run_id"]}
+    if method == "rloo_rm":  # the learned reward model it optimised: its score is recorded beside the true reward
+        meta["proxy_model"] = manifest["inputs"]["reward_model"]["path"]
+    return meta
 
 
 def models_to_evaluate(args: EvalArguments) -> tuple[list[dict], list[dict]]:
@@ -176,7 +184,24 @@ def records_dir(records_root: str, unit: dict) -> str:
     return os.path.join(records_root, run, f"step-{unit['step']}")
 
 
-def evaluate(unit, prompts, args, tokenizer, reference: ModelPair, reward, records_root, stop) -> list[dict] | None:
+class ProxyRewards:
+    """The learned reward models of the rloo_rm runs, each loaded once, on the evaluation's device and reward_dtype."""
+
+    def __init__(self, args: EvalArguments, device):
+        self.args, self.device, self.models = args, device, {}
+
+    def __call__(self, path: str) -> LearnedReward:
+        if path not in self.models:
+            problem = model_dir_problem(path) if os.path.isdir(path) else "the folder does not exist"
+            if problem:
+                raise UnreadableCheckpoint(f"the learned reward model it optimised, {path}, does not load: {problem}")
+            self.models[path] = LearnedReward(path, self.device, inference_dtype(self.args, "reward_dtype"),
+                                              self.args.reward_batch_size)
+        return self.models[path]
+
+
+def evaluate(unit, prompts, args, tokenizer, reference: ModelPair, reward, proxies: ProxyRewards, records_root,
+             stop) -> list[dict] | None:
     """Per-sample records of one model; None when stopped by a signal (the finished batches are kept).
 
     Under a launcher each process samples every world-th batch into a log of its own; the main process then
@@ -202,6 +227,10 @@ def evaluate(unit, prompts, args, tokenizer, reference: ModelPair, reward, recor
         flat = [(p, i, c) for p, cs in zip(batch, samples) for i, c in enumerate(cs)]
         with naming_the_fix(f"scoring {len(flat)} samples with {args.reward_model}", "Lower reward_batch_size"):
             rewards = reward([p["prompt"] + c["text"] for p, _, c in flat])
+            proxy = [None] * len(flat)
+            if unit.get("proxy_model"):
+                proxy = proxies(unit["proxy_model"]).score([p["prompt_ids"] for p, _, _ in flat],
+                                                           [c["ids"] for _, _, c in flat])
         with naming_the_fix(f"the KL pass over {len(flat)} samples of {unit['path']}", "Lower kl_batch_size"):
             exact, ratio = sequence_kls(policy.scorer, None if policy is reference else reference.scorer,
                                         [p["prompt_ids"] for p, _, _ in flat],
@@ -210,8 +239,9 @@ def evaluate(unit, prompts, args, tokenizer, reference: ModelPair, reward, recor
             {"run": unit["run"], "loss_type": unit["loss_type"], "beta": unit["beta"], "step": unit["step"],
              "prompt_id": p["prompt_id"], "prompt": p["prompt"], "prompt_ids": p["prompt_ids"], "sample": i,
              "completion_ids": c["ids"],
-             "text": c["text"], "finish": c["finish"], "reward": r, "kl_exact": ke, "kl_logratio": kr}
-            for (p, i, c), r, ke, kr in zip(flat, rewards, exact, ratio)])
+             "text": c["text"], "finish": c["finish"], "reward": r, "kl_exact": ke, "kl_logratio": kr,
+             **({} if pr is None else {"proxy_reward": pr})}
+            for (p, i, c), r, ke, kr, pr in zip(flat, rewards, exact, ratio, proxy)])
         if stop.requested:
             break
     log.close()
@@ -234,7 +264,9 @@ def summary_row(unit, records, sft_records, args) -> dict:
             "reward_model": args.reward_model, "kl_kind": "measured",
             "win_rate_vs_sft": "" if is_sft else win_rate(records, sft_records),
             "mean_length": float(np.mean([len(r["completion_ids"]) for r in records])),
-            "distinct_2": distinct_n([r["completion_ids"] for r in records], 2)}
+            "distinct_2": distinct_n([r["completion_ids"] for r in records], 2),
+            "proxy_reward_mean": float(np.mean([r["proxy_reward"] for r in records])) if "proxy_reward" in records[0]
+            else ""}
 
 
 def best_of_n_rows(sft_records, args) -> list[dict]:
@@ -247,7 +279,7 @@ def best_of_n_rows(sft_records, args) -> list[dict]:
                      "reward_mean": float(rewards.mean()), "reward_lo": lo, "reward_hi": hi,
                      "kl_kind": "analytic_bound", "kl_mean": bound, "kl_lo": bound, "kl_hi": bound,
                      "kl_logratio_mean": bound, "n": len(sft_records), "win_rate_vs_sft": "", "mean_length": "",
-                     "distinct_2": "", "path": ""})
+                     "distinct_2": "", "proxy_reward_mean": "", "path": ""})
     return rows
 
 
@@ -274,7 +306,11 @@ def write_outputs(args, units, records, prompts, settings, skipped) -> None:
     rows += best_of_n_rows(records[("sft", 0)], args)
     summary_path = os.path.join(args.output_dir, "summary.csv")
     write_csv(summary_path, SUMMARY_COLUMNS, rows)
-    plot_frontier(read_summary(summary_path), os.path.join(args.output_dir, "reward_vs_kl.png"))
+    summary = read_summary(summary_path)
+    plot_frontier(summary, os.path.join(args.output_dir, "reward_vs_kl.png"))
+    plot_frontier(summary, os.path.join(args.output_dir, "reward_vs_kl_full.png"), view="full")
+    fits = fits_by_method(summary, method_of)
+    drawn = plot_overoptimisation(summary, fits, os.path.join(args.output_dir, "overoptimisation.png"))
 
     write_csv(os.path.join(args.output_dir, "frontier_budget.csv"), FRONTIER_BUDGET_COLUMNS,
               best_within_budgets(rows, args.kl_budgets))
@@ -298,7 +334,7 @@ def write_outputs(args, units, records, prompts, settings, skipped) -> None:
                   "base_model": describe_model_input(args.base_model) if args.base_model else None}
     report_path = os.path.join(args.output_dir, "report.md")
     write_text_atomic(report_path, render_report(report_path, provenance, rows, finals, samples, curves, settings,
-                                                 skipped, args.kl_budgets))
+                                                 skipped, args.kl_budgets, fits, drawn))
     for r in finals:
         print(f"{r['label']:<28} reward {r['reward_mean']:.3f}  KL {r['kl_mean']:.2f}  "
               f"win vs SFT {r['win_rate_vs_sft'] if r['win_rate_vs_sft'] == '' else round(r['win_rate_vs_sft'], 3)}")
@@ -379,11 +415,12 @@ def evaluate_all(args: EvalArguments, tokenizer, prompts: list[dict]) -> int:
         reference = ModelPair(args.sft_model, args, device)
         reward = make_reward(args.reward_model, args.reward_batch_size, args.reward_positive_label, device,
                              inference_dtype(args, "reward_dtype"))
+    proxies = ProxyRewards(args, device)
     stop = StopRequest()
     records, evaluated = {}, []
     for unit in units:
         try:
-            result = evaluate(unit, prompts, args, tokenizer, reference, reward, records_root, stop)
+            result = evaluate(unit, prompts, args, tokenizer, reference, reward, proxies, records_root, stop)
         except UnreadableCheckpoint as error:
             skipped.append({"path": unit["path"], "reason": str(error)})
             continue

@@ -24,7 +24,8 @@ from imdb_dpo.distributed import any_process, process_state
 from imdb_dpo.locks import folder_lock
 from imdb_dpo.memory import naming_the_fix
 from imdb_dpo.manifests import Manifest, describe_file_input, describe_model_input, read_manifest, write_text_atomic
-from imdb_dpo.outputs import differences, plan_output, run_settings
+from imdb_dpo.outputs import plan_output
+from imdb_dpo.settings import differences, run_settings, settings_of
 from imdb_dpo.modeling import load_causal_lm, load_tokenizer
 from imdb_dpo.pairs import PAIRING_MODES, make_pairs, rank, write_pairs
 from imdb_dpo.precision import inference_dtype
@@ -57,10 +58,8 @@ def check_args(args: PairsArguments) -> None:
 
 
 def generation_settings(args: PairsArguments) -> dict:
-    """Everything that decides the samples; shards and restarts must agree on it."""
-    settings = {k: v for k, v in vars(args).items()
-                if k not in ("shard_index", "merge", "overwrite", "output_dir", "allow_fewer_prompts", "use_cpu")}
-    return json.loads(json.dumps(settings))
+    """Everything that decides the samples (imdb_dpo/settings.py); shards and restarts must agree on it."""
+    return settings_of(json.loads(json.dumps(vars(args))))
 
 
 def settings_now(args: PairsArguments) -> dict:

@@ -5,10 +5,16 @@
 
 RLOO maximises reward - beta * KL(policy || SFT), the objective of PPO in the DPO paper. It samples on the prompts
 of stage 2's pair file (their exact token ids), with the sampling settings of the config (the presets use stage 2's:
-temperature 1, no top-k/top-p, the same max_new_tokens as max_completion_length), and is rewarded by stage 2's
-reward: the sentiment classifier's POSITIVE probability of prompt + completion (VADER on the tiny preset). Each run
-goes to <output_dir>/rloo_kl<coef>/, checkpoints on checkpoint_schedule, resumes by itself, and is skipped once
-finished with the same settings (--overwrite true replaces it once the new run has finished).
+temperature 1, no top-k/top-p, the same max_new_tokens as max_completion_length). Its reward is one of two:
+
+- stage 2's reward (the paper's PPO-GT): the sentiment classifier's POSITIVE probability of prompt + completion
+  (VADER on the tiny preset). Runs go to <output_dir>/rloo_kl<coef>/ and are the frontier's `rloo` method.
+- a learned reward model (the paper's PPO), when reward_model names a folder reward_model.py finished: its score of
+  the prompt and completion ids (configs/<preset>/rloo_rm.yaml). Runs go to <output_dir>/rloo_rm_kl<coef>/ and are
+  the frontier's `rloo_rm` method, whose evaluation records the learned score beside the true reward.
+
+Each run checkpoints on checkpoint_schedule, resumes by itself, and is skipped once finished with the same settings
+(--overwrite true replaces it once the new run has finished).
 """
 
 import copy
@@ -27,6 +33,7 @@ from imdb_dpo.modeling import load_tokenizer, set_model_init_kwargs
 from imdb_dpo.precision import inference_dtype
 from imdb_dpo.preemption import StopRequest, exit_resumable
 from imdb_dpo.reward import VADER, make_reward
+from imdb_dpo.methods.reward_model import LearnedReward
 from imdb_dpo.methods.rloo import RLOO_CURVES, PretokenizedRLOOTrainer, SentimentReward, prompts_of_pairs, run_name
 from imdb_dpo.tracking import check_wandb_credentials
 from imdb_dpo.training_runs import last_logged, pairs_input, read_training_pairs, sweep_values, train_run
@@ -47,6 +54,21 @@ def check_inputs(script_args: RLOOScriptArguments, training_args: RLOOConfig, mo
         check_model("reward_model", script_args.reward_model)
 
 
+def learned_reward_model(script_args: RLOOScriptArguments, model: str) -> bool:
+    """Whether reward_model is a reward_model.py output (then RLOO optimises its score: method rloo_rm)."""
+    path = script_args.reward_model
+    manifest = read_manifest(path) if os.path.isdir(path) else None
+    if not (manifest and manifest.get("stage") == "reward_model"):
+        return False
+    if not manifest.get("finished"):
+        raise ConfigError(f"reward_model={path!r} is an unfinished reward_model.py run; finish it (run reward_model.py "
+                          "again: it resumes) before RLOO optimises it")
+    if load_tokenizer(path).get_vocab() != load_tokenizer(model).get_vocab():
+        raise ConfigError(f"reward_model={path!r} has another tokenizer than model_name_or_path={model!r}; the learned "
+                          "reward reads the policy's token ids, so train it on pairs of this model")
+    return True
+
+
 def main(script_args: RLOOScriptArguments, training_args: RLOOConfig, model_args: ModelConfig) -> int:
     state = training_args.distributed_state  # first, so the process group follows use_cpu as the Trainer will
     check_wandb_credentials(training_args.report_to)
@@ -59,13 +81,19 @@ def main(script_args: RLOOScriptArguments, training_args: RLOOConfig, model_args
     dataset = prompts_of_pairs(pairs, script_args.max_train_prompts)
     set_model_init_kwargs(training_args, model_args)
     tokenizer = load_tokenizer(model_args.model_name_or_path)
-    # The classifier scores on this process's own device (RLOO gathers the rewards across processes).
-    reward = SentimentReward(make_reward(script_args.reward_model, script_args.reward_batch_size,
-                                         script_args.reward_positive_label, state.device,
-                                         inference_dtype(script_args, "reward_dtype")))
+    # The reward scores on this process's own device (RLOO gathers the rewards across processes).
+    dtype = inference_dtype(script_args, "reward_dtype")
+    if learned_reward_model(script_args, model_args.model_name_or_path):
+        method = "rloo_rm"
+        inputs["reward_model"] = describe_model_input(script_args.reward_model)
+        reward = LearnedReward(script_args.reward_model, state.device, dtype, script_args.reward_batch_size)
+    else:
+        method = "rloo"
+        reward = SentimentReward(make_reward(script_args.reward_model, script_args.reward_batch_size,
+                                             script_args.reward_positive_label, state.device, dtype))
     stop = StopRequest()
     for coef in coefs:
-        run_dir = os.path.join(training_args.output_dir, run_name(coef, model_args.use_peft))
+        run_dir = os.path.join(training_args.output_dir, run_name(coef, model_args.use_peft, method))
         args = copy.copy(training_args)  # not dataclasses.replace: RLOOConfig's checks refuse its own derived sizes
         args.beta, args.output_dir, args.run_name = coef, run_dir, os.path.basename(run_dir)
 
@@ -78,7 +106,7 @@ def main(script_args: RLOOScriptArguments, training_args: RLOOConfig, model_args
         def results(trainer):
             return {"final_metrics": last_logged(trainer, "reward"), "prompts": len(dataset)}
 
-        if not train_run(run_dir, "rloo", "RLOO run", {"script": script_args, "training": args, "model": model_args},
+        if not train_run(run_dir, method, "RLOO run", {"script": script_args, "training": args, "model": model_args},
                          inputs, script_args.overwrite, script_args.checkpoint_schedule, make_trainer, stop,
                          RLOO_CURVES, results):
             return exit_resumable()

@@ -16,11 +16,14 @@ if [ -f "$configs/base.yaml" ]; then
   echo "== tiny base model and data ($configs/base.yaml)"
   "$python" -m imdb_dpo.tiny --config "$configs/base.yaml"
 fi
-# rloo, preferred_ft and unlikelihood are the paper's baselines; a preset without their configs skips them.
-for stage in sft preference_pairs dpo rloo preferred_ft unlikelihood eval; do
+# After DPO come the paper's baselines (a preset without their configs skips them): RLOO on the true reward,
+# the learned reward model and RLOO on it (rloo_rm.yaml, run by rloo.py), Preferred-FT and Unlikelihood.
+for stage in sft preference_pairs dpo rloo reward_model rloo_rm preferred_ft unlikelihood eval; do
+  script=$stage.py
+  [ "$stage" = rloo_rm ] && script=rloo.py
   if [ -f "$configs/$stage.yaml" ]; then
     echo "== $stage ($configs/$stage.yaml)"
-    "$python" "$stage.py" --config "$configs/$stage.yaml"
+    "$python" "$script" --config "$configs/$stage.yaml"
   fi
 done
 echo "== done: outputs in $OUTPUT_ROOT/outputs/$preset"

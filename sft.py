@@ -20,7 +20,8 @@ from imdb_dpo.data import load_reviews
 from imdb_dpo.checkpoints import checkpoint_steps, resumable_checkpoint
 from imdb_dpo.locks import main_process_lock
 from imdb_dpo.manifests import Manifest, describe_file_input, describe_model_input
-from imdb_dpo.outputs import OutputPlan, plan_output, run_settings
+from imdb_dpo.outputs import OutputPlan, plan_output
+from imdb_dpo.settings import run_settings
 from imdb_dpo.modeling import load_tokenizer, set_model_init_kwargs
 from imdb_dpo.preemption import SaveAndStopOnSignal, StopRequest, exit_resumable
 from imdb_dpo.tracking import check_wandb_credentials

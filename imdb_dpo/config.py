@@ -142,7 +142,8 @@ class RewardArguments:
 
     reward_model: str = field(
         default="siebert/sentiment-roberta-large-english",
-        metadata={"help": "A sequence classifier with a POSITIVE label, or 'vader' for the offline lexicon."},
+        metadata={"help": "A sequence classifier with a POSITIVE label, or 'vader' for the offline lexicon; for rloo.py "
+                          "also a folder reward_model.py finished, whose learned score RLOO then optimises (rloo_rm)."},
     )
     reward_positive_label: str = field(
         default="POSITIVE", metadata={"help": "The reward model's label whose probability is the reward."}
@@ -277,6 +278,22 @@ class UnlikelihoodScriptArguments(CheckpointArguments):
 
 
 @dataclass
+class RewardModelScriptArguments:
+    """A learned reward model (TRL's RewardTrainer, Bradley-Terry) on the pair file: the paper's PPO row optimises it."""
+
+    pairs_file: str = field(
+        default="${OUTPUT_ROOT}/generations/gpt2-large/pairs.jsonl", metadata={"help": "Pairs from stage 2."}
+    )
+    validation_fraction: float = field(
+        default=0.1,
+        metadata={"help": "Share of the prompts (with all their pairs) held out to measure pair accuracy; a prompt is "
+                          "never in both splits."},
+    )
+    max_train_pairs: int | None = field(default=None, metadata={"help": "Use only the first N pairs of the file."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace a finished run once the new one has finished."})
+
+
+@dataclass
 class EvalArguments(SamplingArguments):
     sft_model: str = field(default="${OUTPUT_ROOT}/outputs/gpt2-large/sft", metadata={"help": "Also the KL reference."})
     base_model: str | None = field(default=None, metadata={"help": "Pre-SFT model, shown as a point when set."})
@@ -289,6 +306,11 @@ class EvalArguments(SamplingArguments):
         default="${OUTPUT_ROOT}/outputs/gpt2-large/preferred_ft",
         metadata={"help": "Root of the Preferred-FT runs (preferred_ft.py); a folder that does not exist means none "
                           "were run."},
+    )
+    rloo_rm_dir: str = field(
+        default="${OUTPUT_ROOT}/outputs/gpt2-large/rloo_rm",
+        metadata={"help": "Root of the RLOO runs on a learned reward model (rloo.py with rloo_rm.yaml); their records "
+                          "also hold the learned model's score. A folder that does not exist means none were run."},
     )
     unlikelihood_dir: str = field(
         default="${OUTPUT_ROOT}/outputs/gpt2-large/unlikelihood",

@@ -9,64 +9,16 @@ The rules, the same for every stage:
   never blocks the corrected one); when it holds work, resuming would mix two settings, so it is an error that
   lists them, and `--overwrite true` discards that unfinished work.
 
-"Settings" are what decides a stage's results: paths of outputs, logging and tracking options are left out.
+"Settings" are what decides a stage's results (`settings.py` defines them once).
 """
 
-import json
 import os
 import shutil
 from dataclasses import dataclass
 
 from .config import ConfigError
 from .manifests import read_manifest
-
-# Keys that do not change what a run computes (at any depth of a manifest's config).
-NOT_SETTINGS = frozenset({
-    "output_dir", "logging_dir", "run_name", "report_to", "overwrite", "disable_tqdm", "local_rank", "log_level",
-    "log_level_replica", "log_on_each_node", "logging_strategy", "logging_steps", "logging_first_step",
-    "logging_nan_inf_filter", "push_to_hub", "hub_token", "hub_private_repo", "hub_model_id", "hub_strategy",
-    "hub_always_push", "hub_revision", "dataloader_num_workers", "dataloader_prefetch_factor",
-    "betas", "kl_coefs", "alphas", "reference_only", "merge", "shard_index", "allow_fewer_prompts",
-    # Input paths: what they point at is compared instead (see `run_settings`), so moved outputs still match.
-    "model_name_or_path", "pairs_file", "train_file", "test_file",
-})
-
-
-def _flatten(value, prefix: str = "") -> dict:
-    if isinstance(value, dict):
-        flat = {}
-        for key, item in value.items():
-            if key not in NOT_SETTINGS:
-                flat.update(_flatten(item, f"{prefix}{key}."))
-        return flat
-    return {prefix[:-1]: value}
-
-
-def differences(before: dict, now: dict) -> list[str]:
-    """'key: <before> before, <now> now' for each setting that differs (both as JSON would store them)."""
-    before, now = _flatten(json.loads(json.dumps(before, default=str))), _flatten(json.loads(json.dumps(now, default=str)))
-    return [f"{key}: {before.get(key, '(unset)')!r} before, {now.get(key, '(unset)')!r} now"
-            for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
-
-
-def _identity(described):
-    if isinstance(described, dict):
-        return described.get("run_id") or described.get("sha256") or described.get("path")
-    return described
-
-
-def run_settings(configs: dict, inputs: dict) -> dict:
-    """What decides a run's results: its configs (as its manifest stores them) and what its inputs are: the run
-    id of the stage that made a model, a file's SHA-256, or a hub name."""
-    from .manifests import config_to_dict
-
-    return {"config": {name: config_to_dict(c) if not isinstance(c, dict) else c for name, c in configs.items()},
-            "inputs": {name: _identity(described) for name, described in inputs.items()}}
-
-
-def manifest_settings(manifest: dict) -> dict:
-    return run_settings(manifest["config"], manifest["inputs"])
-
+from .settings import differences, manifest_settings
 
 def _listing(diffs: list[str]) -> str:
     shown = "; ".join(diffs[:6])

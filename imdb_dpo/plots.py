@@ -1,6 +1,7 @@
 """Figures: training curves from the trainer state, and the reward-versus-KL frontier."""
 
 import json
+import math
 
 import matplotlib
 
@@ -57,8 +58,30 @@ def _run_label(method: str, rows: list[dict]) -> str:
     return label + ("" if method != "dpo" or loss == "sigmoid" else f" ({loss})")
 
 
-def plot_frontier(summary: list[dict], output_path: str, title: str = "reward vs KL") -> list[str]:
+# The DPO paper's Figure 2 (IMDb): KL 0-20 nats, reward 0.4-1.0.
+PAPER_VIEW = {"kl": (0.0, 20.0), "reward": (0.4, 1.0)}
+
+
+def paper_view_hides(summary: list[dict]) -> int | None:
+    """How many points the paper's view leaves out, or None where the data do not allow that view: the SFT model
+    and at least two checkpoints must lie inside it."""
+    def inside(r):
+        return (PAPER_VIEW["kl"][0] <= float(r["kl_mean"]) <= PAPER_VIEW["kl"][1]
+                and PAPER_VIEW["reward"][0] <= float(r["reward_mean"]) <= PAPER_VIEW["reward"][1])
+
+    sft = [r for r in summary if r["run"] == "sft"]
+    trained = [r for r in summary if method_of(r) in BY_KEY]
+    if not (sft and all(inside(r) for r in sft) and sum(inside(r) for r in trained) >= 2):
+        return None
+    return sum(not inside(r) for r in summary)
+
+
+def plot_frontier(summary: list[dict], output_path: str, title: str = "reward vs KL", view: str = "paper") -> list[str]:
     """Reward against KL(pi || pi_ref) from the summary rows alone; returns the legend's labels.
+
+    `view` "paper" draws the paper's axes (KL 0-20 nats, linear; reward 0.4-1.0) where the data allow it (see
+    `paper_view_hides`; the title counts the points left out), "full" every point on a KL axis that is logarithmic
+    above 1 nat.
 
     One line per trained run through its checkpoints, each starting at the SFT model and each point labelled with
     its step: DPO runs solid with circles in shades of blue, RLOO runs dashed with triangles in shades of orange,
@@ -110,15 +133,25 @@ def plot_frontier(summary: list[dict], output_path: str, title: str = "reward vs
         errorbar(sft, fmt="*", color="black", markersize=12, label="SFT")
     if "base" in by_run:
         errorbar(by_run["base"], fmt="P", color="brown", markersize=9, label="base (pre-SFT)")
-    # Best-of-N lives below 2 nats and trained runs reach tens: a log scale past 1 nat shows both.
-    ax.set_xscale("symlog", linthresh=1.0)
-    ax.set_xlabel("KL(policy || SFT reference), nats per sample (log scale above 1)")
+    hidden = paper_view_hides(summary) if view == "paper" else None
+    if hidden is None:  # best-of-N lives below 2 nats and trained runs reach tens: a log scale past 1 nat shows both
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xlabel("KL(policy || SFT reference), nats per sample (log scale above 1)")
+    else:
+        ax.set_xlim(*PAPER_VIEW["kl"])
+        ax.set_ylim(*PAPER_VIEW["reward"])
+        ax.set_xlabel("KL(policy || SFT reference), nats per sample")
+        if hidden:
+            title += f" (the paper's view; {hidden} point{'s' if hidden != 1 else ''} beyond it: see the full view)"
     ax.set_ylabel(reward_axis_label(summary[0]["reward_model"]))
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     renderer, drawn = fig.canvas.get_renderer(), []
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
     for point, text, color, offset in labels:
+        if not (x0 <= point[0] <= x1 and y0 <= point[1] <= y1):
+            continue
         label = ax.annotate(text, point, xytext=offset, textcoords="offset points", fontsize=7, color=color)
         box = label.get_window_extent(renderer)
         if any(box.overlaps(other) for other in drawn):
@@ -129,3 +162,68 @@ def plot_frontier(summary: list[dict], output_path: str, title: str = "reward vs
     fig.savefig(output_path, dpi=120)
     plt.close(fig)
     return [text.get_text() for text in legend.get_texts()]
+
+
+def _family_color(method: str, i: int = 0, n: int = 1):
+    style = BY_KEY[method].style if method in BY_KEY else {"color": "gray"}
+    if "cmap" in style:
+        return matplotlib.colormaps[style["cmap"]](0.45 + 0.5 * (i / (n - 1) if n > 1 else 0.5))
+    return style.get("color", "gray")
+
+
+def plot_overoptimisation(summary: list[dict], fits: list[dict], output_path: str) -> bool:
+    """Against d = sqrt(KL): the learned-reward runs' true reward and proxy score (where there are any), and each
+    method's reward gain over SFT with its fitted Gao et al. curve. False (nothing drawn) without points to show."""
+    from .frontier_fits import curve
+
+    import numpy as np
+
+    proxied = {}
+    for r in summary:
+        if r.get("proxy_reward_mean", "") != "":
+            proxied.setdefault(r["run"], []).append(r)
+    sft = [float(r["reward_mean"]) for r in summary if r["run"] == "sft"]
+    if not (proxied or fits) or not sft:
+        return False
+    panels = (["fooled"] if proxied else []) + (["fits"] if fits else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.6), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        if panel == "fooled":
+            twin = ax.twinx()
+            for i, (run, rows) in enumerate(sorted(proxied.items())):
+                rows = sorted(rows, key=lambda r: float(r["step"]))
+                d = [math.sqrt(max(float(r["kl_mean"]), 0.0)) for r in rows]
+                color = _family_color(method_of(rows[0]), i, len(proxied))
+                ax.plot(d, [float(r["reward_mean"]) for r in rows], "-o", color=color, markersize=4,
+                        label=f"{run}: true reward")
+                twin.plot(d, [float(r["proxy_reward_mean"]) for r in rows], "--v", color=color, markersize=4,
+                          alpha=0.8, label=f"{run}: learned RM score")
+            ax.axhline(sft[0], color="black", linewidth=0.8, linestyle=":", label="SFT true reward")
+            ax.set_xlabel("d = sqrt(KL(policy || SFT)), sqrt(nats)")
+            ax.set_ylabel(reward_axis_label(summary[0]["reward_model"]))
+            twin.set_ylabel("learned reward model's score (logit)")
+            ax.set_title("RL on the learned reward model: proxy vs true reward", fontsize=10)
+            handles = ax.get_legend_handles_labels()
+            more = twin.get_legend_handles_labels()
+            ax.legend(handles[0] + more[0], handles[1] + more[1], fontsize=7, loc="best")
+        else:
+            for f in fits:
+                rows = [r for r in summary if method_of(r) == f["method"] and float(r["kl_mean"]) > 0]
+                d = np.array([math.sqrt(float(r["kl_mean"])) for r in rows])
+                gain = np.array([float(r["reward_mean"]) - sft[0] for r in rows])
+                color = _family_color(f["method"]) if f["method"] != "best_of_n" else "gray"
+                ax.scatter(d, gain, color=color, s=12)
+                grid = np.linspace(1e-3, d.max() * 1.1, 200)
+                name = "best-of-N" if f["method"] == "best_of_n" else BY_KEY[f["method"]].title
+                ax.plot(grid, curve(f, f["form"], grid), color=color,
+                        label=f"{name}: a={f['a']:.3g}, b={f['b']:.3g}, R²={f['r2']:.2f}")
+            ax.axhline(0, color="black", linewidth=0.8)
+            ax.set_xlabel("d = sqrt(KL(policy || SFT)), sqrt(nats)")
+            ax.set_ylabel("reward gain over SFT")
+            ax.set_title("Gao et al.'s forms: d(a - b log d) (RL), d(a - b d) (best-of-N)", fontsize=10)
+            ax.legend(fontsize=7, loc="best")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(output_path, dpi=110)
+    plt.close(fig)
+    return True

@@ -75,6 +75,52 @@ def _budget_section(summary: list[dict], budgets) -> list[str]:
     return lines
 
 
+def _overoptimisation_section(summary: list[dict], fits: list[dict], figure: bool) -> list[str]:
+    from .frontier_fits import FORMS, fooled
+
+    lines = ["## Over-optimisation", ""]
+    if figure:
+        lines += ["![over-optimisation](overoptimisation.png)", ""]
+    proxied: dict[str, list[dict]] = {}
+    for r in summary:
+        if r.get("proxy_reward_mean", "") != "":
+            proxied.setdefault(r["run"], []).append(r)
+    if proxied:
+        lines += [("RLOO on the learned reward model (the paper's PPO row) optimises the model's score, a proxy; the "
+                   "true reward is the evaluation's. Where the proxy keeps rising while the true reward falls, the policy "
+                   "has found what the learned model gets wrong."), ""]
+        for run, rows in sorted(proxied.items()):
+            turn = fooled(rows)
+            if turn is None:
+                lines.append(f"- `{run}`: the true reward is highest at its last checkpoint; no sign of over-optimisation "
+                             "within this run.")
+            else:
+                lines.append(
+                    f"- `{run}`: the true reward peaks at step {turn['peak_step']} ({_fmt(turn['peak_reward'])} at KL "
+                    f"{_fmt(turn['peak_kl'], 2)}); by step {turn['last_step']} it has changed by "
+                    f"{turn['true_change']:+.3f} while the learned score changed by {turn['proxy_change']:+.3f}"
+                    + (" (fooled: the proxy rose as the true reward fell)." if turn["proxy_change"] > 0 else "."))
+        lines += ["", "| run | step | KL | true reward (95% CI) | learned RM score |", "|---|---|---|---|---|"]
+        for run, rows in sorted(proxied.items()):
+            for r in sorted(rows, key=lambda r: float(r["step"])):
+                lines.append(f"| {run} | {r['step']} | {_fmt(r['kl_mean'], 2)} | {_fmt(r['reward_mean'])} "
+                             f"({_fmt(r['reward_lo'])}-{_fmt(r['reward_hi'])}) | {_fmt(r['proxy_reward_mean'])} |")
+        lines.append("")
+    if fits:
+        lines += [("Per method, the true reward's gain over the SFT model against d = sqrt(KL), fitted with Gao et al. "
+                   "(2022)'s forms by least squares over all of the method's points (best-of-N at its analytic KL "
+                   "bound). b > 0: the gain turns down past the peak, at the KL shown; b <= 0: no turn within reach."), "",
+                  "| method | form | a | b | R² | points | peak at KL | peak gain |", "|---|---|---|---|---|---|---|---|"]
+        for f in fits:
+            peak = f["b"] > 0
+            lines.append(f"| {METHOD_NAMES.get(f['method'], f['method'])} | {FORMS[f['form']]} | {f['a']:.4g} "
+                         f"| {f['b']:.4g} | {_fmt(f['r2'], 2)} | {f['points']} "
+                         f"| {_fmt(f['peak_kl'], 2) if peak else '-'} | {_fmt(f['peak_gain']) if peak else '-'} |")
+    elif not proxied:
+        lines.append("No method has enough points for a fit (3 with KL > 0) and no run optimised a learned reward model.")
+    return lines
+
+
 def _provenance(provenance: dict, checkpoints: list[dict], reward_model: str) -> list[str]:
     """Which code, when, and exactly which models: enough to tell whether two reports are comparable."""
     def model(m):
@@ -108,7 +154,7 @@ def _provenance(provenance: dict, checkpoints: list[dict], reward_model: str) ->
 
 def render_report(path: str, provenance: dict, summary: list[dict], final_rows: list[dict], samples: dict,
                   curves: dict[str, str], settings: dict, skipped: list[dict] = (),
-                  kl_budgets=(1.0, 3.0, 10.0)) -> str:
+                  kl_budgets=(1.0, 3.0, 10.0), fits: list[dict] = (), overoptimisation_figure: bool = False) -> str:
     """The report's markdown. `summary`: the rows of summary.csv; `final_rows`: each model's last checkpoint, with a
     `label`; `samples`: {prompt: {label: record}}; `curves`: {run: training_curves.png}."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -135,6 +181,7 @@ def render_report(path: str, provenance: dict, summary: list[dict], final_rows: 
             f"| {_fmt(r['win_rate_vs_sft']) if r['win_rate_vs_sft'] != '' else '-'} | {_fmt(r['mean_length'], 1)} "
             f"| {_fmt(r['distinct_2'])} |")
     lines += ["", "## Reward versus KL", "", "![reward vs KL](reward_vs_kl.png)", "",
+              "Every point: [reward_vs_kl_full.png](reward_vs_kl_full.png).", "",
               "| method | run | step | reward | KL | n |", "|---|---|---|---|---|---|"]
     for r in checkpoints:
         lines.append(f"| {METHOD_NAMES.get(method_of(r), method_of(r))} | {r['run']} | {r['step']} "
@@ -149,6 +196,7 @@ def render_report(path: str, provenance: dict, summary: list[dict], final_rows: 
             lines.append(f"| {r['step']} | {_fmt(r['reward_mean'])} ({_fmt(r['reward_lo'])}-{_fmt(r['reward_hi'])}) "
                          f"| {_fmt(r['kl_mean'], 2)} |")
     lines += ["", *_budget_section(summary, kl_budgets)]
+    lines += ["", *_overoptimisation_section(summary, list(fits), overoptimisation_figure)]
     if curves:
         methods = {r["run"]: method_of(r) for r in checkpoints}
         order = {m: i for i, m in enumerate(METHOD_NAMES)}

@@ -116,7 +116,8 @@ def build_tiny_base(args) -> int:
     """Write `<output_dir>/model` (tokenizer + untrained GPT-2) and `<output_dir>/data/{train,test}.jsonl`."""
     from .locks import folder_lock
     from .manifests import Manifest
-    from .outputs import plan_output, run_settings
+    from .outputs import plan_output
+    from .settings import run_settings
 
     configs = {"tiny": args}
     with folder_lock(args.output_dir, "imdb_dpo.tiny"):

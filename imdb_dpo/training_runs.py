@@ -1,4 +1,4 @@
-"""One run of a sweep, the same way for every trainer-based method on the frontier (DPO, RLOO, Preferred-FT).
+"""One run of a sweep, the same way for every trainer-based stage (DPO, RLOO, the baselines, the reward model).
 
 A run lives in its own folder under the lock of that folder: it is skipped once finished with the same settings,
 resumed from its newest complete checkpoint, replaced only through `--overwrite true` (see `outputs.py`), saved
@@ -16,7 +16,8 @@ from .checkpoints import (DropOptimizerFromOldCheckpoints, ScheduledCheckpoints,
 from .config import ConfigError
 from .locks import main_process_lock
 from .manifests import Manifest, describe_file_input, describe_model_input, read_manifest
-from .outputs import plan_output, run_settings
+from .outputs import plan_output
+from .settings import run_settings
 from .pairs import REQUIRED_IDS, PairFileError, read_pairs
 from .plots import plot_training_curves
 from .preemption import SaveAndStopOnSignal, StopRequest
@@ -46,14 +47,16 @@ def same_model(a: dict, b: dict) -> bool:
     return a["path"] == b["path"]
 
 
-def pairs_input(pairs_file: str, model: str, role: str) -> dict:
-    """The identity of a finished pair file sampled from `model` (an error otherwise), for a manifest's inputs."""
+def pairs_input(pairs_file: str, model: str | None, role: str = "") -> dict:
+    """The identity of a finished pair file (sampled from `model` unless None; an error otherwise), for a manifest's
+    inputs."""
     pairs_dir = os.path.dirname(os.path.abspath(pairs_file))
     manifest = read_manifest(pairs_dir)
     if not (manifest and manifest.get("finished")):
         raise PairFileError(f"pairs_file={pairs_file!r}: no finished manifest.json beside it, so it was not "
                             "written by preference_pairs.py or its run is unfinished; finish that stage first")
-    source, start = manifest["inputs"]["model"], describe_model_input(model)
+    source = manifest["inputs"]["model"]
+    start = describe_model_input(model) if model is not None else source
     if not same_model(source, start):
         raise ConfigError(
             f"{pairs_file} was sampled from {source['path']} (run {source['run_id']}), but model_name_or_path is "
@@ -78,13 +81,14 @@ def read_training_pairs(pairs_file: str, model: str, fields=REQUIRED_IDS) -> lis
     return pairs
 
 
-def train_run(run_dir: str, stage: str, what: str, configs: dict, inputs: dict, overwrite: bool, schedule: str,
+def train_run(run_dir: str, stage: str, what: str, configs: dict, inputs: dict, overwrite: bool, schedule: str | None,
               make_trainer: Callable, stop: StopRequest, curves, results: Callable = lambda trainer: {}) -> bool:
     """Train (or resume, or skip) one run in `run_dir`; returns False when stopped by a signal.
 
     `configs["training"]` is the run's trainer config (its output_dir is set here); `make_trainer(args, callbacks)`
     builds the trainer; `results(trainer)` adds to the finished manifest; `curves` are the logged metrics that
-    `training_curves.png` shows."""
+    `training_curves.png` shows. `schedule` is the checkpoint_schedule of a run the frontier evaluates; None keeps
+    the Trainer's own save_strategy (the reward model saves where it evaluates, to keep its best epoch)."""
     args = configs["training"]
     state = args.distributed_state
     with main_process_lock(run_dir, f"{stage}.py"):
@@ -95,8 +99,8 @@ def train_run(run_dir: str, stage: str, what: str, configs: dict, inputs: dict, 
         args.output_dir = plan.directory
         manifest = Manifest(plan.directory, stage, configs, inputs)
         with own_wandb_run(args, manifest.run_id):
-            trainer = make_trainer(args, [ScheduledCheckpoints(schedule), SaveAndStopOnSignal(stop),
-                                          DropOptimizerFromOldCheckpoints()])
+            scheduled = [ScheduledCheckpoints(schedule)] if schedule else []
+            trainer = make_trainer(args, scheduled + [SaveAndStopOnSignal(stop), DropOptimizerFromOldCheckpoints()])
             trainer.train(resume_from_checkpoint=resumable_checkpoint(plan.directory))
         if stop.requested:
             return False

@@ -205,7 +205,7 @@ def test_a_run_replaced_under_its_name_is_evaluated_afresh(tiny_base, tiny_sft, 
         return next(r for r in read_csv(out / "summary.csv") if r["run"] == "run")
 
     first = evaluate("sigmoid_beta1", tmp_path / "dpo", tmp_path / "out")
-    replaced = evaluate("sigmoid_beta0.05", tmp_path / "dpo", tmp_path / "out")
-    alone = evaluate("sigmoid_beta0.05", tmp_path / "dpo_alone", tmp_path / "out_alone")
+    replaced = evaluate("sigmoid_beta5", tmp_path / "dpo", tmp_path / "out")
+    alone = evaluate("sigmoid_beta5", tmp_path / "dpo_alone", tmp_path / "out_alone")
     assert (replaced["reward_mean"], replaced["kl_mean"]) != (first["reward_mean"], first["kl_mean"])
     assert (replaced["reward_mean"], replaced["kl_mean"]) == (alone["reward_mean"], alone["kl_mean"])

@@ -24,11 +24,13 @@ def test_tiny_pipeline_shows_the_dpo_effect_and_reruns_as_a_no_op(tiny_run):
     for r in rows:
         if r["run"].startswith("sigmoid_beta") and int(r["step"]) >= int(finals.get(r["beta"], {"step": -1})["step"]):
             finals[r["beta"]] = r
-    assert sorted(finals, key=float) == ["0.05", "0.1", "1.0"]
+    assert sorted(finals, key=float) == ["0.1", "1.0", "5.0"]
     for beta, row in finals.items():
         assert float(row["reward_mean"]) > sft_reward + 0.2, (beta, row["reward_mean"], sft_reward)
-    kls = [float(finals[b]["kl_mean"]) for b in ("0.05", "0.1", "1.0")]
-    assert kls[0] > kls[1] > kls[2] > 0, kls  # a smaller beta lets the policy move further from the reference
+    kls = {beta: float(row["kl_mean"]) for beta, row in finals.items()}
+    # A small beta lets the policy move furthest from the reference. Between 1 and 5 the order is not DPO's to keep
+    # in 86 steps: a larger beta also scales the gradient, so the high-beta run moves faster early on.
+    assert kls["0.1"] > max(kls["1.0"], kls["5.0"]) and min(kls.values()) > 0, kls
     assert os.path.isfile(tmp_path / "generations/tiny/pairs.jsonl")
     assert os.path.isfile(tmp_path / "outputs/tiny/eval/report.md")
 

@@ -145,24 +145,28 @@ def test_submit_preset_chains_every_stage_with_afterok(cluster, tmp_path):
     proc = subprocess.run(["slurm/submit_preset.sh", "tiny", "3"], cwd=REPO, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     ids = dict(line.split()[:2] for line in proc.stdout.splitlines())
-    assert list(ids) == ["sft", "pairs", "merge", "reference", "dpo", "rloo", "preferred_ft", "unlikelihood", "eval"]
+    assert list(ids) == ["sft", "pairs", "merge", "reference", "dpo", "rloo", "reward_model", "rloo_rm", "preferred_ft",
+                         "unlikelihood", "eval"]
     try:
         def dependency(job):  # the job ids it waits for with afterok (an array shows as <id>_*)
             out = cluster.run("scontrol", "show", "job", job).stdout
             return sorted(re.findall(r"afterok:(\d+)", out.split("Dependency=")[1].split()[0]))
 
         for before, after in [("sft", "pairs"), ("pairs", "merge"), ("merge", "reference"), ("reference", "dpo"),
-                              ("merge", "rloo"), ("merge", "preferred_ft"), ("merge", "unlikelihood")]:
+                              ("merge", "rloo"), ("merge", "reward_model"), ("reward_model", "rloo_rm"),
+                              ("merge", "preferred_ft"), ("merge", "unlikelihood")]:
             assert dependency(ids[after]) == [ids[before]], (after, dependency(ids[after]))
         # The evaluation waits for every method's training.
-        assert dependency(ids["eval"]) == sorted(ids[k] for k in ("dpo", "rloo", "preferred_ft", "unlikelihood"))
+        assert dependency(ids["eval"]) == sorted(ids[k] for k in ("dpo", "rloo", "reward_model", "rloo_rm",
+                                                                  "preferred_ft", "unlikelihood"))
         pairs_tasks = cluster.run("squeue", "-h", "-r", "-j", ids["pairs"], "-o", "%i").stdout.split()
         dpo_tasks = cluster.run("squeue", "-h", "-r", "-j", ids["dpo"], "-o", "%i").stdout.split()
         rloo_tasks = cluster.run("squeue", "-h", "-r", "-j", ids["rloo"], "-o", "%i").stdout.split()
         assert len(pairs_tasks) == 3 and len(dpo_tasks) == 3 and len(rloo_tasks) == 2  # shards; betas; KL coefficients
         unlikelihood_tasks = cluster.run("squeue", "-h", "-r", "-j", ids["unlikelihood"], "-o", "%i").stdout.split()
         assert len(unlikelihood_tasks) == 1  # alphas
-        assert "betas 0.05 0.1 1.0" in proc.stdout and "KL coefficients 0.01 0.1" in proc.stdout
+        assert "JobName=rloo_rm" in cluster.run("scontrol", "show", "job", ids["rloo_rm"]).stdout
+        assert "betas 0.1 1.0 5.0" in proc.stdout and "KL coefficients 0.01 0.1" in proc.stdout
         assert "alphas 1.0" in proc.stdout
     finally:
         cluster.run("scancel", *ids.values())

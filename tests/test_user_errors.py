@@ -89,7 +89,7 @@ def test_a_finished_stage_run_with_other_settings_names_them(capsys, finished, t
 
 def test_beta_under_betas_is_refused(capsys, tiny_sft, tiny_pairs, tmp_path):
     refused(capsys, dpo, dpo_argv(tiny_sft, tiny_pairs, tmp_path / "dpo", "--beta", "0.2"),
-            "beta=0.2 is set, but betas=[0.05, 0.1, 1.0] decides the runs", "--betas 0.2")
+            "beta=0.2 is set, but betas=[0.1, 1.0, 5.0] decides the runs", "--betas 0.2")
     assert not (tmp_path / "dpo").exists()
 
 

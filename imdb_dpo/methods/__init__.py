@@ -22,6 +22,8 @@ class Method:
 TRAINED = (
     Method("dpo", "DPO", "dpo_dir", "dpo.py", "beta", "beta", {"cmap": "Blues", "fmt": "-", "marker": "o"}),
     Method("rloo", "RLOO", "rloo_dir", "rloo.py", "KL coef", "beta", {"cmap": "Oranges", "fmt": "--", "marker": "^"}),
+    Method("rloo_rm", "RLOO on the learned RM", "rloo_rm_dir", "rloo.py", "KL coef", "beta",
+           {"cmap": "Reds", "fmt": "--", "marker": "v"}),
     Method("preferred_ft", "Preferred-FT", "preferred_ft_dir", "preferred_ft.py", "", "",
            {"color": "green", "fmt": ":", "marker": "D"}),
     Method("unlikelihood", "Unlikelihood", "unlikelihood_dir", "unlikelihood.py", "alpha", "alpha",

@@ -16,9 +16,10 @@ RLOO_CURVES = [
 ]
 
 
-def run_name(kl_coef: float, use_peft: bool = False) -> str:
-    """e.g. `rloo_kl0.05`: the method and its KL coefficient at a glance, apart from every DPO run's name."""
-    return f"rloo_kl{kl_coef:g}" + ("_lora" if use_peft else "")
+def run_name(kl_coef: float, use_peft: bool = False, method: str = "rloo") -> str:
+    """e.g. `rloo_kl0.05` (or `rloo_rm_kl0.05` on a learned reward): the method and its KL coefficient at a glance,
+    apart from every other method's run names."""
+    return f"{method}_kl{kl_coef:g}" + ("_lora" if use_peft else "")
 
 
 def prompts_of_pairs(pairs: list[dict], limit: int | None = None) -> Dataset:

@@ -1,0 +1,130 @@
+"""The learned reward model and RL on it (the paper's PPO row): prompts never in both splits, a validation accuracy
+well above chance recomputed by hand, exact resumption, the score RLOO optimises, and the proxy beside the true
+reward in the evaluation."""
+
+import csv
+import json
+import os
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from conftest import REPO, kill_once_saved, run_script
+from helpers import state_dicts_equal
+from imdb_dpo.manifests import read_manifest
+from imdb_dpo.methods.reward_model import LearnedReward, prompt_key, split_by_prompt
+from imdb_dpo.pairs import read_pairs
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_model(tiny_run):
+    return tiny_run["root"] / "outputs/tiny/reward_model"
+
+
+def test_the_split_holds_out_whole_prompts_at_the_asked_share():
+    pairs = [{"prompt_id": f"p{i}", "prompt_ids": [i], "n": j} for i in range(50) for j in range(i % 4 + 1)]
+    train, validation = split_by_prompt(pairs, 0.2, seed=3)
+    held_out = {prompt_key(p) for p in validation}
+    assert held_out.isdisjoint(prompt_key(p) for p in train) and len(train) + len(validation) == len(pairs)
+    assert len(held_out) == 10
+    assert split_by_prompt(pairs, 0.2, seed=3) == (train, validation)
+    assert {prompt_key(p) for p in split_by_prompt(pairs, 0.2, seed=4)[1]} != held_out
+
+
+@torch.no_grad()
+def pair_accuracy(model, pairs) -> float:
+    """Share of pairs whose chosen sequence the model scores higher, each sequence scored alone and unpadded, with
+    any trailing EOS cut (GPT-2 pads with EOS, so the trained model scores the last token before it)."""
+    eos = model.config.eos_token_id
+
+    def score(ids):
+        while len(ids) > 1 and ids[-1] == eos:
+            ids = ids[:-1]
+        return model(torch.tensor([ids])).logits[0, 0].item()
+
+    wins = [score(p["prompt_ids"] + p["chosen_ids"]) > score(p["prompt_ids"] + p["rejected_ids"]) for p in pairs]
+    return sum(wins) / len(wins)
+
+
+def test_the_reward_model_beats_chance_on_held_out_prompts(tiny_reward_model, tiny_pairs):
+    manifest = read_manifest(tiny_reward_model)
+    assert manifest["finished"] and manifest["stage"] == "reward_model"
+    assert manifest["prompts"]["validation"] >= 40
+    accuracies = manifest["validation_accuracy"]
+    assert len(accuracies) == 3 and manifest["best_validation_accuracy"] == max(accuracies.values())
+    script = manifest["config"]["script"]
+    _, validation = split_by_prompt(read_pairs(tiny_pairs)[: script["max_train_pairs"]], script["validation_fraction"],
+                                    seed=manifest["config"]["training"]["seed"])
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_reward_model).eval()
+    accuracy = pair_accuracy(model, validation)
+    print(f"validation pair accuracy {accuracy:.3f} over {len(validation)} pairs; by epoch {accuracies}")
+    assert abs(accuracy - manifest["best_validation_accuracy"]) < 0.01  # the kept model is the best epoch's
+    assert accuracy > 0.6
+
+
+def test_the_learned_score_ignores_padding_and_trailing_eos(tiny_reward_model, tiny_pairs):
+    reward = LearnedReward(str(tiny_reward_model), "cpu", batch_size=3)
+    pairs = read_pairs(tiny_pairs)[:7]
+    prompts, completions = [p["prompt_ids"] for p in pairs], [p["chosen_ids"] for p in pairs]
+    batched = reward.score(prompts, completions)
+    alone = [reward.score([p], [c])[0] for p, c in zip(prompts, completions)]
+    assert batched == pytest.approx(alone, abs=1e-5)
+    eos = reward.model.config.eos_token_id
+    assert reward.score(prompts[:1], [completions[0] + [eos]]) == pytest.approx(reward.score(prompts[:1], completions[:1]))
+    # As RLOO calls a reward function: every data set column as a keyword, completion ids from the sampler.
+    assert reward(prompts=["x"] * 7, completions=["y"] * 7, completion_ids=completions, prompt_ids=prompts,
+                  trainer_state=None) == batched
+
+
+def test_a_killed_reward_model_run_resumes_to_the_same_weights(tiny_sft, tiny_pairs, tiny_reward_model, tmp_path):
+    run_dir = tmp_path / "reward_model"
+    argv = ["--config", os.path.join(REPO, "configs/tiny/reward_model.yaml"), "--model_name_or_path", tiny_sft,
+            "--pairs_file", tiny_pairs, "--output_dir", str(run_dir)]
+    first_epoch = read_manifest(tiny_reward_model)["validation_accuracy"]
+    kill_once_saved("reward_model.py", argv, run_dir / f"checkpoint-{min(int(s) for s in first_epoch)}", settle=0.5)
+    assert not read_manifest(run_dir)["finished"]
+    run_script("reward_model.py", argv)
+    assert read_manifest(run_dir)["finished"]
+    assert state_dicts_equal(AutoModelForSequenceClassification.from_pretrained(tiny_reward_model),
+                             AutoModelForSequenceClassification.from_pretrained(run_dir)) == []
+
+
+def test_a_reward_model_from_another_tokenizer_is_refused(tiny_pairs, gpt2_stand_in, tmp_path):
+    proc = run_script("reward_model.py", ["--config", os.path.join(REPO, "configs/tiny/reward_model.yaml"),
+                                          "--model_name_or_path", gpt2_stand_in, "--pairs_file", tiny_pairs,
+                                          "--output_dir", str(tmp_path / "rm")], check=False)
+    assert proc.returncode == 2 and "has another tokenizer than" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "rm").exists()
+
+
+def proxy_rows(tiny_run):
+    with open(tiny_run["root"] / "outputs/tiny/eval/summary.csv") as f:
+        return [r for r in csv.DictReader(f) if r["method"] == "rloo_rm"]
+
+
+def test_rloo_on_the_learned_reward_raises_it_and_the_evaluation_records_both(tiny_run, tiny_reward_model):
+    run_dir = tiny_run["root"] / "outputs/tiny/rloo_rm/rloo_rm_kl0.05"
+    manifest = read_manifest(run_dir)
+    assert manifest["finished"] and manifest["stage"] == "rloo_rm"
+    assert manifest["inputs"]["reward_model"]["run_id"] == read_manifest(tiny_reward_model)["run_id"]
+    rows = sorted(proxy_rows(tiny_run), key=lambda r: int(r["step"]))
+    assert [int(r["step"]) for r in rows] == manifest["checkpoints"]
+    assert all(r["proxy_reward_mean"] != "" and r["reward_mean"] != "" for r in rows)
+    print("step, KL, true reward, learned score:",
+          [(r["step"], round(float(r["kl_mean"]), 2), round(float(r["reward_mean"]), 3),
+            round(float(r["proxy_reward_mean"]), 3)) for r in rows])
+    assert float(rows[-1]["proxy_reward_mean"]) > float(rows[0]["proxy_reward_mean"]) + 0.3
+    # Each record's proxy is the learned model's score of its own ids.
+    records_root = tiny_run["root"] / "outputs/tiny/eval/records"
+    path = next(records_root.glob(f"*/rloo_rm_kl0.05/*/step-{rows[-1]['step']}/records.jsonl"))
+    records = [json.loads(line) for line in open(path)][:5]
+    reward = LearnedReward(str(tiny_reward_model), "cpu")
+    assert [r["proxy_reward"] for r in records] == pytest.approx(
+        reward.score([r["prompt_ids"] for r in records], [r["completion_ids"] for r in records]), abs=1e-5)
+    # Other methods' rows carry no proxy.
+    with open(tiny_run["root"] / "outputs/tiny/eval/summary.csv") as f:
+        assert all(r["proxy_reward_mean"] == "" for r in csv.DictReader(f) if r["method"] != "rloo_rm")
+    report = (tiny_run["root"] / "outputs/tiny/eval/report.md").read_text()
+    assert "## Over-optimisation" in report and "rloo_rm_kl0.05" in report
+    assert (tiny_run["root"] / "outputs/tiny/eval/overoptimisation.png").stat().st_size > 10_000
