@@ -24,12 +24,12 @@ from imdb_dpo.cli import run_stage
 from imdb_dpo.config import ConfigError, DPOScriptArguments
 from imdb_dpo.checkpoints import check_schedule
 from imdb_dpo.methods.dpo import DPO_CURVES, PretokenizedDPOTrainer, run_name
-from imdb_dpo.manifests import describe_model_input, read_manifest
+from imdb_dpo.manifests import describe_model_input
 from imdb_dpo.modeling import load_tokenizer, set_model_init_kwargs
 from imdb_dpo.pairs import REQUIRED_IDS
-from imdb_dpo.preemption import StopRequest, exit_resumable
+from imdb_dpo.preemption import exit_resumable
 from imdb_dpo.tracking import check_wandb_credentials
-from imdb_dpo.training_runs import last_logged, pairs_input, read_training_pairs, sweep_values, train_run
+from imdb_dpo.training_runs import last_logged, pairs_input, read_training_pairs, sweep_values, train_sweep
 
 STAGES = (DPOScriptArguments, DPOConfig, ModelConfig)
 
@@ -65,27 +65,6 @@ def new_trainer(args, model_args, dataset, tokenizer, callbacks=()):
                                   callbacks=list(callbacks))
 
 
-def train_one(beta, script_args, training_args, model_args, dataset, tokenizer, pairs, stop) -> bool:
-    """Train (or resume, or skip) the run for one beta; returns False when stopped by a signal."""
-    run_dir = os.path.join(training_args.output_dir, run_name(training_args.loss_type[0], beta,
-                                                                training_args.label_smoothing, model_args.use_peft))
-    args = dataclasses.replace(training_args, beta=beta, output_dir=run_dir, run_name=os.path.basename(run_dir))
-    inputs = {"pairs": pairs, "model": describe_model_input(model_args.model_name_or_path)}
-
-    def results(trainer):
-        return {"final_metrics": last_logged(trainer, "rewards/accuracies"), "pairs_per_step": args.world_size
-                * args.per_device_train_batch_size * args.gradient_accumulation_steps}
-
-    finished = train_run(run_dir, "dpo", "DPO run", {"script": script_args, "training": args, "model": model_args},
-                         inputs, script_args.overwrite, script_args.checkpoint_schedule,
-                         lambda a, callbacks: new_trainer(a, model_args, dataset, tokenizer, callbacks), stop,
-                         DPO_CURVES, results)
-    if finished:
-        print(f"{run_dir}: finished, last logged preference accuracy "
-              f"{read_manifest(run_dir)['final_metrics'].get('rewards/accuracies', float('nan')):.3f}")
-    return finished
-
-
 def set_total_batch_size(script_args: DPOScriptArguments, training_args: DPOConfig) -> None:
     if not script_args.total_batch_size:
         return
@@ -117,10 +96,23 @@ def main(script_args: DPOScriptArguments, training_args: DPOConfig, model_args: 
             shutil.rmtree(scratch, ignore_errors=True)
         print(f"reference log-probs cached in {training_args.output_dir}/.datasets_cache")
         return 0
-    stop = StopRequest()
-    for beta in betas:
-        if not train_one(beta, script_args, training_args, model_args, dataset, tokenizer, pairs, stop):
-            return exit_resumable()
+    def results(trainer):
+        return {"final_metrics": last_logged(trainer, "rewards/accuracies"), "pairs_per_step": trainer.args.world_size
+                * trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps}
+
+    def finished_line(manifest):
+        return f"last logged preference accuracy {manifest['final_metrics'].get('rewards/accuracies', float('nan')):.3f}"
+
+    def name(beta):
+        return run_name(training_args.loss_type[0], beta, training_args.label_smoothing, model_args.use_peft)
+
+    if not train_sweep(betas, "beta", name, "dpo", "DPO run",
+                       {"script": script_args, "training": training_args, "model": model_args},
+                       {"pairs": pairs, "model": describe_model_input(model_args.model_name_or_path)},
+                       script_args.overwrite, script_args.checkpoint_schedule,
+                       lambda args, callbacks: new_trainer(args, model_args, dataset, tokenizer, callbacks),
+                       DPO_CURVES, results, finished_line):
+        return exit_resumable()
     return 0
 
 

@@ -17,7 +17,6 @@ Each run checkpoints on checkpoint_schedule, resumes by itself, and is skipped o
 (--overwrite true replaces it once the new run has finished).
 """
 
-import copy
 import os
 import sys
 
@@ -31,12 +30,12 @@ from imdb_dpo.config import ConfigError, RLOOScriptArguments
 from imdb_dpo.manifests import describe_model_input, read_manifest
 from imdb_dpo.modeling import load_tokenizer, set_model_init_kwargs
 from imdb_dpo.precision import inference_dtype
-from imdb_dpo.preemption import StopRequest, exit_resumable
+from imdb_dpo.preemption import exit_resumable
 from imdb_dpo.reward import VADER, make_reward
 from imdb_dpo.methods.reward_model import LearnedReward
 from imdb_dpo.methods.rloo import RLOO_CURVES, PretokenizedRLOOTrainer, SentimentReward, prompts_of_pairs, run_name
 from imdb_dpo.tracking import check_wandb_credentials
-from imdb_dpo.training_runs import last_logged, pairs_input, read_training_pairs, sweep_values, train_run
+from imdb_dpo.training_runs import last_logged, pairs_input, read_training_pairs, sweep_values, train_sweep
 
 STAGES = (RLOOScriptArguments, RLOOConfig, ModelConfig)
 
@@ -91,28 +90,25 @@ def main(script_args: RLOOScriptArguments, training_args: RLOOConfig, model_args
         method = "rloo"
         reward = SentimentReward(make_reward(script_args.reward_model, script_args.reward_batch_size,
                                              script_args.reward_positive_label, state.device, dtype))
-    stop = StopRequest()
-    for coef in coefs:
-        run_dir = os.path.join(training_args.output_dir, run_name(coef, model_args.use_peft, method))
-        args = copy.copy(training_args)  # not dataclasses.replace: RLOOConfig's checks refuse its own derived sizes
-        args.beta, args.output_dir, args.run_name = coef, run_dir, os.path.basename(run_dir)
+    def make_trainer(args, callbacks):
+        set_seed(args.seed)
+        return PretokenizedRLOOTrainer(model=model_args.model_name_or_path, reward_funcs=reward, args=args,
+                                       train_dataset=dataset, processing_class=tokenizer,
+                                       peft_config=get_peft_config(model_args), callbacks=callbacks)
 
-        def make_trainer(a, callbacks):
-            set_seed(a.seed)
-            return PretokenizedRLOOTrainer(model=model_args.model_name_or_path, reward_funcs=reward, args=a,
-                                           train_dataset=dataset, processing_class=tokenizer,
-                                           peft_config=get_peft_config(model_args), callbacks=callbacks)
+    def results(trainer):
+        return {"final_metrics": last_logged(trainer, "reward"), "prompts": len(dataset)}
 
-        def results(trainer):
-            return {"final_metrics": last_logged(trainer, "reward"), "prompts": len(dataset)}
+    def finished_line(manifest):
+        last = manifest["final_metrics"]
+        return (f"last logged reward {last.get('reward', float('nan')):.3f}, KL per token "
+                f"{last.get('kl', float('nan')):.3f}")
 
-        if not train_run(run_dir, method, "RLOO run", {"script": script_args, "training": args, "model": model_args},
-                         inputs, script_args.overwrite, script_args.checkpoint_schedule, make_trainer, stop,
-                         RLOO_CURVES, results):
-            return exit_resumable()
-        last = read_manifest(run_dir)["final_metrics"]
-        print(f"{run_dir}: finished; last logged reward {last.get('reward', float('nan')):.3f}, "
-              f"KL per token {last.get('kl', float('nan')):.3f}")
+    if not train_sweep(coefs, "beta", lambda coef: run_name(coef, model_args.use_peft, method), method, "RLOO run",
+                       {"script": script_args, "training": training_args, "model": model_args}, inputs,
+                       script_args.overwrite, script_args.checkpoint_schedule, make_trainer, RLOO_CURVES, results,
+                       finished_line):
+        return exit_resumable()
     return 0
 
 

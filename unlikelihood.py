@@ -10,8 +10,6 @@ stage 2's pair file by its exact token ids, with no reference model. Each run go
 finished with the same settings (--overwrite true replaces it once the new run has finished).
 """
 
-import copy
-import os
 import sys
 
 from datasets import Dataset
@@ -22,13 +20,13 @@ from imdb_dpo.checkpoints import check_schedule
 from imdb_dpo.checks import check_learning_rate, check_model, check_positive
 from imdb_dpo.cli import run_stage
 from imdb_dpo.config import UnlikelihoodScriptArguments
-from imdb_dpo.manifests import describe_model_input, read_manifest
+from imdb_dpo.manifests import describe_model_input
 from imdb_dpo.methods.unlikelihood import CURVES, UnlikelihoodConfig, UnlikelihoodTrainer, run_name
 from imdb_dpo.modeling import load_tokenizer, set_model_init_kwargs
 from imdb_dpo.pairs import REQUIRED_IDS
-from imdb_dpo.preemption import StopRequest, exit_resumable
+from imdb_dpo.preemption import exit_resumable
 from imdb_dpo.tracking import check_wandb_credentials
-from imdb_dpo.training_runs import last_logged, pairs_input, read_training_pairs, sweep_values, train_run
+from imdb_dpo.training_runs import last_logged, pairs_input, read_training_pairs, sweep_values, train_sweep
 
 STAGES = (UnlikelihoodScriptArguments, UnlikelihoodConfig, ModelConfig)
 
@@ -49,27 +47,25 @@ def main(script_args: UnlikelihoodScriptArguments, training_args: UnlikelihoodCo
     dataset = Dataset.from_list([{k: p[k] for k in REQUIRED_IDS} for p in pairs[: script_args.max_train_pairs]])
     set_model_init_kwargs(training_args, model_args)
     tokenizer = load_tokenizer(model_args.model_name_or_path, padding_side="right")
-    stop = StopRequest()
-    for alpha in alphas:
-        run_dir = os.path.join(training_args.output_dir, run_name(alpha, model_args.use_peft))
-        args = copy.copy(training_args)  # one config per run of the sweep
-        args.alpha, args.output_dir, args.run_name = alpha, run_dir, os.path.basename(run_dir)
 
-        def make_trainer(args, callbacks):
-            set_seed(args.seed)
-            return UnlikelihoodTrainer(model_args.model_name_or_path, args, dataset, tokenizer,
-                                       get_peft_config(model_args), callbacks)
+    def make_trainer(args, callbacks):
+        set_seed(args.seed)
+        return UnlikelihoodTrainer(model_args.model_name_or_path, args, dataset, tokenizer,
+                                   get_peft_config(model_args), callbacks)
 
-        def results(trainer):
-            return {"final_metrics": last_logged(trainer, "loss"), "pairs": len(dataset)}
+    def results(trainer):
+        return {"final_metrics": last_logged(trainer, "loss"), "pairs": len(dataset)}
 
-        if not train_run(run_dir, "unlikelihood", "Unlikelihood run",
-                         {"script": script_args, "training": args, "model": model_args}, inputs,
-                         script_args.overwrite, script_args.checkpoint_schedule, make_trainer, stop, CURVES, results):
-            return exit_resumable()
-        last = read_manifest(run_dir)["final_metrics"]
-        print(f"{run_dir}: finished on {len(dataset)} pairs; last logged log-prob of chosen "
-              f"{last.get('logps/chosen', float('nan')):.2f}, of rejected {last.get('logps/rejected', float('nan')):.2f}")
+    def finished_line(manifest):
+        last = manifest["final_metrics"]
+        return (f"{len(dataset)} pairs; last logged log-prob of chosen {last.get('logps/chosen', float('nan')):.2f}, "
+                f"of rejected {last.get('logps/rejected', float('nan')):.2f}")
+
+    if not train_sweep(alphas, "alpha", lambda alpha: run_name(alpha, model_args.use_peft), "unlikelihood",
+                       "Unlikelihood run", {"script": script_args, "training": training_args, "model": model_args},
+                       inputs, script_args.overwrite, script_args.checkpoint_schedule, make_trainer, CURVES, results,
+                       finished_line):
+        return exit_resumable()
     return 0
 
 

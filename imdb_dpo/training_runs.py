@@ -5,6 +5,7 @@ resumed from its newest complete checkpoint, replaced only through `--overwrite 
 on the checkpoint schedule, stopped cleanly by a signal or the stop file, and finished with a manifest.
 """
 
+import copy
 import math
 import os
 from collections.abc import Callable
@@ -122,3 +123,22 @@ def train_run(run_dir: str, stage: str, what: str, configs: dict, inputs: dict, 
 def last_logged(trainer, key: str) -> dict:
     """The last log entry of a run that has `key` ({} if none)."""
     return next((e for e in reversed(trainer.state.log_history) if key in e), {})
+
+
+def train_sweep(values: list[float], field: str, run_name_of: Callable[[float], str], stage: str, what: str,
+                configs: dict, inputs: dict, overwrite: bool, schedule: str | None, make_trainer: Callable, curves,
+                results: Callable, finished_line: Callable[[dict], str]) -> bool:
+    """One run per value of a sweep, in order, through `train_run`: the run for `value` has `field` of the trainer
+    config set to it and lives in `<output_dir>/<run_name_of(value)>/`. Prints `finished_line(manifest)` as each
+    finishes; returns False when stopped by a signal (the runs after it are left for the next start)."""
+    training, stop = configs["training"], StopRequest()
+    for value in values:
+        run_dir = os.path.join(training.output_dir, run_name_of(value))
+        args = copy.copy(training)  # not dataclasses.replace: RLOOConfig's checks refuse its own derived sizes
+        setattr(args, field, value)
+        args.output_dir, args.run_name = run_dir, os.path.basename(run_dir)
+        if not train_run(run_dir, stage, what, {**configs, "training": args}, inputs, overwrite, schedule,
+                         make_trainer, stop, curves, results):
+            return False
+        print(f"{run_dir}: finished; {finished_line(read_manifest(run_dir))}")
+    return True

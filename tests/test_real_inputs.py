@@ -152,13 +152,25 @@ def test_gpt2_large_preset_runs_every_stage_with_gpt2s_tokenizer_on_real_reviews
     assert unlikelihood.main(*parse_config(unlikelihood.STAGES, argv)) == 0
     assert read_manifest(tmp_path / "outputs/gpt2-large/unlikelihood/unlikelihood_alpha1")["checkpoints"] == [1, 2]
 
+    import reward_model
+
+    argv = ["--config", f"{GPT2_LARGE}/reward_model.yaml", "--num_train_epochs", "2", "--validation_fraction", "0.25",
+            "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "16", *CPU_FLAGS]
+    assert reward_model.main(*parse_config(reward_model.STAGES, argv)) == 0
+    manifest = read_manifest(tmp_path / "outputs/gpt2-large/reward_model")
+    assert manifest["prompts"]["validation"] == 2 and len(manifest["validation_accuracy"]) == 2
+    argv = ["--config", f"{GPT2_LARGE}/rloo_rm.yaml", "--kl_coefs", "0.05", "--max_steps", "2",
+            "--per_device_train_batch_size", "8", "--max_completion_length", "8", *CPU_FLAGS]
+    assert rloo.main(*parse_config(rloo.STAGES, argv)) == 0
+    assert read_manifest(tmp_path / "outputs/gpt2-large/rloo_rm/rloo_rm_kl0.05")["checkpoints"] == [1, 2]
+
     argv = ["--config", f"{GPT2_LARGE}/eval.yaml", *data, "--base_model", gpt2_stand_in, "--num_prompts", "4",
             "--batch_size", "4", "--max_new_tokens", "8", "--best_of_n_samples", "4", "--reward_model", gpt2_classifier]
     assert eval_stage.main(*parse_config(eval_stage.STAGES, argv)) == 0
     assert os.path.isfile(tmp_path / "outputs/gpt2-large/eval/report.md")
     with open(tmp_path / "outputs/gpt2-large/eval/summary.csv") as f:
         methods = {row["method"] for row in csv.DictReader(f)}
-    assert methods == {"sft", "base", "dpo", "rloo", "preferred_ft", "unlikelihood", "best_of_n"}
+    assert methods == {"sft", "base", "dpo", "rloo", "rloo_rm", "preferred_ft", "unlikelihood", "best_of_n"}
 
 
 @pytest.fixture(scope="module")
