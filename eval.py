@@ -86,6 +86,7 @@ def run_meta(method: str, name: str, manifest: dict) -> dict:
     meta = {"method": method, "run": name, "loss_type": loss_type, "beta": beta, "run_id": manifest["run_id"]}
     if method == "rloo_rm":  # the learned reward model it optimised: its score is recorded beside the true reward
         meta["proxy_model"] = manifest["inputs"]["reward_model"]["path"]
+        meta["proxy_run_id"] = manifest["inputs"]["reward_model"]["run_id"]
     return meta
 
 
@@ -190,11 +191,16 @@ class ProxyRewards:
     def __init__(self, args: EvalArguments, device):
         self.args, self.device, self.models = args, device, {}
 
-    def __call__(self, path: str) -> LearnedReward:
+    def __call__(self, path: str, run_id: str | None) -> LearnedReward:
+        """The model at `path`, which must still be the run `run_id` that the RLOO run optimised."""
+        problem = model_dir_problem(path) if os.path.isdir(path) else "the folder does not exist"
+        if problem:
+            raise UnreadableCheckpoint(f"the learned reward model it optimised, {path}, does not load: {problem}")
+        now = describe_model_input(path)["run_id"]
+        if now != run_id:  # retrained with --overwrite: its score would be another model's
+            raise UnreadableCheckpoint(f"the learned reward model it optimised, {path} (run {run_id}), has been replaced "
+                                       f"by run {now}; train the RLOO run again on it, or restore that model")
         if path not in self.models:
-            problem = model_dir_problem(path) if os.path.isdir(path) else "the folder does not exist"
-            if problem:
-                raise UnreadableCheckpoint(f"the learned reward model it optimised, {path}, does not load: {problem}")
             self.models[path] = LearnedReward(path, self.device, inference_dtype(self.args, "reward_dtype"),
                                               self.args.reward_batch_size)
         return self.models[path]
@@ -229,7 +235,7 @@ def evaluate(unit, prompts, args, tokenizer, reference: ModelPair, reward, proxi
             rewards = reward([p["prompt"] + c["text"] for p, _, c in flat])
             proxy = [None] * len(flat)
             if unit.get("proxy_model"):
-                proxy = proxies(unit["proxy_model"]).score([p["prompt_ids"] for p, _, _ in flat],
+                proxy = proxies(unit["proxy_model"], unit["proxy_run_id"]).score([p["prompt_ids"] for p, _, _ in flat],
                                                            [c["ids"] for _, _, c in flat])
         with naming_the_fix(f"the KL pass over {len(flat)} samples of {unit['path']}", "Lower kl_batch_size"):
             exact, ratio = sequence_kls(policy.scorer, None if policy is reference else reference.scorer,

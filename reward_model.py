@@ -14,7 +14,7 @@ import os
 import sys
 
 from transformers import set_seed
-from trl import ModelConfig, RewardConfig, RewardTrainer, get_peft_config
+from trl import ModelConfig, RewardConfig, RewardTrainer
 
 from imdb_dpo.checks import check_learning_rate, check_model, check_positive
 from imdb_dpo.cli import run_stage
@@ -41,6 +41,9 @@ def check_inputs(script_args: RewardModelScriptArguments, training_args: RewardC
         raise ConfigError("eval_strategy: no: the reward model is judged by its validation pair accuracy; set "
                           "eval_strategy (and save_strategy) to epoch, as the presets do")
     check_model("model_name_or_path", model_args.model_name_or_path)
+    if model_args.use_peft:
+        raise ConfigError("use_peft: the reward model trains all its weights (a LoRA adapter on a new scalar head would "
+                          "leave the head untrained, and rloo.py and eval.py load the model whole); remove use_peft")
 
 
 def check_tokenizer(pairs_file: str, source: dict, model: str) -> None:
@@ -86,7 +89,7 @@ def main(script_args: RewardModelScriptArguments, training_args: RewardConfig, m
         set_seed(args.seed)
         return RewardTrainer(model=model_args.model_name_or_path, args=args, train_dataset=scored_sequences(train),
                              eval_dataset=scored_sequences(validation), processing_class=tokenizer,
-                             peft_config=get_peft_config(model_args), callbacks=callbacks)
+                             callbacks=callbacks)
 
     def results(trainer):
         return {"validation_accuracy": validation_accuracies(trainer.state.log_history),

@@ -62,6 +62,9 @@ def learned_reward_model(script_args: RLOOScriptArguments, model: str) -> bool:
     if not manifest.get("finished"):
         raise ConfigError(f"reward_model={path!r} is an unfinished reward_model.py run; finish it (run reward_model.py "
                           "again: it resumes) before RLOO optimises it")
+    if script_args.reward_positive_label != RLOOScriptArguments.reward_positive_label:
+        raise ConfigError(f"reward_positive_label={script_args.reward_positive_label!r}: a learned reward model "
+                          f"({path}) has one score and no labels; remove reward_positive_label")
     if load_tokenizer(path).get_vocab() != load_tokenizer(model).get_vocab():
         raise ConfigError(f"reward_model={path!r} has another tokenizer than model_name_or_path={model!r}; the learned "
                           "reward reads the policy's token ids, so train it on pairs of this model")

@@ -5,14 +5,16 @@ reward in the evaluation."""
 import csv
 import json
 import os
+import shutil
 
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
 from conftest import REPO, kill_once_saved, run_script
+from test_eval import eval_argv, run_eval
 from helpers import state_dicts_equal
-from imdb_dpo.manifests import read_manifest
+from imdb_dpo.manifests import read_manifest, write_json_atomic
 from imdb_dpo.methods.reward_model import LearnedReward, prompt_key, split_by_prompt
 from imdb_dpo.pairs import read_pairs
 
@@ -98,6 +100,14 @@ def test_a_reward_model_from_another_tokenizer_is_refused(tiny_pairs, gpt2_stand
     assert not (tmp_path / "rm").exists()
 
 
+def test_lora_is_refused_for_the_reward_model(tiny_sft, tiny_pairs, tmp_path):
+    proc = run_script("reward_model.py", ["--config", os.path.join(REPO, "configs/tiny/reward_model.yaml"),
+                                          "--model_name_or_path", tiny_sft, "--pairs_file", tiny_pairs,
+                                          "--output_dir", str(tmp_path / "rm"), "--use_peft", "true"], check=False)
+    assert proc.returncode == 2 and "use_peft" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "rm").exists()
+
+
 def proxy_rows(tiny_run):
     with open(tiny_run["root"] / "outputs/tiny/eval/summary.csv") as f:
         return [r for r in csv.DictReader(f) if r["method"] == "rloo_rm"]
@@ -128,3 +138,21 @@ def test_rloo_on_the_learned_reward_raises_it_and_the_evaluation_records_both(ti
     report = (tiny_run["root"] / "outputs/tiny/eval/report.md").read_text()
     assert "## Over-optimisation" in report and "rloo_rm_kl0.05" in report
     assert (tiny_run["root"] / "outputs/tiny/eval/overoptimisation.png").stat().st_size > 10_000
+
+
+def test_an_rloo_run_whose_reward_model_was_replaced_is_left_out_with_the_reason(tiny_run, tiny_base, tiny_sft, tmp_path):
+    run = tmp_path / "rloo_rm/rloo_rm_kl0.05"
+    shutil.copytree(tiny_run["root"] / "outputs/tiny/rloo_rm/rloo_rm_kl0.05", run,
+                    ignore=shutil.ignore_patterns("checkpoint-*"))
+    manifest = read_manifest(run)
+    manifest["inputs"]["reward_model"]["run_id"] = "an-earlier-reward-model"  # as after reward_model.py --overwrite
+    write_json_atomic(str(run / "manifest.json"), manifest)
+    argv = eval_argv(tiny_base, tiny_sft, tmp_path / "no_dpo", tmp_path / "eval",
+                     "--rloo_rm_dir", str(tmp_path / "rloo_rm"), "--unlikelihood_dir", str(tmp_path / "no_unlikelihood"),
+                     "--num_prompts", "4", "--batch_size", "4", "--best_of_n_samples", "4")
+    assert run_eval(argv) == 0
+    report = (tmp_path / "eval/report.md").read_text()
+    now = read_manifest(tiny_run["root"] / "outputs/tiny/reward_model")["run_id"]
+    assert f"(run an-earlier-reward-model), has been replaced by run {now}; train the RLOO run again" in report
+    with open(tmp_path / "eval/summary.csv") as f:
+        assert {r["method"] for r in csv.DictReader(f)} == {"sft", "base", "best_of_n"}
