@@ -6,6 +6,8 @@ import subprocess
 import sys
 
 from conftest import REPO
+from imdb_dpo.methods import TRAINED
+from imdb_dpo.plots import plot_frontier
 
 
 def run_pipeline(output_root):
@@ -39,3 +41,12 @@ def test_tiny_pipeline_shows_the_dpo_effect_and_reruns_as_a_no_op(tiny_run):
     out = run_pipeline(tmp_path)
     assert out.count("skipping") >= 5  # base, SFT, pairs and the three DPO runs
     assert all(os.path.getmtime(p) == t for p, t in before.items())
+
+
+def test_the_summary_and_both_plots_carry_every_method(tiny_run, tmp_path):
+    with open(tiny_run["root"] / "outputs/tiny/eval/summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["method"] for r in rows} == {"sft", "base", "best_of_n", *(m.key for m in TRAINED)}
+    for view in ("paper", "full"):
+        labels = plot_frontier(rows, str(tmp_path / f"{view}.png"), view=view)
+        assert all(any(label.startswith(m.title) for label in labels) for m in TRAINED), labels
