@@ -72,6 +72,17 @@ def _budget_section(summary: list[dict], budgets) -> list[str]:
         name = "best-of-N (KL: analytic bound)" if method == "best_of_n" else METHOD_NAMES[method]
         lines.append(f"| {name} | " + " | ".join(
             "-" if c["run"] == "" else f"{_fmt(c['reward_mean'])} ({c['run']} step {c['step']})" for c in cells) + " |")
+    dpo = {c["budget"]: c["reward_mean"] for c in table if c["method"] == "dpo" and c["run"] != ""}
+    others = [m for m in BUDGET_METHODS if m not in ("sft", "dpo") and any(c["method"] == m for c in table)]
+    if dpo and others:
+        lines += ["", ("Against DPO: each method's best reward within the budget minus DPO's (positive: above DPO). "
+                       "Point estimates: a difference smaller than the intervals of the rows above is not a finding."),
+                  "", "| method | " + " | ".join(f"KL <= {b:g}" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
+        for method in others:
+            cells = {c["budget"]: c for c in table if c["method"] == method}
+            lines.append(f"| {METHOD_NAMES[method]} | " + " | ".join(
+                "-" if b not in dpo or cells[b]["run"] == "" else f"{cells[b]['reward_mean'] - dpo[b]:+.3f}"
+                for b in budgets) + " |")
     return lines
 
 
