@@ -75,10 +75,10 @@ def main(script_args: RewardModelScriptArguments, training_args: RewardConfig, m
     check_tokenizer(script_args.pairs_file, read_manifest(os.path.dirname(os.path.abspath(script_args.pairs_file)))
                     ["inputs"]["model"], model_args.model_name_or_path)
     check_lengths(pairs, training_args.max_length, script_args.pairs_file)
-    train, validation = split_by_prompt(pairs, script_args.validation_fraction, training_args.seed)
-    if not train:
-        raise PairFileError(f"{script_args.pairs_file}: {len(pairs)} pairs of a single prompt leave nothing to train "
-                            "on once its prompt is held out; use more pairs")
+    try:
+        train, validation = split_by_prompt(pairs, script_args.validation_fraction, training_args.seed)
+    except PairFileError as error:
+        raise PairFileError(f"{script_args.pairs_file}: {error}") from None
     inputs = {"pairs": pairs_in, "model": describe_model_input(model_args.model_name_or_path)}
     set_model_init_kwargs(training_args, model_args)
     tokenizer = load_tokenizer(model_args.model_name_or_path, padding_side="right")
@@ -93,7 +93,9 @@ def main(script_args: RewardModelScriptArguments, training_args: RewardConfig, m
 
     def results(trainer):
         return {"validation_accuracy": validation_accuracies(trainer.state.log_history),
-                "best_validation_accuracy": trainer.state.best_metric,
+                "kept": {"metric": trainer.args.metric_for_best_model, "value": trainer.state.best_metric,
+                         "checkpoint": trainer.state.best_model_checkpoint and
+                         os.path.basename(trainer.state.best_model_checkpoint)},
                 "pairs": {"train": len(train), "validation": len(validation)},
                 "prompts": {"train": len({prompt_key(p) for p in train}),
                             "validation": len({prompt_key(p) for p in validation})}}
@@ -104,7 +106,9 @@ def main(script_args: RewardModelScriptArguments, training_args: RewardConfig, m
         return exit_resumable()
     manifest = read_manifest(run_dir)
     accuracies = ", ".join(f"step {s}: {a:.3f}" for s, a in manifest["validation_accuracy"].items())
-    print(f"{run_dir}: finished; validation pair accuracy {accuracies} (kept {manifest['best_validation_accuracy']})")
+    kept = manifest["kept"]
+    print(f"{run_dir}: finished; validation pair accuracy {accuracies}; kept "
+          + (f"{kept['checkpoint']} ({kept['metric']} {kept['value']:.4g})" if kept["checkpoint"] else "the last step"))
     return 0
 
 

@@ -16,7 +16,7 @@ from test_eval import eval_argv, run_eval
 from helpers import state_dicts_equal
 from imdb_dpo.manifests import read_manifest, write_json_atomic
 from imdb_dpo.methods.reward_model import LearnedReward, prompt_key, split_by_prompt
-from imdb_dpo.pairs import read_pairs
+from imdb_dpo.pairs import PairFileError, read_pairs
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +32,11 @@ def test_the_split_holds_out_whole_prompts_at_the_asked_share():
     assert len(held_out) == 10
     assert split_by_prompt(pairs, 0.2, seed=3) == (train, validation)
     assert {prompt_key(p) for p in split_by_prompt(pairs, 0.2, seed=4)[1]} != held_out
+    for fraction in (0.001, 0.999):  # a prompt on each side, whatever the fraction
+        train, validation = split_by_prompt(pairs, fraction, seed=3)
+        assert len({prompt_key(p) for p in validation}) == (1 if fraction < 0.5 else 49) and train
+    with pytest.raises(PairFileError, match="3 pairs of 1 prompt cannot be split"):
+        split_by_prompt([{"prompt_id": "p", "prompt_ids": [1]}] * 3, 0.5, seed=0)
 
 
 @torch.no_grad()
@@ -53,7 +58,9 @@ def test_the_reward_model_beats_chance_on_held_out_prompts(tiny_reward_model, ti
     assert manifest["finished"] and manifest["stage"] == "reward_model"
     assert manifest["prompts"]["validation"] >= 40
     accuracies = manifest["validation_accuracy"]
-    assert len(accuracies) == 3 and manifest["best_validation_accuracy"] == max(accuracies.values())
+    kept = manifest["kept"]
+    assert len(accuracies) == 3 and kept["metric"] == "eval_accuracy" and kept["value"] == max(accuracies.values())
+    assert kept["checkpoint"] == f"checkpoint-{max(accuracies, key=accuracies.get)}"
     script = manifest["config"]["script"]
     _, validation = split_by_prompt(read_pairs(tiny_pairs)[: script["max_train_pairs"]], script["validation_fraction"],
                                     seed=manifest["config"]["training"]["seed"])
@@ -66,7 +73,7 @@ def test_the_reward_model_beats_chance_on_held_out_prompts(tiny_reward_model, ti
     # per_device_eval_batch_size pairs, in order, not the pooled share: recomputed here exactly that way.
     size = manifest["config"]["training"]["per_device_eval_batch_size"]
     batch_means = [sum(wins[i: i + size]) / len(wins[i: i + size]) for i in range(0, len(wins), size)]
-    assert sum(batch_means) / len(batch_means) == pytest.approx(manifest["best_validation_accuracy"], abs=1e-6)
+    assert sum(batch_means) / len(batch_means) == pytest.approx(kept["value"], abs=1e-6)
 
 
 def test_the_learned_score_ignores_padding_and_trailing_eos(tiny_reward_model, tiny_pairs):

@@ -14,6 +14,8 @@ import random
 import torch
 from datasets import Dataset
 
+from ..pairs import PairFileError
+
 CURVES = [
     ("loss", "Bradley-Terry loss"),
     (("accuracy", "eval_accuracy"), "pair accuracy (train / validation)"),
@@ -26,11 +28,14 @@ def prompt_key(pair: dict):
 
 
 def split_by_prompt(pairs: list[dict], validation_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """(train, validation) pairs, with a seeded random `validation_fraction` of the distinct prompts (at least one)
-    held out whole."""
+    """(train, validation) pairs, with a seeded random `validation_fraction` of the distinct prompts held out whole:
+    at least one prompt on each side (an error below two prompts)."""
     prompts = sorted(dict.fromkeys(prompt_key(p) for p in pairs), key=str)
+    if len(prompts) < 2:
+        raise PairFileError(f"{len(pairs)} pairs of {len(prompts)} prompt cannot be split into training and validation "
+                            "prompts; use more pairs (max_train_pairs)")
     random.Random(seed).shuffle(prompts)
-    held_out = set(prompts[: max(1, round(validation_fraction * len(prompts)))])
+    held_out = set(prompts[: min(len(prompts) - 1, max(1, round(validation_fraction * len(prompts))))])
     train = [p for p in pairs if prompt_key(p) not in held_out]
     return train, [p for p in pairs if prompt_key(p) in held_out]
 
