@@ -50,18 +50,26 @@ def check_inputs(script_args: RLOOScriptArguments, training_args: RLOOConfig, mo
         raise ConfigError(f"temperature={training_args.temperature}: must be > 0 (RLOO samples)")
     check_model("model_name_or_path", model_args.model_name_or_path)
     if script_args.reward_model != VADER:
+        learned_reward_manifest(script_args.reward_model)  # an unfinished one holds no model yet: say so first
         check_model("reward_model", script_args.reward_model)
+
+
+def learned_reward_manifest(path: str) -> dict | None:
+    """The manifest of `path` when it is a finished reward_model.py run, None when it is no such run."""
+    manifest = read_manifest(path) if os.path.isdir(path) else None
+    if not (manifest and manifest.get("stage") == "reward_model"):
+        return None
+    if not manifest.get("finished"):
+        raise ConfigError(f"reward_model={path!r} is an unfinished reward_model.py run; finish it (run reward_model.py "
+                          "again: it resumes) before RLOO optimises it")
+    return manifest
 
 
 def learned_reward_model(script_args: RLOOScriptArguments, model: str) -> bool:
     """Whether reward_model is a reward_model.py output (then RLOO optimises its score: method rloo_rm)."""
     path = script_args.reward_model
-    manifest = read_manifest(path) if os.path.isdir(path) else None
-    if not (manifest and manifest.get("stage") == "reward_model"):
+    if learned_reward_manifest(path) is None:
         return False
-    if not manifest.get("finished"):
-        raise ConfigError(f"reward_model={path!r} is an unfinished reward_model.py run; finish it (run reward_model.py "
-                          "again: it resumes) before RLOO optimises it")
     if script_args.reward_positive_label != RLOOScriptArguments.reward_positive_label:
         raise ConfigError(f"reward_positive_label={script_args.reward_positive_label!r}: a learned reward model "
                           f"({path}) has one score and no labels; remove reward_positive_label")

@@ -168,3 +168,14 @@ def test_an_rloo_run_whose_reward_model_was_replaced_is_left_out_with_the_reason
     assert f"(run an-earlier-reward-model), has been replaced by run {now}; train the RLOO run again" in report
     with open(tmp_path / "eval/summary.csv") as f:
         assert {r["method"] for r in csv.DictReader(f)} == {"sft", "base", "best_of_n"}
+
+
+def test_rloo_on_an_unfinished_reward_model_is_refused_as_such(tiny_sft, tiny_pairs, tmp_path):
+    unfinished = tmp_path / "reward_model"  # a killed first epoch: a manifest and no model yet
+    unfinished.mkdir()
+    write_json_atomic(str(unfinished / "manifest.json"), {"stage": "reward_model", "finished": False, "run_id": "x"})
+    proc = run_script("rloo.py", ["--config", os.path.join(REPO, "configs/tiny/rloo_rm.yaml"), "--model_name_or_path",
+                                  tiny_sft, "--pairs_file", tiny_pairs, "--reward_model", str(unfinished),
+                                  "--output_dir", str(tmp_path / "rloo_rm")], check=False)
+    assert proc.returncode == 2 and "is an unfinished reward_model.py run; finish it" in proc.stderr
+    assert not (tmp_path / "rloo_rm").exists()
