@@ -18,7 +18,7 @@ import socket
 import time
 import warnings
 
-from .errors import UserError
+from .errors import ConfigError, UserError
 
 
 class FolderInUse(UserError, RuntimeError):
@@ -33,6 +33,9 @@ def lock_path(directory: str) -> str:
 @contextlib.contextmanager
 def folder_lock(directory: str, stage: str):
     """Hold `directory` for this process until the block ends; fail at once if another process holds it."""
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ConfigError(f"{directory} is a file, but {stage} writes a folder there; give output_dir a folder path "
+                          "(one that does not exist yet is made)")
     path = lock_path(directory)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

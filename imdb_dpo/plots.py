@@ -15,12 +15,14 @@ from .reward import VADER  # noqa: E402
 def plot_training_curves(trainer_state_path: str, output_path: str, title: str, curves: list) -> None:
     """One panel per `(key or keys, title)` of `curves`, over the optimizer steps of the trainer's log."""
     with open(trainer_state_path) as f:
-        history = [entry for entry in json.load(f)["log_history"] if "loss" in entry]
+        history = json.load(f)["log_history"]
     fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.4), squeeze=False)
-    steps = [entry["step"] for entry in history]
     for ax, (keys, label) in zip(axes[0], curves):
         for key in (keys,) if isinstance(keys, str) else keys:
-            ax.plot(steps, [entry.get(key, float("nan")) for entry in history], label=key.split("/")[-1])
+            # Each key at the steps that logged it: training logs and evaluations (eval_*) come at different steps.
+            points = [(entry["step"], entry[key]) for entry in history if key in entry]
+            ax.plot([s for s, _ in points], [v for _, v in points], marker="o" if len(points) < 12 else None,
+                    markersize=3, label=key.split("/")[-1])
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)

@@ -22,7 +22,18 @@ class SentimentClassifierReward:
 
         self.classifier = pipeline("text-classification", model=model_name, top_k=None, truncation=True,
                                    max_length=512, device=device, dtype=dtype)
-        labels = set(self.classifier.model.config.id2label.values())
+        config = self.classifier.model.config
+        what = None
+        if not any(a.endswith("ForSequenceClassification") for a in config.architectures or []):
+            what = (f"a {', '.join(config.architectures or ['model of unknown architecture'])}, not a classifier: loaded "
+                    "as one, its classification head would be new random weights")
+        elif config.num_labels < 2:
+            what = "a model of one score and no labels (a reward_model.py output without its manifest.json?)"
+        if what:
+            raise ConfigError(
+                f"reward_model={model_name!r} is {what}. Give a sentiment classifier with a positive label (the default "
+                "siebert/sentiment-roberta-large-english), 'vader', or, for rloo.py, a folder reward_model.py finished")
+        labels = set(config.id2label.values())
         if positive_label not in labels:
             raise ConfigError(f"reward_model={model_name!r} has no label {positive_label!r} (its labels: {sorted(labels)}); "
                               "set reward_positive_label to the label that means positive sentiment")

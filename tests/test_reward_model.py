@@ -179,3 +179,14 @@ def test_rloo_on_an_unfinished_reward_model_is_refused_as_such(tiny_sft, tiny_pa
                                   "--output_dir", str(tmp_path / "rloo_rm")], check=False)
     assert proc.returncode == 2 and "is an unfinished reward_model.py run; finish it" in proc.stderr
     assert not (tmp_path / "rloo_rm").exists()
+
+
+def test_a_model_with_an_untrained_head_is_refused_as_a_reward(tiny_sft, tiny_pairs, tmp_path):
+    """The SFT model loads as a classifier (a new, random head): following "set reward_positive_label" must not train
+    on that."""
+    proc = run_script("rloo.py", ["--config", os.path.join(REPO, "configs/tiny/rloo.yaml"), "--model_name_or_path",
+                                  tiny_sft, "--pairs_file", tiny_pairs, "--reward_model", tiny_sft,
+                                  "--reward_positive_label", "LABEL_1", "--output_dir", str(tmp_path / "rloo")],
+                      check=False)
+    assert proc.returncode == 2 and "is a GPT2LMHeadModel, not a classifier" in proc.stderr
+    assert not any((tmp_path / "rloo").glob("*/checkpoint-*"))
