@@ -48,7 +48,9 @@ dpo=$(submit --dependency=afterok:"$reference" --array=0-$((${#beta_list[@]} - 1
 trained=$dpo
 rloo=none reward_model=none rloo_rm=none preferred_ft=none unlikelihood=none
 if [ ${#coef_list[@]} -gt 0 ]; then
-  rloo=$(submit --dependency=afterok:"$merge" --array=0-$((${#coef_list[@]} - 1)) slurm/rloo.sbatch "$preset" "${coef_list[@]}")
+  # RLOO_CONFIG set here too: one exported in the submitting shell would otherwise reach this job.
+  rloo=$(submit --dependency=afterok:"$merge" --export=ALL,RLOO_CONFIG=rloo --array=0-$((${#coef_list[@]} - 1)) \
+    slurm/rloo.sbatch "$preset" "${coef_list[@]}")
   trained=$trained:$rloo
 fi
 if [ -f "configs/$preset/reward_model.yaml" ]; then

@@ -63,3 +63,14 @@ def test_a_second_evaluation_of_one_folder_is_refused_and_the_first_writes_each_
     records_dir = next((out / "records").iterdir())
     sft = [json.loads(line) for line in open(records_dir / "sft" / "step-0" / "records.jsonl")]
     assert len(sft) == 12 * 16 and len({(r["prompt_id"], r["sample"]) for r in sft}) == len(sft)
+
+
+def test_an_output_folder_that_is_a_file_is_named_and_left_alone(tmp_path):
+    from imdb_dpo.config import ConfigError
+
+    afile = tmp_path / "afile"
+    afile.write_text("mine\n")
+    with pytest.raises(ConfigError, match="is a file, but reward_model.py writes a folder there"):
+        with folder_lock(str(afile), "reward_model.py"):
+            pass
+    assert afile.read_text() == "mine\n" and not os.path.exists(lock_path(str(afile)))
