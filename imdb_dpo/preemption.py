@@ -69,10 +69,19 @@ class SaveAndStopOnSignal(TrainerCallback):
 
     def __init__(self, stop: StopRequest):
         self.stop = stop
+        self.stopping = False
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.stop.requested_on_any_rank():
             self.stop.reason = self.stop.reason or "another rank's stop request"
+            self.stopping = True  # on every rank alike, unlike stop.requested
             control.should_save = True
             control.should_training_stop = True
+        return control
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        # A stop ends the epoch loop early, and with eval_strategy epoch the Trainer would evaluate there as at an
+        # epoch's end: an evaluation no uninterrupted run makes, which load_best_model_at_end could then keep.
+        if self.stopping and abs(state.epoch - round(state.epoch)) > 1e-6:
+            control.should_evaluate = False
         return control

@@ -190,3 +190,31 @@ def test_a_model_with_an_untrained_head_is_refused_as_a_reward(tiny_sft, tiny_pa
                       check=False)
     assert proc.returncode == 2 and "is a GPT2LMHeadModel, not a classifier" in proc.stderr
     assert not any((tmp_path / "rloo").glob("*/checkpoint-*"))
+
+
+def test_a_stop_mid_epoch_adds_no_evaluation_and_resumes_to_the_same_model(tiny_sft, tiny_pairs, tiny_reward_model,
+                                                                           tmp_path):
+    """SIGTERM ends the epoch loop early; the Trainer must not evaluate there as at an epoch's end (that checkpoint
+    could then be kept as the best)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from helpers import wait_until
+
+    run_dir = tmp_path / "reward_model"
+    argv = ["--config", os.path.join(REPO, "configs/tiny/reward_model.yaml"), "--model_name_or_path", tiny_sft,
+            "--pairs_file", tiny_pairs, "--output_dir", str(run_dir)]
+    evaluated = read_manifest(tiny_reward_model)["validation_accuracy"]
+    first = min(int(step) for step in evaluated)
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "reward_model.py"), *argv], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until(lambda: (run_dir / f"checkpoint-{first}" / "trainer_state.json").is_file(), proc)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait() == 75
+    run_script("reward_model.py", argv)
+    assert read_manifest(run_dir)["validation_accuracy"] == evaluated
+    assert state_dicts_equal(AutoModelForSequenceClassification.from_pretrained(tiny_reward_model),
+                             AutoModelForSequenceClassification.from_pretrained(run_dir)) == []
