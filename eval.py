@@ -192,7 +192,9 @@ class ProxyRewards:
         self.args, self.device, self.models = args, device, {}
 
     def __call__(self, path: str, run_id: str | None) -> LearnedReward:
-        """The model at `path`, which must still be the run `run_id` that the RLOO run optimised."""
+        """The model at `path`, which must still be the run `run_id` that the RLOO run optimised (checked once)."""
+        if (path, run_id) in self.models:
+            return self.models[path, run_id]
         problem = model_dir_problem(path) if os.path.isdir(path) else "the folder does not exist"
         if problem:
             raise UnreadableCheckpoint(f"the learned reward model it optimised, {path}, does not load: {problem}")
@@ -200,10 +202,9 @@ class ProxyRewards:
         if now != run_id:  # retrained with --overwrite: its score would be another model's
             raise UnreadableCheckpoint(f"the learned reward model it optimised, {path} (run {run_id}), has been replaced "
                                        f"by run {now}; train the RLOO run again on it, or restore that model")
-        if path not in self.models:
-            self.models[path] = LearnedReward(path, self.device, inference_dtype(self.args, "reward_dtype"),
-                                              self.args.reward_batch_size)
-        return self.models[path]
+        self.models[path, run_id] = LearnedReward(path, self.device, inference_dtype(self.args, "reward_dtype"),
+                                                  self.args.reward_batch_size)
+        return self.models[path, run_id]
 
 
 def evaluate(unit, prompts, args, tokenizer, reference: ModelPair, reward, proxies: ProxyRewards, records_root,

@@ -22,7 +22,7 @@ from imdb_dpo.config import ConfigError, RewardModelScriptArguments
 from imdb_dpo.manifests import describe_model_input, read_manifest
 from imdb_dpo.methods.reward_model import (CURVES, prompt_key, scored_sequences, split_by_prompt,
                                            validation_accuracies)
-from imdb_dpo.modeling import load_tokenizer, set_model_init_kwargs
+from imdb_dpo.modeling import load_tokenizer, same_tokenizer, set_model_init_kwargs
 from imdb_dpo.pairs import PairFileError
 from imdb_dpo.preemption import StopRequest, exit_resumable
 from imdb_dpo.tracking import check_wandb_credentials
@@ -50,7 +50,7 @@ def check_tokenizer(pairs_file: str, source: dict, model: str) -> None:
     """The start model must read the pairs' token ids as the model that sampled them wrote them."""
     if not os.path.isdir(source["path"]) or source["path"] == model:
         return
-    if load_tokenizer(source["path"]).get_vocab() != load_tokenizer(model).get_vocab():
+    if not same_tokenizer(source["path"], model):
         raise ConfigError(f"model_name_or_path={model!r} has another tokenizer than {source['path']}, which sampled "
                           f"{pairs_file}; the reward model reads the pairs' token ids, so start it from a model with "
                           "that tokenizer (the SFT model, as the paper does)")

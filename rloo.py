@@ -28,7 +28,7 @@ from imdb_dpo.checks import check_learning_rate, check_model, check_positive
 from imdb_dpo.cli import run_stage
 from imdb_dpo.config import ConfigError, RLOOScriptArguments
 from imdb_dpo.manifests import describe_model_input, read_manifest
-from imdb_dpo.modeling import load_tokenizer, set_model_init_kwargs
+from imdb_dpo.modeling import load_tokenizer, same_tokenizer, set_model_init_kwargs
 from imdb_dpo.precision import inference_dtype
 from imdb_dpo.preemption import exit_resumable
 from imdb_dpo.reward import VADER, make_reward
@@ -73,7 +73,7 @@ def learned_reward_model(script_args: RLOOScriptArguments, model: str) -> bool:
     if script_args.reward_positive_label != RLOOScriptArguments.reward_positive_label:
         raise ConfigError(f"reward_positive_label={script_args.reward_positive_label!r}: a learned reward model "
                           f"({path}) has one score and no labels; remove reward_positive_label")
-    if load_tokenizer(path).get_vocab() != load_tokenizer(model).get_vocab():
+    if not same_tokenizer(path, model):
         raise ConfigError(f"reward_model={path!r} has another tokenizer than model_name_or_path={model!r}; the learned "
                           "reward reads the policy's token ids, so train it on pairs of this model")
     return True

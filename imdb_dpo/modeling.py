@@ -17,6 +17,11 @@ def load_tokenizer(path: str, padding_side: str = "left"):
     return tokenizer
 
 
+def same_tokenizer(a: str, b: str) -> bool:
+    """Whether the models at `a` and `b` map text to the same token ids (the same vocabulary)."""
+    return AutoTokenizer.from_pretrained(a).get_vocab() == AutoTokenizer.from_pretrained(b).get_vocab()
+
+
 def base_model_of(path: str) -> str | None:
     """The base model an adapter directory was trained on, or None for a full model."""
     config_path = os.path.join(path, ADAPTER_CONFIG)
