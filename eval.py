@@ -129,8 +129,30 @@ def models_to_evaluate(args: EvalArguments) -> tuple[list[dict], list[dict]]:
                 skipped.append({"path": run_dir, "reason": f"the {method.title} run is unfinished; finish it (run "
                                                            f"{method.script} again) and evaluate again"})
                 continue
-            units += run_units(run_dir, manifest, run_meta(method.key, name, manifest), skipped)
+            meta = run_meta(method.key, name, manifest)
+            problem = meta.get("proxy_model") and proxy_problem(meta["proxy_model"], meta["proxy_run_id"])
+            if problem:  # one reason for the whole run, not one per checkpoint
+                skipped.append({"path": run_dir, "reason": problem})
+                continue
+            units += run_units(run_dir, manifest, meta, skipped)
     return units, skipped
+
+
+def proxy_problem(path: str, run_id: str) -> str | None:
+    """Why the learned reward model an rloo_rm run optimised cannot score its checkpoints (None: it can): its score
+    is recorded beside the true reward, so it must be that very model."""
+    fix = ("restore that model, or train the RLOO run again (rloo.py with reward_model) on the one there now; the "
+           "true reward alone is no over-optimisation measurement")
+    if not os.path.isdir(path):
+        return f"the learned reward model it optimised, {path}, is gone; {fix}"
+    problem = model_dir_problem(path)
+    if problem:
+        return f"the learned reward model it optimised, {path}, does not load ({problem}); {fix}"
+    now = describe_model_input(path)["run_id"]
+    if now != run_id:  # retrained with --overwrite: its score would be another model's
+        return (f"the learned reward model it optimised, {path} (run {run_id}), has been replaced by run {now}; train "
+                "the RLOO run again on it, or restore that model")
+    return None
 
 
 def run_units(run_dir: str, manifest: dict, meta: dict, skipped: list[dict]) -> list[dict]:
@@ -186,25 +208,17 @@ def records_dir(records_root: str, unit: dict) -> str:
 
 
 class ProxyRewards:
-    """The learned reward models of the rloo_rm runs, each loaded once, on the evaluation's device and reward_dtype."""
+    """The learned reward models of the rloo_rm runs (checked by models_to_evaluate), each loaded once, on the
+    evaluation's device and reward_dtype."""
 
     def __init__(self, args: EvalArguments, device):
         self.args, self.device, self.models = args, device, {}
 
-    def __call__(self, path: str, run_id: str | None) -> LearnedReward:
-        """The model at `path`, which must still be the run `run_id` that the RLOO run optimised (checked once)."""
-        if (path, run_id) in self.models:
-            return self.models[path, run_id]
-        problem = model_dir_problem(path) if os.path.isdir(path) else "the folder does not exist"
-        if problem:
-            raise UnreadableCheckpoint(f"the learned reward model it optimised, {path}, does not load: {problem}")
-        now = describe_model_input(path)["run_id"]
-        if now != run_id:  # retrained with --overwrite: its score would be another model's
-            raise UnreadableCheckpoint(f"the learned reward model it optimised, {path} (run {run_id}), has been replaced "
-                                       f"by run {now}; train the RLOO run again on it, or restore that model")
-        self.models[path, run_id] = LearnedReward(path, self.device, inference_dtype(self.args, "reward_dtype"),
-                                                  self.args.reward_batch_size)
-        return self.models[path, run_id]
+    def __call__(self, path: str) -> LearnedReward:
+        if path not in self.models:
+            self.models[path] = LearnedReward(path, self.device, inference_dtype(self.args, "reward_dtype"),
+                                              self.args.reward_batch_size)
+        return self.models[path]
 
 
 def evaluate(unit, prompts, args, tokenizer, reference: ModelPair, reward, proxies: ProxyRewards, records_root,
@@ -236,7 +250,7 @@ def evaluate(unit, prompts, args, tokenizer, reference: ModelPair, reward, proxi
             rewards = reward([p["prompt"] + c["text"] for p, _, c in flat])
             proxy = [None] * len(flat)
             if unit.get("proxy_model"):
-                proxy = proxies(unit["proxy_model"], unit["proxy_run_id"]).score([p["prompt_ids"] for p, _, _ in flat],
+                proxy = proxies(unit["proxy_model"]).score([p["prompt_ids"] for p, _, _ in flat],
                                                            [c["ids"] for _, _, c in flat])
         with naming_the_fix(f"the KL pass over {len(flat)} samples of {unit['path']}", "Lower kl_batch_size"):
             exact, ratio = sequence_kls(policy.scorer, None if policy is reference else reference.scorer,
@@ -377,6 +391,12 @@ def check_args(args: EvalArguments) -> None:
         raise ConfigError(f"best_of_n_samples ({args.best_of_n_samples}) must be >= samples_per_prompt "
                           f"({args.samples_per_prompt}): the SFT samples also serve as its own evaluation")
     args.kl_budgets = check_kl_budgets(args.kl_budgets)
+    for method in TRAINED:
+        root = getattr(args, method.root_field)
+        if os.path.exists(root) and not os.path.isdir(root):
+            raise ConfigError(f"{method.root_field}={root} is a file, not a folder: it names the folder that holds the "
+                              f"{method.title} runs (one subfolder per run). Point {method.root_field} at that folder, "
+                              f"or at a path that does not exist to evaluate without {method.title}")
     check_model("sft_model", args.sft_model)
     if args.base_model:
         check_model("base_model", args.base_model, tokenizer=False)

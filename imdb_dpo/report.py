@@ -132,7 +132,12 @@ def _overoptimisation_section(summary: list[dict], fits: list[dict], figure: boo
     return lines
 
 
-def _provenance(provenance: dict, checkpoints: list[dict], reward_model: str) -> list[str]:
+def _inside(path: str, folder: str) -> bool:
+    path, folder = os.path.abspath(path), os.path.abspath(folder)
+    return path != folder and os.path.commonpath([path, folder]) == folder
+
+
+def _provenance(provenance: dict, checkpoints: list[dict], reward_model: str, skipped) -> list[str]:
     """Which code, when, and exactly which models: enough to tell whether two reports are comparable."""
     def model(m):
         return f"`{m['path']}` (run id `{m['run_id']}`)" if m["run_id"] else f"`{m['path']}` (no manifest)"
@@ -150,8 +155,11 @@ def _provenance(provenance: dict, checkpoints: list[dict], reward_model: str) ->
                 runs.setdefault(r["run"], []).append(r)
         root = provenance.get(BY_KEY[method].root_field)
         name = METHOD_NAMES[method]
+        left_out = [s for s in skipped if root and _inside(s["path"], root)]
         if runs:
             lines.append(f"- {name} runs in `{root}`:")
+        elif left_out:
+            lines.append(f"- {name} runs: none evaluated in `{root}` ({len(left_out)} left out: see Not evaluated)")
         else:
             lines.append(f"- {name} runs: none" + (f" in `{root}`" if root else ""))
         for run, rows in sorted(runs.items()):
@@ -171,7 +179,7 @@ def render_report(path: str, provenance: dict, summary: list[dict], final_rows: 
     directory = os.path.dirname(os.path.abspath(path))
     checkpoints = [r for r in summary if r["kl_kind"] == "measured"]
     best_of_n = [r for r in summary if r["kl_kind"] == "analytic_bound"]
-    lines = ["# Evaluation report", "", *_provenance(provenance, checkpoints, settings["reward_model"]), "",
+    lines = ["# Evaluation report", "", *_provenance(provenance, checkpoints, settings["reward_model"], skipped), "",
              f"{settings['num_prompts']} held-out test prompts; every model is measured on {settings['samples_per_prompt']} "
              f"samples per prompt (the SFT model draws {settings['best_of_n_samples']}, for best-of-N), temperature "
              f"{settings['temperature']}, max_new_tokens {settings['max_new_tokens']}. "

@@ -218,6 +218,34 @@ def test_a_missing_root_means_the_method_was_not_run(roots):
     assert {u["method"] for u in units} == {"sft", "dpo"} and skipped == []
 
 
+def test_a_root_that_is_a_file_is_named(roots):
+    (roots["tmp"] / "rloo_runs.txt").write_text("not a folder")
+    with pytest.raises(ConfigError, match=r"rloo_dir=.*rloo_runs.txt is a file, not a folder: .* Point rloo_dir at"):
+        eval_stage.check_args(eval_args(roots, rloo_dir=str(roots["tmp"] / "rloo_runs.txt")))
+
+
+def test_an_rloo_rm_run_without_its_reward_model_is_left_out_once_with_the_fix(roots):
+    run = fake_run(roots["tmp"] / "rloo_rm", "rloo_rm_kl0.05", "rloo_rm", [1, 2, 4], {"beta": 0.05})
+    manifest = read_manifest(str(run))
+    manifest["inputs"] = {"reward_model": {"path": str(roots["tmp"] / "gone_reward_model"), "run_id": "rm1"}}
+    write_json_atomic(str(run / "manifest.json"), manifest)
+    units, skipped = eval_stage.models_to_evaluate(eval_args(roots, rloo_rm_dir=str(roots["tmp"] / "rloo_rm")))
+    assert "rloo_rm_kl0.05" not in {u["run"] for u in units}
+    assert skipped == [{"path": str(run), "reason": f"the learned reward model it optimised, "
+                                                    f"{roots['tmp'] / 'gone_reward_model'}, is gone; restore that model, "
+                                                    "or train the RLOO run again (rloo.py with reward_model) on the one "
+                                                    "there now; the true reward alone is no over-optimisation "
+                                                    "measurement"}]
+    provenance = {"preset": "tiny", "git_commit": "abc", "date": "today", "sft_model": {"path": "/sft", "run_id": "r"},
+                  "rloo_rm_dir": str(roots["tmp"] / "rloo_rm"), "base_model": None}
+    settings = {"reward_model": "vader", "num_prompts": 2, "samples_per_prompt": 2, "best_of_n_samples": 4,
+                "temperature": 1.0, "max_new_tokens": 8, "sampling_dtype": "float32", "kl_dtype": "float32"}
+    report = render_report("/out/report.md", provenance, [row("sft", "sft", 0, 0.5, 0.0)],
+                           [{**row("sft", "sft", 0, 0.5, 0.0), "label": "sft"}], {}, {}, settings, skipped)
+    assert (f"- RLOO on the learned RM runs: none evaluated in `{roots['tmp'] / 'rloo_rm'}` (1 left out: see Not evaluated)"
+            in report)
+
+
 def test_unfinished_runs_name_their_script(roots):
     fake_run(roots["rloo"], "rloo_kl0.2", "rloo", [1], {"beta": 0.2}, finished=False)
     fake_run(roots["dpo"], "ipo_beta0.5", "dpo", [1], {"beta": 0.5, "loss_type": ["ipo"]}, finished=False)
