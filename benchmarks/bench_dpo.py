@@ -61,7 +61,7 @@ def run_variant(variant: str, size: str, steps: int, warmup: int, batch: int) ->
         per_device = batch
         pairs = synthetic_pairs(per_device * (steps + warmup), vocab)
         dataset = Dataset.from_list([{k: p[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for p in pairs])
-        config = DPOConfig(**common, per_device_train_batch_size=per_device, gradient_checkpointing=False,
+        config = DPOConfig(**common, per_device_train_batch_size=per_device, activation_checkpointing=False,
                            precompute_ref_log_probs=True, precompute_ref_batch_size=4 * per_device, max_length=128,
                            model_init_kwargs={"attn_implementation": "sdpa"})
         trainer_class, ref_in_step, eos = PretokenizedDPOTrainer, False, 0

@@ -10,13 +10,14 @@ things: a misspelt YAML key is an error naming the key and the file (with the ne
 import dataclasses
 import difflib
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 
 import yaml
 from trl import TrlParser
 
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 
 
 # Outputs default to the repository's own folders, wherever the command is run from.
@@ -75,11 +76,53 @@ def _expand_env(value):
     return value
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (YAML keeps the last without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if not isinstance(key, (str, int, float, bool)) or key is None:
+                continue  # SafeLoader's own error names an unhashable key
+            if key in seen:
+                raise ConfigError(f"{self.name}, line {line}: {key!r} is given twice (first on line {seen[key]}); "
+                                  "YAML would keep the last silently: keep one")
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def _strict_yaml(path: str):
+    """The file's YAML, read strictly: a tab, a key given twice or a syntax error is a ConfigError naming the line."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({error.reason} at byte {error.start}); a config is a YAML "
+                          "text file") from None
+    for number, line in enumerate(text.splitlines(), 1):
+        if "\t" in line:
+            raise ConfigError(f"{path}, line {number}: a tab; YAML reads tabs differently from spaces (or not at all): "
+                              "indent and separate with spaces")
+    loader = _StrictLoader(text)
+    loader.name = path
+    try:
+        return loader.get_single_data()
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({error.problem or error.context}); fix the file") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({first_line(error)}); fix the file") from None
+    finally:
+        loader.dispose()
+
+
 def _read_yaml_config(path: str, dataclass_types) -> dict:
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} does not exist (passed with --config)")
-    with open(path) as f:
-        config = yaml.safe_load(f) or {}
+    config = _strict_yaml(path) or {}
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: the file must be a YAML mapping of key: value")
     known = _known_keys(dataclass_types)
@@ -120,6 +163,14 @@ def parse_config(dataclass_types, argv=None, program: str = "this stage"):
                 hints.append(flag + (f" (did you mean --{close[0]}?)" if close else ""))
             raise ConfigError(f"{', '.join(hints)} {'is' if len(hints) == 1 else 'are'} not a setting of {program}; "
                               "fix or remove it (--help lists every setting)") from None
+        strategies = re.search(r"requires the save and eval strategy to match.*Evaluation strategy: \w+\.(\w+).*"
+                               r"Save strategy: \w+\.(\w+)", str(error), re.S)
+        if strategies:
+            evaluation, save = (s.lower() for s in strategies.groups())
+            raise ConfigError(f"{program}: load_best_model_at_end keeps the best evaluated checkpoint, so it needs "
+                              f"save_strategy and eval_strategy alike (now save_strategy {save}, eval_strategy "
+                              f"{evaluation}). Set both to epoch (as the presets do), or set load_best_model_at_end "
+                              "false to keep the last step") from None
         # The configs' own validation, e.g. bf16 (TrainingArguments' default) on a machine without a GPU.
         raise ConfigError(f"{program}: {error} (set it in the config or on the command line; the presets in "
                           "configs/ set every such option)") from None

@@ -32,7 +32,7 @@ def pytest_collection_modifyitems(config, items):
         if "gpu" in item.keywords:
             item.add_marker(skip)
 
-CPU_FLAGS = ["--bf16", "false", "--use_cpu", "true", "--report_to", "none", "--gradient_checkpointing", "false"]
+CPU_FLAGS = ["--bf16", "false", "--use_cpu", "true", "--report_to", "none", "--activation_checkpointing", "false"]
 
 
 @pytest.fixture(scope="session")

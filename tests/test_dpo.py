@@ -46,7 +46,7 @@ def test_trl_loss_equals_the_dpo_formula_recomputed_from_log_probs(tiny_sft, tin
     pairs = read_pairs(tiny_pairs)[:8]
     beta = 0.37
     args = DPOConfig(output_dir=str(tmp_path), beta=beta, per_device_train_batch_size=8, precompute_ref_log_probs=True,
-                     bf16=False, use_cpu=True, report_to="none", gradient_checkpointing=False)
+                     bf16=False, use_cpu=True, report_to="none", activation_checkpointing=False)
     dataset = Dataset.from_list([{k: p[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for p in pairs])
     trainer = PretokenizedDPOTrainer(model=tiny_dpo, ref_model=AutoModelForCausalLM.from_pretrained(tiny_sft), args=args,
                                      train_dataset=dataset, processing_class=load_tokenizer(tiny_sft, "right"))

@@ -40,7 +40,7 @@ def test_the_reward_rloo_trains_on_is_the_classifiers_positive_probability(tiny_
     assert AutoModelForSequenceClassification.from_pretrained(gpt2_classifier).config.id2label[0] == "NEGATIVE"
     args = RLOOConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, num_generations=4, max_steps=1,
                       max_completion_length=16, disable_dropout=True, report_to=[], use_cpu=True, bf16=False,
-                      gradient_checkpointing=False, save_strategy="no", logging_steps=1)
+                      activation_checkpointing=False, save_strategy="no", logging_steps=1)
     trainer = PretokenizedRLOOTrainer(model=tiny_sft, reward_funcs=SentimentReward(make_reward(gpt2_classifier)),
                                       args=args, train_dataset=prompts_of_pairs(read_pairs(tiny_pairs), 8),
                                       processing_class=load_tokenizer(tiny_sft))

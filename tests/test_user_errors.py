@@ -170,6 +170,25 @@ def test_flags_a_stage_has_no_use_for_are_refused(capsys, tmp_path):
     refused(capsys, sft, ["--config", str(empty)], "sft.py: Your setup doesn't support bf16")
 
 
+def test_a_config_is_read_strictly_naming_the_line(capsys, tmp_path):
+    import reward_model
+
+    cases = {"twice.yaml": ("num_prompts: 9\nseed: 3\nnum_prompts: 10\n",
+                            ["twice.yaml, line 3: 'num_prompts' is given twice (first on line 1)"]),
+             "tab.yaml": ("seed: 1\nnum_prompts:\t9\n", ["tab.yaml, line 2: a tab"]),
+             "broken.yaml": ("seed: 1\nkl_budgets: [1, 3\n", ["broken.yaml, line 3, column 1: not valid YAML"]),
+             "binary.yaml": (b"\xff\xfeseed", ["binary.yaml: not a UTF-8 text file"])}
+    for name, (text, fragments) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+        refused(capsys, eval_stage, ["--config", str(path)], *fragments)
+    refused(capsys, reward_model, ["--config", os.path.join(REPO, "configs/tiny/reward_model.yaml"), "--eval_strategy",
+                                   "no", "--output_dir", str(tmp_path / "rm")],
+            "needs save_strategy and eval_strategy alike (now save_strategy epoch, eval_strategy no). Set both to "
+            "epoch")
+    assert not (tmp_path / "rm").exists()
+
+
 def test_a_full_disk_or_a_read_only_folder_inside_a_library_error_is_a_message():
     import errno
 
