@@ -79,6 +79,13 @@ def run_stage(main, stages, argv: list[str] | None = None) -> int:
         parsed = parse_config(stages, argv, program)
         code = main(*parsed)
         return code
+    except KeyboardInterrupt:  # a second Ctrl-C (the first asks for a save: preemption.StopRequest)
+        if debug:
+            raise
+        print("\ninterrupted: the work since the last save is lost; the same command resumes from the last save",
+              file=sys.stderr)
+        code = 130
+        return code
     except Exception as error:
         message = user_message(error, [p.output_dir for p in parsed if getattr(p, "output_dir", None)])
         if message is None or debug:

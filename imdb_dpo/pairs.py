@@ -94,6 +94,10 @@ def write_pairs(path: str, pairs: list[dict]) -> None:
 
 def read_pairs(path: str) -> list[dict]:
     """Every pair of `path`, validated; the file must come from a finished pair-generation run."""
+    if os.path.isdir(path):
+        inside = os.path.join(path, "pairs.jsonl")
+        hint = f": did you mean {inside}?" if os.path.isfile(inside) else " (preference_pairs.py writes pairs.jsonl)"
+        raise PairFileError(f"{path}: a folder, not a pair file; pairs_file names the file itself{hint}")
     if not os.path.isfile(path):
         raise PairFileError(f"{path}: pair file not found; run preference_pairs.py first or fix pairs_file")
     manifest = read_manifest(os.path.dirname(os.path.abspath(path)))
@@ -102,6 +106,8 @@ def read_pairs(path: str) -> list[dict]:
             f"{path}: comes from an unfinished run (no finished manifest.json beside it); "
             "finish preference_pairs.py (or merge its shards) first"
         )
+    changed = ("the file was changed since its run finished: restore it, or generate the pairs again "
+               "(preference_pairs.py --overwrite true)")
     pairs = []
     with open(path, "rb") as f:
         for number, line in enumerate(f, start=1):
@@ -109,11 +115,15 @@ def read_pairs(path: str) -> list[dict]:
             try:
                 pair = json.loads(line.decode("utf-8"))
             except UnicodeDecodeError as e:
-                raise PairFileError(f"{where}: not UTF-8 text (byte {e.start}); regenerate or repair the file") from None
+                raise PairFileError(f"{where}: not UTF-8 text (byte {e.start}); {changed}") from None
             except json.JSONDecodeError as e:
-                raise PairFileError(f"{where}: not valid JSON ({e.msg})") from None
+                cut = " (the line is cut short)" if not line.endswith(b"\n") else ""
+                raise PairFileError(f"{where}: not valid JSON ({e.msg}, column {e.colno}){cut}; {changed}") from None
             _check_pair(pair, where)
             pairs.append(pair)
+    recorded = manifest.get("num_pairs")
+    if recorded is not None and recorded != len(pairs):
+        raise PairFileError(f"{path}: holds {len(pairs)} pairs, but the run that wrote it recorded {recorded}; {changed}")
     if not pairs:
         raise PairFileError(f"{path}: no pairs; generate more prompts or lower min_reward_margin")
     return pairs

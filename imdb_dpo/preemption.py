@@ -1,7 +1,8 @@
 """Stopping cleanly before a time limit or on preemption, without losing work.
 
-A stop is requested by SIGUSR1 or SIGTERM sent to the process, or by the file named in the environment
-variable `IMDB_DPO_STOP_FILE` appearing. The SLURM job scripts use the file: under `accelerate launch`
+A stop is requested by SIGUSR1 or SIGTERM sent to the process, by a first Ctrl-C (SIGINT; a second one stops at
+once, losing the work since the last save), or by the file named in the environment variable `IMDB_DPO_STOP_FILE`
+appearing. The SLURM job scripts use the file: under `accelerate launch`
 or `srun` the launcher would die of a forwarded SIGUSR1, while every rank can see a file.
 
 Trainer stages check at each optimizer-step boundary (all ranks agree through an all-reduce, so they
@@ -37,15 +38,18 @@ def exit_resumable() -> int:
 
 
 class StopRequest:
-    def __init__(self, signals=(signal.SIGUSR1, signal.SIGTERM)):
+    def __init__(self, signals=(signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)):
         self.reason = None
         self.stop_file = os.environ.get(STOP_FILE_VARIABLE)
         for signum in signals:
             signal.signal(signum, self._handle)
 
     def _handle(self, signum, frame):
+        if signum == signal.SIGINT and self.reason == "SIGINT":
+            raise KeyboardInterrupt  # the second Ctrl-C: the user will not wait for the save
         self.reason = signal.Signals(signum).name
-        print(f"\n{self.reason} received: finishing the current step, saving and exiting", flush=True)
+        again = " (Ctrl-C again stops at once, losing the work since the last save)" if signum == signal.SIGINT else ""
+        print(f"\n{self.reason} received: finishing the current step, saving and exiting{again}", flush=True)
 
     @property
     def requested(self) -> bool:

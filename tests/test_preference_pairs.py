@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from conftest import REPO, run_script
 from helpers import wait_until
 from imdb_dpo.config import PairsArguments, parse_config
 from imdb_dpo.data import load_reviews, make_prompts
-from imdb_dpo.manifests import write_json_atomic
+from imdb_dpo.manifests import read_manifest, write_json_atomic
 from imdb_dpo.pairs import PairFileError, read_pairs
 from imdb_dpo.reward import SentimentClassifierReward
 
@@ -217,6 +218,29 @@ def test_empty_pair_file_is_refused(tmp_path):
     path = write_pair_file(tmp_path, [])
     with pytest.raises(PairFileError, match=r"pairs\.jsonl: no pairs"):
         read_pairs(path)
+
+
+def test_a_pair_file_cut_short_or_changed_since_its_run_is_named(tmp_path):
+    path = write_pair_file(tmp_path, [GOOD, GOOD, GOOD])
+    manifest = read_manifest(str(tmp_path))
+    write_json_atomic(str(tmp_path / "manifest.json"), {**manifest, "num_pairs": 3})
+    assert len(read_pairs(path)) == 3
+    with open(path, "rb") as f:
+        text = f.read()
+    with open(path, "wb") as f:  # a copy that stopped mid-line
+        f.write(text[: len(text) - 20])
+    with pytest.raises(PairFileError, match=r"pairs\.jsonl, line 3: not valid JSON \(.*, column \d+\) \(the line is cut "
+                                            r"short\); the file was changed since its run finished: restore it, or "
+                                            r"generate the pairs again \(preference_pairs.py --overwrite true\)"):
+        read_pairs(path)
+    with open(path, "wb") as f:  # emptied
+        pass
+    with pytest.raises(PairFileError, match=r"pairs\.jsonl: holds 0 pairs, but the run that wrote it recorded 3; the "
+                                            r"file was changed"):
+        read_pairs(path)
+    with pytest.raises(PairFileError, match=re.escape(f"{tmp_path}: a folder, not a pair file; pairs_file names the "
+                                                      f"file itself: did you mean {path}?")):
+        read_pairs(str(tmp_path))
 
 
 def test_sigterm_flushes_the_batch_exits_resumable_and_the_rerun_matches(tiny_base, tiny_sft, reference_run, tmp_path):

@@ -194,8 +194,8 @@ def test_a_model_with_an_untrained_head_is_refused_as_a_reward(tiny_sft, tiny_pa
 
 def test_a_stop_mid_epoch_adds_no_evaluation_and_resumes_to_the_same_model(tiny_sft, tiny_pairs, tiny_reward_model,
                                                                            tmp_path):
-    """SIGTERM ends the epoch loop early; the Trainer must not evaluate there as at an epoch's end (that checkpoint
-    could then be kept as the best)."""
+    """A stop (here Ctrl-C, SIGINT, which asks for a save like SIGTERM) ends the epoch loop early; the Trainer must not
+    evaluate there as at an epoch's end (that checkpoint could then be kept as the best)."""
     import signal
     import subprocess
     import sys
@@ -208,12 +208,15 @@ def test_a_stop_mid_epoch_adds_no_evaluation_and_resumes_to_the_same_model(tiny_
             "--pairs_file", tiny_pairs, "--output_dir", str(run_dir)]
     evaluated = read_manifest(tiny_reward_model)["validation_accuracy"]
     first = min(int(step) for step in evaluated)
-    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "reward_model.py"), *argv], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_until(lambda: (run_dir / f"checkpoint-{first}" / "trainer_state.json").is_file(), proc)
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait() == 75
+    with open(tmp_path / "out.txt", "w") as out, open(tmp_path / "err.txt", "w") as err:
+        proc = subprocess.Popen([sys.executable, os.path.join(REPO, "reward_model.py"), *argv], cwd=REPO, stdout=out,
+                                stderr=err)
+        wait_until(lambda: (run_dir / f"checkpoint-{first}" / "trainer_state.json").is_file(), proc)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait() == 75
+    assert "SIGINT received: finishing the current step, saving and exiting" in (tmp_path / "out.txt").read_text()
+    assert "Traceback" not in (tmp_path / "err.txt").read_text()
     run_script("reward_model.py", argv)
     assert read_manifest(run_dir)["validation_accuracy"] == evaluated
     assert state_dicts_equal(AutoModelForSequenceClassification.from_pretrained(tiny_reward_model),
