@@ -18,8 +18,8 @@ MIN_POINTS = 3  # two parameters: a fit through two points says nothing of its q
 
 
 def fit(d: np.ndarray, gain: np.ndarray, form: str) -> dict:
-    """a, b, the coefficient of determination r2, and the predicted peak (d*, KL* = d*^2 and its gain) of `form`
-    fitted to the points with d > 0 (d = 0 is the SFT model itself, which every form passes through)."""
+    """a, b, the coefficient of determination r2, the predicted peak (KL* = d*^2 and its gain) of `form` and the
+    largest KL among the points (a peak beyond it is an extrapolation), fitted to the points with d > 0 (d = 0 is the SFT model itself, which every form passes through)."""
     keep = d > 0
     d, gain = d[keep], gain[keep]
     second = -d * np.log(d) if form == "rl" else -d * d
@@ -36,7 +36,7 @@ def fit(d: np.ndarray, gain: np.ndarray, form: str) -> dict:
         else:
             peak_d, peak_gain = a / (2 * b), a * a / (4 * b)
     return {"a": float(a), "b": float(b), "r2": r2, "points": int(len(d)), "peak_kl": peak_d ** 2,
-            "peak_gain": peak_gain}
+            "peak_gain": peak_gain, "max_kl": float(d.max()) ** 2 if len(d) else math.nan}
 
 
 def curve(params: dict, form: str, d: np.ndarray) -> np.ndarray:

@@ -91,7 +91,7 @@ def plot_frontier(summary: list[dict], output_path: str, title: str = "reward vs
     follow the method's parameter: beta, the KL coefficient, alpha). Best-of-N on the SFT model
     (labelled N=..., at its analytic KL bound), the SFT model and the base model if present. A point label that
     would overlap one already drawn is left out, so crowded checkpoints stay readable."""
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fig, ax = plt.subplots(figsize=(10, 5))
     by_run: dict[str, list[dict]] = {}
     for row in summary:
         by_run.setdefault(row["run"], []).append(row)
@@ -148,6 +148,8 @@ def plot_frontier(summary: list[dict], output_path: str, title: str = "reward vs
     ax.set_ylabel(reward_axis_label(summary[0]["reward_model"]))
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
+    # Beside the axes, not inside: with a dozen runs no corner of the plot is free of points.
+    legend = ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     renderer, drawn = fig.canvas.get_renderer(), []
     (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
@@ -160,7 +162,6 @@ def plot_frontier(summary: list[dict], output_path: str, title: str = "reward vs
             label.remove()
         else:
             drawn.append(box)
-    legend = ax.legend(fontsize=8, loc="best")
     fig.savefig(output_path, dpi=120)
     plt.close(fig)
     return [text.get_text() for text in legend.get_texts()]
@@ -222,7 +223,8 @@ def plot_overoptimisation(summary: list[dict], fits: list[dict], output_path: st
             ax.axhline(0, color="black", linewidth=0.8)
             ax.set_xlabel("d = sqrt(KL(policy || SFT)), sqrt(nats)")
             ax.set_ylabel("reward gain over SFT")
-            ax.set_title("Gao et al.'s forms: d(a - b log d) (RL), d(a - b d) (best-of-N)", fontsize=10)
+            ax.set_title("Gao et al.'s forms: d(a - b log d) for trained policies, d(a - b d) for best-of-N",
+                         fontsize=10)
             ax.legend(fontsize=7, loc="best")
         ax.grid(alpha=0.3)
     fig.tight_layout()

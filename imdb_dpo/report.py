@@ -120,13 +120,18 @@ def _overoptimisation_section(summary: list[dict], fits: list[dict], figure: boo
     if fits:
         lines += [("Per method, the true reward's gain over the SFT model against d = sqrt(KL), fitted with Gao et al. "
                    "(2022)'s forms by least squares over all of the method's points (best-of-N at its analytic KL "
-                   "bound). b > 0: the gain turns down past the peak, at the KL shown; b <= 0: no turn within reach."), "",
-                  "| method | form | a | b | R² | points | peak at KL | peak gain |", "|---|---|---|---|---|---|---|---|"]
+                   "bound). Gao et al. fitted their RL form to RL runs; here every trained method gets it, as a "
+                   "description of its points rather than a law. b > 0: the gain turns down past the peak, at the KL "
+                   "shown; b <= 0: no turn within reach. A peak beyond the largest KL measured (in brackets) is an "
+                   "extrapolation of the fit, not an observation."), "",
+                  "| method | form | a | b | R² | points (largest KL) | peak at KL | peak gain |",
+                  "|---|---|---|---|---|---|---|---|"]
         for f in fits:
             peak = f["b"] > 0
+            beyond = " (extrapolated)" if peak and f["peak_kl"] > f["max_kl"] else ""
             lines.append(f"| {METHOD_NAMES.get(f['method'], f['method'])} | {FORMS[f['form']]} | {f['a']:.4g} "
-                         f"| {f['b']:.4g} | {_fmt(f['r2'], 2)} | {f['points']} "
-                         f"| {_fmt(f['peak_kl'], 2) if peak else '-'} | {_fmt(f['peak_gain']) if peak else '-'} |")
+                         f"| {f['b']:.4g} | {_fmt(f['r2'], 2)} | {f['points']} ({_fmt(f['max_kl'], 2)}) "
+                         f"| {_fmt(f['peak_kl'], 2) + beyond if peak else '-'} | {_fmt(f['peak_gain']) if peak else '-'} |")
     elif not proxied:
         lines.append("No method has enough points for a fit (3 with KL > 0) and no run optimised a learned reward model.")
     return lines

@@ -77,7 +77,11 @@ def test_the_report_states_the_over_optimisation_and_the_fits(tmp_path):
     assert "![over-optimisation](overoptimisation.png)" in section
     assert ("`rloo_rm_kl0.05`: the true reward peaks at step 2 (0.700 at KL 4.00); by step 8 it has changed by -0.100 "
             "while the learned score changed by +2.000 (fooled") in section
-    assert "| DPO | d (a - b log d) | 0.2 | 0.05 | 1.00 | 4 |" in section
+    # The fitted peak, d* = e^3, lies far beyond the largest KL measured (8): the table says it is extrapolated.
+    assert f"| DPO | d (a - b log d) | 0.2 | 0.05 | 1.00 | 4 (8.00) | {math.exp(6):.2f} (extrapolated) |" in section
+    rm = next(f for f in fits if f["method"] == "rloo_rm")
+    assert rm["b"] > 0 and rm["peak_kl"] < rm["max_kl"] == 30.0  # a peak inside the data is not flagged
+    assert f"| {rm['peak_kl']:.2f} |" in section
 
 
 def test_the_frontier_takes_the_papers_view_when_the_data_allow(tmp_path):
