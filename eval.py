@@ -144,7 +144,8 @@ def proxy_problem(path: str, run_id: str) -> str | None:
     fix = ("restore that model, or train the RLOO run again (rloo.py with reward_model) on the one there now; the "
            "true reward alone is no over-optimisation measurement")
     if not os.path.isdir(path):
-        return f"the learned reward model it optimised, {path}, is gone; {fix}"
+        return (f"the learned reward model it optimised, {path}, is gone; restore it, or train a reward model there "
+                "(reward_model.py) and the RLOO run again on it (rloo.py with reward_model)")
     problem = model_dir_problem(path)
     if problem:
         return f"the learned reward model it optimised, {path}, does not load ({problem}); {fix}"

@@ -23,7 +23,8 @@ from imdb_dpo.data import prompts_for
 from imdb_dpo.distributed import any_process, process_state
 from imdb_dpo.locks import folder_lock
 from imdb_dpo.memory import naming_the_fix
-from imdb_dpo.manifests import Manifest, describe_file_input, describe_model_input, read_manifest, write_text_atomic
+from imdb_dpo.manifests import (Manifest, describe_file_input, describe_model_input, file_sha256, read_manifest,
+                                write_text_atomic)
 from imdb_dpo.outputs import plan_output
 from imdb_dpo.settings import differences, run_settings, settings_of
 from imdb_dpo.modeling import load_causal_lm, load_tokenizer
@@ -156,7 +157,9 @@ def merge_shards(args: PairsArguments) -> None:
     rewards = [c["reward"] for r in records for c in r["completions"]]
     finished = [c["finish"] == "eos" for r in records for c in r["completions"]]
     manifest = Manifest(args.output_dir, "preference_pairs", {"generation": generation_settings(args)}, inputs_of(args))
-    manifest.finish(num_prompts=len(records), num_pairs=len(pairs), mean_reward=sum(rewards) / len(rewards),
+    manifest.finish(num_prompts=len(records), num_pairs=len(pairs),
+                    pairs_sha256=file_sha256(os.path.join(args.output_dir, "pairs.jsonl")),
+                    mean_reward=sum(rewards) / len(rewards),
                     eos_fraction=sum(finished) / len(finished))
     print(f"{len(pairs)} pairs from {len(records)} prompts (mean reward {sum(rewards) / len(rewards):.3f}) "
           f"written to {args.output_dir}/pairs.jsonl")

@@ -120,11 +120,21 @@ def _strict_yaml(path: str):
 
 
 def _read_yaml_config(path: str, dataclass_types) -> dict:
+    if os.path.isdir(path):
+        raise ConfigError(f"config file {path!r} is a folder (passed with --config); name a YAML file, e.g. "
+                          "configs/tiny/dpo.yaml")
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} does not exist (passed with --config)")
     config = _strict_yaml(path) or {}
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: the file must be a YAML mapping of key: value")
+    not_names = [k for k in config if not isinstance(k, str)]
+    if not_names:
+        raise ConfigError(f"{path}: {not_names[0]!r} is not a setting's name (a key must be a name such as seed); fix "
+                          "or remove it")
+    if "env" in config and not isinstance(config["env"] or {}, dict):
+        raise ConfigError(f"{path}: env must be a mapping of variable: value (e.g. env: {{HF_HOME: /scratch/hf}}), "
+                          f"not {config['env']!r}")
     known = _known_keys(dataclass_types)
     unknown = [k for k in config if k not in known]
     if unknown:
@@ -143,6 +153,15 @@ def parse_config(dataclass_types, argv=None, program: str = "this stage"):
     os.environ.setdefault("OUTPUT_ROOT", REPOSITORY)
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = TrlParser(dataclass_types)
+    source = "the command line"
+
+    def refuse(message):  # argparse's own error prints the whole usage and names no file
+        raise ConfigError(f"{program}: {message} (from {source}); fix the value")
+
+    parser.error = refuse
+    argv = [part for arg in argv for part in (arg.split("=", 1) if arg.startswith("--config=") else [arg])]
+    if argv.count("--config") > 1:
+        raise ConfigError("--config is given more than once; give one config file (flags after it override its values)")
     if "--config" in argv:
         i = argv.index("--config")
         if i + 1 == len(argv) or argv[i + 1].startswith("--"):
@@ -151,8 +170,11 @@ def parse_config(dataclass_types, argv=None, program: str = "this stage"):
         del argv[i : i + 2]
         config = _expand_env(_read_yaml_config(config_path, dataclass_types))
         parser.set_defaults_with_config(**config)
+        source = f"{config_path} or the command line"
     try:
         parsed = parser.parse_args_into_dataclasses(args=argv)
+    except ConfigError:
+        raise
     except ValueError as error:
         known = _known_keys(dataclass_types)
         unknown = [a for a in argv if a.startswith("--") and a[2:].split("=")[0].replace("-", "_") not in known]
@@ -169,8 +191,7 @@ def parse_config(dataclass_types, argv=None, program: str = "this stage"):
             evaluation, save = (s.lower() for s in strategies.groups())
             raise ConfigError(f"{program}: load_best_model_at_end keeps the best evaluated checkpoint, so it needs "
                               f"save_strategy and eval_strategy alike (now save_strategy {save}, eval_strategy "
-                              f"{evaluation}). Set both to epoch (as the presets do), or set load_best_model_at_end "
-                              "false to keep the last step") from None
+                              f"{evaluation}): set both to epoch, as the presets do") from None
         # The configs' own validation, e.g. bf16 (TrainingArguments' default) on a machine without a GPU.
         raise ConfigError(f"{program}: {error} (set it in the config or on the command line; the presets in "
                           "configs/ set every such option)") from None

@@ -19,7 +19,7 @@ import math
 import os
 
 from .errors import UserError
-from .manifests import read_manifest, write_text_atomic
+from .manifests import file_sha256, read_manifest, write_text_atomic
 
 PAIRING_MODES = ("all", "best_vs_worst")
 REQUIRED_TEXT = ("prompt", "chosen", "rejected")
@@ -124,6 +124,8 @@ def read_pairs(path: str) -> list[dict]:
     recorded = manifest.get("num_pairs")
     if recorded is not None and recorded != len(pairs):
         raise PairFileError(f"{path}: holds {len(pairs)} pairs, but the run that wrote it recorded {recorded}; {changed}")
+    if manifest.get("pairs_sha256") not in (None, file_sha256(path)):  # e.g. a pair's chosen and rejected swapped
+        raise PairFileError(f"{path}: its content differs from what the run that wrote it recorded (SHA-256); {changed}")
     if not pairs:
         raise PairFileError(f"{path}: no pairs; generate more prompts or lower min_reward_margin")
     return pairs

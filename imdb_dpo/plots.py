@@ -225,7 +225,7 @@ def plot_overoptimisation(summary: list[dict], fits: list[dict], output_path: st
             ax.set_ylabel("reward gain over SFT")
             ax.set_title("Gao et al.'s forms: d(a - b log d) for trained policies, d(a - b d) for best-of-N",
                          fontsize=10)
-            ax.legend(fontsize=7, loc="best")
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)  # below: clear of points
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(output_path, dpi=110)

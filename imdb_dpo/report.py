@@ -122,8 +122,9 @@ def _overoptimisation_section(summary: list[dict], fits: list[dict], figure: boo
                    "(2022)'s forms by least squares over all of the method's points (best-of-N at its analytic KL "
                    "bound). Gao et al. fitted their RL form to RL runs; here every trained method gets it, as a "
                    "description of its points rather than a law. b > 0: the gain turns down past the peak, at the KL "
-                   "shown; b <= 0: no turn within reach. A peak beyond the largest KL measured (in brackets) is an "
-                   "extrapolation of the fit, not an observation."), "",
+                   "shown; b <= 0: no turn within reach. Points: those with KL > 0 (a checkpoint still equal to the SFT "
+                   "model, KL 0, is the curve's origin and adds nothing to a fit). A peak beyond the largest KL "
+                   "measured (in brackets) is an extrapolation of the fit, not an observation."), "",
                   "| method | form | a | b | R² | points (largest KL) | peak at KL | peak gain |",
                   "|---|---|---|---|---|---|---|---|"]
         for f in fits:

@@ -28,6 +28,9 @@ from .tracking import own_wandb_run
 def sweep_values(name: str, values: list[float] | None, single_name: str, single: float, default: float) -> list[float]:
     """The values a sweep runs: the list when set (then the single value must be left at its default), else the
     single one. Each must be a finite number > 0."""
+    if values is not None and not isinstance(values, list):
+        raise ConfigError(f"{name}={values!r}: a list, e.g. {name}: [{values}] in the config or --{name} {values} on "
+                          "the command line")
     if values:
         if single != default:
             raise ConfigError(f"{single_name}={single} is set, but {name}={values} decides the runs and would ignore it; "

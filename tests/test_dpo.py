@@ -20,7 +20,7 @@ from imdb_dpo.checkpoints import checkpoint_steps
 from imdb_dpo.config import PairsArguments, parse_config
 from imdb_dpo.data import load_reviews, make_prompts
 from imdb_dpo.methods.dpo import PretokenizedDPOTrainer
-from imdb_dpo.manifests import read_manifest
+from imdb_dpo.manifests import file_sha256, read_manifest, write_json_atomic
 from imdb_dpo.modeling import load_causal_lm, load_tokenizer
 from imdb_dpo.pairs import PairFileError, read_pairs
 from imdb_dpo.reward import VaderReward
@@ -179,6 +179,8 @@ def test_token_ids_outside_the_models_vocabulary_are_refused(tiny_sft, tiny_pair
     pair["rejected_ids"][0] = vocabulary = AutoModelForCausalLM.from_pretrained(tiny_sft).config.vocab_size
     lines[2] = json.dumps(pair) + "\n"
     (bad_dir / "pairs.jsonl").write_text("".join(lines))
+    manifest = read_manifest(bad_dir)  # as if written so: the edit would otherwise be refused as a changed file
+    write_json_atomic(str(bad_dir / "manifest.json"), {**manifest, "pairs_sha256": file_sha256(str(bad_dir / "pairs.jsonl"))})
     with pytest.raises(PairFileError, match=rf"pairs\.jsonl, line 3: token id {vocabulary} is outside the vocabulary"):
         run_dpo(dpo_argv(tiny_sft, str(bad_dir / "pairs.jsonl"), tmp_path / "out"))
     assert not (tmp_path / "out").exists()

@@ -232,10 +232,9 @@ def test_an_rloo_rm_run_without_its_reward_model_is_left_out_once_with_the_fix(r
     units, skipped = eval_stage.models_to_evaluate(eval_args(roots, rloo_rm_dir=str(roots["tmp"] / "rloo_rm")))
     assert "rloo_rm_kl0.05" not in {u["run"] for u in units}
     assert skipped == [{"path": str(run), "reason": f"the learned reward model it optimised, "
-                                                    f"{roots['tmp'] / 'gone_reward_model'}, is gone; restore that model, "
-                                                    "or train the RLOO run again (rloo.py with reward_model) on the one "
-                                                    "there now; the true reward alone is no over-optimisation "
-                                                    "measurement"}]
+                                                    f"{roots['tmp'] / 'gone_reward_model'}, is gone; restore it, or "
+                                                    "train a reward model there (reward_model.py) and the RLOO run "
+                                                    "again on it (rloo.py with reward_model)"}]
     provenance = {"preset": "tiny", "git_commit": "abc", "date": "today", "sft_model": {"path": "/sft", "run_id": "r"},
                   "rloo_rm_dir": str(roots["tmp"] / "rloo_rm"), "base_model": None}
     settings = {"reward_model": "vader", "num_prompts": 2, "samples_per_prompt": 2, "best_of_n_samples": 4,

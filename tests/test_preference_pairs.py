@@ -238,6 +238,12 @@ def test_a_pair_file_cut_short_or_changed_since_its_run_is_named(tmp_path):
     with pytest.raises(PairFileError, match=r"pairs\.jsonl: holds 0 pairs, but the run that wrote it recorded 3; the "
                                             r"file was changed"):
         read_pairs(path)
+    write_json_atomic(str(tmp_path / "manifest.json"), {**manifest, "num_pairs": 3, "pairs_sha256": "0" * 64})
+    with open(path, "wb") as f:  # the same number of pairs, one of them edited
+        f.write(text)
+    with pytest.raises(PairFileError, match=r"pairs\.jsonl: its content differs from what the run that wrote it "
+                                            r"recorded \(SHA-256\); the file was changed"):
+        read_pairs(path)
     with pytest.raises(PairFileError, match=re.escape(f"{tmp_path}: a folder, not a pair file; pairs_file names the "
                                                       f"file itself: did you mean {path}?")):
         read_pairs(str(tmp_path))

@@ -184,8 +184,27 @@ def test_a_config_is_read_strictly_naming_the_line(capsys, tmp_path):
         refused(capsys, eval_stage, ["--config", str(path)], *fragments)
     refused(capsys, reward_model, ["--config", os.path.join(REPO, "configs/tiny/reward_model.yaml"), "--eval_strategy",
                                    "no", "--output_dir", str(tmp_path / "rm")],
-            "needs save_strategy and eval_strategy alike (now save_strategy epoch, eval_strategy no). Set both to "
+            "needs save_strategy and eval_strategy alike (now save_strategy epoch, eval_strategy no): set both to "
             "epoch")
+    (tmp_path / "folder.yaml").mkdir()
+    (tmp_path / "env.yaml").write_text("env: [A, B]\n")
+    (tmp_path / "key.yaml").write_text("1: x\n")
+    preset = open(os.path.join(REPO, "configs/tiny/dpo.yaml")).read()
+    (tmp_path / "betas.yaml").write_text(preset.replace("betas:", "# betas:") + "betas: 0.1\n")
+    refused(capsys, eval_stage, ["--config", str(tmp_path / "env.yaml")], "env.yaml: env must be a mapping")
+    refused(capsys, eval_stage, ["--config", str(tmp_path / "key.yaml")], "key.yaml: 1 is not a setting's name")
+    refused(capsys, dpo, ["--config", str(tmp_path / "betas.yaml"), "--output_dir", str(tmp_path / "d")],
+            "betas=0.1: a list, e.g. betas: [0.1]")
+    refused(capsys, eval_stage, ["--config", str(tmp_path / "folder.yaml")], "folder.yaml' is a folder")
+    refused(capsys, eval_stage, ["--config", str(tmp_path / "env.yaml"), "--config", str(tmp_path / "key.yaml")],
+            "--config is given more than once")
+    refused(capsys, eval_stage, [f"--config={tmp_path / 'key.yaml'}"], "key.yaml: 1 is not a setting's name")
+    (tmp_path / "typed.yaml").write_text("num_prompts: many\n")
+    err = refused(capsys, eval_stage, ["--config", str(tmp_path / "typed.yaml")],
+                  f"argument --num_prompts/--num-prompts: invalid int value: 'many' (from {tmp_path / 'typed.yaml'} or "
+                  "the command line)")
+    assert "usage:" not in err
+    assert not (tmp_path / "d").exists()
     assert not (tmp_path / "rm").exists()
 
 
