@@ -20,6 +20,7 @@ machinery, not a measurement.
 """
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -31,11 +32,9 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import torch  # noqa: E402
-
-from benchmarks.stand_ins import build_classifier, build_policy, roberta_tokenizer  # noqa: E402
-from imdb_dpo.checkpoints import checkpoint_schedule  # noqa: E402
 from imdb_dpo.errors import first_line  # noqa: E402
+# torch, transformers and the stand-ins are imported where used: a bad flag or input is refused in a second, not
+# after ten seconds of imports.
 
 HUB_POLICY, HUB_CLASSIFIER, HUB_REVIEWS = "gpt2-large", "siebert/sentiment-roberta-large-english", "stanfordnlp/imdb"
 PRESET = os.path.join(REPO, "configs", "gpt2-large")
@@ -72,7 +71,7 @@ def review_files(folder: str) -> tuple[str, str]:
 
 class Check:
     def __init__(self, args):
-        self.args, self.gpu = args, torch.cuda.is_available()
+        self.args = args
         self.work = os.path.abspath(args.work)
         self.results = os.path.join(self.work, "results")
         self.out = os.path.join(self.work, "out")
@@ -81,6 +80,12 @@ class Check:
                     "WANDB_MODE": "disabled", "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1",
                     "TOKENIZERS_PARALLELISM": "false", "TMPDIR": os.path.join(self.work, "tmp"),
                     "HF_DATASETS_CACHE": os.path.join(self.work, "datasets_cache")}  # not the user's cache
+
+    @functools.cached_property
+    def gpu(self) -> bool:
+        import torch
+
+        return torch.cuda.is_available()
 
     # --- inputs ---
     def resolve_inputs(self) -> None:
@@ -98,12 +103,6 @@ class Check:
             if missing:
                 fail(f"--tokenizer {args.tokenizer!r} has no {' or '.join(missing)}: point it at GPT-2's tokenizer "
                      "folder (vocab.json and merges.txt)")
-            try:
-                roberta_tokenizer(args.tokenizer)
-            except Exception as error:
-                fail(f"--tokenizer {args.tokenizer!r} does not load as GPT-2's byte-level BPE ({type(error).__name__}: "
-                     f"{first_line(error, 200)}); point it at GPT-2's "
-                     "tokenizer folder")
         if args.reviews:
             train, test = review_files(args.reviews)
             self.data = ["--train_file", train, "--test_file", test]
@@ -112,11 +111,22 @@ class Check:
         else:
             fail(f"{HUB_REVIEWS} is not in the Hugging Face cache: pass --reviews DIR (a folder with imdb_train.jsonl "
                  "and imdb_test.jsonl)")
+        if args.tokenizer:
+            from benchmarks.stand_ins import roberta_tokenizer
+
+            try:
+                roberta_tokenizer(args.tokenizer)
+            except Exception as error:
+                fail(f"--tokenizer {args.tokenizer!r} does not load as GPT-2's byte-level BPE ({type(error).__name__}: "
+                     f"{first_line(error, 200)}); point it at GPT-2's "
+                     "tokenizer folder")
         self.facts.update(policy=self.policy or f"random weights, {args.size} shape",
                           classifier=self.classifier or f"random weights, {args.size} RoBERTa shape",
                           reviews=args.reviews or f"{HUB_REVIEWS} (cache)")
 
     def build_stand_ins(self) -> None:
+        from benchmarks.stand_ins import build_classifier, build_policy
+
         device, models = "cuda" if self.gpu else "cpu", os.path.join(self.work, "models")
         if not self.policy:
             self.policy = build_policy(self.args.size, self.args.tokenizer, os.path.join(models, "policy"), device)
@@ -279,6 +289,8 @@ def trainer_throughput(run_dir: str) -> dict:
 def projection(check: Check) -> list[tuple[str, str, float | None]]:
     """GPU hours of the preset at paper scale from the measured rates: (stage, work, seconds). Training rates are the
     Trainer's (loading excluded); sampling and evaluation rates include loading, so they err on the slow side."""
+    from imdb_dpo.checkpoints import checkpoint_schedule
+
     rows = {r["name"]: r for r in check.rows}
     pairs = check.facts.get("pairs", {})
     pairs_per_prompt = pairs.get("num_pairs", 0) / max(pairs.get("num_prompts", 1), 1)
@@ -325,6 +337,8 @@ def gib(value) -> str:
 
 
 def render(check: Check) -> str:
+    import torch
+
     device = torch.cuda.get_device_name(0) if check.gpu else "CPU (dry run: no GPU figures)"
     lines = [f"# GPU check, {time.strftime('%Y-%m-%d %H:%M')}, {device}", "",
              f"size {check.args.size}; policy: {check.facts.get('policy')}; classifier: {check.facts.get('classifier')}; "

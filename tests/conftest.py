@@ -83,8 +83,17 @@ def gpt2_classifier(gpt2_tokenizer_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """The tiny preset run end to end by `./run_pipeline.sh tiny`, as a user runs it (OUTPUT_ROOT in a temporary
-    folder). The stage fixtures below are its folders: tests read them and never change them."""
+    folder). The stage fixtures below are its folders: tests read them and never change them.
+
+    IMDB_DPO_TINY_RUN=<OUTPUT_ROOT of a finished `./run_pipeline.sh tiny`> copies that run instead, to iterate on one
+    test in seconds; CI never sets it."""
     root = tmp_path_factory.mktemp("tiny_run")
+    if os.environ.get("IMDB_DPO_TINY_RUN"):
+        import shutil
+
+        for top in ("outputs", "generations"):
+            shutil.copytree(os.path.join(os.environ["IMDB_DPO_TINY_RUN"], top), root / top)
+        return {"root": root, "stdout": ""}
     env = {**os.environ, "OUTPUT_ROOT": str(root), "PYTHON": sys.executable}
     proc = subprocess.run(["./run_pipeline.sh", "tiny"], cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
@@ -107,6 +116,33 @@ def run_script(script: str, args: list[str], env: dict | None = None, timeout: i
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} exited {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}")
     return proc
+
+
+def run_in_process(script: str, args: list[str]) -> None:
+    """Run a top-level script's stage to the end in this process, as its `__main__` does (imdb_dpo.cli.run_stage):
+    for the uninterrupted runs that kill-and-resume tests compare with, without a fresh process's imports."""
+    import importlib
+
+    from imdb_dpo.cli import run_stage
+
+    module = importlib.import_module(script.removesuffix(".py"))
+    assert run_stage(module.main, module.STAGES, args) == 0, script
+
+
+def refused_in_process(script: str, args: list[str], capsys) -> str:
+    """Run a top-level script's stage in this process as its `__main__` does (imdb_dpo.cli.run_stage), for a run that
+    must stop at a user error: asserts exit status 2 with one message and no traceback, and returns stderr. Saves
+    the ten-odd seconds of imports a fresh process pays."""
+    import importlib
+
+    from imdb_dpo.cli import run_stage
+
+    module = importlib.import_module(script.removesuffix(".py"))
+    capsys.readouterr()
+    code = run_stage(module.main, module.STAGES, args)
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and "Traceback" not in err, (code, err[-3000:])
+    return err
 
 
 def kill_once_saved(script: str, args: list[str], checkpoint, settle: float = 0.0) -> None:

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 from trl import DPOConfig
 
 import dpo
-from conftest import dpo_argv, kill_once_saved, run_script
+from conftest import dpo_argv, kill_once_saved, run_in_process
 from helpers import sequence_log_probs, state_dicts_equal
 from imdb_dpo.checkpoints import checkpoint_steps
 from imdb_dpo.config import PairsArguments, parse_config
@@ -107,7 +107,7 @@ def test_two_beta_sweep_runs_the_reference_forward_pass_once(tiny_sft, tiny_pair
 def test_killed_dpo_resumes_to_the_same_step_and_weights(tiny_sft, tiny_pairs, tmp_path):
     extra = ["--betas", "0.1", "--max_train_pairs", "640", "--max_steps", "16", "--save_steps", "4",
              "--per_device_train_batch_size", "16"]
-    run_script("dpo.py", dpo_argv(tiny_sft, tiny_pairs, tmp_path / "straight", *extra))
+    run_in_process("dpo.py", dpo_argv(tiny_sft, tiny_pairs, tmp_path / "straight", *extra))
 
     killed = tmp_path / "killed"
     kill_once_saved("dpo.py", dpo_argv(tiny_sft, tiny_pairs, killed, *extra), killed / "sigmoid_beta0.1" / "checkpoint-8",
@@ -115,7 +115,7 @@ def test_killed_dpo_resumes_to_the_same_step_and_weights(tiny_sft, tiny_pairs, t
     run_dir = killed / "sigmoid_beta0.1"
     assert not read_manifest(run_dir)["finished"]
 
-    run_script("dpo.py", dpo_argv(tiny_sft, tiny_pairs, killed, *extra))
+    run_in_process("dpo.py", dpo_argv(tiny_sft, tiny_pairs, killed, *extra))
     manifest = read_manifest(run_dir)
     assert manifest["finished"] and manifest["global_step"] == 16
     a = AutoModelForCausalLM.from_pretrained(tmp_path / "straight" / "sigmoid_beta0.1")

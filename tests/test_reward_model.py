@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from conftest import REPO, kill_once_saved, run_script
+from conftest import REPO, kill_once_saved, refused_in_process, run_in_process
 from test_eval import eval_argv, run_eval
 from helpers import state_dicts_equal
 from imdb_dpo.manifests import read_manifest, write_json_atomic
@@ -98,25 +98,25 @@ def test_a_killed_reward_model_run_resumes_to_the_same_weights(tiny_sft, tiny_pa
     first_epoch = read_manifest(tiny_reward_model)["validation_accuracy"]
     kill_once_saved("reward_model.py", argv, run_dir / f"checkpoint-{min(int(s) for s in first_epoch)}", settle=0.5)
     assert not read_manifest(run_dir)["finished"]
-    run_script("reward_model.py", argv)
+    run_in_process("reward_model.py", argv)
     assert read_manifest(run_dir)["finished"]
     assert state_dicts_equal(AutoModelForSequenceClassification.from_pretrained(tiny_reward_model),
                              AutoModelForSequenceClassification.from_pretrained(run_dir)) == []
 
 
-def test_a_reward_model_from_another_tokenizer_is_refused(tiny_pairs, gpt2_stand_in, tmp_path):
-    proc = run_script("reward_model.py", ["--config", os.path.join(REPO, "configs/tiny/reward_model.yaml"),
-                                          "--model_name_or_path", gpt2_stand_in, "--pairs_file", tiny_pairs,
-                                          "--output_dir", str(tmp_path / "rm")], check=False)
-    assert proc.returncode == 2 and "has another tokenizer than" in proc.stderr and "Traceback" not in proc.stderr
+def test_a_reward_model_from_another_tokenizer_is_refused(tiny_pairs, gpt2_stand_in, tmp_path, capsys):
+    err = refused_in_process("reward_model.py", ["--config", os.path.join(REPO, "configs/tiny/reward_model.yaml"),
+                                                 "--model_name_or_path", gpt2_stand_in, "--pairs_file", tiny_pairs,
+                                                 "--output_dir", str(tmp_path / "rm")], capsys)
+    assert "has another tokenizer than" in err
     assert not (tmp_path / "rm").exists()
 
 
-def test_lora_is_refused_for_the_reward_model(tiny_sft, tiny_pairs, tmp_path):
-    proc = run_script("reward_model.py", ["--config", os.path.join(REPO, "configs/tiny/reward_model.yaml"),
-                                          "--model_name_or_path", tiny_sft, "--pairs_file", tiny_pairs,
-                                          "--output_dir", str(tmp_path / "rm"), "--use_peft", "true"], check=False)
-    assert proc.returncode == 2 and "use_peft" in proc.stderr and "Traceback" not in proc.stderr
+def test_lora_is_refused_for_the_reward_model(tiny_sft, tiny_pairs, tmp_path, capsys):
+    err = refused_in_process("reward_model.py", ["--config", os.path.join(REPO, "configs/tiny/reward_model.yaml"),
+                                                 "--model_name_or_path", tiny_sft, "--pairs_file", tiny_pairs,
+                                                 "--output_dir", str(tmp_path / "rm"), "--use_peft", "true"], capsys)
+    assert "use_peft" in err
     assert not (tmp_path / "rm").exists()
 
 
@@ -170,25 +170,25 @@ def test_an_rloo_run_whose_reward_model_was_replaced_is_left_out_with_the_reason
         assert {r["method"] for r in csv.DictReader(f)} == {"sft", "base", "best_of_n"}
 
 
-def test_rloo_on_an_unfinished_reward_model_is_refused_as_such(tiny_sft, tiny_pairs, tmp_path):
+def test_rloo_on_an_unfinished_reward_model_is_refused_as_such(tiny_sft, tiny_pairs, tmp_path, capsys):
     unfinished = tmp_path / "reward_model"  # a killed first epoch: a manifest and no model yet
     unfinished.mkdir()
     write_json_atomic(str(unfinished / "manifest.json"), {"stage": "reward_model", "finished": False, "run_id": "x"})
-    proc = run_script("rloo.py", ["--config", os.path.join(REPO, "configs/tiny/rloo_rm.yaml"), "--model_name_or_path",
-                                  tiny_sft, "--pairs_file", tiny_pairs, "--reward_model", str(unfinished),
-                                  "--output_dir", str(tmp_path / "rloo_rm")], check=False)
-    assert proc.returncode == 2 and "is an unfinished reward_model.py run; finish it" in proc.stderr
+    err = refused_in_process("rloo.py", ["--config", os.path.join(REPO, "configs/tiny/rloo_rm.yaml"),
+                                         "--model_name_or_path", tiny_sft, "--pairs_file", tiny_pairs, "--reward_model",
+                                         str(unfinished), "--output_dir", str(tmp_path / "rloo_rm")], capsys)
+    assert "is an unfinished reward_model.py run; finish it" in err
     assert not (tmp_path / "rloo_rm").exists()
 
 
-def test_a_model_with_an_untrained_head_is_refused_as_a_reward(tiny_sft, tiny_pairs, tmp_path):
+def test_a_model_with_an_untrained_head_is_refused_as_a_reward(tiny_sft, tiny_pairs, tmp_path, capsys):
     """The SFT model loads as a classifier (a new, random head): following "set reward_positive_label" must not train
     on that."""
-    proc = run_script("rloo.py", ["--config", os.path.join(REPO, "configs/tiny/rloo.yaml"), "--model_name_or_path",
-                                  tiny_sft, "--pairs_file", tiny_pairs, "--reward_model", tiny_sft,
-                                  "--reward_positive_label", "LABEL_1", "--output_dir", str(tmp_path / "rloo")],
-                      check=False)
-    assert proc.returncode == 2 and "is a GPT2LMHeadModel, not a classifier" in proc.stderr
+    err = refused_in_process("rloo.py", ["--config", os.path.join(REPO, "configs/tiny/rloo.yaml"), "--model_name_or_path",
+                                         tiny_sft, "--pairs_file", tiny_pairs, "--reward_model", tiny_sft,
+                                         "--reward_positive_label", "LABEL_1", "--output_dir", str(tmp_path / "rloo")],
+                             capsys)
+    assert "is a GPT2LMHeadModel, not a classifier" in err
     assert not any((tmp_path / "rloo").glob("*/checkpoint-*"))
 
 
@@ -217,7 +217,7 @@ def test_a_stop_mid_epoch_adds_no_evaluation_and_resumes_to_the_same_model(tiny_
         assert proc.wait() == 75
     assert "SIGINT received: finishing the current step, saving and exiting" in (tmp_path / "out.txt").read_text()
     assert "Traceback" not in (tmp_path / "err.txt").read_text()
-    run_script("reward_model.py", argv)
+    run_in_process("reward_model.py", argv)
     assert read_manifest(run_dir)["validation_accuracy"] == evaluated
     assert state_dicts_equal(AutoModelForSequenceClassification.from_pretrained(tiny_reward_model),
                              AutoModelForSequenceClassification.from_pretrained(run_dir)) == []

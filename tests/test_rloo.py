@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 from trl import RLOOConfig
 
-from conftest import CPU_FLAGS, REPO, kill_once_saved, run_script
+from conftest import CPU_FLAGS, REPO, kill_once_saved, run_in_process
 from helpers import state_dicts_equal
 from imdb_dpo.checkpoints import checkpoint_schedule, checkpoint_steps
 from imdb_dpo.config import PairsArguments
@@ -94,7 +94,7 @@ def test_tiny_rloo_raises_the_reward_and_a_smaller_kl_coefficient_gives_a_larger
 def test_killed_rloo_resumes_to_the_same_weights(tiny_sft, tiny_pairs, tmp_path):
     extra = ["--kl_coefs", "0.1", "--max_train_prompts", "64", "--max_steps", "8", "--save_steps", "4",
              "--per_device_train_batch_size", "16"]
-    run_script("rloo.py", rloo_argv(tiny_sft, tiny_pairs, tmp_path / "straight", *extra))
+    run_in_process("rloo.py", rloo_argv(tiny_sft, tiny_pairs, tmp_path / "straight", *extra))
 
     killed = tmp_path / "killed"
     kill_once_saved("rloo.py", rloo_argv(tiny_sft, tiny_pairs, killed, *extra), killed / "rloo_kl0.1" / "checkpoint-4",
@@ -102,7 +102,7 @@ def test_killed_rloo_resumes_to_the_same_weights(tiny_sft, tiny_pairs, tmp_path)
     run_dir = killed / "rloo_kl0.1"
     assert not read_manifest(run_dir)["finished"]
 
-    run_script("rloo.py", rloo_argv(tiny_sft, tiny_pairs, killed, *extra))
+    run_in_process("rloo.py", rloo_argv(tiny_sft, tiny_pairs, killed, *extra))
     manifest = read_manifest(run_dir)
     assert manifest["finished"] and manifest["global_step"] == 8
     straight = AutoModelForCausalLM.from_pretrained(tmp_path / "straight" / "rloo_kl0.1")

@@ -8,7 +8,7 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import sft
-from conftest import CPU_FLAGS, REPO, kill_once_saved, run_script
+from conftest import CPU_FLAGS, REPO, kill_once_saved, run_in_process, run_script
 from helpers import mean_token_nll, state_dicts_equal
 from imdb_dpo.config import ConfigError, parse_config
 from imdb_dpo.data import DataError, normalise_review
@@ -64,7 +64,7 @@ def test_sft_on_real_imdb_reviews_lowers_held_out_loss(tiny_base, imdb_sample, t
 
 def test_killed_sft_resumes_to_the_same_weights_as_an_uninterrupted_run(tiny_base, tmp_path):
     steps = ["--max_steps", "40", "--save_steps", "10", "--save_total_limit", "5"]
-    run_script("sft.py", sft_argv(tiny_base, tmp_path / "straight", *steps))
+    run_in_process("sft.py", sft_argv(tiny_base, tmp_path / "straight", *steps))
 
     killed = tmp_path / "killed"
     kill_once_saved("sft.py", sft_argv(tiny_base, killed, *steps), killed / "checkpoint-20")

@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from conftest import REPO, kill_once_saved, run_script
+from conftest import REPO, kill_once_saved, run_in_process
 from helpers import sequence_log_probs, state_dicts_equal
 from imdb_dpo.manifests import read_manifest
 from imdb_dpo.methods.unlikelihood import unlikelihood_loss
@@ -42,7 +42,7 @@ def test_unlikelihood_pushes_the_rejected_down_and_a_larger_alpha_further(tiny_s
     manifest = read_manifest(preset_run)
     assert manifest["finished"] and manifest["global_step"] == 25 and manifest["checkpoints"] == [1, 2, 4, 8, 16, 25]
     strong = tmp_path / "unlikelihood_alpha4"
-    run_script("unlikelihood.py", ["--config", os.path.join(REPO, "configs/tiny/unlikelihood.yaml"),
+    run_in_process("unlikelihood.py", ["--config", os.path.join(REPO, "configs/tiny/unlikelihood.yaml"),
                                    "--model_name_or_path", tiny_sft, "--pairs_file", tiny_pairs,
                                    "--output_dir", str(tmp_path), "--alphas", "4"])
     trained = read_pairs(tiny_pairs)[: manifest["config"]["script"]["max_train_pairs"]][::8]
@@ -68,7 +68,7 @@ def test_a_killed_run_resumes_to_the_preset_runs_weights(tiny_sft, tiny_pairs, t
     run_dir = tmp_path / "unlikelihood_alpha1"
     kill_once_saved("unlikelihood.py", argv, run_dir / "checkpoint-8", settle=0.3)  # between two checkpoints
     assert not read_manifest(run_dir)["finished"]
-    run_script("unlikelihood.py", argv)
+    run_in_process("unlikelihood.py", argv)
     assert read_manifest(run_dir)["finished"]
     uninterrupted = load_causal_lm(str(tiny_run["root"] / "outputs/tiny/unlikelihood/unlikelihood_alpha1"))
     assert state_dicts_equal(uninterrupted, load_causal_lm(str(run_dir))) == []
