@@ -182,8 +182,10 @@ class Check:
                           *cpu, *small, *([] if gpu else ["--per_device_eval_batch_size", "4", "--max_length", "128"]),
                           trained=sft_dir):
             return
+        short = [] if gpu else ["--max_new_tokens", "16"]  # the dry run tests the machinery, not 64-token samples
         if not self.stage("preference_pairs", "preference_pairs.py", *d, "--num_prompts", "512" if gpu else "32",
-                          "--reward_model", self.classifier, *([] if gpu else ["--use_cpu", "true", "--batch_size", "16"])):
+                          "--reward_model", self.classifier, *short,
+                          *([] if gpu else ["--use_cpu", "true", "--batch_size", "16"])):
             return
         self.facts["pairs"] = read_json(os.path.join(pairs_dir, "manifest.json"))
         self.stage("dpo", "dpo.py", "--betas", "0.1", "--max_steps", "8" if gpu else "3", "--max_train_pairs",
@@ -201,7 +203,7 @@ class Check:
         self.facts["eval_samples"] = (128 if gpu else 16) * (16 + 4)  # SFT: best_of_n_samples; DPO: samples_per_prompt
         self.stage("eval", "eval.py", *d, "--num_prompts", "128" if gpu else "16", "--base_model", "",
                    "--reward_model", self.classifier, "--rloo_dir", f"{out}/none", "--preferred_ft_dir", f"{out}/none",
-                   "--unlikelihood_dir", f"{out}/none",
+                   "--unlikelihood_dir", f"{out}/none", *short,
                    *([] if gpu else ["--use_cpu", "true", "--batch_size", "16", "--kl_batch_size", "16"]))
         for name in ("summary.csv", "report.md", "reward_vs_kl.png"):
             path = os.path.join(out, "outputs", "gpt2-large", "eval", name)

@@ -78,8 +78,8 @@ def job_env(output_root, **extra):
             "TQDM_DISABLE": "1", **extra}
 
 
-DPO_ARGS = "--max_steps 60 --save_steps 5 --logging_steps 1 --per_device_train_batch_size 16 --dataloader_num_workers 0"
-PAIR_ARGS = ["--num_prompts", "240", "--batch_size", "1", "--max_new_tokens", "48"]
+DPO_ARGS = "--max_steps 30 --save_steps 5 --logging_steps 1 --per_device_train_batch_size 16 --dataloader_num_workers 0"
+PAIR_ARGS = ["--num_prompts", "120", "--batch_size", "1", "--max_new_tokens", "48"]
 
 
 @pytest.fixture(scope="module")
@@ -132,9 +132,9 @@ def test_dpo_job_is_warned_checkpoints_requeues_and_matches_an_uninterrupted_run
 
     run_dir = requeued["dpo_root"] / "outputs/tiny/dpo/sigmoid_beta0.1"
     manifest = read_manifest(run_dir)
-    assert manifest["finished"] and manifest["global_step"] == 60
+    assert manifest["finished"] and manifest["global_step"] == 30
     logged = [e["step"] for e in json.load(open(run_dir / "trainer_state.json"))["log_history"] if "loss" in e]
-    assert logged == list(range(1, 61))  # no step lost, none done twice
+    assert logged == list(range(1, 31))  # no step lost, none done twice
 
     from helpers import state_dicts_equal
     from transformers import AutoModelForCausalLM
