@@ -49,7 +49,7 @@ from imdb_dpo.precision import inference_dtype
 from imdb_dpo.preemption import StopRequest, exit_resumable
 from imdb_dpo.report import FRONTIER_BUDGET_COLUMNS, best_within_budgets, method_of, render_report
 from imdb_dpo.reward import VADER, make_reward
-from imdb_dpo.sampling import batch_seed, plan_batches, sample_batch
+from imdb_dpo.sampling import SAMPLER, remaining_batches, sample_batch
 from imdb_dpo import settings
 
 STAGES = (EvalArguments,)
@@ -66,13 +66,13 @@ def settings_of(args: EvalArguments) -> dict:
     The reference is named by its run id; the data files by their paths, as they always were (a records key made
     before must stay the same)."""
     return {**settings.settings_of(json.loads(json.dumps(vars(args)))), "train_file": args.train_file,
-            "test_file": args.test_file, "reference": describe_model_input(args.sft_model)}
+            "test_file": args.test_file, "reference": describe_model_input(args.sft_model), "sampler": SAMPLER}
 
 
 RESERVED_RUNS = ("sft", "base", "best_of_n")  # names of the rows that are not runs
 SAMPLING_FIX = ("Lower batch_size (rows sampled at once = batch_size x samples_per_prompt, and x best_of_n_samples for "
-                "the SFT model; batch_size is one of the evaluation's settings, so a finished evaluation needs "
-                "--overwrite true to change it) or set sampling_dtype bfloat16 (half the KV cache)")
+                "the SFT model; it changes no sample, and the rerun goes on from the finished batches) or set "
+                "sampling_dtype bfloat16 (half the KV cache)")
 
 
 def run_meta(method: str, name: str, manifest: dict) -> dict:
@@ -224,10 +224,12 @@ class ProxyRewards:
 
 def evaluate(unit, prompts, args, tokenizer, reference: ModelPair, reward, proxies: ProxyRewards, records_root,
              stop) -> list[dict] | None:
-    """Per-sample records of one model; None when stopped by a signal (the finished batches are kept).
+    """Per-sample records of one model, in prompt order; None when stopped by a signal (the finished batches are
+    kept, and a rerun goes on from them at any batch size).
 
-    Under a launcher each process samples every world-th batch into a log of its own; the main process then
-    joins the logs in batch order, so the records equal a one-process run's."""
+    Under a launcher each process samples every world-th batch into a log of its own; the main process then joins
+    the logs in prompt order. Every sample has a random stream of its own (imdb_dpo/sampling.py), so the records
+    equal a one-process run's at any batch size."""
     state = process_state()
     world, rank = state.num_processes, state.process_index
     directory = records_dir(records_root, unit)
@@ -237,15 +239,14 @@ def evaluate(unit, prompts, args, tokenizer, reference: ModelPair, reward, proxi
     num_samples = args.best_of_n_samples if unit["run"] == "sft" else args.samples_per_prompt
     manifest = Manifest(directory, "eval", {"unit": unit}, {"model": describe_model_input(unit["path"])})
     log = BatchLog(merged if world == 1 else os.path.join(directory, f"records.rank{rank}-of-{world}.jsonl"))
-    batches = [(b, batch) for b, batch in enumerate(plan_batches(prompts, args.batch_size))
-               if b % world == rank and b not in log.done_batches]
+    batches = remaining_batches(log, prompts, "prompt_id", args.batch_size, rank, world)
     if batches:
         policy = reference if unit["run"] == "sft" else load_policy(unit, args, reference.scorer.device)
     for b, batch in tqdm(batches, desc=f"eval {unit['run']} step {unit['step']}", unit="batch"):
         with naming_the_fix(f"sampling {len(batch)} prompts x {num_samples} samples from {unit['path']}",
                             SAMPLING_FIX):
             samples = sample_batch(policy.sampler, tokenizer, batch, num_samples, args.max_new_tokens,
-                                   batch_seed(args.seed, b), args.temperature, args.top_k, args.top_p)
+                                   args.seed, args.temperature, args.top_k, args.top_p)
         flat = [(p, i, c) for p, cs in zip(batch, samples) for i, c in enumerate(cs)]
         with naming_the_fix(f"scoring {len(flat)} samples with {args.reward_model}", "Lower reward_batch_size"):
             rewards = reward([p["prompt"] + c["text"] for p, _, c in flat])
@@ -269,9 +270,12 @@ def evaluate(unit, prompts, args, tokenizer, reference: ModelPair, reward, proxi
     log.close()
     if any_process(stop.requested):
         return None
-    if world > 1 and state.is_main_process:
-        parts = [BatchLog(os.path.join(directory, f"records.rank{r}-of-{world}.jsonl")).close_and_read() for r in range(world)]
-        joined = sorted((record for part in parts for record in part), key=lambda record: record["batch"])
+    if state.is_main_process:
+        parts = [log.records] if world == 1 else [
+            BatchLog(os.path.join(directory, f"records.rank{r}-of-{world}.jsonl")).close_and_read() for r in range(world)]
+        position = {p["prompt_id"]: i for i, p in enumerate(prompts)}
+        joined = sorted((record for part in parts for record in part),
+                        key=lambda record: (position[record["prompt_id"]], record["sample"]))
         write_text_atomic(merged, "".join(json.dumps(record, sort_keys=True) + "\n" for record in joined))
     state.wait_for_everyone()
     records = read_finished(merged, len(prompts) * num_samples)

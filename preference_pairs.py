@@ -32,7 +32,7 @@ from imdb_dpo.pairs import PAIRING_MODES, make_pairs, rank, write_pairs
 from imdb_dpo.precision import inference_dtype
 from imdb_dpo.preemption import StopRequest, exit_resumable
 from imdb_dpo.reward import VADER, make_reward
-from imdb_dpo.sampling import batch_seed, plan_batches, sample_batch
+from imdb_dpo.sampling import SAMPLER, remaining_batches, sample_batch
 
 STAGES = (PairsArguments,)
 
@@ -60,7 +60,7 @@ def check_args(args: PairsArguments) -> None:
 
 def generation_settings(args: PairsArguments) -> dict:
     """Everything that decides the samples (imdb_dpo/settings.py); shards and restarts must agree on it."""
-    return settings_of(json.loads(json.dumps(vars(args))))
+    return {**settings_of(json.loads(json.dumps(vars(args)))), "sampler": SAMPLER}
 
 
 def settings_now(args: PairsArguments) -> dict:
@@ -95,12 +95,11 @@ def generate_shard(args: PairsArguments, stop: StopRequest) -> bool:
 
 
 def generate_locked(args: PairsArguments, directory: str, tokenizer, prompts: list[dict], stop: StopRequest) -> bool:
-    batches = list(enumerate(plan_batches(prompts, args.batch_size)))[args.shard_index :: args.num_shards]
     manifest = Manifest(directory, "preference_pairs_shard", {"generation": generation_settings(args)}, inputs_of(args),
                         own=True)
 
     log = BatchLog(os.path.join(directory, "completions.jsonl"))
-    todo = [(b, batch) for b, batch in batches if b not in log.done_batches]
+    todo = remaining_batches(log, prompts, "prompt_index", args.batch_size, args.shard_index, args.num_shards)
     if todo:
         device = process_state().device
         with naming_the_fix(f"loading {args.model_name_or_path} and {args.reward_model}", "Free the device"):
@@ -109,11 +108,11 @@ def generate_locked(args: PairsArguments, directory: str, tokenizer, prompts: li
                                  inference_dtype(args, "reward_dtype"))
     for b, batch in tqdm(todo, desc=f"sampling shard {args.shard_index}/{args.num_shards}", unit="batch"):
         with naming_the_fix(f"sampling {len(batch)} prompts x {args.samples_per_prompt} samples",
-                            "Lower batch_size (rows sampled at once = batch_size x samples_per_prompt; batch_size is "
-                            "one of the settings of the samples, so finished shards need --overwrite true to change "
-                            "it) or set sampling_dtype bfloat16 (half the KV cache)"):
+                            "Lower batch_size (rows sampled at once = batch_size x samples_per_prompt; it changes no "
+                            "sample, and the rerun goes on from the finished batches) or set sampling_dtype bfloat16 "
+                            "(half the KV cache)"):
             samples = sample_batch(model, tokenizer, batch, args.samples_per_prompt, args.max_new_tokens,
-                                   batch_seed(args.seed, b), args.temperature, args.top_k, args.top_p)
+                                   args.seed, args.temperature, args.top_k, args.top_p)
         texts = [p["prompt"] + c["text"] for p, cs in zip(batch, samples) for c in cs]
         with naming_the_fix(f"scoring {len(texts)} samples with {args.reward_model}", "Lower reward_batch_size"):
             rewards = iter(reward(texts))
@@ -167,7 +166,7 @@ def merge_shards(args: PairsArguments) -> None:
 
 def split_across_processes(args: PairsArguments, rank: int, world: int) -> PairsArguments:
     """Under a launcher, each process is a shard of its own: shard i of n becomes shards i*w..i*w+w-1 of n*w.
-    Batches are sampled with their own seeds, so the merged files equal a one-process run's."""
+    Every sample has a random stream of its own, so the merged files equal a one-process run's."""
     return dataclasses.replace(args, shard_index=args.shard_index * world + rank, num_shards=args.num_shards * world)
 
 

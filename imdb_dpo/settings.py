@@ -19,8 +19,9 @@ NOT_SETTINGS = frozenset({
     "hub_always_push", "hub_revision", "preset",
     # How the work is driven: a sweep's list (each run holds its own value), shards, merges, the device.
     "betas", "kl_coefs", "alphas", "reference_only", "merge", "shard_index", "allow_fewer_prompts", "use_cpu",
-    # How much is loaded or scored at once, where no random number depends on it.
-    "dataloader_num_workers", "dataloader_prefetch_factor", "reward_batch_size", "kl_batch_size",
+    # How much is loaded, sampled or scored at once, where no random number depends on it (every sample has a
+    # stream of its own: imdb_dpo/sampling.py).
+    "dataloader_num_workers", "dataloader_prefetch_factor", "batch_size", "reward_batch_size", "kl_batch_size",
     # What the evaluation reports, not what it measures: budgets, shown prompts, where the runs lie.
     "kl_budgets", "report_prompts", "base_model", *(m.root_field for m in TRAINED),
     # Input paths: what they point at is compared instead (see `run_settings`), so moved outputs still match.

@@ -274,11 +274,12 @@ def test_a_run_may_not_take_the_name_of_a_row_that_is_no_run(roots):
 def test_settings_of_ignores_the_new_fields(roots):
     base = eval_stage.settings_of(eval_args(roots))
     assert eval_stage.settings_of(eval_args(roots, rloo_dir="/x", preferred_ft_dir="/y", rloo_rm_dir="/z",
-                                            kl_budgets=[2.0], kl_batch_size=3, use_cpu=False)) == base
-    # The keys an evaluation's records have always been filed under: a records key made before stays the same.
+                                            kl_budgets=[2.0], kl_batch_size=3, batch_size=5, use_cpu=False)) == base
+    # The keys an evaluation's records are filed under (the sampler's name since each sample has a stream of its
+    # own, when batch_size stopped being one): a new key only where the records would differ.
     assert set(base) == {"dataset_name", "train_file", "test_file", "text_column", "num_prompts", "min_prompt_tokens",
                          "max_prompt_tokens", "min_review_chars", "samples_per_prompt", "best_of_n_samples",
-                         "max_new_tokens", "temperature", "top_k", "top_p", "batch_size", "reward_model",
+                         "max_new_tokens", "temperature", "top_k", "top_p", "sampler", "reward_model",
                          "reward_positive_label", "seed", "sampling_dtype", "kl_dtype", "reward_dtype", "reference"}
 
 

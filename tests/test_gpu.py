@@ -35,7 +35,7 @@ def test_the_fp32_kl_on_the_gpu_equals_the_cpus(gpt2_stand_in, gpt2_tokenizer_di
 
     tokenizer = load_tokenizer(gpt2_stand_in)
     other = build_gpt2_stand_in(tmp_path / "policy", gpt2_tokenizer_dir, seed=1)
-    prompts = [{"prompt_ids": tokenizer(t)["input_ids"][:6]} for t in TEXTS]
+    prompts = [{"prompt_id": f"text-{i}", "prompt_ids": tokenizer(t)["input_ids"][:6]} for i, t in enumerate(TEXTS)]
     samples = sample_batch(load_causal_lm(other), tokenizer, prompts, 4, 24, seed=0)
     prompt_ids = [p["prompt_ids"] for p, cs in zip(prompts, samples) for _ in cs]
     completion_ids = [c["ids"] for cs in samples for c in cs]

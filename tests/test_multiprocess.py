@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 
+import torch
+
 import preference_pairs
 from conftest import CPU_FLAGS, REPO, dpo_argv
 from helpers import wait_until
@@ -38,8 +40,20 @@ def test_two_process_sft_trains_and_saves_once(tiny_base, tmp_path):
     AutoModelForCausalLM.from_pretrained(out)
 
 
+def one_thread(run):
+    """Run `run()` on one CPU thread, as each process under launch_two (OMP_NUM_THREADS=1): another thread count
+    can change a logit in the last bits, and so, rarely, a sampled token (imdb_dpo/sampling.py)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run()
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_two_process_sampling_merges_into_the_one_process_files(tiny_base, tiny_sft, tmp_path):
-    assert preference_pairs.main(*parse_config(preference_pairs.STAGES, pairs_argv(tiny_base, tiny_sft, tmp_path / "one"))) == 0
+    argv = pairs_argv(tiny_base, tiny_sft, tmp_path / "one")
+    assert one_thread(lambda: preference_pairs.main(*parse_config(preference_pairs.STAGES, argv))) == 0
     launch_two("preference_pairs.py", pairs_argv(tiny_base, tiny_sft, tmp_path / "two"))
     assert sorted(d for d in os.listdir(tmp_path / "two" / "shards") if not d.endswith(".lock")) == ["0-of-2", "1-of-2"]
     for name in ("completions.jsonl", "pairs.jsonl"):
@@ -65,7 +79,8 @@ def test_two_process_evaluation_equals_the_one_process_evaluation(tiny_base, tin
 
     dpo_root = tmp_path / "runs"  # one run of the preset's sweep
     shutil.copytree(tiny_dpo, dpo_root / os.path.basename(tiny_dpo))
-    assert eval_stage.main(*parse_config(eval_stage.STAGES, eval_argv(tiny_base, tiny_sft, dpo_root, tmp_path / "one"))) == 0
+    argv = eval_argv(tiny_base, tiny_sft, dpo_root, tmp_path / "one")
+    assert one_thread(lambda: eval_stage.main(*parse_config(eval_stage.STAGES, argv))) == 0
     launch_two("eval.py", eval_argv(tiny_base, tiny_sft, dpo_root, tmp_path / "two"))
     assert (tmp_path / "two/summary.csv").read_bytes() == (tmp_path / "one/summary.csv").read_bytes()
     one = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("records.jsonl"))

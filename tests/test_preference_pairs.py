@@ -1,5 +1,6 @@
 """Stage 2: prompts, sampling, rewards, pairing, determinism, kill/resume, shards, and the pair-file reader."""
 
+import collections
 import json
 import os
 import re
@@ -95,9 +96,12 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_files(tiny_base, tiny_sft, r
     with open(log, "a") as f:  # what a kill in the middle of a write leaves behind
         f.write('{"batch": 99, "torn')
 
-    run_script("preference_pairs.py", pairs_argv(tiny_base, tiny_sft, out))
-    for name in ("completions.jsonl", "pairs.jsonl"):
-        assert read_bytes(out, name) == read_bytes(reference_run, name)
+    # The rerun goes on at another batch size (as after running out of memory): every sample has a stream of its own.
+    # Batches of another shape may round a logit differently in the last bits, which moves a token only where its
+    # uniform lies that close to a boundary: one prompt of the 48 may differ (none did here).
+    assert run_pairs(pairs_argv(tiny_base, tiny_sft, out, "--batch_size", "4")) == 0
+    resumed, straight = (list(open(d / "completions.jsonl")) for d in (out, reference_run))
+    assert len(resumed) == len(straight) == 48 and sum(a != b for a, b in zip(resumed, straight)) <= 1
 
 
 def test_two_shards_merged_equal_one_unsharded_run(tiny_base, tiny_sft, reference_run, tmp_path):
@@ -257,8 +261,9 @@ def test_sigterm_flushes_the_batch_exits_resumable_and_the_rerun_matches(tiny_ba
     wait_until(lambda: log.exists() and log.stat().st_size > 0, proc)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 75
-    lines = log.read_text().splitlines()
-    assert lines and len(lines) < 48 and len(lines) % 6 == 0  # whole batches of 6 prompts, not all of them
+    batches = collections.Counter((r["batch"], r["batch_size"]) for r in map(json.loads, log.read_text().splitlines()))
+    assert batches and sum(batches.values()) < 48  # not all the prompts...
+    assert all(count == size for (_, size), count in batches.items())  # ...in whole batches
     run_script("preference_pairs.py", pairs_argv(tiny_base, tiny_sft, out))
     for name in ("completions.jsonl", "pairs.jsonl"):
         assert read_bytes(out, name) == read_bytes(reference_run, name)
