@@ -4,7 +4,7 @@
 
 Resumes from the last checkpoint in output_dir, skips a finished run made with the same settings (a finished run
 is replaced with --overwrite true only once the new one has finished), and writes the model directory (full
-weights, LoRA merged) that the later stages load.
+weights, LoRA merged) that the later stages load; a finished run keeps no checkpoint.
 """
 
 import os
@@ -17,7 +17,7 @@ from imdb_dpo.checks import check_learning_rate, check_model, check_positive
 from imdb_dpo.cli import run_stage
 from imdb_dpo.config import SFTScriptArguments
 from imdb_dpo.data import load_reviews
-from imdb_dpo.checkpoints import checkpoint_steps, resumable_checkpoint
+from imdb_dpo.checkpoints import checkpoint_steps, drop_checkpoints, resumable_checkpoint
 from imdb_dpo.locks import main_process_lock
 from imdb_dpo.manifests import Manifest, describe_file_input, describe_model_input
 from imdb_dpo.outputs import OutputPlan, plan_output
@@ -46,6 +46,8 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
                            lambda d: bool(checkpoint_steps(d)), script_args.overwrite, "SFT run",
                            state.is_main_process, state.wait_for_everyone)
         if plan.skip:
+            if state.is_main_process:  # a kill between finishing and dropping the checkpoints left them
+                drop_checkpoints(plan.final, [s for s, _ in checkpoint_steps(plan.final)])
             return 0
         training_args.output_dir = plan.directory
         return train(training_args, model_args, train_rows, held_out, Manifest(plan.directory, "sft", configs, inputs),
@@ -94,6 +96,9 @@ def train(training_args: SFTConfig, model_args: ModelConfig, train_rows, held_ou
     trainer.accelerator.wait_for_everyone()
     manifest.finish(eval_loss=eval_metrics["eval_loss"], global_step=trainer.state.global_step, train_rows=len(train_rows))
     if trainer.accelerator.is_main_process:
+        # Its checkpoints were for resuming only (weights and AdamW state: 9.3 GB each at GPT-2 Large's size); the
+        # later stages read the model in output_dir.
+        drop_checkpoints(output_dir, [s for s, _ in checkpoint_steps(output_dir)])
         plan.finish()
     trainer.accelerator.wait_for_everyone()
     print(f"SFT finished: held-out loss {eval_metrics['eval_loss']:.4f}, model saved to {plan.final}")

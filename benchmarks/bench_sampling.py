@@ -3,9 +3,9 @@
     python benchmarks/bench_sampling.py --size gpt2-large --output sampling.json    # on a GPU
 
 Both sample 4 completions of up to 64 tokens for prompts of 2-8 tokens. The plain loop is what a user writes
-first: one prompt at a time, the model as loaded (fp32), generation defaults. The project samples batches of
-prompts of one length (no padding), each sample from a random stream of its own (imdb_dpo/sampling.py), in bf16 on
-a GPU. Each is timed on a slice and projected to the paper's 25,000 prompts.
+first: one prompt at a time, the model as loaded (fp32), generation defaults. The project batches length-sorted
+prompts (left padding), each sample from a random stream of its own (imdb_dpo/sampling.py), in bf16 on a GPU.
+Each is timed on a slice and projected to the paper's 25,000 prompts.
 """
 
 import argparse

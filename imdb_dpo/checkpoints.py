@@ -8,6 +8,7 @@ early steps (1, 2, 4, ...) so each run's curve starts near KL 0.
 import glob
 import os
 import re
+import shutil
 
 from transformers import TrainerCallback
 
@@ -69,6 +70,16 @@ def checkpoint_steps(run_dir: str) -> list[tuple[int, str]]:
         if match and os.path.isdir(path):
             found.append((int(match.group(1)), path))
     return sorted(found)
+
+
+def drop_checkpoints(run_dir: str, steps) -> None:
+    """Delete the checkpoints of `steps` from a finished run's folder, and whatever a kill left of an earlier such
+    deletion: each is renamed to a hidden name first, so that no half-deleted checkpoint ever looks like one."""
+    for step, path in checkpoint_steps(run_dir):
+        if step in steps:
+            os.rename(path, os.path.join(run_dir, f".checkpoint-{step}.deleting"))
+    for path in glob.glob(os.path.join(run_dir, ".checkpoint-*.deleting")):
+        shutil.rmtree(path)
 
 
 def resumable_checkpoint(run_dir: str) -> str | None:

@@ -12,6 +12,8 @@ import difflib
 import os
 import re
 import sys
+import types
+import typing
 from dataclasses import dataclass, field
 
 import yaml
@@ -64,6 +66,29 @@ class TinyBaseArguments:
 
 def _known_keys(dataclass_types) -> set[str]:
     return {f.name for dc in dataclass_types for f in dataclasses.fields(dc)} | {"env"}
+
+
+def _takes_a_collection(annotation) -> bool:
+    """Whether a field typed `annotation` may hold a list or a mapping (list[...], dict, their unions, anything
+    unresolved); argparse hands a YAML list to a scalar field untouched, and the trainer fails on it much later."""
+    if annotation in (list, dict, tuple, typing.Any, object) or isinstance(annotation, str):
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_takes_a_collection(a) for a in typing.get_args(annotation))
+    return origin is not None or not isinstance(annotation, type)  # list[int], dict[...], Literal, ...: trust them
+
+
+def _field_types(dataclass_types) -> dict:
+    found = {}
+    for dc in dataclass_types:
+        try:
+            hints = typing.get_type_hints(dc)
+        except Exception:  # a forward reference that does not resolve: keep the raw annotations
+            hints = {}
+        for f in dataclasses.fields(dc):
+            found.setdefault(f.name, hints.get(f.name, f.type))
+    return found
 
 
 def _expand_env(value):
@@ -143,6 +168,13 @@ def _read_yaml_config(path: str, dataclass_types) -> dict:
             close = difflib.get_close_matches(key, known, n=1)
             hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise ConfigError(f"{path}: unknown config key(s) {', '.join(hints)}; fix or remove them")
+    types_of = _field_types(dataclass_types)
+    for key, value in config.items():
+        if key != "env" and isinstance(value, (list, dict)) and not _takes_a_collection(types_of[key]):
+            kind = "a list" if isinstance(value, list) else "a mapping"
+            raise ConfigError(f"{path}: {key} is {kind} ({value!r}), but {key} takes one value; give one (a sweep over "
+                              "several is a list only in betas, kl_coefs and alphas; for other values run the stage "
+                              "once per value, each into its own output_dir)")
     for key, value in (config.pop("env", None) or {}).items():
         os.environ[key] = str(value)
     return config

@@ -7,6 +7,7 @@ the new one, never half of one.
 """
 
 import dataclasses
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -44,6 +45,14 @@ def write_json_atomic(path: str, obj) -> None:
 
 
 def file_sha256(path: str) -> str:
+    """The file's SHA-256, read once per process while the file is unchanged (same inode, size and modification
+    time): a stage checks its pair file and records it as an input, and the paper's is about 100 MB."""
+    status = os.stat(path)
+    return _sha256(os.path.abspath(path), status.st_ino, status.st_size, status.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(path: str, inode: int, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -85,15 +85,14 @@ def tiny_run(tmp_path_factory):
     """The tiny preset run end to end by `./run_pipeline.sh tiny`, as a user runs it (OUTPUT_ROOT in a temporary
     folder). The stage fixtures below are its folders: tests read them and never change them.
 
-    IMDB_DPO_TINY_RUN=<OUTPUT_ROOT of a finished `./run_pipeline.sh tiny`> copies that run instead, to iterate on one
-    test in seconds; CI never sets it."""
-    root = tmp_path_factory.mktemp("tiny_run")
+    IMDB_DPO_TINY_RUN=<OUTPUT_ROOT of a finished `./run_pipeline.sh tiny` by this checkout> uses that run in place
+    instead, to iterate on one test in seconds (in place: its inputs are named by path, so a copy would be "other
+    settings"); CI never sets it."""
     if os.environ.get("IMDB_DPO_TINY_RUN"):
-        import shutil
+        import pathlib
 
-        for top in ("outputs", "generations"):
-            shutil.copytree(os.path.join(os.environ["IMDB_DPO_TINY_RUN"], top), root / top)
-        return {"root": root, "stdout": ""}
+        return {"root": pathlib.Path(os.environ["IMDB_DPO_TINY_RUN"]).resolve(), "stdout": ""}
+    root = tmp_path_factory.mktemp("tiny_run")
     env = {**os.environ, "OUTPUT_ROOT": str(root), "PYTHON": sys.executable}
     proc = subprocess.run(["./run_pipeline.sh", "tiny"], cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]

@@ -182,9 +182,9 @@ def test_report_and_plot_are_written(evaluated, tiny_sft):
 
 def test_another_batch_size_gives_the_same_records(evaluated, tiny_base, tiny_sft, tmp_path):
     """batch_size is a performance knob: every sample has a random stream of its own (imdb_dpo/sampling.py). Batches
-    of another shape may round a logit differently in the last bits, which moves a token only where its uniform lies
-    that close to a boundary: a few samples in a thousand may differ (none did here), and the KL pass, padded
-    otherwise, may differ in the last bits."""
+    of another shape or padding may round a logit differently in the last bits, which moves a token only where its
+    uniform lies that close to a boundary: a few samples in a thousand may differ, and the KL pass, padded otherwise,
+    may differ in the last bits."""
     assert run_eval(eval_argv(tiny_base, tiny_sft, evaluated["dpo_root"], tmp_path / "out", "--batch_size", "5")) == 0
     new = sorted((tmp_path / "out" / "records").rglob("records.jsonl"))
     assert len(new) >= 4  # SFT, base and the run's checkpoints, under the same settings key as at batch size 12

@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import shutil
 
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -10,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import sft
 from conftest import CPU_FLAGS, REPO, kill_once_saved, run_in_process, run_script
 from helpers import mean_token_nll, state_dicts_equal
+from imdb_dpo.checkpoints import checkpoint_steps
 from imdb_dpo.config import ConfigError, parse_config
 from imdb_dpo.data import DataError, normalise_review
 from imdb_dpo.manifests import read_manifest
@@ -47,6 +49,23 @@ def test_tiny_sft_lowers_held_out_loss_and_saves_a_loadable_model(tiny_base, tin
     assert os.path.getmtime(weights) == mtime
 
 
+def test_a_finished_run_keeps_no_checkpoint(tiny_base, tiny_sft, tmp_path):
+    """Its checkpoints (weights and AdamW state) were for resuming only. A kill between finishing and deleting them
+    leaves them, or a checkpoint half-deleted under its hidden name, to the next run, which deletes them and
+    changes nothing else."""
+    assert checkpoint_steps(tiny_sft) == [] and not glob.glob(os.path.join(tiny_sft, ".checkpoint-*"))
+    assert read_manifest(tiny_sft)["global_step"] == 250  # it saved every 50 steps while it ran
+    run = tmp_path / "sft"
+    shutil.copytree(tiny_sft, run)
+    shutil.copytree(run, run / "checkpoint-200", ignore=shutil.ignore_patterns("checkpoint-*"))
+    (run / ".checkpoint-250.deleting").mkdir()
+    (run / ".checkpoint-250.deleting" / "optimizer.pt").write_bytes(b"half deleted")
+    mtime = os.path.getmtime(run / "model.safetensors")
+    assert sft.main(*parse_config(sft.STAGES, sft_argv(tiny_base, run))) == 0
+    assert sorted(os.listdir(run)) == sorted(os.listdir(tiny_sft))
+    assert os.path.getmtime(run / "model.safetensors") == mtime
+
+
 def test_sft_on_real_imdb_reviews_lowers_held_out_loss(tiny_base, imdb_sample, tmp_path):
     out = tmp_path / "sft_imdb"
     argv = sft_argv(tiny_base, out, "--max_steps", "40", "--max_train_samples", "1280", "--max_eval_samples", "50",
@@ -75,7 +94,7 @@ def test_killed_sft_resumes_to_the_same_weights_as_an_uninterrupted_run(tiny_bas
     a = AutoModelForCausalLM.from_pretrained(tmp_path / "straight")
     b = AutoModelForCausalLM.from_pretrained(killed)
     assert state_dicts_equal(a, b) == []
-    assert read_manifest(killed)["global_step"] == 40
+    assert read_manifest(killed)["global_step"] == 40 and checkpoint_steps(killed) == []
 
 
 def test_lora_sft_saves_a_plain_causal_lm(tiny_base, tmp_path):

@@ -204,8 +204,18 @@ def test_a_config_is_read_strictly_naming_the_line(capsys, tmp_path):
                   f"argument --num_prompts/--num-prompts: invalid int value: 'many' (from {tmp_path / 'typed.yaml'} or "
                   "the command line)")
     assert "usage:" not in err
+    # A list where one value belongs (argparse passes it on untouched; the Trainer failed on it, after making the
+    # run's folder).
+    (tmp_path / "epochs.yaml").write_text("\n".join(line for line in open(os.path.join(REPO, "configs/tiny/sft.yaml"))
+                                                    .read().splitlines() if not line.startswith(("num_train_epochs", "output_dir")))
+                                          + "\nnum_train_epochs: [1, 2]\noutput_dir: " + str(tmp_path / "s") + "\n")
+    refused(capsys, sft, ["--config", str(tmp_path / "epochs.yaml")],
+            "epochs.yaml: num_train_epochs is a list ([1, 2]), but num_train_epochs takes one value")
+    (tmp_path / "mapping.yaml").write_text("num_prompts: {many: 9}\n")
+    refused(capsys, eval_stage, ["--config", str(tmp_path / "mapping.yaml")], "num_prompts is a mapping")
     assert not (tmp_path / "d").exists()
     assert not (tmp_path / "rm").exists()
+    assert not (tmp_path / "s").exists()
 
 
 def test_a_full_disk_or_a_read_only_folder_inside_a_library_error_is_a_message():
