@@ -47,7 +47,7 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
                            state.is_main_process, state.wait_for_everyone)
         if plan.skip:
             if state.is_main_process:  # a kill between finishing and dropping the checkpoints left them
-                drop_checkpoints(plan.final, [s for s, _ in checkpoint_steps(plan.final)])
+                drop_checkpoints(plan.final)
             return 0
         training_args.output_dir = plan.directory
         return train(training_args, model_args, train_rows, held_out, Manifest(plan.directory, "sft", configs, inputs),
@@ -98,7 +98,7 @@ def train(training_args: SFTConfig, model_args: ModelConfig, train_rows, held_ou
     if trainer.accelerator.is_main_process:
         # Its checkpoints were for resuming only (weights and AdamW state: 9.3 GB each at GPT-2 Large's size); the
         # later stages read the model in output_dir.
-        drop_checkpoints(output_dir, [s for s, _ in checkpoint_steps(output_dir)])
+        drop_checkpoints(output_dir)
         plan.finish()
     trainer.accelerator.wait_for_everyone()
     print(f"SFT finished: held-out loss {eval_metrics['eval_loss']:.4f}, model saved to {plan.final}")

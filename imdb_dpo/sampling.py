@@ -44,7 +44,7 @@ def remaining_batches(log, prompts: list[dict], key: str, batch_size: int, rank:
         logged.setdefault(record["batch"], set()).add(record[key])
     same_plan = all(b < len(plan) and keys <= {p[key] for p in plan[b]} for b, keys in logged.items())
     offset = 0 if same_plan else (max(logged) // world + 1) * world
-    done = {record[key] for record in log.records}
+    done = set().union(*logged.values())
     return [(offset + b, todo) for b, batch in enumerate(plan) if b % world == rank
             for todo in [[p for p in batch if p[key] not in done]] if todo]
 

@@ -117,28 +117,27 @@ def run_script(script: str, args: list[str], env: dict | None = None, timeout: i
     return proc
 
 
-def run_in_process(script: str, args: list[str]) -> None:
-    """Run a top-level script's stage to the end in this process, as its `__main__` does (imdb_dpo.cli.run_stage):
-    for the uninterrupted runs that kill-and-resume tests compare with, without a fresh process's imports."""
+def _stage_in_process(script: str, args: list[str]) -> int:
+    """A top-level script's stage run in this process as its `__main__` runs it (imdb_dpo.cli.run_stage), without a
+    fresh process's ten-odd seconds of imports; its exit status."""
     import importlib
 
     from imdb_dpo.cli import run_stage
 
     module = importlib.import_module(script.removesuffix(".py"))
-    assert run_stage(module.main, module.STAGES, args) == 0, script
+    return run_stage(module.main, module.STAGES, args)
+
+
+def run_in_process(script: str, args: list[str]) -> None:
+    """Run a stage to the end in this process: for the uninterrupted runs that kill-and-resume tests compare with."""
+    assert _stage_in_process(script, args) == 0, script
 
 
 def refused_in_process(script: str, args: list[str], capsys) -> str:
-    """Run a top-level script's stage in this process as its `__main__` does (imdb_dpo.cli.run_stage), for a run that
-    must stop at a user error: asserts exit status 2 with one message and no traceback, and returns stderr. Saves
-    the ten-odd seconds of imports a fresh process pays."""
-    import importlib
-
-    from imdb_dpo.cli import run_stage
-
-    module = importlib.import_module(script.removesuffix(".py"))
+    """Run a stage in this process that must stop at a user error: asserts exit status 2 with one message and no
+    traceback, and returns stderr."""
     capsys.readouterr()
-    code = run_stage(module.main, module.STAGES, args)
+    code = _stage_in_process(script, args)
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and "Traceback" not in err, (code, err[-3000:])
     return err
