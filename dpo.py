@@ -4,7 +4,8 @@
     python dpo.py --config configs/gpt2-large/dpo.yaml --betas 0.1     # one run (a SLURM array task)
 
 Each run goes to <output_dir>/<loss>_beta<beta>/ with checkpoints on checkpoint_schedule (log-spaced early steps,
-then every save_steps), resumes by itself, and is skipped once finished with the same settings (--overwrite true
+then every save_steps), each evaluated as it is saved and then deleted where frontier_eval names the evaluation's
+config (the presets do), resumes by itself, and is skipped once finished with the same settings (--overwrite true
 replaces it once the new run has finished). Reference log-probs are computed once and cached (TRL's
 precompute_ref_log_probs), so every beta of the sweep reuses them.
 """
@@ -23,6 +24,7 @@ from imdb_dpo.checks import check_learning_rate, check_model, check_positive
 from imdb_dpo.cli import run_stage
 from imdb_dpo.config import ConfigError, DPOScriptArguments
 from imdb_dpo.checkpoints import check_schedule
+from imdb_dpo.frontier_eval import frontier_of
 from imdb_dpo.methods.dpo import DPO_CURVES, PretokenizedDPOTrainer, run_name
 from imdb_dpo.manifests import describe_model_input
 from imdb_dpo.modeling import load_tokenizer, set_model_init_kwargs
@@ -82,6 +84,7 @@ def main(script_args: DPOScriptArguments, training_args: DPOConfig, model_args: 
     betas = sweep_values("betas", script_args.betas, "beta", training_args.beta, DPOConfig.__dataclass_fields__["beta"].default)
     set_total_batch_size(script_args, training_args)
     check_inputs(script_args, training_args, model_args)
+    frontier = frontier_of(script_args, "dpo", training_args.output_dir)
     pairs = pairs_input(script_args.pairs_file, model_args.model_name_or_path, "DPO's reference")
     set_model_init_kwargs(training_args, model_args)
     dataset = load_pairs_dataset(script_args, os.path.join(training_args.output_dir, ".datasets_cache"))
@@ -111,7 +114,7 @@ def main(script_args: DPOScriptArguments, training_args: DPOConfig, model_args: 
                        {"pairs": pairs, "model": describe_model_input(model_args.model_name_or_path)},
                        script_args.overwrite, script_args.checkpoint_schedule,
                        lambda args, callbacks: new_trainer(args, model_args, dataset, tokenizer, callbacks),
-                       DPO_CURVES, results, finished_line):
+                       DPO_CURVES, results, finished_line, frontier):
         return exit_resumable()
     return 0
 

@@ -8,49 +8,39 @@ summary.csv (per checkpoint, with 95% bootstrap intervals over prompts, and best
 families apart), reward_vs_kl.png (the paper's view, drawn from summary.csv alone) and reward_vs_kl_full.png (every
 point), overoptimisation.png (proxy against true reward of the runs on a learned reward model; Gao et al.'s curves
 fitted per method), frontier_budget.csv (per method, the best reward within each of kl_budgets), report.md and
-manifest.json. A checkpoint already evaluated with the same settings is
-skipped, and an interrupted evaluation resumes from its last finished batch. Run again with the same settings and
+manifest.json. A checkpoint already evaluated with the same settings is skipped: that includes each checkpoint a
+training stage evaluated as it saved it (`frontier_eval`, imdb_dpo/frontier_eval.py), which eval.py only gathers.
+An interrupted evaluation resumes from its last finished batch. Run again with the same settings and
 models, it changes nothing; with other settings it needs --overwrite true.
 """
 
 import csv
-import hashlib
 import io
 import json
-import math
 import os
 import sys
 import time
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from imdb_dpo.batch_log import BatchLog, read_finished
 from imdb_dpo.checkpoints import checkpoint_steps
-from imdb_dpo.checks import check_model, check_positive, check_sampling, model_dir_problem
+from imdb_dpo.checks import model_dir_problem
 from imdb_dpo.cli import run_stage
 from imdb_dpo.config import ConfigError, EvalArguments
 from imdb_dpo.data import prompts_for
-from imdb_dpo.distributed import any_process, process_state
-from imdb_dpo.errors import first_line
+from imdb_dpo.distributed import process_state
 from imdb_dpo.frontier_fits import fits_by_method
 from imdb_dpo.evaluation import (BEST_OF_N, best_of_n_kl_bound, best_of_n_rewards, bootstrap_interval, distinct_n,
                                  summarise, win_rate)
-from imdb_dpo.kl import sequence_kls
 from imdb_dpo.locks import main_process_lock
 from imdb_dpo.methods import BY_KEY, TRAINED
-from imdb_dpo.methods.reward_model import LearnedReward
-from imdb_dpo.memory import OutOfMemory, naming_the_fix
-from imdb_dpo.manifests import (Manifest, describe_model_input, git_commit, is_finished, read_manifest,
-                                write_text_atomic)
-from imdb_dpo.modeling import load_causal_lm, load_tokenizer
+from imdb_dpo.model_eval import (Evaluator, UnreadableCheckpoint, check_args, records_dir, records_key, run_meta,
+                                 settings_of)
+from imdb_dpo.manifests import Manifest, describe_model_input, git_commit, is_finished, read_manifest, write_text_atomic
+from imdb_dpo.modeling import load_tokenizer
 from imdb_dpo.plots import plot_frontier, plot_overoptimisation
-from imdb_dpo.precision import inference_dtype
 from imdb_dpo.preemption import StopRequest, exit_resumable
 from imdb_dpo.report import FRONTIER_BUDGET_COLUMNS, best_within_budgets, method_of, render_report
-from imdb_dpo.reward import VADER, make_reward
-from imdb_dpo.sampling import SAMPLER, remaining_batches, sample_batch
-from imdb_dpo import settings
 
 STAGES = (EvalArguments,)
 # kl_kind: `measured` (a checkpoint's exact KL) or `analytic_bound` (best-of-N: log N - (N-1)/N, never measured).
@@ -61,38 +51,11 @@ SUMMARY_COLUMNS = ["method", "run", "loss_type", "beta", "step", "reward_model",
                    "distinct_2", "proxy_reward_mean", "path"]
 
 
-def settings_of(args: EvalArguments) -> dict:
-    """What decides an evaluation's numbers (imdb_dpo/settings.py); records made under other settings are kept apart.
-    The reference is named by its run id; the data files by their paths, as they always were (a records key made
-    before must stay the same)."""
-    return {**settings.settings_of(json.loads(json.dumps(vars(args)))), "train_file": args.train_file,
-            "test_file": args.test_file, "reference": describe_model_input(args.sft_model), "sampler": SAMPLER}
-
-
 RESERVED_RUNS = ("sft", "base", "best_of_n")  # names of the rows that are not runs
-SAMPLING_FIX = ("Lower batch_size (rows sampled at once = batch_size x samples_per_prompt, and x best_of_n_samples for "
-                "the SFT model; it changes no sample, and the rerun goes on from the finished batches) or set "
-                "sampling_dtype bfloat16 (half the KV cache)")
-
-
-def run_meta(method: str, name: str, manifest: dict) -> dict:
-    """A run's columns: `loss_type` is DPO's loss ("" otherwise), `beta` the method's parameter (DPO's beta, RLOO's KL
-    coefficient, Unlikelihood's alpha; "" for Preferred-FT); and its run id, which tells a run replaced by
-    `--overwrite true` (same name, new id) from the one evaluated before."""
-    training = manifest["config"]["training"]
-    loss_type = "+".join(training["loss_type"]) if method == "dpo" else ""
-    field = BY_KEY[method].parameter_field
-    beta = training[field] if field else ""
-    meta = {"method": method, "run": name, "loss_type": loss_type, "beta": beta, "run_id": manifest["run_id"]}
-    if method == "rloo_rm":  # the learned reward model it optimised: its score is recorded beside the true reward
-        meta["proxy_model"] = manifest["inputs"]["reward_model"]["path"]
-        meta["proxy_run_id"] = manifest["inputs"]["reward_model"]["run_id"]
-    return meta
-
-
-def models_to_evaluate(args: EvalArguments) -> tuple[list[dict], list[dict]]:
-    """The models to evaluate, and what is left out with the reason (reported, not fatal): unfinished runs and
-    checkpoints that cannot be loaded.
+def models_to_evaluate(args: EvalArguments, records_root: str | None = None) -> tuple[list[dict], list[dict]]:
+    """The models to evaluate, and what is left out with the reason (reported, not fatal): unfinished runs,
+    checkpoints that cannot be loaded, and checkpoints evaluated while training (frontier_eval) and deleted, where
+    `records_root` (by default that of `args`'s settings) has no records of them.
 
     Every run folder under a method's root (dpo_dir, rloo_dir, ...: methods.TRAINED) whose manifest's stage is that
     method counts (a root that does not exist: the method was not run). Records are kept by run name, so a name found
@@ -134,7 +97,7 @@ def models_to_evaluate(args: EvalArguments) -> tuple[list[dict], list[dict]]:
             if problem:  # one reason for the whole run, not one per checkpoint
                 skipped.append({"path": run_dir, "reason": problem})
                 continue
-            units += run_units(run_dir, manifest, meta, skipped)
+            units += run_units(run_dir, manifest, meta, skipped, records_root or records_root_of(args))
     return units, skipped
 
 
@@ -156,131 +119,38 @@ def proxy_problem(path: str, run_id: str) -> str | None:
     return None
 
 
-def run_units(run_dir: str, manifest: dict, meta: dict, skipped: list[dict]) -> list[dict]:
-    """One unit per loadable checkpoint of a finished run (and its final model when no checkpoint holds that step);
-    the others go to `skipped` with the reason."""
+def records_root_of(args: EvalArguments) -> str:
+    return os.path.join(args.output_dir, "records", records_key(settings_of(args)))
+
+
+def run_units(run_dir: str, manifest: dict, meta: dict, skipped: list[dict], records_root: str) -> list[dict]:
+    """One unit per loadable checkpoint of a finished run (and its final model when no checkpoint holds that step),
+    and one per deleted checkpoint whose records exist under `records_root` (frontier_eval); the others go to
+    `skipped` with the reason."""
     units = []
     steps = dict(checkpoint_steps(run_dir))
     steps.setdefault(manifest["global_step"], run_dir)  # the final model, when no checkpoint holds it
+    for step in manifest.get("checkpoints", []):
+        deleted = os.path.join(run_dir, f"checkpoint-{step}")
+        if step in steps:
+            continue
+        if is_finished(records_dir(records_root, {**meta, "step": step})):
+            units.append({**meta, "step": step, "path": deleted})
+        elif "frontier_eval" in manifest:
+            during = manifest["frontier_eval"]
+            skipped.append({"path": deleted, "reason": (
+                f"evaluated while training under the settings of {during['config']} (records key "
+                f"{during['settings_key']}, not {os.path.basename(records_root)}), then deleted: evaluate with those "
+                "settings, or train the run again with --overwrite true to evaluate it under these")})
+        else:
+            skipped.append({"path": deleted, "reason": "the checkpoint is gone (deleted or moved since the run finished)"})
     for step, path in sorted(steps.items()):
         problem = model_dir_problem(path, tokenizer=False)
         if problem:
             skipped.append({"path": path, "reason": problem})
         else:
             units.append({**meta, "step": step, "path": path})
-    return units
-
-
-class UnreadableCheckpoint(Exception):
-    """A DPO checkpoint whose files are there but do not load (e.g. cut short by a full disk)."""
-
-
-class ModelPair:
-    """One model at the two precisions of the evaluation: `sampler` draws the completions (sampling_dtype) and
-    `scorer` enters the KL pass (kl_dtype). Each is loaded from the checkpoint itself, never cast from the
-    other (a bf16 copy cast up to fp32 keeps bf16's rounding); equal precisions share one model."""
-
-    def __init__(self, path: str, args: EvalArguments, device):
-        self.scorer = load_causal_lm(path, inference_dtype(args, "kl_dtype"), device)
-        same = args.sampling_dtype == args.kl_dtype
-        self.sampler = self.scorer if same else load_causal_lm(path, inference_dtype(args, "sampling_dtype"), device)
-
-
-def load_policy(unit: dict, args: EvalArguments, device) -> ModelPair:
-    try:
-        with naming_the_fix(f"loading {unit['path']} beside the reference",
-                            "The evaluation holds the reference and one checkpoint, each in sampling_dtype and, where it "
-                            "differs, in kl_dtype too: set both alike (one copy of each model), or free the device"):
-            return ModelPair(unit["path"], args, device)
-    except OutOfMemory:  # the device's fault, not the checkpoint's: never "Not evaluated"
-        raise
-    except Exception as error:  # safetensors, torch and transformers each raise their own kind for a damaged file
-        if unit["run"] == "base":
-            raise
-        detail = first_line(error, 200, type(error).__name__)
-        raise UnreadableCheckpoint(f"it does not load ({type(error).__name__}: {detail})") from error
-
-
-def records_dir(records_root: str, unit: dict) -> str:
-    """Where a model's records are kept: `<run>/step-<N>`, under the run id of a trained run (`<run>/<id>/step-<N>`)
-    so that records of a run replaced by --overwrite are never taken for the new run's."""
-    run = os.path.join(unit["run"], unit["run_id"]) if unit.get("run_id") else unit["run"]
-    return os.path.join(records_root, run, f"step-{unit['step']}")
-
-
-class ProxyRewards:
-    """The learned reward models of the rloo_rm runs (checked by models_to_evaluate), each loaded once, on the
-    evaluation's device and reward_dtype."""
-
-    def __init__(self, args: EvalArguments, device):
-        self.args, self.device, self.models = args, device, {}
-
-    def __call__(self, path: str) -> LearnedReward:
-        if path not in self.models:
-            self.models[path] = LearnedReward(path, self.device, inference_dtype(self.args, "reward_dtype"),
-                                              self.args.reward_batch_size)
-        return self.models[path]
-
-
-def evaluate(unit, prompts, args, tokenizer, reference: ModelPair, reward, proxies: ProxyRewards, records_root,
-             stop) -> list[dict] | None:
-    """Per-sample records of one model, in prompt order; None when stopped by a signal (the finished batches are
-    kept, and a rerun goes on from them at any batch size).
-
-    Under a launcher each process samples every world-th batch into a log of its own; the main process then joins
-    the logs in prompt order. Every sample has a random stream of its own (imdb_dpo/sampling.py), so the records
-    equal a one-process run's at any batch size."""
-    state = process_state()
-    world, rank = state.num_processes, state.process_index
-    directory = records_dir(records_root, unit)
-    merged = os.path.join(directory, "records.jsonl")
-    if is_finished(directory):
-        return read_finished(merged, read_manifest(directory)["n"])
-    num_samples = args.best_of_n_samples if unit["run"] == "sft" else args.samples_per_prompt
-    manifest = Manifest(directory, "eval", {"unit": unit}, {"model": describe_model_input(unit["path"])})
-    log = BatchLog(merged if world == 1 else os.path.join(directory, f"records.rank{rank}-of-{world}.jsonl"))
-    batches = remaining_batches(log, prompts, "prompt_id", args.batch_size, rank, world)
-    if batches:
-        policy = reference if unit["run"] == "sft" else load_policy(unit, args, reference.scorer.device)
-    for b, batch in tqdm(batches, desc=f"eval {unit['run']} step {unit['step']}", unit="batch"):
-        with naming_the_fix(f"sampling {len(batch)} prompts x {num_samples} samples from {unit['path']}",
-                            SAMPLING_FIX):
-            samples = sample_batch(policy.sampler, tokenizer, batch, num_samples, args.max_new_tokens,
-                                   args.seed, args.temperature, args.top_k, args.top_p)
-        flat = [(p, i, c) for p, cs in zip(batch, samples) for i, c in enumerate(cs)]
-        with naming_the_fix(f"scoring {len(flat)} samples with {args.reward_model}", "Lower reward_batch_size"):
-            rewards = reward([p["prompt"] + c["text"] for p, _, c in flat])
-            proxy = [None] * len(flat)
-            if unit.get("proxy_model"):
-                proxy = proxies(unit["proxy_model"]).score([p["prompt_ids"] for p, _, _ in flat],
-                                                           [c["ids"] for _, _, c in flat])
-        with naming_the_fix(f"the KL pass over {len(flat)} samples of {unit['path']}", "Lower kl_batch_size"):
-            exact, ratio = sequence_kls(policy.scorer, None if policy is reference else reference.scorer,
-                                        [p["prompt_ids"] for p, _, _ in flat],
-                                        [c["ids"] for _, _, c in flat], tokenizer.pad_token_id, args.kl_batch_size)
-        log.append_batch(b, [
-            {"run": unit["run"], "loss_type": unit["loss_type"], "beta": unit["beta"], "step": unit["step"],
-             "prompt_id": p["prompt_id"], "prompt": p["prompt"], "prompt_ids": p["prompt_ids"], "sample": i,
-             "completion_ids": c["ids"],
-             "text": c["text"], "finish": c["finish"], "reward": r, "kl_exact": ke, "kl_logratio": kr,
-             **({} if pr is None else {"proxy_reward": pr})}
-            for (p, i, c), r, ke, kr, pr in zip(flat, rewards, exact, ratio, proxy)])
-        if stop.requested:
-            break
-    log.close()
-    if any_process(stop.requested):
-        return None
-    if state.is_main_process:
-        parts = [log.records] if world == 1 else [
-            BatchLog(os.path.join(directory, f"records.rank{r}-of-{world}.jsonl")).close_and_read() for r in range(world)]
-        position = {p["prompt_id"]: i for i, p in enumerate(prompts)}
-        joined = sorted((record for part in parts for record in part),
-                        key=lambda record: (position[record["prompt_id"]], record["sample"]))
-        write_text_atomic(merged, "".join(json.dumps(record, sort_keys=True) + "\n" for record in joined))
-    state.wait_for_everyone()
-    records = read_finished(merged, len(prompts) * num_samples)
-    manifest.finish(n=len(records))
-    return records
+    return sorted(units, key=lambda unit: unit["step"])
 
 
 def summary_row(unit, records, sft_records, args) -> dict:
@@ -366,49 +236,6 @@ def write_outputs(args, units, records, prompts, settings, skipped) -> None:
               f"win vs SFT {r['win_rate_vs_sft'] if r['win_rate_vs_sft'] == '' else round(r['win_rate_vs_sft'], 3)}")
 
 
-def check_kl_budgets(budgets) -> list[float]:
-    """The budgets as floats (YAML may give ints, or strings such as 1e-1); a ConfigError unless each is > 0."""
-    if not budgets:
-        raise ConfigError("kl_budgets is empty: give at least one KL budget in nats, e.g. --kl_budgets 1 3 10")
-    values, bad = [], []
-    for budget in budgets:
-        try:
-            value = math.nan if isinstance(budget, bool) else float(budget)
-        except (TypeError, ValueError):
-            value = math.nan
-        if math.isfinite(value) and value > 0:
-            values.append(value)
-        else:
-            bad.append(budget)
-    if bad:
-        raise ConfigError(f"kl_budgets={list(budgets)}: every budget must be a finite number of nats > 0 (got "
-                          f"{', '.join(repr(b) for b in bad)}); fix it in the config or on the command line")
-    return values
-
-
-def check_args(args: EvalArguments) -> None:
-    check_sampling(args)
-    check_positive(args, "best_of_n_samples", "kl_batch_size")
-    inference_dtype(args, "kl_dtype")
-    if args.report_prompts < 0:
-        raise ConfigError(f"report_prompts={args.report_prompts}: must be >= 0")
-    if args.best_of_n_samples < args.samples_per_prompt:
-        raise ConfigError(f"best_of_n_samples ({args.best_of_n_samples}) must be >= samples_per_prompt "
-                          f"({args.samples_per_prompt}): the SFT samples also serve as its own evaluation")
-    args.kl_budgets = check_kl_budgets(args.kl_budgets)
-    for method in TRAINED:
-        root = getattr(args, method.root_field)
-        if os.path.exists(root) and not os.path.isdir(root):
-            raise ConfigError(f"{method.root_field}={root} is a file, not a folder: it names the folder that holds the "
-                              f"{method.title} runs (one subfolder per run). Point {method.root_field} at that folder, "
-                              f"or at a path that does not exist to evaluate without {method.title}")
-    check_model("sft_model", args.sft_model)
-    if args.base_model:
-        check_model("base_model", args.base_model, tokenizer=False)
-    if args.reward_model != VADER:
-        check_model("reward_model", args.reward_model)
-
-
 def main(args: EvalArguments) -> int:
     process_state(args.use_cpu)  # first: it decides this process's device
     check_args(args)
@@ -420,10 +247,8 @@ def main(args: EvalArguments) -> int:
 
 def evaluate_all(args: EvalArguments, tokenizer, prompts: list[dict]) -> int:
     settings = settings_of(args)
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    records_root = os.path.join(args.output_dir, "records", key)
-
-    units, skipped = models_to_evaluate(args)
+    key = records_key(settings)
+    units, skipped = models_to_evaluate(args, os.path.join(args.output_dir, "records", key))
     planned = json.loads(json.dumps({"units": units, "skipped": skipped}, default=str))
     previous = read_manifest(args.output_dir)
     if previous and previous.get("finished") and previous.get("stage") == "eval":
@@ -440,19 +265,12 @@ def evaluate_all(args: EvalArguments, tokenizer, prompts: list[dict]) -> int:
         if previous["settings_key"] == key and previous["planned"] == planned and same_budgets:
             print(f"the evaluation in {args.output_dir} is finished with these settings and models; skipping")
             return 0
-    if process_state().is_main_process:
-        write_text_atomic(os.path.join(records_root, "settings.json"), json.dumps(settings, indent=2, default=str) + "\n")
-    device = process_state().device
-    with naming_the_fix(f"loading the reference {args.sft_model} and the reward model", "Free the device"):
-        reference = ModelPair(args.sft_model, args, device)
-        reward = make_reward(args.reward_model, args.reward_batch_size, args.reward_positive_label, device,
-                             inference_dtype(args, "reward_dtype"))
-    proxies = ProxyRewards(args, device)
+    evaluator = Evaluator(args, tokenizer, prompts)
     stop = StopRequest()
     records, evaluated = {}, []
     for unit in units:
         try:
-            result = evaluate(unit, prompts, args, tokenizer, reference, reward, proxies, records_root, stop)
+            result = evaluator.evaluate(unit, stop)
         except UnreadableCheckpoint as error:
             skipped.append({"path": unit["path"], "reason": str(error)})
             continue

@@ -16,6 +16,7 @@ from transformers import set_seed
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
 from imdb_dpo.checkpoints import check_schedule
+from imdb_dpo.frontier_eval import frontier_of
 from imdb_dpo.checks import check_learning_rate, check_model, check_positive
 from imdb_dpo.cli import run_stage
 from imdb_dpo.config import PreferredFTScriptArguments
@@ -35,6 +36,7 @@ def main(script_args: PreferredFTScriptArguments, training_args: SFTConfig, mode
     check_learning_rate(training_args)
     check_positive(script_args, "max_train_examples")
     check_schedule(script_args.checkpoint_schedule, training_args)
+    frontier = frontier_of(script_args, "preferred_ft", training_args.output_dir)
     check_model("model_name_or_path", model_args.model_name_or_path)
     pairs = read_training_pairs(script_args.pairs_file, model_args.model_name_or_path, ("prompt_ids", "chosen_ids"))
     inputs = {"pairs": pairs_input(script_args.pairs_file, model_args.model_name_or_path, "Preferred-FT's start"),
@@ -56,7 +58,7 @@ def main(script_args: PreferredFTScriptArguments, training_args: SFTConfig, mode
     if not train_run(run_dir, "preferred_ft", "Preferred-FT run",
                      {"script": script_args, "training": training_args, "model": model_args}, inputs,
                      script_args.overwrite, script_args.checkpoint_schedule, make_trainer, StopRequest(), CURVES,
-                     results):
+                     results, frontier):
         return exit_resumable()
     print(f"{run_dir}: finished on {read_manifest(run_dir)['examples']} chosen completions")
     return 0

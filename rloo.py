@@ -24,6 +24,7 @@ from transformers import set_seed
 from trl import ModelConfig, RLOOConfig, get_peft_config
 
 from imdb_dpo.checkpoints import check_schedule
+from imdb_dpo.frontier_eval import frontier_of
 from imdb_dpo.checks import check_learning_rate, check_model, check_positive
 from imdb_dpo.cli import run_stage
 from imdb_dpo.config import ConfigError, RLOOScriptArguments
@@ -101,6 +102,8 @@ def main(script_args: RLOOScriptArguments, training_args: RLOOConfig, model_args
         method = "rloo"
         reward = SentimentReward(make_reward(script_args.reward_model, script_args.reward_batch_size,
                                              script_args.reward_positive_label, state.device, dtype))
+    frontier = frontier_of(script_args, method, training_args.output_dir)
+
     def make_trainer(args, callbacks):
         set_seed(args.seed)
         return PretokenizedRLOOTrainer(model=model_args.model_name_or_path, reward_funcs=reward, args=args,
@@ -118,7 +121,7 @@ def main(script_args: RLOOScriptArguments, training_args: RLOOConfig, model_args
     if not train_sweep(coefs, "beta", lambda coef: run_name(coef, model_args.use_peft, method), method, "RLOO run",
                        {"script": script_args, "training": training_args, "model": model_args}, inputs,
                        script_args.overwrite, script_args.checkpoint_schedule, make_trainer, RLOO_CURVES, results,
-                       finished_line):
+                       finished_line, frontier):
         return exit_resumable()
     return 0
 

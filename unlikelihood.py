@@ -17,6 +17,7 @@ from transformers import set_seed
 from trl import ModelConfig, get_peft_config
 
 from imdb_dpo.checkpoints import check_schedule
+from imdb_dpo.frontier_eval import frontier_of
 from imdb_dpo.checks import check_learning_rate, check_model, check_positive
 from imdb_dpo.cli import run_stage
 from imdb_dpo.config import UnlikelihoodScriptArguments
@@ -40,6 +41,7 @@ def main(script_args: UnlikelihoodScriptArguments, training_args: UnlikelihoodCo
     check_positive(script_args, "max_train_pairs")
     check_positive(training_args, "max_length")
     check_schedule(script_args.checkpoint_schedule, training_args)
+    frontier = frontier_of(script_args, "unlikelihood", training_args.output_dir)
     check_model("model_name_or_path", model_args.model_name_or_path)
     pairs = read_training_pairs(script_args.pairs_file, model_args.model_name_or_path)
     inputs = {"pairs": pairs_input(script_args.pairs_file, model_args.model_name_or_path, "Unlikelihood's start"),
@@ -64,7 +66,7 @@ def main(script_args: UnlikelihoodScriptArguments, training_args: UnlikelihoodCo
     if not train_sweep(alphas, "alpha", lambda alpha: run_name(alpha, model_args.use_peft), "unlikelihood",
                        "Unlikelihood run", {"script": script_args, "training": training_args, "model": model_args},
                        inputs, script_args.overwrite, script_args.checkpoint_schedule, make_trainer, CURVES, results,
-                       finished_line):
+                       finished_line, frontier):
         return exit_resumable()
     return 0
 

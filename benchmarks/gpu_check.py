@@ -175,7 +175,7 @@ class Check:
         gpu, out, d = self.gpu, self.out, self.data
         cpu = [] if gpu else ["--bf16", "false", "--use_cpu", "true"]
         small = [] if gpu else ["--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1"]
-        keep_one = ["--checkpoint_schedule", "steps", "--save_steps", "100000", "--report_to", "none"]
+        keep_one = ["--checkpoint_schedule", "steps", "--save_steps", "100000", "--report_to", "none", "--frontier_eval", ""]
         sft_dir, pairs_dir = f"{out}/outputs/gpt2-large/sft", f"{out}/generations/gpt2-large"
         if not self.stage("sft", "sft.py", "--model_name_or_path", self.policy, *d, "--max_steps", "10" if gpu else "2",
                           "--max_eval_samples", "64" if gpu else "8", "--save_strategy", "no", "--report_to", "none",

@@ -72,12 +72,12 @@ def checkpoint_steps(run_dir: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
-def drop_checkpoints(run_dir: str, steps=None) -> None:
-    """Delete the checkpoints of `steps` (None: all) from a finished run's folder, and whatever a kill left of an
+def drop_checkpoints(run_dir: str, keep=()) -> None:
+    """Delete every checkpoint of a run's folder but those of the steps in `keep`, and whatever a kill left of an
     earlier such deletion: each is renamed to a hidden name first, so that no half-deleted checkpoint ever looks
     like one."""
     for step, path in checkpoint_steps(run_dir):
-        if steps is None or step in steps:
+        if step not in keep:
             os.rename(path, os.path.join(run_dir, f".checkpoint-{step}.deleting"))
     for path in glob.glob(os.path.join(run_dir, ".checkpoint-*.deleting")):
         shutil.rmtree(path)

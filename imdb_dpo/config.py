@@ -314,6 +314,13 @@ class CheckpointArguments:
                           "'log': 1, 2, 4, 8, ... to the end (fewest checkpoints); 'steps': every save_steps only. "
                           "The last step is always saved."},
     )
+    frontier_eval: str = field(
+        default="",
+        metadata={"help": "An eval.py config (e.g. configs/gpt2-large/eval.yaml): evaluate each checkpoint as it is "
+                          "saved, under that config's settings, writing the records eval.py gathers, and delete it "
+                          "once evaluated (a finished run keeps only its final model). Unset: every checkpoint is "
+                          "kept for eval.py."},
+    )
 
 
 @dataclass

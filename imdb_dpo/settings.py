@@ -19,6 +19,8 @@ NOT_SETTINGS = frozenset({
     "hub_always_push", "hub_revision", "preset",
     # How the work is driven: a sweep's list (each run holds its own value), shards, merges, the device.
     "betas", "kl_coefs", "alphas", "reference_only", "merge", "shard_index", "allow_fewer_prompts", "use_cpu",
+    # When the frontier's checkpoints are evaluated (during training or after): the same records either way.
+    "frontier_eval",
     # How much is loaded, sampled or scored at once, where no random number depends on it (every sample has a
     # stream of its own: imdb_dpo/sampling.py).
     "dataloader_num_workers", "dataloader_prefetch_factor", "batch_size", "reward_batch_size", "kl_batch_size",

@@ -13,8 +13,9 @@ from collections.abc import Callable
 from transformers import AutoConfig
 
 from .checkpoints import (DropOptimizerFromOldCheckpoints, ScheduledCheckpoints, checkpoint_steps,
-                          resumable_checkpoint)
+                          drop_checkpoints, resumable_checkpoint)
 from .config import ConfigError
+from .frontier_eval import FrontierEvaluation
 from .locks import main_process_lock
 from .manifests import Manifest, describe_file_input, describe_model_input, read_manifest
 from .outputs import plan_output
@@ -86,25 +87,36 @@ def read_training_pairs(pairs_file: str, model: str, fields=REQUIRED_IDS) -> lis
 
 
 def train_run(run_dir: str, stage: str, what: str, configs: dict, inputs: dict, overwrite: bool, schedule: str | None,
-              make_trainer: Callable, stop: StopRequest, curves, results: Callable = lambda trainer: {}) -> bool:
+              make_trainer: Callable, stop: StopRequest, curves, results: Callable = lambda trainer: {},
+              frontier: FrontierEvaluation | None = None) -> bool:
     """Train (or resume, or skip) one run in `run_dir`; returns False when stopped by a signal.
 
     `configs["training"]` is the run's trainer config (its output_dir is set here); `make_trainer(args, callbacks)`
     builds the trainer; `results(trainer)` adds to the finished manifest; `curves` are the logged metrics that
     `training_curves.png` shows. `schedule` is the checkpoint_schedule of a run the frontier evaluates; None keeps
-    the Trainer's own save_strategy (the reward model saves where it evaluates, to keep its best epoch)."""
+    the Trainer's own save_strategy (the reward model saves where it evaluates, to keep its best epoch), and a
+    finished run then keeps no checkpoint. `frontier` evaluates each checkpoint as it is saved (frontier_eval.py);
+    the finished run then keeps no checkpoint either, and without it every checkpoint but the last (the run folder's
+    final model) stays for eval.py."""
     args = configs["training"]
     state = args.distributed_state
     with main_process_lock(run_dir, f"{stage}.py"):
         plan = plan_output(run_dir, run_settings(configs, inputs), lambda d: bool(checkpoint_steps(d)), overwrite,
                            what, state.is_main_process, state.wait_for_everyone)
         if plan.skip:
+            finished = read_manifest(run_dir)
+            if state.is_main_process and "kept_checkpoints" in finished:  # what a kill after finishing left
+                drop_checkpoints(run_dir, keep=finished["kept_checkpoints"])
             return True
         args.output_dir = plan.directory
         manifest = Manifest(plan.directory, stage, configs, inputs)
+        evaluation = frontier.for_run(run_dir, manifest.data, stop) if frontier else None
+        if evaluation and not evaluation.evaluate_pending(plan.directory):  # saved, then killed before evaluated
+            return False
         with own_wandb_run(args, manifest.run_id):
             scheduled = [ScheduledCheckpoints(schedule)] if schedule else []
-            trainer = make_trainer(args, scheduled + [SaveAndStopOnSignal(stop), DropOptimizerFromOldCheckpoints()])
+            trainer = make_trainer(args, scheduled + [SaveAndStopOnSignal(stop), DropOptimizerFromOldCheckpoints()]
+                                   + ([evaluation] if evaluation else []))
             trainer.train(resume_from_checkpoint=resumable_checkpoint(plan.directory))
         if stop.requested:
             return False
@@ -114,10 +126,17 @@ def train_run(run_dir: str, stage: str, what: str, configs: dict, inputs: dict, 
             plot_training_curves(os.path.join(plan.directory, "trainer_state.json"),
                                  os.path.join(plan.directory, "training_curves.png"), args.run_name, curves)
         trainer.accelerator.wait_for_everyone()
-        manifest.finish(global_step=trainer.state.global_step,
-                        checkpoints=[s for s, _ in checkpoint_steps(plan.directory)], processes=args.world_size,
-                        **results(trainer))
+        final = trainer.state.global_step
+        saved = [s for s, _ in checkpoint_steps(plan.directory)]
+        if evaluation:
+            kept, frontier_record = [], {"frontier_eval": frontier.describe()}
+            saved = sorted(set(saved) | set(evaluation.evaluated()))
+        else:
+            kept, frontier_record = ([s for s in saved if s != final] if schedule else []), {}
+        manifest.finish(global_step=final, checkpoints=saved, kept_checkpoints=kept, processes=args.world_size,
+                        **frontier_record, **results(trainer))
         if trainer.accelerator.is_main_process:
+            drop_checkpoints(plan.directory, keep=kept)
             plan.finish()
         trainer.accelerator.wait_for_everyone()
     return True
@@ -130,7 +149,8 @@ def last_logged(trainer, key: str) -> dict:
 
 def train_sweep(values: list[float], field: str, run_name_of: Callable[[float], str], stage: str, what: str,
                 configs: dict, inputs: dict, overwrite: bool, schedule: str | None, make_trainer: Callable, curves,
-                results: Callable, finished_line: Callable[[dict], str]) -> bool:
+                results: Callable, finished_line: Callable[[dict], str],
+                frontier: FrontierEvaluation | None = None) -> bool:
     """One run per value of a sweep, in order, through `train_run`: the run for `value` has `field` of the trainer
     config set to it and lives in `<output_dir>/<run_name_of(value)>/`. Prints `finished_line(manifest)` as each
     finishes; returns False when stopped by a signal (the runs after it are left for the next start)."""
@@ -141,7 +161,7 @@ def train_sweep(values: list[float], field: str, run_name_of: Callable[[float], 
         setattr(args, field, value)
         args.output_dir, args.run_name = run_dir, os.path.basename(run_dir)
         if not train_run(run_dir, stage, what, {**configs, "training": args}, inputs, overwrite, schedule,
-                         make_trainer, stop, curves, results):
+                         make_trainer, stop, curves, results, frontier):
             return False
         print(f"{run_dir}: finished; {finished_line(read_manifest(run_dir))}")
     return True

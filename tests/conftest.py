@@ -32,6 +32,9 @@ def pytest_collection_modifyitems(config, items):
         if "gpu" in item.keywords:
             item.add_marker(skip)
 
+# The tiny preset evaluates its runs while they train (frontier_eval) under its eval.yaml, whose folders are the
+# preset's own: a test's runs elsewhere keep their checkpoints instead.
+NO_FRONTIER_EVAL = ["--frontier_eval", ""]
 CPU_FLAGS = ["--bf16", "false", "--use_cpu", "true", "--report_to", "none", "--activation_checkpointing", "false"]
 
 
@@ -173,7 +176,16 @@ def tiny_pairs(tiny_run):
 
 def dpo_argv(tiny_sft, pairs_file, output_dir, *extra):
     return ["--config", os.path.join(REPO, "configs/tiny/dpo.yaml"), "--model_name_or_path", tiny_sft,
-            "--pairs_file", pairs_file, "--output_dir", str(output_dir), *CPU_FLAGS, *extra]
+            "--pairs_file", pairs_file, "--output_dir", str(output_dir), *CPU_FLAGS, *NO_FRONTIER_EVAL, *extra]
+
+
+@pytest.fixture(scope="session")
+def dpo_with_checkpoints(tiny_sft, tiny_pairs, tmp_path_factory):
+    """A short DPO run (beta 0.1, 192 pairs: 6 steps) that keeps its checkpoints 1, 2 and 4 for eval.py, as a run
+    without frontier_eval does (step 6 is the run folder's final model). Tests copy it and never change it."""
+    root = tmp_path_factory.mktemp("dpo_with_checkpoints")
+    run_in_process("dpo.py", dpo_argv(tiny_sft, tiny_pairs, root, "--betas", "0.1", "--max_train_pairs", "192"))
+    return str(root / "sigmoid_beta0.1")
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import eval as eval_stage
+from imdb_dpo import model_eval
 from conftest import REPO
 from imdb_dpo.cli import run_stage
 from imdb_dpo.kl import sequence_kls
@@ -65,22 +66,22 @@ def test_running_out_of_gpu_memory_names_the_setting_never_not_evaluated(capsys,
     shutil.copytree(tiny_dpo, runs / "sigmoid_beta0.1")
     argv = eval_argv(tiny_base, tiny_sft, runs, tmp_path / "eval", "--num_prompts", "8", "--batch_size", "8",
                      "--best_of_n_samples", "4", "--max_new_tokens", "8")
-    real_load = eval_stage.load_causal_lm
+    real_load = model_eval.load_causal_lm
 
     def load_but_the_checkpoints_do_not_fit(path, *args):
         if str(runs) in str(path):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.00 GiB")
         return real_load(path, *args)
 
-    monkeypatch.setattr(eval_stage, "load_causal_lm", load_but_the_checkpoints_do_not_fit)
+    monkeypatch.setattr(model_eval, "load_causal_lm", load_but_the_checkpoints_do_not_fit)
     assert run_stage(eval_stage.main, eval_stage.STAGES, argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: out of memory while loading ") and "Traceback" not in err
     assert "CUDA out of memory. Tried to allocate 3.00 GiB" in err and "sampling_dtype" in err and "kl_dtype" in err
     assert not (tmp_path / "eval" / "summary.csv").exists()  # no frontier with a point silently missing
 
-    monkeypatch.setattr(eval_stage, "load_causal_lm", real_load)
-    monkeypatch.setattr(eval_stage, "sample_batch", lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError("")))
+    monkeypatch.setattr(model_eval, "load_causal_lm", real_load)
+    monkeypatch.setattr(model_eval, "sample_batch", lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError("")))
     assert run_stage(eval_stage.main, eval_stage.STAGES, argv) == 2
     err = capsys.readouterr().err
     assert re.match(r"error: out of memory while sampling \d+ prompts x 4 samples", err) and "Lower batch_size" in err

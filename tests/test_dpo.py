@@ -120,9 +120,10 @@ def test_killed_dpo_resumes_to_the_same_step_and_weights(tiny_sft, tiny_pairs, t
     assert manifest["finished"] and manifest["global_step"] == 16
     a = AutoModelForCausalLM.from_pretrained(tmp_path / "straight" / "sigmoid_beta0.1")
     assert state_dicts_equal(a, AutoModelForCausalLM.from_pretrained(run_dir)) == []
-    # Old checkpoints keep their weights for the evaluation but not the optimizer state.
-    assert not os.path.exists(run_dir / "checkpoint-4" / "optimizer.pt")
-    assert os.path.exists(run_dir / "checkpoint-16" / "optimizer.pt")
+    # Checkpoints keep their weights for the evaluation but not the optimizer state, and the last one, which the
+    # run folder's final model duplicates, is gone.
+    assert os.path.exists(run_dir / "checkpoint-4" / "model.safetensors")
+    assert not glob.glob(str(run_dir / "checkpoint-*" / "optimizer.pt")) and not os.path.exists(run_dir / "checkpoint-16")
 
 
 def test_lora_dpo_trains_saves_and_loads(tiny_sft, tiny_pairs, tmp_path):
@@ -131,10 +132,10 @@ def test_lora_dpo_trains_saves_and_loads(tiny_sft, tiny_pairs, tmp_path):
                     "--learning_rate", "1e-2")
     assert run_dpo(argv) == 0
     run_dir = tmp_path / "sigmoid_beta0.1_lora"
-    assert os.path.isfile(run_dir / "adapter_config.json") and os.path.isfile(run_dir / "checkpoint-3" / "adapter_config.json")
+    assert os.path.isfile(run_dir / "adapter_config.json") and os.path.isfile(run_dir / "checkpoint-2" / "adapter_config.json")
     merged = load_causal_lm(str(run_dir))
     assert state_dicts_equal(merged, load_causal_lm(tiny_sft))  # the adapter changed the model
-    assert state_dicts_equal(merged, load_causal_lm(str(run_dir / "checkpoint-3"))) == []
+    assert state_dicts_equal(merged, load_causal_lm(str(run_dir / "checkpoint-2")))  # one step earlier
 
 
 @pytest.mark.parametrize("loss, extra, run", [
@@ -214,6 +215,7 @@ def test_the_log_schedule_bounds_the_checkpoints_of_a_dpo_run(tiny_sft, tiny_pai
         out = tmp_path / schedule
         assert run_dpo(dpo_argv(tiny_sft, tiny_pairs, out, *common, "--checkpoint_schedule", schedule)) == 0
         run_dir = out / "sigmoid_beta0.1"
-        assert [s for s, _ in checkpoint_steps(str(run_dir))] == expected == read_manifest(run_dir)["checkpoints"]
-        with_optimizer = [s for s, path in checkpoint_steps(str(run_dir)) if os.path.exists(os.path.join(path, "optimizer.pt"))]
-        assert with_optimizer == [20]
+        # The last checkpoint is the run folder's final model, and is dropped once the run finishes.
+        assert [s for s, _ in checkpoint_steps(str(run_dir))] == expected[:-1]
+        assert read_manifest(run_dir)["checkpoints"] == expected
+        assert not glob.glob(str(run_dir / "checkpoint-*" / "optimizer.pt"))

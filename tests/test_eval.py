@@ -14,6 +14,7 @@ import torch
 from torch.distributions import Categorical, kl_divergence
 
 import eval as eval_stage
+from imdb_dpo import model_eval
 from conftest import REPO
 from imdb_dpo.config import PairsArguments, parse_config
 from imdb_dpo.data import load_reviews, make_prompts
@@ -101,15 +102,16 @@ def test_win_rate_and_distinct_2_on_hand_made_records():
 
 
 @pytest.fixture(scope="module")
-def evaluated(tiny_base, tiny_sft, tiny_dpo, tmp_path_factory):
+def evaluated(tiny_base, tiny_sft, dpo_with_checkpoints, tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     dpo_root = root / "dpo"
     dpo_root.mkdir()
-    shutil.copytree(tiny_dpo, dpo_root / os.path.basename(tiny_dpo))
+    shutil.copytree(dpo_with_checkpoints, dpo_root / os.path.basename(dpo_with_checkpoints))
     # Read the commit just before the run: another checkout's commit landing later must not fail the test.
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
     assert run_eval(eval_argv(tiny_base, tiny_sft, dpo_root, root / "out")) == 0
-    return {"root": root, "dpo_root": dpo_root, "out": root / "out", "run": os.path.basename(tiny_dpo), "commit": commit}
+    return {"root": root, "dpo_root": dpo_root, "out": root / "out", "run": os.path.basename(dpo_with_checkpoints),
+            "commit": commit}
 
 
 def records_file(records_root, run, step) -> str:
@@ -126,7 +128,7 @@ def read_records(evaluated, run, step):
         return [json.loads(line) for line in f]
 
 
-def test_summary_has_every_checkpoint_and_intervals_contain_their_means(evaluated, tiny_dpo):
+def test_summary_has_every_checkpoint_and_intervals_contain_their_means(evaluated):
     rows = read_csv(evaluated["out"] / "summary.csv")
     for column in ("run", "loss_type", "beta", "step", "reward_mean", "reward_lo", "reward_hi", "kl_mean", "kl_lo", "kl_hi", "n"):
         assert column in rows[0]
@@ -134,8 +136,7 @@ def test_summary_has_every_checkpoint_and_intervals_contain_their_means(evaluate
         assert float(r["reward_lo"]) <= float(r["reward_mean"]) <= float(r["reward_hi"])
         assert float(r["kl_lo"]) <= float(r["kl_mean"]) <= float(r["kl_hi"])
     steps = sorted(int(r["step"]) for r in rows if r["run"] == evaluated["run"])
-    expected = sorted(int(d.split("-")[1]) for d in os.listdir(tiny_dpo) if d.startswith("checkpoint-"))
-    assert steps == expected
+    assert steps == read_manifest(evaluated["dpo_root"] / evaluated["run"])["checkpoints"] == [1, 2, 4, 6]
     sft = next(r for r in rows if r["run"] == "sft")
     assert float(sft["kl_mean"]) == 0.0 and int(sft["n"]) == 24 * 4  # like every checkpoint, not all 16 samples
     final = next(r for r in rows if r["run"] == evaluated["run"] and int(r["step"]) == steps[-1])
@@ -209,8 +210,8 @@ def test_adding_a_run_evaluates_only_what_is_new(evaluated, tiny_base, tiny_sft,
     before = {p: os.path.getmtime(p) for p in records_root.rglob("records.jsonl")}
     shutil.copytree(evaluated["dpo_root"] / evaluated["run"], evaluated["dpo_root"] / "copy_of_run")
     evaluated_paths = []
-    original = eval_stage.load_causal_lm
-    monkeypatch.setattr(eval_stage, "load_causal_lm", lambda path, *a: evaluated_paths.append(path) or original(path, *a))
+    original = model_eval.load_causal_lm
+    monkeypatch.setattr(model_eval, "load_causal_lm", lambda path, *a: evaluated_paths.append(path) or original(path, *a))
     assert run_eval(eval_argv(tiny_base, tiny_sft, evaluated["dpo_root"], evaluated["out"])) == 0
     assert all(os.path.getmtime(p) == t for p, t in before.items())  # nothing old was redone
     new_models = [p for p in evaluated_paths if "copy_of_run" in p]

@@ -12,6 +12,7 @@ import pytest
 import eval as eval_stage
 from imdb_dpo.config import ConfigError, EvalArguments
 from imdb_dpo.manifests import read_manifest, write_json_atomic
+from imdb_dpo.model_eval import check_kl_budgets
 from imdb_dpo.plots import plot_frontier
 from imdb_dpo.report import FRONTIER_BUDGET_COLUMNS, best_within_budgets, render_report
 
@@ -104,10 +105,10 @@ def test_best_within_budgets_dash_when_nothing_fits_and_ties():
 
 
 def test_kl_budgets_must_be_positive():
-    assert eval_stage.check_kl_budgets([1, "3", 10.5]) == [1.0, 3.0, 10.5]
+    assert check_kl_budgets([1, "3", 10.5]) == [1.0, 3.0, 10.5]
     for bad in ([1.0, 0.0], [-1.0], [float("nan")], ["a"], []):
         with pytest.raises(ConfigError, match="kl_budgets"):
-            eval_stage.check_kl_budgets(bad)
+            check_kl_budgets(bad)
 
 
 # ---------------------------------------------------------------- the plot
@@ -375,9 +376,15 @@ def test_rerun_skips_same_settings_models_and_budgets_and_rewrites_tables_for_ot
         "stage": "eval", "finished": True, "run_id": "x", "started_at": "then", "settings_key": key, "settings": settings,
         "planned": {"units": units, "skipped": skipped}, "config": {"eval": {"kl_budgets": [1.0, 3.0, 10.0]}}})
     evaluated, written = [], []
-    monkeypatch.setattr(eval_stage, "ModelPair", lambda *a: None)
-    monkeypatch.setattr(eval_stage, "make_reward", lambda *a: None)
-    monkeypatch.setattr(eval_stage, "evaluate", lambda unit, *a: evaluated.append(unit["run"]) or [])
+
+    class Recording:  # which models are evaluated, without loading any
+        def __init__(self, *args):
+            pass
+
+        def evaluate(self, unit, stop):
+            return evaluated.append(unit["run"]) or []
+
+    monkeypatch.setattr(eval_stage, "Evaluator", Recording)
     monkeypatch.setattr(eval_stage, "write_outputs", lambda args, *a: written.append(list(args.kl_budgets)))
     assert eval_stage.evaluate_all(args, None, []) == 0
     assert "finished with these settings and models; skipping" in capsys.readouterr().out

@@ -2,6 +2,8 @@
 SFT trains, pair sampling splits the prompts and merges them into the one-process files, and DPO keeps
 the same number of pairs per optimizer step."""
 
+import glob
+import json
 import os
 import shutil
 import socket
@@ -13,8 +15,10 @@ import torch
 import preference_pairs
 from conftest import CPU_FLAGS, REPO, dpo_argv
 from helpers import wait_until
+from imdb_dpo.checkpoints import checkpoint_steps
 from imdb_dpo.config import parse_config
 from imdb_dpo.manifests import read_manifest
+from test_frontier_eval import eval_config
 from test_preference_pairs import pairs_argv
 from transformers import AutoModelForCausalLM
 
@@ -60,17 +64,29 @@ def test_two_process_sampling_merges_into_the_one_process_files(tiny_base, tiny_
         assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
 
 
-def test_two_process_dpo_sees_the_same_pairs_per_optimizer_step(tiny_sft, tiny_pairs, tmp_path):
+def test_two_process_dpo_sees_the_same_pairs_per_optimizer_step(tiny_base, tiny_sft, tiny_pairs, tmp_path):
     extra = ["--betas", "0.1", "--max_train_pairs", "128", "--total_batch_size", "32", "--save_steps", "100"]
     subprocess.run([sys.executable, "dpo.py", *dpo_argv(tiny_sft, tiny_pairs, tmp_path / "one", *extra)], cwd=REPO,
                    check=True, capture_output=True)
-    launch_two("dpo.py", dpo_argv(tiny_sft, tiny_pairs, tmp_path / "two", *extra))
+    # The two processes also evaluate each checkpoint as it is saved, each sampling every other batch.
+    evaluation = eval_config(tmp_path, tiny_base, tiny_sft, "eval", tmp_path / "two")
+    launch_two("dpo.py", dpo_argv(tiny_sft, tiny_pairs, tmp_path / "two", *extra, "--frontier_eval", evaluation))
     one = read_manifest(tmp_path / "one" / "sigmoid_beta0.1")
     two = read_manifest(tmp_path / "two" / "sigmoid_beta0.1")
     assert (one["processes"], two["processes"]) == (1, 2)
     assert one["pairs_per_step"] == two["pairs_per_step"] == 32
     assert one["global_step"] == two["global_step"] == 4
     assert two["config"]["training"]["per_device_train_batch_size"] == 16
+
+    # One run id on both ranks: the records of every checkpoint lie in one folder, whole and in prompt order.
+    runs = glob.glob(str(tmp_path / "eval" / "eval" / "records" / "*" / "sigmoid_beta0.1" / "*"))
+    assert [os.path.basename(r) for r in runs] == [two["run_id"]]
+    assert two["checkpoints"] == [1, 2, 4] and checkpoint_steps(tmp_path / "two" / "sigmoid_beta0.1") == []
+    for step in two["checkpoints"]:
+        records = [json.loads(line) for line in open(os.path.join(runs[0], f"step-{step}", "records.jsonl"))]
+        ids = [(r["prompt_id"], r["sample"]) for r in records]
+        assert len(set(ids)) == 12 * 4 and [i for _, i in ids] == [0, 1, 2, 3] * 12
+        assert read_manifest(os.path.join(runs[0], f"step-{step}"))["n"] == 12 * 4
 
 
 def test_two_process_evaluation_equals_the_one_process_evaluation(tiny_base, tiny_sft, tiny_dpo, tmp_path):

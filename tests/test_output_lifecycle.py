@@ -98,11 +98,12 @@ def test_dpo_overwrite_keeps_the_finished_run_until_the_new_one_has_finished(tin
     assert manifest["checkpoints"] == [1, 2] and not (out / ".sigmoid_beta0.1.new").exists()
 
 
-def test_eval_reports_unfinished_runs_and_unloadable_checkpoints_and_goes_on(tiny_base, tiny_sft, tiny_dpo, tmp_path):
+def test_eval_reports_unfinished_runs_and_unloadable_checkpoints_and_goes_on(tiny_base, tiny_sft, dpo_with_checkpoints,
+                                                                             tmp_path):
     runs = tmp_path / "dpo"
     good, unfinished = runs / "sigmoid_beta0.1", runs / "sigmoid_beta0.5"
-    shutil.copytree(tiny_dpo, good)
-    shutil.copytree(tiny_dpo, unfinished)
+    shutil.copytree(dpo_with_checkpoints, good)
+    shutil.copytree(dpo_with_checkpoints, unfinished)
     manifest = read_manifest(unfinished)
     manifest["finished"] = False
     (unfinished / "manifest.json").write_text(json.dumps(manifest))

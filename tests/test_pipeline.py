@@ -2,22 +2,40 @@
 
 import csv
 import os
-import subprocess
-import sys
+import re
 
-from conftest import REPO
+from conftest import REPO, run_in_process
 from imdb_dpo.methods import TRAINED
 from imdb_dpo.plots import plot_frontier
 
 
-def run_pipeline(output_root):
-    env = {**os.environ, "OUTPUT_ROOT": str(output_root), "PYTHON": sys.executable}
-    proc = subprocess.run(["./run_pipeline.sh", "tiny"], cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc.stdout
+def pipeline_stages() -> list[tuple[str, str]]:
+    """(script, config) of every stage `./run_pipeline.sh tiny` runs, in its order, read from the script itself."""
+    with open(os.path.join(REPO, "run_pipeline.sh")) as f:
+        script = f.read()
+    stages = re.search(r"^for stage in ([\w ]+); do$", script, re.M).group(1).split()
+    assert stages[:3] == ["sft", "preference_pairs", "dpo"] and stages[-1] == "eval"
+    return [("rloo.py" if stage == "rloo_rm" else f"{stage}.py", f"configs/tiny/{stage}.yaml") for stage in stages]
 
 
-def test_tiny_pipeline_shows_the_dpo_effect_and_reruns_as_a_no_op(tiny_run):
+def rerun_pipeline_in_process(output_root, monkeypatch, capsys) -> str:
+    """Every stage of the tiny pipeline again, as `./run_pipeline.sh tiny` runs them, in this process (the session's
+    fixture ran the script itself; a rerun in fresh processes would add ten-odd seconds of imports a stage)."""
+    from imdb_dpo.cli import run_stage
+    from imdb_dpo.config import TinyBaseArguments
+    from imdb_dpo.tiny import build_tiny_base
+
+    monkeypatch.setenv("OUTPUT_ROOT", str(output_root))
+    monkeypatch.chdir(REPO)
+    capsys.readouterr()
+    assert run_stage(build_tiny_base, [TinyBaseArguments], ["--config", "configs/tiny/base.yaml"]) == 0
+    for script, config in pipeline_stages():
+        assert os.path.isfile(os.path.join(REPO, config)), config
+        run_in_process(script, ["--config", config])
+    return capsys.readouterr().out
+
+
+def test_tiny_pipeline_shows_the_dpo_effect_and_reruns_as_a_no_op(tiny_run, monkeypatch, capsys):
     tmp_path = tiny_run["root"]  # the session's run of the whole pipeline (conftest), which every stage test reads
     with open(tmp_path / "outputs/tiny/eval/summary.csv") as f:
         rows = list(csv.DictReader(f))
@@ -38,7 +56,7 @@ def test_tiny_pipeline_shows_the_dpo_effect_and_reruns_as_a_no_op(tiny_run):
 
     before = {p: os.path.getmtime(p) for p in tmp_path.rglob("*")  # lock files are rewritten by every run
               if p.is_file() and "eval" not in p.parts and p.suffix != ".lock"}
-    out = run_pipeline(tmp_path)
+    out = rerun_pipeline_in_process(tmp_path, monkeypatch, capsys)
     assert out.count("skipping") >= 5  # base, SFT, pairs and the three DPO runs
     assert all(os.path.getmtime(p) == t for p, t in before.items())
 

@@ -15,7 +15,7 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference
 import dpo
 import eval as eval_stage
 import preference_pairs
-from conftest import CPU_FLAGS, REPO, dpo_argv
+from conftest import CPU_FLAGS, NO_FRONTIER_EVAL, REPO, dpo_argv
 from helpers import build_gpt2_stand_in
 from imdb_dpo.config import EvalArguments, parse_config
 from imdb_dpo.manifests import Manifest, describe_model_input, read_manifest
@@ -129,7 +129,7 @@ def test_gpt2_large_preset_runs_every_stage_with_gpt2s_tokenizer_on_real_reviews
     for record in map(json.loads, open(generations / "completions.jsonl")):
         assert 2 <= len(record["prompt_ids"]) <= 8 and tokenizer.decode(record["prompt_ids"]) == record["prompt"]
 
-    argv = ["--config", f"{GPT2_LARGE}/dpo.yaml", "--max_steps", "2", "--per_device_train_batch_size", "4",
+    argv = ["--config", f"{GPT2_LARGE}/dpo.yaml", *NO_FRONTIER_EVAL, "--max_steps", "2", "--per_device_train_batch_size", "4",
             "--save_steps", "1", *CPU_FLAGS]
     assert dpo.main(*parse_config(dpo.STAGES, argv)) == 0
     runs = sorted(r for r in os.listdir(tmp_path / "outputs/gpt2-large/dpo") if not r.startswith("."))
@@ -139,15 +139,15 @@ def test_gpt2_large_preset_runs_every_stage_with_gpt2s_tokenizer_on_real_reviews
     import rloo
     import unlikelihood
 
-    argv = ["--config", f"{GPT2_LARGE}/rloo.yaml", "--kl_coefs", "0.05", "--max_steps", "2",
+    argv = ["--config", f"{GPT2_LARGE}/rloo.yaml", *NO_FRONTIER_EVAL, "--kl_coefs", "0.05", "--max_steps", "2",
             "--per_device_train_batch_size", "8", "--max_completion_length", "8", "--save_steps", "1",
             "--reward_model", gpt2_classifier, *CPU_FLAGS]
     assert rloo.main(*parse_config(rloo.STAGES, argv)) == 0
     assert read_manifest(tmp_path / "outputs/gpt2-large/rloo/rloo_kl0.05")["checkpoints"] == [1, 2]
-    argv = ["--config", f"{GPT2_LARGE}/preferred_ft.yaml", "--max_steps", "2", "--per_device_train_batch_size", "4",
+    argv = ["--config", f"{GPT2_LARGE}/preferred_ft.yaml", *NO_FRONTIER_EVAL, "--max_steps", "2", "--per_device_train_batch_size", "4",
             "--save_steps", "1", *CPU_FLAGS]
     assert preferred_ft.main(*parse_config(preferred_ft.STAGES, argv)) == 0
-    argv = ["--config", f"{GPT2_LARGE}/unlikelihood.yaml", "--alphas", "1", "--max_steps", "2",
+    argv = ["--config", f"{GPT2_LARGE}/unlikelihood.yaml", *NO_FRONTIER_EVAL, "--alphas", "1", "--max_steps", "2",
             "--per_device_train_batch_size", "4", *CPU_FLAGS]
     assert unlikelihood.main(*parse_config(unlikelihood.STAGES, argv)) == 0
     assert read_manifest(tmp_path / "outputs/gpt2-large/unlikelihood/unlikelihood_alpha1")["checkpoints"] == [1, 2]
@@ -159,7 +159,7 @@ def test_gpt2_large_preset_runs_every_stage_with_gpt2s_tokenizer_on_real_reviews
     assert reward_model.main(*parse_config(reward_model.STAGES, argv)) == 0
     manifest = read_manifest(tmp_path / "outputs/gpt2-large/reward_model")
     assert manifest["prompts"]["validation"] == 2 and len(manifest["validation_accuracy"]) == 2
-    argv = ["--config", f"{GPT2_LARGE}/rloo_rm.yaml", "--kl_coefs", "0.05", "--max_steps", "2",
+    argv = ["--config", f"{GPT2_LARGE}/rloo_rm.yaml", *NO_FRONTIER_EVAL, "--kl_coefs", "0.05", "--max_steps", "2",
             "--per_device_train_batch_size", "8", "--max_completion_length", "8", *CPU_FLAGS]
     assert rloo.main(*parse_config(rloo.STAGES, argv)) == 0
     assert read_manifest(tmp_path / "outputs/gpt2-large/rloo_rm/rloo_rm_kl0.05")["checkpoints"] == [1, 2]
@@ -194,7 +194,7 @@ def test_a_model_that_often_stops_at_once_runs_through_pairs_dpo_and_eval(eos_he
     pairs = read_pairs(str(generations / "pairs.jsonl"))
     assert any(p["chosen"] == "" or p["rejected"] == "" for p in pairs)
 
-    argv = ["--config", f"{GPT2_LARGE}/dpo.yaml", "--model_name_or_path", eos_heavy_model, "--betas", "0.1",
+    argv = ["--config", f"{GPT2_LARGE}/dpo.yaml", *NO_FRONTIER_EVAL, "--model_name_or_path", eos_heavy_model, "--betas", "0.1",
             "--max_steps", "2", "--per_device_train_batch_size", "8", "--save_steps", "1", *CPU_FLAGS]
     assert dpo.main(*parse_config(dpo.STAGES, argv)) == 0
     assert read_manifest(tmp_path / "outputs/gpt2-large/dpo/sigmoid_beta0.1")["finished"]

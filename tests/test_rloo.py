@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 from trl import RLOOConfig
 
-from conftest import CPU_FLAGS, REPO, kill_once_saved, run_in_process
+from conftest import CPU_FLAGS, NO_FRONTIER_EVAL, REPO, kill_once_saved, run_in_process
 from helpers import state_dicts_equal
 from imdb_dpo.checkpoints import checkpoint_schedule, checkpoint_steps
 from imdb_dpo.config import PairsArguments
@@ -22,7 +22,7 @@ from imdb_dpo.sampling import plan_batches, sample_batch
 
 def rloo_argv(tiny_sft, tiny_pairs, output_dir, *extra):
     return ["--config", os.path.join(REPO, "configs/tiny/rloo.yaml"), "--model_name_or_path", tiny_sft,
-            "--pairs_file", tiny_pairs, "--output_dir", str(output_dir), *CPU_FLAGS, *extra]
+            "--pairs_file", tiny_pairs, "--output_dir", str(output_dir), *CPU_FLAGS, *NO_FRONTIER_EVAL, *extra]
 
 
 @torch.no_grad()
@@ -81,8 +81,9 @@ def test_tiny_rloo_raises_the_reward_and_a_smaller_kl_coefficient_gives_a_larger
     for run in (low, high):
         assert read_manifest(run)["finished"]
         assert mean_reward(load_causal_lm(str(run))) > sft_reward + 0.1, run
-        steps = [s for s, _ in checkpoint_steps(str(run))]
+        steps = read_manifest(run)["checkpoints"]  # evaluated while training (frontier_eval), then deleted
         assert steps == checkpoint_schedule("log+steps", read_manifest(run)["global_step"], 10) and len(steps) >= 5
+        assert checkpoint_steps(str(run)) == []
     with open(tiny_run["root"] / "outputs/tiny/eval/summary.csv") as f:
         finals = {}
         for row in csv.DictReader(f):
@@ -107,4 +108,4 @@ def test_killed_rloo_resumes_to_the_same_weights(tiny_sft, tiny_pairs, tmp_path)
     assert manifest["finished"] and manifest["global_step"] == 8
     straight = AutoModelForCausalLM.from_pretrained(tmp_path / "straight" / "rloo_kl0.1")
     assert state_dicts_equal(straight, AutoModelForCausalLM.from_pretrained(run_dir)) == []
-    assert [s for s, _ in checkpoint_steps(str(run_dir))] == [1, 2, 4, 8]
+    assert [s for s, _ in checkpoint_steps(str(run_dir))] == [1, 2, 4] and manifest["checkpoints"] == [1, 2, 4, 8]

@@ -78,7 +78,7 @@ def job_env(output_root, **extra):
             "TQDM_DISABLE": "1", **extra}
 
 
-DPO_ARGS = "--max_steps 30 --save_steps 5 --logging_steps 1 --per_device_train_batch_size 16 --dataloader_num_workers 0"
+DPO_ARGS = "--frontier_eval= --max_steps 30 --save_steps 5 --logging_steps 1 --per_device_train_batch_size 16 --dataloader_num_workers 0"
 PAIR_ARGS = ["--num_prompts", "120", "--batch_size", "1", "--max_new_tokens", "48"]
 
 

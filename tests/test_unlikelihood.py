@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from conftest import REPO, kill_once_saved, run_in_process
+from conftest import NO_FRONTIER_EVAL, REPO, kill_once_saved, run_in_process
 from helpers import sequence_log_probs, state_dicts_equal
 from imdb_dpo.manifests import read_manifest
 from imdb_dpo.methods.unlikelihood import unlikelihood_loss
@@ -44,7 +44,7 @@ def test_unlikelihood_pushes_the_rejected_down_and_a_larger_alpha_further(tiny_s
     strong = tmp_path / "unlikelihood_alpha4"
     run_in_process("unlikelihood.py", ["--config", os.path.join(REPO, "configs/tiny/unlikelihood.yaml"),
                                    "--model_name_or_path", tiny_sft, "--pairs_file", tiny_pairs,
-                                   "--output_dir", str(tmp_path), "--alphas", "4"])
+                                   "--output_dir", str(tmp_path), "--alphas", "4", *NO_FRONTIER_EVAL])
     trained = read_pairs(tiny_pairs)[: manifest["config"]["script"]["max_train_pairs"]][::8]
     sft_chosen, sft_rejected = mean_log_probs(load_causal_lm(tiny_sft), trained)
     chosen_1, rejected_1 = mean_log_probs(load_causal_lm(str(preset_run)), trained)
@@ -64,7 +64,7 @@ def test_the_evaluation_draws_the_unlikelihood_run(tiny_run):
 
 def test_a_killed_run_resumes_to_the_preset_runs_weights(tiny_sft, tiny_pairs, tiny_run, tmp_path):
     argv = ["--config", os.path.join(REPO, "configs/tiny/unlikelihood.yaml"), "--model_name_or_path", tiny_sft,
-            "--pairs_file", tiny_pairs, "--output_dir", str(tmp_path)]
+            "--pairs_file", tiny_pairs, "--output_dir", str(tmp_path), *NO_FRONTIER_EVAL]
     run_dir = tmp_path / "unlikelihood_alpha1"
     kill_once_saved("unlikelihood.py", argv, run_dir / "checkpoint-8", settle=0.3)  # between two checkpoints
     assert not read_manifest(run_dir)["finished"]

@@ -1,0 +1,118 @@
+"""Evaluating a run's checkpoints while it trains (`frontier_eval`), so that a finished run keeps one model.
+
+Every checkpoint of a frontier run is a point of the reward-versus-KL frontier, and at GPT-2 Large's size each holds
+3.1 GB of weights: kept for eval.py, the paper-scale preset's runs wrote about 570 GB of them. With `frontier_eval`
+naming the evaluation's config, each checkpoint is evaluated as soon as it is saved, by the function eval.py uses
+and under the settings eval.py will use (imdb_dpo/model_eval.py), and deleted once it is evaluated and a newer one
+exists. eval.py later finds the records where it would have written them and only gathers them. A run holds at most
+two checkpoints while it trains (the newest, which resumes it, and the one being saved) and none once finished:
+its final model is in the run folder.
+
+The records are then the only trace of the early steps: an evaluation with other settings can evaluate only each
+run's final model, and eval.py names every step it had to leave out.
+"""
+
+import os
+
+from transformers import TrainerCallback
+
+from .checkpoints import checkpoint_steps, drop_checkpoints, resumable_checkpoint
+from .config import ConfigError, EvalArguments, parse_config
+from .distributed import any_process, process_state
+from .errors import UserError
+from .manifests import is_finished
+from .methods import BY_KEY
+from .model_eval import (Evaluator, UnreadableCheckpoint, check_args, evaluated_steps, records_dir, records_key,
+                         run_meta, settings_of)
+
+
+class FrontierEvaluation:
+    """The evaluation config of `frontier_eval`, checked before any work, for the runs of one method under `root`;
+    the models it needs are loaded at the first checkpoint and kept for the runs of the sweep."""
+
+    def __init__(self, config: str, method: str, root: str):
+        if not os.path.isfile(config):
+            raise ConfigError(f"frontier_eval={config!r}: no such file. Name the evaluation's config (e.g. "
+                              "configs/<preset>/eval.yaml), whose settings the checkpoints are evaluated under while "
+                              "training, or leave frontier_eval unset to keep every checkpoint for eval.py")
+        (self.args,) = parse_config((EvalArguments,), ["--config", config], "eval.py")
+        check_args(self.args)
+        self.config, self.method = config, method
+        field = BY_KEY[method].root_field
+        runs_root = getattr(self.args, field)
+        if os.path.realpath(runs_root) != os.path.realpath(root):
+            raise ConfigError(f"frontier_eval={config}: its {field} is {runs_root}, but these runs go to {root}, where "
+                              f"eval.py would not look for them. Point {field} in {config} and output_dir at the same "
+                              "folder, or leave frontier_eval unset to keep every checkpoint for eval.py")
+        self.settings_key = records_key(settings_of(self.args))
+        self._evaluator = None
+
+    @property
+    def evaluator(self) -> Evaluator:
+        if self._evaluator is None:
+            self._evaluator = Evaluator(self.args)
+        return self._evaluator
+
+    def describe(self) -> dict:
+        """What the run's manifest records of it: eval.py names it where it cannot evaluate a deleted step."""
+        return {"config": os.path.abspath(self.config), "settings_key": self.settings_key}
+
+    def for_run(self, run_dir: str, manifest_data: dict, stop) -> "RunEvaluation":
+        run_id = manifest_data["run_id"]
+        if process_state().num_processes > 1:  # each rank's Manifest drew its own id; the main process's is written
+            from accelerate.utils import broadcast_object_list
+            run_id = broadcast_object_list([run_id])[0]
+        meta = run_meta(self.method, os.path.basename(run_dir), {**manifest_data, "run_id": run_id})
+        return RunEvaluation(self, meta, stop)
+
+
+class RunEvaluation(TrainerCallback):
+    """Evaluates one run's checkpoints as the Trainer saves them, then deletes each evaluated one but the newest."""
+
+    def __init__(self, frontier: FrontierEvaluation, meta: dict, stop):
+        self.frontier, self.meta, self.stop = frontier, meta, stop
+
+    def records_root(self) -> str:
+        return os.path.join(self.frontier.args.output_dir, "records", self.frontier.settings_key)
+
+    def evaluated(self) -> list[int]:
+        return evaluated_steps(self.records_root(), self.meta)
+
+    def evaluate_pending(self, run_dir: str) -> bool:
+        """Evaluate every complete checkpoint of `run_dir` not yet evaluated, then delete the evaluated ones but the
+        newest (which resumes the run); False when a stop request cut the evaluation short (its finished batches
+        are kept)."""
+        state = process_state()
+        state.wait_for_everyone()  # the main process wrote the checkpoint
+        newest = resumable_checkpoint(run_dir)
+        complete = [(s, p) for s, p in checkpoint_steps(run_dir) if os.path.isfile(os.path.join(p, "trainer_state.json"))]
+        for step, path in complete:
+            unit = {**self.meta, "step": step, "path": path}
+            if is_finished(records_dir(self.records_root(), unit)):
+                continue
+            try:
+                if self.frontier.evaluator.evaluate(unit, self.stop) is None:
+                    return False
+            except UnreadableCheckpoint as error:
+                raise UserError(f"{path}: the checkpoint was saved completely, but {error}. Delete that folder and run "
+                                "the same command again: training resumes from the checkpoint before it") from error
+        if state.is_main_process:
+            done = set(self.evaluated())
+            keep = {s for s, _ in checkpoint_steps(run_dir) if s not in done}
+            if newest:
+                keep.add(int(os.path.basename(newest).split("-")[1]))
+            drop_checkpoints(run_dir, keep=keep)
+        state.wait_for_everyone()
+        return True
+
+    def on_save(self, args, state, control, **kwargs):
+        if any_process(self.stop.requested):  # the save of a stop: the resumed run evaluates it
+            return control
+        if not self.evaluate_pending(args.output_dir):
+            control.should_training_stop = True
+        return control
+
+
+def frontier_of(script_args, method: str, root: str) -> FrontierEvaluation | None:
+    """The stage's `frontier_eval`, checked (None when unset); `root` is where the method's runs go."""
+    return FrontierEvaluation(script_args.frontier_eval, method, root) if script_args.frontier_eval else None

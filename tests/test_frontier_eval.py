@@ -1,0 +1,149 @@
+"""`frontier_eval`: a run's checkpoints evaluated while it trains, so that a finished run keeps only its final model.
+
+The frontier must not change: the records written during training equal eval.py's records of the same checkpoints
+kept on disk, a kill in the middle of an in-training evaluation resumes to the same records, and eval.py then only
+gathers them (and says which steps it cannot evaluate under other settings)."""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import REPO, dpo_argv, refused_in_process, run_in_process
+from helpers import wait_until
+from imdb_dpo.checkpoints import checkpoint_steps
+from imdb_dpo.manifests import read_manifest
+
+# 192 pairs at 32 a step: 6 steps, saved at 1, 2, 4 and 6 on the log+steps schedule (save_steps 25).
+STEPS = [1, 2, 4, 6]
+RUN = "sigmoid_beta0.1"
+
+
+def eval_config(tmp_path, tiny_base, tiny_sft, name: str, dpo_dir=None) -> str:
+    """An evaluation config of its own for the DPO runs under `dpo_dir` (`<name>/dpo`), on 12 prompts in batches of 4."""
+    root = tmp_path / name
+    with open(os.path.join(REPO, "configs/tiny/eval.yaml")) as f:
+        config = yaml.safe_load(f)
+    config.update(sft_model=tiny_sft, base_model="", dpo_dir=str(dpo_dir or root / "dpo"), output_dir=str(root / "eval"),
+                  train_file=tiny_base["train"], test_file=tiny_base["test"], num_prompts=12, batch_size=4,
+                  **{field: str(root / "none") for field in ("rloo_dir", "rloo_rm_dir", "preferred_ft_dir",
+                                                             "unlikelihood_dir")})
+    path = tmp_path / f"{name}_eval.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def dpo(tiny_sft, tiny_pairs, tmp_path, name: str, frontier_eval: str) -> list[str]:
+    return dpo_argv(tiny_sft, tiny_pairs, tmp_path / name / "dpo", "--betas", "0.1", "--max_train_pairs", "192",
+                    "--frontier_eval", frontier_eval)
+
+
+def records(eval_config_path: str) -> dict:
+    """{step: the run's records at that step}, without the run id (each run has its own)."""
+    with open(eval_config_path) as f:
+        output_dir = yaml.safe_load(f)["output_dir"]
+    found = {}
+    for path in glob.glob(os.path.join(output_dir, "records", "*", RUN, "*", "step-*", "records.jsonl")):
+        with open(path) as f:
+            found[int(path.split("step-")[-1].split("/")[0])] = [json.loads(line) for line in f]
+    return found
+
+
+def summary(eval_config_path: str) -> dict:
+    import csv
+
+    with open(eval_config_path) as f:
+        output_dir = yaml.safe_load(f)["output_dir"]
+    with open(os.path.join(output_dir, "summary.csv")) as f:
+        return {int(r["step"]): r for r in csv.DictReader(f) if r["run"] == RUN}
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_base, tiny_sft, tiny_pairs, dpo_with_checkpoints, tmp_path_factory):
+    """The same DPO run trained twice: with `frontier_eval` (evaluated while training) and without (every checkpoint
+    kept: `dpo_with_checkpoints`), each then gathered or evaluated by eval.py."""
+    tmp_path = tmp_path_factory.mktemp("frontier_eval")
+    during = eval_config(tmp_path, tiny_base, tiny_sft, "during")
+    after = eval_config(tmp_path, tiny_base, tiny_sft, "after", os.path.dirname(dpo_with_checkpoints))
+    run_in_process("dpo.py", dpo(tiny_sft, tiny_pairs, tmp_path, "during", during))
+    in_training = records(during)
+    for config in (during, after):
+        run_in_process("eval.py", ["--config", config])
+    return {"tmp": tmp_path, "during": during, "after": after, "in_training": in_training,
+            "kept": dpo_with_checkpoints}
+
+
+def test_a_run_evaluated_while_training_keeps_no_checkpoint_and_the_same_frontier(runs):
+    during, after = runs["tmp"] / "during/dpo" / RUN, runs["kept"]
+    assert checkpoint_steps(during) == [] and os.path.isfile(during / "model.safetensors")
+    assert not glob.glob(str(during / ".checkpoint-*"))
+    manifest = read_manifest(during)
+    assert manifest["checkpoints"] == STEPS and manifest["kept_checkpoints"] == []
+    assert manifest["frontier_eval"]["config"] == runs["during"]
+    # Without it every checkpoint stays for eval.py but the last, which the run folder's final model duplicates.
+    assert [s for s, _ in checkpoint_steps(after)] == STEPS[:-1] and read_manifest(after)["kept_checkpoints"] == STEPS[:-1]
+
+    # The records written while training are eval.py's records of the kept checkpoints, number for number.
+    assert sorted(runs["in_training"]) == STEPS
+    kept = records(runs["after"])
+    for step in STEPS:
+        assert len(kept[step]) == 12 * 4 and runs["in_training"][step] == kept[step], step
+    # eval.py gathered them unchanged, and its summary rows equal the other run's.
+    assert records(runs["during"]) == runs["in_training"]
+    a, b = summary(runs["during"]), summary(runs["after"])
+    assert sorted(a) == STEPS == sorted(b)
+    for step in STEPS:
+        for column in ("reward_mean", "reward_lo", "reward_hi", "kl_mean", "kl_logratio_mean", "win_rate_vs_sft",
+                       "distinct_2", "n"):
+            assert a[step][column] == b[step][column], (step, column)
+
+
+def test_a_kill_during_an_in_training_evaluation_resumes_to_the_same_records(runs, tiny_base, tiny_sft, tiny_pairs):
+    tmp = runs["tmp"]
+    config = eval_config(tmp, tiny_base, tiny_sft, "killed")
+    argv = dpo(tiny_sft, tiny_pairs, tmp, "killed", config)
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "dpo.py"), *argv], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Killed once the evaluation of step 2 has written a batch (of 3) and not finished.
+    pattern = str(tmp / "killed/eval/records/*" / RUN / "*/step-2/records.jsonl")
+    wait_until(lambda: glob.glob(pattern) and os.path.getsize(glob.glob(pattern)[0]) > 0, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not read_manifest(glob.glob(os.path.dirname(pattern))[0]).get("finished")
+
+    run_in_process("dpo.py", argv)
+    assert records(config) == runs["in_training"]
+    assert checkpoint_steps(tmp / "killed/dpo" / RUN) == []
+
+
+def test_eval_under_other_settings_names_the_deleted_steps_and_evaluates_the_final_model(runs, tiny_base, tiny_sft,
+                                                                                         capsys):
+    other = runs["tmp"] / "other_eval"
+    run_in_process("eval.py", ["--config", runs["during"], "--num_prompts", "8", "--output_dir", str(other)])
+    assert [int(r["step"]) for r in _rows(other)] == [STEPS[-1]]
+    report = (other / "report.md").read_text()
+    for step in STEPS[:-1]:
+        assert f"checkpoint-{step}" in report
+    assert "evaluated while training" in report
+
+
+def _rows(output_dir):
+    import csv
+
+    with open(os.path.join(output_dir, "summary.csv")) as f:
+        return [r for r in csv.DictReader(f) if r["run"] == RUN]
+
+
+def test_a_frontier_eval_that_cannot_be_used_is_refused_before_any_folder(tiny_base, tiny_sft, tiny_pairs, tmp_path,
+                                                                          capsys):
+    err = refused_in_process("dpo.py", dpo(tiny_sft, tiny_pairs, tmp_path, "x", str(tmp_path / "missing.yaml")), capsys)
+    assert "frontier_eval=" in err and "no such file" in err
+    elsewhere = eval_config(tmp_path, tiny_base, tiny_sft, "elsewhere")
+    err = refused_in_process("dpo.py", dpo(tiny_sft, tiny_pairs, tmp_path, "x", elsewhere), capsys)
+    assert "its dpo_dir is" in err and str(tmp_path / "x" / "dpo") in err
+    assert not (tmp_path / "x").exists()
