@@ -18,10 +18,12 @@ from transformers import TrainerCallback
 
 from .checkpoints import checkpoint_steps, drop_checkpoints, resumable_checkpoint
 from .config import ConfigError, EvalArguments, parse_config
+from .data import prompts_for
 from .distributed import any_process, process_state
 from .errors import UserError
 from .manifests import is_finished
 from .methods import BY_KEY
+from .modeling import load_tokenizer
 from .model_eval import (Evaluator, UnreadableCheckpoint, check_args, evaluated_steps, records_dir, records_key,
                          run_meta, settings_of)
 
@@ -45,12 +47,15 @@ class FrontierEvaluation:
                               f"eval.py would not look for them. Point {field} in {config} and output_dir at the same "
                               "folder, or leave frontier_eval unset to keep every checkpoint for eval.py")
         self.settings_key = records_key(settings_of(self.args))
+        # The prompts now, so that a data problem stops the stage before training rather than at its first save.
+        self.tokenizer = load_tokenizer(self.args.sft_model)
+        self.prompts = prompts_for(self.args, self.tokenizer, "test")
         self._evaluator = None
 
     @property
     def evaluator(self) -> Evaluator:
         if self._evaluator is None:
-            self._evaluator = Evaluator(self.args)
+            self._evaluator = Evaluator(self.args, self.tokenizer, self.prompts)
         return self._evaluator
 
     def describe(self) -> dict:

@@ -146,4 +146,12 @@ def test_a_frontier_eval_that_cannot_be_used_is_refused_before_any_folder(tiny_b
     elsewhere = eval_config(tmp_path, tiny_base, tiny_sft, "elsewhere")
     err = refused_in_process("dpo.py", dpo(tiny_sft, tiny_pairs, tmp_path, "x", elsewhere), capsys)
     assert "its dpo_dir is" in err and str(tmp_path / "x" / "dpo") in err
-    assert not (tmp_path / "x").exists()
+    # Its prompts are made at the start: a missing test file stops the stage before training, not at its first save.
+    config = eval_config(tmp_path, tiny_base, tiny_sft, "x")
+    with open(config) as f:
+        broken = {**yaml.safe_load(f), "test_file": str(tmp_path / "no_reviews.jsonl")}
+    with open(config, "w") as f:
+        yaml.safe_dump(broken, f)
+    err = refused_in_process("dpo.py", dpo(tiny_sft, tiny_pairs, tmp_path, "x", config), capsys)
+    assert "no_reviews.jsonl" in err
+    assert not (tmp_path / "x" / "dpo").exists()
