@@ -138,10 +138,16 @@ def run_units(run_dir: str, manifest: dict, meta: dict, skipped: list[dict], rec
             units.append({**meta, "step": step, "path": deleted})
         elif "frontier_eval" in manifest:
             during = manifest["frontier_eval"]
-            skipped.append({"path": deleted, "reason": (
-                f"evaluated while training under the settings of {during['config']} (records key "
-                f"{during['settings_key']}, not {os.path.basename(records_root)}), then deleted: evaluate with those "
-                "settings, or train the run again with --overwrite true to evaluate it under these")})
+            if during["settings_key"] == os.path.basename(records_root):  # same settings, another output_dir
+                reason = (f"evaluated while training under these settings, then deleted; its records are in "
+                          f"{during.get('records', 'the records/ folder of the output_dir of ' + during['config'])}, "
+                          f"not under this evaluation's output_dir: set output_dir as {during['config']} does to "
+                          "gather them")
+            else:
+                reason = (f"evaluated while training under the settings of {during['config']} (records key "
+                          f"{during['settings_key']}, not {os.path.basename(records_root)}), then deleted: evaluate "
+                          "with those settings, or train the run again with --overwrite true to evaluate it under these")
+            skipped.append({"path": deleted, "reason": reason})
         else:
             skipped.append({"path": deleted, "reason": "the checkpoint is gone (deleted or moved since the run finished)"})
     for step, path in sorted(steps.items()):

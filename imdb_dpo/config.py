@@ -318,7 +318,8 @@ class CheckpointArguments:
         default="",
         metadata={"help": "An eval.py config (e.g. configs/gpt2-large/eval.yaml): evaluate each checkpoint as it is "
                           "saved, under that config's settings, writing the records eval.py gathers, and delete it "
-                          "once evaluated (a finished run keeps only its final model). Unset: every checkpoint is "
+                          "once evaluated (a finished run keeps only its final model). A relative path not found in "
+                          "the current directory is looked for in the repository. Unset or \"\": every checkpoint is "
                           "kept for eval.py."},
     )
 

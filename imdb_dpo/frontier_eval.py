@@ -28,28 +28,51 @@ from .model_eval import (Evaluator, UnreadableCheckpoint, check_args, evaluated_
                          run_meta, settings_of)
 
 
+KEEP_ALL = '--frontier_eval ""'
+
+
+def resolve_config_path(config: str) -> str:
+    """`config` as given when it exists there, else (a relative path) under the repository, where the presets' configs
+    live, so that a preset runs from any directory; an error naming both places otherwise."""
+    from .config import REPOSITORY
+
+    candidates = [config] + ([os.path.join(REPOSITORY, config)] if not os.path.isabs(config) else [])
+    for path in candidates:
+        if os.path.isdir(path):
+            raise ConfigError(f"frontier_eval={config!r} is a folder: name the evaluation's config file in it (e.g. "
+                              f"configs/<preset>/eval.yaml), or pass {KEEP_ALL} to keep every checkpoint for eval.py")
+        if os.path.isfile(path):
+            return path
+    raise ConfigError(f"frontier_eval={config!r}: no such file (looked in {' and in '.join(map(os.path.abspath, candidates))}"
+                      "). Name the evaluation's config (e.g. configs/<preset>/eval.yaml), whose settings the checkpoints "
+                      f"are evaluated under while training, or pass {KEEP_ALL} to keep every checkpoint for eval.py")
+
+
 class FrontierEvaluation:
     """The evaluation config of `frontier_eval`, checked before any work, for the runs of one method under `root`;
     the models it needs are loaded at the first checkpoint and kept for the runs of the sweep."""
 
     def __init__(self, config: str, method: str, root: str):
-        if not os.path.isfile(config):
-            raise ConfigError(f"frontier_eval={config!r}: no such file. Name the evaluation's config (e.g. "
-                              "configs/<preset>/eval.yaml), whose settings the checkpoints are evaluated under while "
-                              "training, or leave frontier_eval unset to keep every checkpoint for eval.py")
-        (self.args,) = parse_config((EvalArguments,), ["--config", config], "eval.py")
-        check_args(self.args)
+        config = resolve_config_path(config)
         self.config, self.method = config, method
+        try:  # what eval.py would refuse, named as coming from this file
+            (self.args,) = parse_config((EvalArguments,), ["--config", config], "eval.py")
+            check_args(self.args)
+        except UserError as error:
+            raise ConfigError(f"frontier_eval={config}: {error}") from None
         field = BY_KEY[method].root_field
         runs_root = getattr(self.args, field)
         if os.path.realpath(runs_root) != os.path.realpath(root):
             raise ConfigError(f"frontier_eval={config}: its {field} is {runs_root}, but these runs go to {root}, where "
                               f"eval.py would not look for them. Point {field} in {config} and output_dir at the same "
-                              "folder, or leave frontier_eval unset to keep every checkpoint for eval.py")
+                              f"folder, or pass {KEEP_ALL} to keep every checkpoint for eval.py")
         self.settings_key = records_key(settings_of(self.args))
         # The prompts now, so that a data problem stops the stage before training rather than at its first save.
-        self.tokenizer = load_tokenizer(self.args.sft_model)
-        self.prompts = prompts_for(self.args, self.tokenizer, "test")
+        try:
+            self.tokenizer = load_tokenizer(self.args.sft_model)
+            self.prompts = prompts_for(self.args, self.tokenizer, "test")
+        except UserError as error:
+            raise ConfigError(f"frontier_eval={config}: {error}") from None
         self._evaluator = None
 
     @property
@@ -60,7 +83,8 @@ class FrontierEvaluation:
 
     def describe(self) -> dict:
         """What the run's manifest records of it: eval.py names it where it cannot evaluate a deleted step."""
-        return {"config": os.path.abspath(self.config), "settings_key": self.settings_key}
+        return {"config": os.path.abspath(self.config), "settings_key": self.settings_key,
+                "records": os.path.abspath(os.path.join(self.args.output_dir, "records", self.settings_key))}
 
     def for_run(self, run_dir: str, manifest_data: dict, stop) -> "RunEvaluation":
         run_id = manifest_data["run_id"]

@@ -49,13 +49,15 @@ class StopRequest:
             raise KeyboardInterrupt  # the second Ctrl-C: the user will not wait for the save
         self.reason = signal.Signals(signum).name
         again = " (Ctrl-C again stops at once, losing the work since the last save)" if signum == signal.SIGINT else ""
-        print(f"\n{self.reason} received: finishing the current step, saving and exiting{again}", flush=True)
+        print(f"\n{self.reason} received: finishing the current step, saving and exiting (the same command then "
+              f"resumes){again}", flush=True)
 
     @property
     def requested(self) -> bool:
         if self.reason is None and self.stop_file and os.path.exists(self.stop_file):
             self.reason = f"stop file {self.stop_file}"
-            print(f"\n{self.reason} appeared: finishing the current step, saving and exiting", flush=True)
+            print(f"\n{self.reason} appeared: finishing the current step, saving and exiting (the same command then "
+                  "resumes)", flush=True)
         return self.reason is not None
 
     def requested_on_any_rank(self) -> bool:

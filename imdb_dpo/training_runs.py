@@ -107,6 +107,10 @@ def train_run(run_dir: str, stage: str, what: str, configs: dict, inputs: dict, 
             finished = read_manifest(run_dir)
             if state.is_main_process and "kept_checkpoints" in finished:  # what a kill after finishing left
                 drop_checkpoints(run_dir, keep=finished["kept_checkpoints"])
+            before = finished.get("frontier_eval")
+            if state.is_main_process and frontier and before and before["settings_key"] != frontier.settings_key:
+                print(f"note: {run_dir} was evaluated while training under the settings of {before['config']}, not "
+                      f"those of {frontier.config}: under these, eval.py can evaluate only its final model")
             return True
         args.output_dir = plan.directory
         manifest = Manifest(plan.directory, stage, configs, inputs)

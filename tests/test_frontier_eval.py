@@ -129,7 +129,12 @@ def test_eval_under_other_settings_names_the_deleted_steps_and_evaluates_the_fin
     report = (other / "report.md").read_text()
     for step in STEPS[:-1]:
         assert f"checkpoint-{step}" in report
-    assert "evaluated while training" in report
+    assert "evaluated while training under the settings of" in report
+    # Under the same settings in another output_dir, the reason says where the records are.
+    elsewhere = runs["tmp"] / "elsewhere_eval"
+    run_in_process("eval.py", ["--config", runs["during"], "--output_dir", str(elsewhere)])
+    report = (elsewhere / "report.md").read_text()
+    assert "evaluated while training under these settings" in report and "not under this evaluation's output_dir" in report
 
 
 def _rows(output_dir):
@@ -155,3 +160,18 @@ def test_a_frontier_eval_that_cannot_be_used_is_refused_before_any_folder(tiny_b
     err = refused_in_process("dpo.py", dpo(tiny_sft, tiny_pairs, tmp_path, "x", config), capsys)
     assert "no_reviews.jsonl" in err
     assert not (tmp_path / "x" / "dpo").exists()
+
+
+def test_the_presets_frontier_eval_is_found_from_any_directory_and_a_folder_is_refused(tmp_path, monkeypatch):
+    from imdb_dpo.config import ConfigError
+    from imdb_dpo.frontier_eval import resolve_config_path
+
+    monkeypatch.chdir(tmp_path)
+    assert resolve_config_path("configs/tiny/eval.yaml") == os.path.join(REPO, "configs/tiny/eval.yaml")
+    (tmp_path / "configs/tiny").mkdir(parents=True)
+    (tmp_path / "configs/tiny/eval.yaml").write_text("num_prompts: 8\n")
+    assert resolve_config_path("configs/tiny/eval.yaml") == "configs/tiny/eval.yaml"  # where it is given first
+    with pytest.raises(ConfigError, match="is a folder"):
+        resolve_config_path("configs")
+    with pytest.raises(ConfigError, match='no such file .*--frontier_eval ""'):
+        resolve_config_path("configs/tiny/missing.yaml")
