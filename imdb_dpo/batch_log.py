@@ -78,10 +78,6 @@ class BatchLog:
             with open(self.path, "r+b") as f:
                 f.truncate(keep)
 
-    @property
-    def done_batches(self) -> set[int]:
-        return {r["batch"] for r in self.records}
-
     def append_batch(self, batch_index: int, rows: list[dict]) -> None:
         stamped = [{**row, "batch": batch_index, "batch_size": len(rows)} for row in rows]
         try:
