@@ -3,12 +3,14 @@
 that often stops at once, and a KL that bf16 rounding cannot bias."""
 
 import csv
+import glob
 import json
 import os
 import random
 
 import pytest
 import torch
+import yaml
 from torch.distributions import Categorical, kl_divergence
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
@@ -129,11 +131,22 @@ def test_gpt2_large_preset_runs_every_stage_with_gpt2s_tokenizer_on_real_reviews
     for record in map(json.loads, open(generations / "completions.jsonl")):
         assert 2 <= len(record["prompt_ids"]) <= 8 and tokenizer.decode(record["prompt_ids"]) == record["prompt"]
 
-    argv = ["--config", f"{GPT2_LARGE}/dpo.yaml", *NO_FRONTIER_EVAL, "--max_steps", "2", "--per_device_train_batch_size", "4",
-            "--save_steps", "1", *CPU_FLAGS]
+    # The preset's evaluation with the stand-ins and small counts: DPO evaluates its checkpoints under it while it
+    # trains (the preset's frontier_eval), and eval.py below, run with it, gathers those records.
+    with open(f"{GPT2_LARGE}/eval.yaml") as f:
+        evaluation = yaml.safe_load(f)
+    evaluation.update(train_file=imdb_sample["train"], test_file=imdb_sample["test"], base_model=gpt2_stand_in,
+                      num_prompts=4, batch_size=4, max_new_tokens=8, best_of_n_samples=4, reward_model=gpt2_classifier)
+    eval_config = tmp_path / "eval.yaml"
+    eval_config.write_text(yaml.safe_dump(evaluation))
+    argv = ["--config", f"{GPT2_LARGE}/dpo.yaml", "--frontier_eval", str(eval_config), "--max_steps", "2",
+            "--per_device_train_batch_size", "4", "--save_steps", "1", *CPU_FLAGS]
     assert dpo.main(*parse_config(dpo.STAGES, argv)) == 0
     runs = sorted(r for r in os.listdir(tmp_path / "outputs/gpt2-large/dpo") if not r.startswith("."))
     assert runs == ["sigmoid_beta0.05", "sigmoid_beta0.1", "sigmoid_beta1", "sigmoid_beta5"]
+    for run in runs:
+        assert read_manifest(tmp_path / "outputs/gpt2-large/dpo" / run)["checkpoints"] == [1, 2]
+        assert not glob.glob(str(tmp_path / "outputs/gpt2-large/dpo" / run / "checkpoint-*"))
 
     import preferred_ft
     import rloo
@@ -164,13 +177,13 @@ def test_gpt2_large_preset_runs_every_stage_with_gpt2s_tokenizer_on_real_reviews
     assert rloo.main(*parse_config(rloo.STAGES, argv)) == 0
     assert read_manifest(tmp_path / "outputs/gpt2-large/rloo_rm/rloo_rm_kl0.05")["checkpoints"] == [1, 2]
 
-    argv = ["--config", f"{GPT2_LARGE}/eval.yaml", *data, "--base_model", gpt2_stand_in, "--num_prompts", "4",
-            "--batch_size", "4", "--max_new_tokens", "8", "--best_of_n_samples", "4", "--reward_model", gpt2_classifier]
-    assert eval_stage.main(*parse_config(eval_stage.STAGES, argv)) == 0
+    assert eval_stage.main(*parse_config(eval_stage.STAGES, ["--config", str(eval_config)])) == 0
     assert os.path.isfile(tmp_path / "outputs/gpt2-large/eval/report.md")
     with open(tmp_path / "outputs/gpt2-large/eval/summary.csv") as f:
-        methods = {row["method"] for row in csv.DictReader(f)}
-    assert methods == {"sft", "base", "dpo", "rloo", "rloo_rm", "preferred_ft", "unlikelihood", "best_of_n"}
+        rows = list(csv.DictReader(f))
+    assert {row["method"] for row in rows} == {"sft", "base", "dpo", "rloo", "rloo_rm", "preferred_ft", "unlikelihood",
+                                                "best_of_n"}
+    assert sorted(int(r["step"]) for r in rows if r["run"] == "sigmoid_beta0.1") == [1, 2]  # both gathered
 
 
 @pytest.fixture(scope="module")
