@@ -1,7 +1,7 @@
 """Evaluating a run's checkpoints while it trains (`frontier_eval`), so that a finished run keeps one model.
 
 Every checkpoint of a frontier run is a point of the reward-versus-KL frontier, and at GPT-2 Large's size each holds
-3.1 GB of weights: kept for eval.py, the paper-scale preset's runs wrote about 570 GB of them. With `frontier_eval`
+3.1 GB of weights: kept for eval.py, the paper-scale preset's runs wrote about 870 GB of them (README, "Disk"). With `frontier_eval`
 naming the evaluation's config, each checkpoint is evaluated as soon as it is saved, by the function eval.py uses
 and under the settings eval.py will use (imdb_dpo/model_eval.py), and deleted once it is evaluated and a newer one
 exists. eval.py later finds the records where it would have written them and only gathers them. A run holds at most
@@ -17,7 +17,7 @@ import os
 from transformers import TrainerCallback
 
 from .checkpoints import checkpoint_steps, drop_checkpoints, resumable_checkpoint
-from .config import ConfigError, EvalArguments, parse_config
+from .config import REPOSITORY, ConfigError, EvalArguments, parse_config
 from .data import prompts_for
 from .distributed import any_process, process_state
 from .errors import UserError
@@ -27,15 +27,12 @@ from .modeling import load_tokenizer
 from .model_eval import (Evaluator, UnreadableCheckpoint, check_args, evaluated_steps, records_dir, records_key,
                          run_meta, settings_of)
 
-
 KEEP_ALL = '--frontier_eval ""'
 
 
 def resolve_config_path(config: str) -> str:
     """`config` as given when it exists there, else (a relative path) under the repository, where the presets' configs
     live, so that a preset runs from any directory; an error naming both places otherwise."""
-    from .config import REPOSITORY
-
     candidates = [config] + ([os.path.join(REPOSITORY, config)] if not os.path.isabs(config) else [])
     for path in candidates:
         if os.path.isdir(path):
