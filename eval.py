@@ -34,8 +34,8 @@ from imdb_dpo.evaluation import (BEST_OF_N, best_of_n_kl_bound, best_of_n_reward
                                  summarise, win_rate)
 from imdb_dpo.locks import main_process_lock
 from imdb_dpo.methods import BY_KEY, TRAINED
-from imdb_dpo.model_eval import (Evaluator, UnreadableCheckpoint, check_args, records_dir, records_key, run_meta,
-                                 settings_of)
+from imdb_dpo.model_eval import (Evaluator, UnreadableCheckpoint, check_args, records_dir, records_key, records_root,
+                                 run_meta, settings_of)
 from imdb_dpo.manifests import Manifest, describe_model_input, git_commit, is_finished, read_manifest, write_text_atomic
 from imdb_dpo.modeling import load_tokenizer
 from imdb_dpo.plots import plot_frontier, plot_overoptimisation
@@ -52,10 +52,10 @@ SUMMARY_COLUMNS = ["method", "run", "loss_type", "beta", "step", "reward_model",
 
 
 RESERVED_RUNS = ("sft", "base", "best_of_n")  # names of the rows that are not runs
-def models_to_evaluate(args: EvalArguments, records_root: str | None = None) -> tuple[list[dict], list[dict]]:
+def models_to_evaluate(args: EvalArguments) -> tuple[list[dict], list[dict]]:
     """The models to evaluate, and what is left out with the reason (reported, not fatal): unfinished runs,
-    checkpoints that cannot be loaded, and checkpoints evaluated while training (frontier_eval) and deleted, where
-    `records_root` (by default that of `args`'s settings) has no records of them.
+    checkpoints that cannot be loaded, and checkpoints evaluated while training (frontier_eval) and deleted, with no
+    records under `args`'s settings.
 
     Every run folder under a method's root (dpo_dir, rloo_dir, ...: methods.TRAINED) whose manifest's stage is that
     method counts (a root that does not exist: the method was not run). Records are kept by run name, so a name found
@@ -63,7 +63,7 @@ def models_to_evaluate(args: EvalArguments, records_root: str | None = None) -> 
     units = [{"method": "sft", "run": "sft", "loss_type": "", "beta": "", "step": 0, "path": args.sft_model}]
     if args.base_model:
         units.append({"method": "base", "run": "base", "loss_type": "", "beta": "", "step": 0, "path": args.base_model})
-    skipped, seen = [], {}
+    skipped, seen, under = [], {}, records_root(args)
     for method in TRAINED:
         root = getattr(args, method.root_field)
         # A leading dot marks work in progress beside a finished run (e.g. `.sigmoid_beta0.1.new` of an --overwrite).
@@ -97,7 +97,7 @@ def models_to_evaluate(args: EvalArguments, records_root: str | None = None) -> 
             if problem:  # one reason for the whole run, not one per checkpoint
                 skipped.append({"path": run_dir, "reason": problem})
                 continue
-            units += run_units(run_dir, manifest, meta, skipped, records_root or records_root_of(args))
+            units += run_units(run_dir, manifest, meta, skipped, under)
     return units, skipped
 
 
@@ -117,10 +117,6 @@ def proxy_problem(path: str, run_id: str) -> str | None:
         return (f"the learned reward model it optimised, {path} (run {run_id}), has been replaced by run {now}; train "
                 "the RLOO run again on it, or restore that model")
     return None
-
-
-def records_root_of(args: EvalArguments) -> str:
-    return os.path.join(args.output_dir, "records", records_key(settings_of(args)))
 
 
 def run_units(run_dir: str, manifest: dict, meta: dict, skipped: list[dict], records_root: str) -> list[dict]:
@@ -254,7 +250,7 @@ def main(args: EvalArguments) -> int:
 def evaluate_all(args: EvalArguments, tokenizer, prompts: list[dict]) -> int:
     settings = settings_of(args)
     key = records_key(settings)
-    units, skipped = models_to_evaluate(args, os.path.join(args.output_dir, "records", key))
+    units, skipped = models_to_evaluate(args)
     planned = json.loads(json.dumps({"units": units, "skipped": skipped}, default=str))
     previous = read_manifest(args.output_dir)
     if previous and previous.get("finished") and previous.get("stage") == "eval":

@@ -83,11 +83,16 @@ def drop_checkpoints(run_dir: str, keep=()) -> None:
         shutil.rmtree(path)
 
 
+def is_complete(checkpoint: str) -> bool:
+    """Whether the Trainer finished writing `checkpoint`: it writes `trainer_state.json` last."""
+    return os.path.isfile(os.path.join(checkpoint, "trainer_state.json"))
+
+
 def resumable_checkpoint(run_dir: str) -> str | None:
-    """The newest checkpoint the Trainer finished writing, or None. The Trainer writes `trainer_state.json` last,
-    so a checkpoint without it was cut short (a kill or a full disk during the save) and is passed over; resuming
-    rewrites it when training reaches that step again."""
-    complete = [path for _, path in checkpoint_steps(run_dir) if os.path.isfile(os.path.join(path, "trainer_state.json"))]
+    """The newest checkpoint the Trainer finished writing, or None. A checkpoint without `trainer_state.json` was cut
+    short (a kill or a full disk during the save) and is passed over; resuming rewrites it when training reaches that
+    step again."""
+    complete = [path for _, path in checkpoint_steps(run_dir) if is_complete(path)]
     return complete[-1] if complete else None
 
 

@@ -16,7 +16,7 @@ import os
 
 from transformers import TrainerCallback
 
-from .checkpoints import checkpoint_steps, drop_checkpoints, resumable_checkpoint
+from .checkpoints import checkpoint_steps, drop_checkpoints, is_complete
 from .config import REPOSITORY, ConfigError, EvalArguments, parse_config
 from .data import prompts_for
 from .distributed import any_process, process_state
@@ -24,8 +24,8 @@ from .errors import UserError
 from .manifests import is_finished
 from .methods import BY_KEY
 from .modeling import load_tokenizer
-from .model_eval import (Evaluator, UnreadableCheckpoint, check_args, evaluated_steps, records_dir, records_key,
-                         run_meta, settings_of)
+from .model_eval import (Evaluator, UnreadableCheckpoint, check_args, evaluated_steps, records_dir, records_root,
+                         run_meta)
 
 KEEP_ALL = '--frontier_eval ""'
 
@@ -63,7 +63,8 @@ class FrontierEvaluation:
             raise ConfigError(f"frontier_eval={config}: its {field} is {runs_root}, but these runs go to {root}, where "
                               f"eval.py would not look for them. Point {field} in {config} and output_dir at the same "
                               f"folder, or pass {KEEP_ALL} to keep every checkpoint for eval.py")
-        self.settings_key = records_key(settings_of(self.args))
+        self.records_root = records_root(self.args)
+        self.settings_key = os.path.basename(self.records_root)
         # The prompts now, so that a data problem stops the stage before training rather than at its first save.
         try:
             self.tokenizer = load_tokenizer(self.args.sft_model)
@@ -81,7 +82,7 @@ class FrontierEvaluation:
     def describe(self) -> dict:
         """What the run's manifest records of it: eval.py names it where it cannot evaluate a deleted step."""
         return {"config": os.path.abspath(self.config), "settings_key": self.settings_key,
-                "records": os.path.abspath(os.path.join(self.args.output_dir, "records", self.settings_key))}
+                "records": os.path.abspath(self.records_root)}
 
     def for_run(self, run_dir: str, manifest_data: dict, stop) -> "RunEvaluation":
         run_id = manifest_data["run_id"]
@@ -98,11 +99,8 @@ class RunEvaluation(TrainerCallback):
     def __init__(self, frontier: FrontierEvaluation, meta: dict, stop):
         self.frontier, self.meta, self.stop = frontier, meta, stop
 
-    def records_root(self) -> str:
-        return os.path.join(self.frontier.args.output_dir, "records", self.frontier.settings_key)
-
     def evaluated(self) -> list[int]:
-        return evaluated_steps(self.records_root(), self.meta)
+        return evaluated_steps(self.frontier.records_root, self.meta)
 
     def evaluate_pending(self, run_dir: str) -> bool:
         """Evaluate every complete checkpoint of `run_dir` not yet evaluated, then delete the evaluated ones but the
@@ -110,11 +108,10 @@ class RunEvaluation(TrainerCallback):
         are kept)."""
         state = process_state()
         state.wait_for_everyone()  # the main process wrote the checkpoint
-        newest = resumable_checkpoint(run_dir)
-        complete = [(s, p) for s, p in checkpoint_steps(run_dir) if os.path.isfile(os.path.join(p, "trainer_state.json"))]
+        complete = [(s, p) for s, p in checkpoint_steps(run_dir) if is_complete(p)]
         for step, path in complete:
             unit = {**self.meta, "step": step, "path": path}
-            if is_finished(records_dir(self.records_root(), unit)):
+            if is_finished(records_dir(self.frontier.records_root, unit)):
                 continue
             try:
                 if self.frontier.evaluator.evaluate(unit, self.stop) is None:
@@ -122,12 +119,9 @@ class RunEvaluation(TrainerCallback):
             except UnreadableCheckpoint as error:
                 raise UserError(f"{path}: the checkpoint was saved completely, but {error}. Delete that folder and run "
                                 "the same command again: training resumes from the checkpoint before it") from error
-        if state.is_main_process:
-            done = set(self.evaluated())
-            keep = {s for s, _ in checkpoint_steps(run_dir) if s not in done}
-            if newest:
-                keep.add(int(os.path.basename(newest).split("-")[1]))
-            drop_checkpoints(run_dir, keep=keep)
+        if state.is_main_process:  # every complete checkpoint is evaluated now: keep the newest and any cut short
+            evaluated = {s for s, _ in complete[:-1]}
+            drop_checkpoints(run_dir, keep={s for s, _ in checkpoint_steps(run_dir) if s not in evaluated})
         state.wait_for_everyone()
         return True
 

@@ -17,7 +17,6 @@ from . import settings
 from .batch_log import BatchLog, read_finished
 from .checks import check_model, check_positive, check_sampling
 from .config import ConfigError, EvalArguments
-from .data import prompts_for
 from .distributed import any_process, process_state
 from .errors import first_line
 from .kl import sequence_kls
@@ -25,7 +24,7 @@ from .manifests import Manifest, describe_model_input, is_finished, read_manifes
 from .memory import OutOfMemory, naming_the_fix
 from .methods import BY_KEY, TRAINED
 from .methods.reward_model import LearnedReward
-from .modeling import load_causal_lm, load_tokenizer
+from .modeling import load_causal_lm
 from .precision import inference_dtype
 from .reward import VADER, make_reward
 from .sampling import SAMPLER, remaining_batches, sample_batch
@@ -172,15 +171,12 @@ class Evaluator:
     """What evaluating any model under `args` needs, loaded once: the prompts, the reference (also the SFT model
     evaluated), the reward and the learned reward models; `evaluate(unit, stop)` evaluates one model."""
 
-    def __init__(self, args: EvalArguments, tokenizer=None, prompts=None):
-        self.args = args
-        self.tokenizer = tokenizer or load_tokenizer(args.sft_model)
-        self.prompts = prompts if prompts is not None else prompts_for(args, self.tokenizer, "test")
-        self.settings = settings_of(args)
-        self.records_root = os.path.join(args.output_dir, "records", records_key(self.settings))
+    def __init__(self, args: EvalArguments, tokenizer, prompts: list[dict]):
+        self.args, self.tokenizer, self.prompts = args, tokenizer, prompts
+        self.records_root = records_root(args)
         if process_state().is_main_process:
             write_text_atomic(os.path.join(self.records_root, "settings.json"),
-                              json.dumps(self.settings, indent=2, default=str) + "\n")
+                              json.dumps(settings_of(args), indent=2, default=str) + "\n")
         device = process_state().device
         with naming_the_fix(f"loading the reference {args.sft_model} and the reward model", "Free the device"):
             self.reference = ModelPair(args.sft_model, args, device)

@@ -4,6 +4,7 @@ The frontier must not change: the records written during training equal eval.py'
 kept on disk, a kill in the middle of an in-training evaluation resumes to the same records, and eval.py then only
 gathers them (and says which steps it cannot evaluate under other settings)."""
 
+import csv
 import glob
 import json
 import os
@@ -44,24 +45,29 @@ def dpo(tiny_sft, tiny_pairs, tmp_path, name: str, frontier_eval: str) -> list[s
                     "--frontier_eval", frontier_eval)
 
 
+def output_dir_of(eval_config_path: str) -> str:
+    with open(eval_config_path) as f:
+        return yaml.safe_load(f)["output_dir"]
+
+
 def records(eval_config_path: str) -> dict:
     """{step: the run's records at that step}, without the run id (each run has its own)."""
-    with open(eval_config_path) as f:
-        output_dir = yaml.safe_load(f)["output_dir"]
     found = {}
-    for path in glob.glob(os.path.join(output_dir, "records", "*", RUN, "*", "step-*", "records.jsonl")):
+    for path in glob.glob(os.path.join(output_dir_of(eval_config_path), "records", "*", RUN, "*", "step-*",
+                                       "records.jsonl")):
         with open(path) as f:
             found[int(path.split("step-")[-1].split("/")[0])] = [json.loads(line) for line in f]
     return found
 
 
-def summary(eval_config_path: str) -> dict:
-    import csv
-
-    with open(eval_config_path) as f:
-        output_dir = yaml.safe_load(f)["output_dir"]
+def summary_rows(output_dir) -> list[dict]:
+    """summary.csv's rows of the run."""
     with open(os.path.join(output_dir, "summary.csv")) as f:
-        return {int(r["step"]): r for r in csv.DictReader(f) if r["run"] == RUN}
+        return [r for r in csv.DictReader(f) if r["run"] == RUN]
+
+
+def summary(eval_config_path: str) -> dict:
+    return {int(r["step"]): r for r in summary_rows(output_dir_of(eval_config_path))}
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +147,7 @@ def test_eval_under_other_settings_names_the_deleted_steps_and_evaluates_the_fin
                                                                                          capsys):
     other = runs["tmp"] / "other_eval"
     run_in_process("eval.py", ["--config", runs["during"], "--num_prompts", "8", "--output_dir", str(other)])
-    assert [int(r["step"]) for r in _rows(other)] == [STEPS[-1]]
+    assert [int(r["step"]) for r in summary_rows(other)] == [STEPS[-1]]
     report = (other / "report.md").read_text()
     for step in STEPS[:-1]:
         assert f"checkpoint-{step}" in report
@@ -151,13 +157,6 @@ def test_eval_under_other_settings_names_the_deleted_steps_and_evaluates_the_fin
     run_in_process("eval.py", ["--config", runs["during"], "--output_dir", str(elsewhere)])
     report = (elsewhere / "report.md").read_text()
     assert "evaluated while training under these settings" in report and "not under this evaluation's output_dir" in report
-
-
-def _rows(output_dir):
-    import csv
-
-    with open(os.path.join(output_dir, "summary.csv")) as f:
-        return [r for r in csv.DictReader(f) if r["run"] == RUN]
 
 
 def test_a_frontier_eval_that_cannot_be_used_is_refused_before_any_folder(tiny_base, tiny_sft, tiny_pairs, tmp_path,
