@@ -23,6 +23,7 @@ from trl import DPOConfig, ModelConfig, get_peft_config
 from imdb_dpo.checks import check_learning_rate, check_model, check_positive
 from imdb_dpo.cli import run_stage
 from imdb_dpo.config import ConfigError, DPOScriptArguments
+from imdb_dpo.costs import check_memory, dpo_memory, frontier_inputs, longest_pair, model_shape
 from imdb_dpo.checkpoints import check_schedule
 from imdb_dpo.frontier_eval import frontier_of
 from imdb_dpo.methods.dpo import DPO_CURVES, PretokenizedDPOTrainer, run_name
@@ -36,7 +37,8 @@ from imdb_dpo.training_runs import last_logged, pairs_input, read_training_pairs
 STAGES = (DPOScriptArguments, DPOConfig, ModelConfig)
 
 
-def check_inputs(script_args: DPOScriptArguments, training_args: DPOConfig, model_args: ModelConfig) -> None:
+def check_inputs(script_args: DPOScriptArguments, training_args: DPOConfig, model_args: ModelConfig) -> list[dict]:
+    """The pairs, once every setting and the pair file are checked."""
     check_learning_rate(training_args)
     check_positive(script_args, "max_train_pairs", "total_batch_size")
     check_schedule(script_args.checkpoint_schedule, training_args)
@@ -47,7 +49,7 @@ def check_inputs(script_args: DPOScriptArguments, training_args: DPOConfig, mode
             "label smoothing in the sigmoid loss; use loss_type robust for noisy preference labels, or set "
             "label_smoothing to 0"
         )
-    read_training_pairs(script_args.pairs_file, model_args.model_name_or_path)  # file, line and field of any fault
+    return read_training_pairs(script_args.pairs_file, model_args.model_name_or_path)  # file, line and field of any fault
 
 
 def load_pairs_dataset(script_args: DPOScriptArguments, cache_dir: str):
@@ -83,8 +85,10 @@ def main(script_args: DPOScriptArguments, training_args: DPOConfig, model_args: 
     check_wandb_credentials(training_args.report_to)
     betas = sweep_values("betas", script_args.betas, "beta", training_args.beta, DPOConfig.__dataclass_fields__["beta"].default)
     set_total_batch_size(script_args, training_args)
-    check_inputs(script_args, training_args, model_args)
+    pair_list = check_inputs(script_args, training_args, model_args)
     frontier = frontier_of(script_args, "dpo", training_args.output_dir)
+    check_memory("DPO", dpo_memory(training_args, model_shape(model_args.model_name_or_path), longest_pair(pair_list),
+                                   *frontier_inputs(frontier), lora=model_args.use_peft), state.device)
     pairs = pairs_input(script_args.pairs_file, model_args.model_name_or_path, "DPO's reference")
     set_model_init_kwargs(training_args, model_args)
     dataset = load_pairs_dataset(script_args, os.path.join(training_args.output_dir, ".datasets_cache"))

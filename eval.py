@@ -27,6 +27,7 @@ from imdb_dpo.checkpoints import checkpoint_steps
 from imdb_dpo.checks import model_dir_problem
 from imdb_dpo.cli import run_stage
 from imdb_dpo.config import ConfigError, EvalArguments
+from imdb_dpo.costs import check_memory, classifier_shape, evaluation_memory, model_shape
 from imdb_dpo.data import prompts_for
 from imdb_dpo.distributed import process_state
 from imdb_dpo.frontier_fits import fits_by_method
@@ -267,6 +268,11 @@ def evaluate_all(args: EvalArguments, tokenizer, prompts: list[dict]) -> int:
         if previous["settings_key"] == key and previous["planned"] == planned and same_budgets:
             print(f"the evaluation in {args.output_dir} is finished with these settings and models; skipping")
             return 0
+    proxies = sorted({u["proxy_model"] for u in units if u.get("proxy_model")})
+    check_memory("The evaluation", evaluation_memory(
+        args, model_shape(args.sft_model), classifier_shape(args.reward_model),
+        model_shape(proxies[0], classifier=True) if proxies else None, any(u["run"] == "sft" for u in units)),
+        process_state().device)
     evaluator = Evaluator(args, tokenizer, prompts)
     stop = StopRequest()
     records, evaluated = {}, []

@@ -19,6 +19,7 @@ from imdb_dpo.batch_log import BatchLog, read_finished
 from imdb_dpo.checks import check_model, check_positive, check_sampling
 from imdb_dpo.cli import run_stage
 from imdb_dpo.config import ConfigError, PairsArguments
+from imdb_dpo.costs import check_memory, classifier_shape, model_shape, pairs_memory
 from imdb_dpo.data import prompts_for
 from imdb_dpo.distributed import any_process, process_state
 from imdb_dpo.locks import folder_lock
@@ -183,6 +184,8 @@ def main(args: PairsArguments) -> int:
         return 0
     args = dataclasses.replace(args, output_dir=plan.directory)
     if not args.merge:
+        check_memory("Stage 2", pairs_memory(args, model_shape(args.model_name_or_path), classifier_shape(args.reward_model)),
+                     state.device)
         args = split_across_processes(args, state.process_index, state.num_processes)
         stopped = not generate_shard(args, StopRequest())
         if any_process(stopped):

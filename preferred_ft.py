@@ -20,6 +20,7 @@ from imdb_dpo.frontier_eval import frontier_of
 from imdb_dpo.checks import check_learning_rate, check_model, check_positive
 from imdb_dpo.cli import run_stage
 from imdb_dpo.config import PreferredFTScriptArguments
+from imdb_dpo.costs import check_memory, frontier_inputs, longest_pair, model_shape, supervised_memory
 from imdb_dpo.methods.preferred_ft import CURVES, chosen_examples
 from imdb_dpo.manifests import describe_model_input, read_manifest
 from imdb_dpo.modeling import load_tokenizer, set_model_init_kwargs
@@ -39,6 +40,9 @@ def main(script_args: PreferredFTScriptArguments, training_args: SFTConfig, mode
     frontier = frontier_of(script_args, "preferred_ft", training_args.output_dir)
     check_model("model_name_or_path", model_args.model_name_or_path)
     pairs = read_training_pairs(script_args.pairs_file, model_args.model_name_or_path, ("prompt_ids", "chosen_ids"))
+    check_memory("Preferred-FT", supervised_memory(
+        training_args, model_shape(model_args.model_name_or_path), longest_pair(pairs, ("chosen_ids",)), False,
+        *frontier_inputs(frontier), lora=model_args.use_peft), training_args.distributed_state.device)
     inputs = {"pairs": pairs_input(script_args.pairs_file, model_args.model_name_or_path, "Preferred-FT's start"),
               "model": describe_model_input(model_args.model_name_or_path)}
     dataset = chosen_examples(pairs, script_args.max_train_examples)

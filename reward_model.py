@@ -19,6 +19,7 @@ from trl import ModelConfig, RewardConfig, RewardTrainer
 from imdb_dpo.checks import check_learning_rate, check_model, check_positive
 from imdb_dpo.cli import run_stage
 from imdb_dpo.config import ConfigError, RewardModelScriptArguments
+from imdb_dpo.costs import check_memory, longest_pair, model_shape, reward_model_memory
 from imdb_dpo.manifests import describe_model_input, read_manifest
 from imdb_dpo.methods.reward_model import (CURVES, prompt_key, scored_sequences, split_by_prompt,
                                            validation_accuracies)
@@ -75,6 +76,8 @@ def main(script_args: RewardModelScriptArguments, training_args: RewardConfig, m
     check_tokenizer(script_args.pairs_file, read_manifest(os.path.dirname(os.path.abspath(script_args.pairs_file)))
                     ["inputs"]["model"], model_args.model_name_or_path)
     check_lengths(pairs, training_args.max_length, script_args.pairs_file)
+    check_memory("The reward model", reward_model_memory(training_args, model_shape(
+        model_args.model_name_or_path, classifier=True), longest_pair(pairs)), training_args.distributed_state.device)
     try:
         train, validation = split_by_prompt(pairs, script_args.validation_fraction, training_args.seed)
     except PairFileError as error:

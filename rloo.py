@@ -28,6 +28,7 @@ from imdb_dpo.frontier_eval import frontier_of
 from imdb_dpo.checks import check_learning_rate, check_model, check_positive
 from imdb_dpo.cli import run_stage
 from imdb_dpo.config import ConfigError, RLOOScriptArguments
+from imdb_dpo.costs import check_memory, classifier_shape, frontier_inputs, model_shape, rloo_memory
 from imdb_dpo.manifests import describe_model_input, read_manifest
 from imdb_dpo.modeling import load_tokenizer, same_tokenizer, set_model_init_kwargs
 from imdb_dpo.precision import inference_dtype
@@ -94,15 +95,18 @@ def main(script_args: RLOOScriptArguments, training_args: RLOOConfig, model_args
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     # The reward scores on this process's own device (RLOO gathers the rewards across processes).
     dtype = inference_dtype(script_args, "reward_dtype")
-    if learned_reward_model(script_args, model_args.model_name_or_path):
-        method = "rloo_rm"
+    method = "rloo_rm" if learned_reward_model(script_args, model_args.model_name_or_path) else "rloo"
+    frontier = frontier_of(script_args, method, training_args.output_dir)
+    check_memory("RLOO", rloo_memory(training_args, model_shape(model_args.model_name_or_path),
+                                     max(len(p["prompt_ids"]) for p in pairs), classifier_shape(script_args.reward_model),
+                                     script_args.reward_dtype, *frontier_inputs(frontier), lora=model_args.use_peft),
+                 state.device)
+    if method == "rloo_rm":
         inputs["reward_model"] = describe_model_input(script_args.reward_model)
         reward = LearnedReward(script_args.reward_model, state.device, dtype, script_args.reward_batch_size)
     else:
-        method = "rloo"
         reward = SentimentReward(make_reward(script_args.reward_model, script_args.reward_batch_size,
                                              script_args.reward_positive_label, state.device, dtype))
-    frontier = frontier_of(script_args, method, training_args.output_dir)
 
     def make_trainer(args, callbacks):
         set_seed(args.seed)

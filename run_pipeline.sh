@@ -4,13 +4,19 @@
 # Outputs go to $OUTPUT_ROOT/outputs/<preset>/ and pair files to $OUTPUT_ROOT/generations/<preset>/
 # (OUTPUT_ROOT defaults to this repository).
 set -euo pipefail
-preset=${1:?"usage: ./run_pipeline.sh <preset>   (a folder of configs/, e.g. tiny or gpt2-large)"}
+usage="usage: ./run_pipeline.sh <preset> [--plan]   (a folder of configs/, e.g. tiny or gpt2-large; --plan prints what it will cost and runs nothing)"
+preset=${1:?$usage}
 repo=$(cd "$(dirname "$0")" && pwd)
 export OUTPUT_ROOT=$(realpath -m "${OUTPUT_ROOT:-$repo}")
 configs=$repo/configs/$preset
 [ -d "$configs" ] || { echo "no preset '$preset': $configs does not exist" >&2; exit 2; }
 cd "$repo"
 python=${PYTHON:-python}
+case "$#:${2:-}" in
+  1:) ;;
+  2:--plan) exec "$python" plan.py "$preset" ;;
+  *) echo "$usage" >&2; exit 2 ;;
+esac
 
 if [ -f "$configs/base.yaml" ]; then
   echo "== tiny base model and data ($configs/base.yaml)"

@@ -16,6 +16,7 @@ from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 from imdb_dpo.checks import check_learning_rate, check_model, check_positive
 from imdb_dpo.cli import run_stage
 from imdb_dpo.config import SFTScriptArguments
+from imdb_dpo.costs import check_memory, model_shape, sft_memory
 from imdb_dpo.data import load_reviews
 from imdb_dpo.checkpoints import checkpoint_steps, drop_checkpoints, resumable_checkpoint
 from imdb_dpo.locks import main_process_lock
@@ -50,6 +51,8 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
                 drop_checkpoints(plan.final)
             return 0
         training_args.output_dir = plan.directory
+        check_memory("SFT", sft_memory(training_args, model_shape(model_args.model_name_or_path), model_args.use_peft),
+                     state.device)
         return train(training_args, model_args, train_rows, held_out, Manifest(plan.directory, "sft", configs, inputs),
                      plan)
 

@@ -21,6 +21,7 @@ from imdb_dpo.frontier_eval import frontier_of
 from imdb_dpo.checks import check_learning_rate, check_model, check_positive
 from imdb_dpo.cli import run_stage
 from imdb_dpo.config import UnlikelihoodScriptArguments
+from imdb_dpo.costs import check_memory, frontier_inputs, longest_pair, model_shape, supervised_memory
 from imdb_dpo.manifests import describe_model_input
 from imdb_dpo.methods.unlikelihood import CURVES, UnlikelihoodConfig, UnlikelihoodTrainer, run_name
 from imdb_dpo.modeling import load_tokenizer, set_model_init_kwargs
@@ -44,6 +45,9 @@ def main(script_args: UnlikelihoodScriptArguments, training_args: UnlikelihoodCo
     frontier = frontier_of(script_args, "unlikelihood", training_args.output_dir)
     check_model("model_name_or_path", model_args.model_name_or_path)
     pairs = read_training_pairs(script_args.pairs_file, model_args.model_name_or_path)
+    check_memory("Unlikelihood", supervised_memory(
+        training_args, model_shape(model_args.model_name_or_path), longest_pair(pairs), True,
+        *frontier_inputs(frontier), lora=model_args.use_peft), training_args.distributed_state.device)
     inputs = {"pairs": pairs_input(script_args.pairs_file, model_args.model_name_or_path, "Unlikelihood's start"),
               "model": describe_model_input(model_args.model_name_or_path)}
     dataset = Dataset.from_list([{k: p[k] for k in REQUIRED_IDS} for p in pairs[: script_args.max_train_pairs]])

@@ -154,7 +154,7 @@ class Check:
         row = {"name": name, "kind": kind, "exit": code, "wall_s": time.perf_counter() - started, "log": log}
         if os.path.isfile(resources):
             with open(resources) as f:
-                row.update({k: v for k, v in json.load(f).items() if k.startswith("peak_")})
+                row.update({k: v for k, v in json.load(f).items() if k.startswith(("peak_", "estimated_"))})
         self.peak_disk_gb = max(self.peak_disk_gb, disk_gb(self.work))
         print(f"    exit {code}, {row['wall_s']:.0f} s" + ("" if code == 0 else f": see {log}"), flush=True)
         if code != 0:
@@ -345,8 +345,8 @@ def render(check: Check) -> str:
     lines = [f"# GPU check, {time.strftime('%Y-%m-%d %H:%M')}, {device}", "",
              f"size {check.args.size}; policy: {check.facts.get('policy')}; classifier: {check.facts.get('classifier')}; "
              f"reviews: {check.facts.get('reviews')}; peak disk {check.peak_disk_gb:.1f} GB in {check.work}", "",
-             "| stage | exit | wall s | peak GPU GiB (allocated / reserved) | peak RAM GiB | throughput |",
-             "|---|---|---|---|---|---|"]
+             "| stage | exit | wall s | peak GPU GiB (allocated / reserved) | estimated before loading, GiB | peak RAM "
+             "GiB | throughput |", "|---|---|---|---|---|---|---|"]
     for r in check.rows:
         if r["kind"] != "stage":
             continue
@@ -358,7 +358,8 @@ def render(check: Check) -> str:
         if r["name"] == "eval" and r["exit"] == 0:
             throughput = f"{check.facts['eval_samples'] / r['wall_s']:.1f} samples/s (2 models, loading included)"
         lines.append(f"| {r['name']} | {r['exit']} | {r['wall_s']:.0f} | {gib(r.get('peak_gpu_allocated_gib'))} / "
-                     f"{gib(r.get('peak_gpu_reserved_gib'))} | {gib(r.get('peak_rss_gib'))} | {throughput} |")
+                     f"{gib(r.get('peak_gpu_reserved_gib'))} | {gib(r.get('estimated_peak_gib'))} "
+                     f"({r.get('estimated_step') or '-'}) | {gib(r.get('peak_rss_gib'))} | {throughput} |")
     lines += ["", "| benchmark | exit | wall s | figures |", "|---|---|---|---|"]
     for r in check.rows:
         if r["kind"] == "benchmark":

@@ -36,6 +36,11 @@ def checkpoint_schedule(kind: str, max_steps: int, save_steps: int) -> list[int]
     return sorted(steps | {max_steps})
 
 
+def save_interval(save_steps: float, max_steps: int) -> int:
+    """The Trainer's save_steps in steps: a number below 1 is a fraction of the run."""
+    return int(save_steps) if save_steps >= 1 else max(1, round(save_steps * max_steps))
+
+
 def check_schedule(kind: str, training_args) -> None:
     checkpoint_schedule(kind, 1, 1)  # the name
     if training_args.save_strategy != "steps":
@@ -54,8 +59,7 @@ class ScheduledCheckpoints(TrainerCallback):
         self.steps: set[int] = set()
 
     def on_train_begin(self, args, state, control, **kwargs):
-        save_steps = args.save_steps if args.save_steps >= 1 else max(1, round(args.save_steps * state.max_steps))
-        self.steps = set(checkpoint_schedule(self.kind, state.max_steps, int(save_steps)))
+        self.steps = set(checkpoint_schedule(self.kind, state.max_steps, save_interval(args.save_steps, state.max_steps)))
 
     def on_step_end(self, args, state, control, **kwargs):
         control.should_save = state.global_step in self.steps

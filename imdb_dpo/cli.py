@@ -100,12 +100,17 @@ def run_stage(main, stages, argv: list[str] | None = None) -> int:
 
 def write_resource_report(path: str, seconds: float, code: int | None) -> None:
     """What the stage used, for the GPU check: wall seconds, peak GPU memory (PyTorch's allocator, this process)
-    and peak resident memory. `exit_code` is None when the stage raised."""
+    beside the estimate the stage checked before loading (imdb_dpo/costs.py), and peak resident memory. `exit_code`
+    is None when the stage raised."""
     import json
     import resource
 
+    from .costs import CHECKED
+
     report = {"wall_s": seconds, "exit_code": code, "device": "cpu",
-              "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+              "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+              "estimated_peak_gib": max((c["gib"] for c in CHECKED), default=None),
+              "estimated_step": max(CHECKED, key=lambda c: c["gib"])["step"] if CHECKED else None}
     if torch.cuda.is_initialized():
         report.update(device=torch.cuda.get_device_name(), peak_gpu_allocated_gib=torch.cuda.max_memory_allocated() / 2**30,
                       peak_gpu_reserved_gib=torch.cuda.max_memory_reserved() / 2**30)

@@ -1,0 +1,411 @@
+"""The plan of a preset before any work: per stage its runs, optimizer steps, checkpoints, disk written and kept,
+peak GPU memory and GPU hours on one H100, and the totals.
+
+    python plan.py gpt2-large            # or: ./run_pipeline.sh gpt2-large --plan
+    python plan.py tiny
+
+Offline and in seconds: it reads the preset's configs with the stages' own parser and computes every figure with the
+functions the stages use (the steps as the Trainer counts them, `checkpoint_schedule`, and the memory estimates
+each stage checks before loading a model, imdb_dpo/costs.py). Counts a stage reads from its input (reviews, pairs)
+are exact where that input exists and otherwise the most the settings allow (marked <=). GPU hours assume the
+utilisations in imdb_dpo/costs.py (stated under the table), not measurements.
+"""
+
+import dataclasses
+import math
+import os
+import sys
+
+from imdb_dpo.checkpoints import checkpoint_schedule, save_interval
+from imdb_dpo.cli import run_stage
+from imdb_dpo.config import REPOSITORY, ConfigError, EvalArguments, PairsArguments, TinyBaseArguments, parse_config
+from imdb_dpo import costs
+from imdb_dpo.costs import GB, Peak
+
+STAGE_ORDER = ("sft", "preference_pairs", "dpo", "rloo", "reward_model", "rloo_rm", "preferred_ft", "unlikelihood",
+               "eval")
+KNOWN_REVIEWS = {"stanfordnlp/imdb": {"train": 25_000, "test": 25_000}, "imdb": {"train": 25_000, "test": 25_000}}
+
+
+@dataclasses.dataclass
+class Row:
+    stage: str
+    runs: int = 0
+    steps: str = "-"
+    checkpoints: str = "-"
+    written: float = 0.0
+    kept: float = 0.0
+    held: float = 0.0  # most on disk beyond what the stage keeps once finished, while it runs
+    peak: Peak | None = None
+    seconds: float = 0.0
+    notes: list = dataclasses.field(default_factory=list)
+
+
+def stages_of(name: str):
+    """The parsers of a stage's config (the same dataclasses the stage script reads)."""
+    import dpo
+    import preferred_ft
+    import reward_model
+    import rloo
+    import sft
+    import unlikelihood
+
+    trained = {"sft": sft, "dpo": dpo, "rloo": rloo, "rloo_rm": rloo, "reward_model": reward_model,
+               "preferred_ft": preferred_ft, "unlikelihood": unlikelihood}
+    if name in trained:
+        return trained[name].STAGES, ["--use_cpu", "true"]  # bf16 settings parse on a machine without a GPU too
+    return {"preference_pairs": (PairsArguments,), "eval": (EvalArguments,)}[name], []
+
+
+class Preset:
+    def __init__(self, name: str):
+        self.name, self.folder = name, os.path.join(REPOSITORY, "configs", name)
+        if not os.path.isdir(self.folder):
+            raise ConfigError(f"no preset {name!r}: {self.folder} does not exist (the presets are the folders of configs/)")
+        self.configs = {}  # model folder -> (transformers config, where it comes from)
+        self.base = None
+        base = os.path.join(self.folder, "base.yaml")
+        if os.path.isfile(base):
+            (self.base,) = parse_config((TinyBaseArguments,), ["--config", base], "base.yaml")
+        self.rows: list[Row] = []
+        self.prompts = self.samples_per_prompt = self.pairs = self.chosen = None
+        self.pairs_exact = False
+        self.prompt_tokens = self.new_tokens = None
+        self.unevaluated = 0  # checkpoints and final models that eval.py evaluates itself
+        self.reward_model_dir = None
+
+    def parse(self, stage: str):
+        path = os.path.join(self.folder, f"{stage}.yaml")
+        if not os.path.isfile(path):
+            return None
+        stages, flags = stages_of(stage)
+        return parse_config(stages, ["--config", path, *flags], f"{self.name}/{stage}.yaml")
+
+    # -- models --
+    def model_config(self, path: str):
+        """The transformers config of `path`: a model that exists (folder or hub cache), one a preset names, the
+        tiny base the preset builds, or the output of an earlier stage (the same architecture as its start)."""
+        from transformers import AutoConfig, CONFIG_MAPPING, GPT2Config
+
+        key = os.path.realpath(path) if os.sep in path else path
+        if key in self.configs:
+            return self.configs[key]
+        if path in costs.KNOWN_CONFIGS and not os.path.isdir(path):
+            kind, values = costs.KNOWN_CONFIGS[path]
+            return CONFIG_MAPPING[kind](**values)
+        if os.path.isfile(os.path.join(path, "config.json")) or os.sep not in path:
+            try:
+                return AutoConfig.from_pretrained(path)
+            except (OSError, ValueError) as error:
+                raise ConfigError(f"{path!r}: its config is neither a folder here nor in the Hugging Face cache ({error})")
+        if self.base and key == os.path.realpath(os.path.join(self.base.output_dir, "model")):
+            b = self.base
+            return GPT2Config(vocab_size=b.vocab_size, n_positions=b.n_positions, n_embd=b.n_embd, n_layer=b.n_layer,
+                              n_head=b.n_head)
+        raise ConfigError(f"{path!r} does not exist and no earlier stage of the preset writes it")
+
+    def shape(self, path: str, classifier: bool = False) -> costs.Shape:
+        return costs.shape_of_config(self.model_config(path), classifier)
+
+    def produces(self, output_dir: str, start: str) -> None:
+        self.configs[os.path.realpath(output_dir)] = self.model_config(start)
+
+    # -- data --
+    def reviews(self, args, split: str) -> int:
+        path = getattr(args, f"{split}_file")
+        if path and os.path.isfile(path):
+            from imdb_dpo.data import _load_local
+
+            return len(_load_local(path, f"{split}_file", split))
+        if path and self.base and os.path.realpath(path).startswith(os.path.realpath(self.base.output_dir) + os.sep):
+            return getattr(self.base, f"num_{split}_reviews")
+        if not path and args.dataset_name in KNOWN_REVIEWS:
+            return KNOWN_REVIEWS[args.dataset_name][split]
+        raise ConfigError(f"cannot count the {split} reviews of {path or args.dataset_name} offline")
+
+    def frontier_args(self, script_args):
+        if not script_args.frontier_eval:
+            return None
+        from imdb_dpo.frontier_eval import resolve_config_path
+
+        (args,) = parse_config((EvalArguments,), ["--config", resolve_config_path(script_args.frontier_eval)], "eval.yaml")
+        return args
+
+
+def bound(value: int, exact: bool) -> str:
+    return f"{value:,}" if exact else f"<= {value:,}"
+
+
+def plan_sft(preset: Preset, script_args, training_args, model_args) -> Row:
+    shape = preset.shape(model_args.model_name_or_path)
+    preset.produces(training_args.output_dir, model_args.model_name_or_path)
+    reviews = min(preset.reviews(script_args, "train"), script_args.max_train_samples or math.inf)
+    steps = costs.trainer_steps(reviews, training_args.per_device_train_batch_size,
+                                training_args.gradient_accumulation_steps, training_args.num_train_epochs,
+                                training_args.max_steps)
+    saves = len(range(save_interval(training_args.save_steps, steps), steps + 1, save_interval(training_args.save_steps, steps)))
+    weights, optimizer = costs.checkpoint_bytes(shape, training_args.optim, model_args.use_peft)
+    held = min(saves, (training_args.save_total_limit or saves) + 1) * (weights + optimizer)
+    tokens = steps * training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+    return Row("sft", 1, f"{steps:,}", f"{saves} (for resuming)", saves * (weights + optimizer) + weights, weights, held,
+               costs.sft_memory(training_args, shape, model_args.use_peft),
+               costs.compute_seconds(costs.training_flops(shape, tokens * training_args.max_length,
+                                                          training_args.max_length), training_args.bf16),
+               [f"{reviews:,} reviews x {training_args.num_train_epochs:g} epoch(s), rows padded to max_length "
+                f"{training_args.max_length}"])
+
+
+def plan_pairs(preset: Preset, args) -> Row:
+    shape = preset.shape(args.model_name_or_path)
+    classifier = costs.classifier_shape(args.reward_model) if args.reward_model != "vader" else None
+    prompts = min(args.num_prompts, preset.reviews(args, "train"))
+    k = args.samples_per_prompt
+    preset.prompts, preset.samples_per_prompt = prompts, k
+    preset.prompt_tokens, preset.new_tokens = args.max_prompt_tokens, args.max_new_tokens
+    pair_file = os.path.join(args.output_dir, "pairs.jsonl")
+    if os.path.isfile(pair_file) and os.path.isfile(os.path.join(args.output_dir, "manifest.json")):
+        with open(pair_file) as f:
+            rows = [line for line in f if line.strip()]
+        import json
+
+        pairs = [json.loads(line) for line in rows]
+        preset.pairs, preset.pairs_exact = len(pairs), True
+        preset.chosen = len({(tuple(p["prompt_ids"]), tuple(p["chosen_ids"])) for p in pairs})
+        preset.distinct_prompts = len({p["prompt_id"] for p in pairs})
+    else:
+        preset.pairs = prompts * (k * (k - 1) // 2 if args.pairing == "all" else 1)
+        preset.chosen = min(preset.pairs, prompts * (k - 1))
+        preset.distinct_prompts = prompts
+    context = args.max_prompt_tokens + args.max_new_tokens
+    samples = prompts * k
+    disk = samples * costs.record_bytes(context) + preset.pairs * costs.record_bytes(args.max_prompt_tokens + 2 * args.max_new_tokens)
+    sampling = costs.dtype_bytes(args.sampling_dtype)
+    seconds = costs.decode_seconds(shape, prompts, args.batch_size, k, args.max_prompt_tokens, args.max_new_tokens,
+                                   sampling, sampling)
+    if classifier:
+        seconds += costs.compute_seconds(costs.forward_flops(classifier, samples * 2 * context, 2 * context),
+                                         args.reward_dtype != "float32")
+    return Row("preference_pairs", 1, "-", "-", disk, disk, 0, costs.pairs_memory(args, shape, classifier), seconds,
+               [f"{prompts:,} prompts x {k} samples, {bound(preset.pairs, preset.pairs_exact)} pairs"])
+
+
+def frontier_row(preset, row: Row, shape, training_args, script_args, runs: int, steps: int,
+                 lora: bool) -> None:
+    """Checkpoints, disk and the in-training evaluation of `runs` runs of `steps` steps each."""
+    saved = checkpoint_schedule(script_args.checkpoint_schedule, steps, save_interval(training_args.save_steps, steps))
+    weights, optimizer = costs.checkpoint_bytes(shape, training_args.optim, lora)
+    frontier = preset.frontier_args(script_args)
+    row.checkpoints = f"{len(saved)}" + (" evaluated while training" if frontier else " kept for eval.py")
+    row.written += runs * (len(saved) * (weights + optimizer) + weights)
+    if frontier:
+        classifier = costs.classifier_shape(frontier.reward_model) if frontier.reward_model != "vader" else None
+        row.kept += runs * weights
+        records = runs * len(saved) * frontier.num_prompts * frontier.samples_per_prompt * costs.record_bytes(
+            frontier.max_prompt_tokens + frontier.max_new_tokens)
+        row.written, row.kept = row.written + records, row.kept + records
+        row.seconds += runs * len(saved) * costs.evaluation_seconds(frontier, shape, classifier, frontier.samples_per_prompt)
+    else:
+        row.kept += runs * len(saved) * weights  # every checkpoint's weights (optimizer state dropped) and the final model
+        preset.unevaluated += runs * len(saved)
+    row.held = 2 * (weights + optimizer)
+    row.steps = f"{steps:,}"
+
+
+def plan_dpo(preset, script_args, training_args, model_args) -> Row:
+    shape = preset.shape(model_args.model_name_or_path)
+    runs = len(script_args.betas or [training_args.beta])
+    pairs = min(preset.pairs, script_args.max_train_pairs or math.inf)
+    if script_args.total_batch_size:
+        training_args.per_device_train_batch_size = script_args.total_batch_size // training_args.gradient_accumulation_steps
+    steps = costs.trainer_steps(pairs, training_args.per_device_train_batch_size, training_args.gradient_accumulation_steps,
+                                training_args.num_train_epochs, training_args.max_steps)
+    tokens = min(preset.prompt_tokens + preset.new_tokens, training_args.max_length or math.inf)
+    frontier = preset.frontier_args(script_args)
+    classifier = costs.classifier_shape(frontier.reward_model) if frontier and frontier.reward_model != "vader" else None
+    row = Row("dpo", runs, peak=costs.dpo_memory(training_args, shape, tokens, frontier, classifier, model_args.use_peft))
+    rows_per_step = 2 * training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+    row.seconds = runs * costs.compute_seconds(costs.training_flops(shape, steps * rows_per_step * tokens, tokens),
+                                               training_args.bf16)
+    if training_args.precompute_ref_log_probs:  # once for the sweep: cached
+        row.seconds += costs.compute_seconds(costs.forward_flops(shape, 2 * pairs * tokens, tokens), training_args.bf16)
+    frontier_row(preset, row, shape, training_args, script_args, runs, steps, model_args.use_peft)
+    row.notes.append(f"{bound(pairs, preset.pairs_exact)} pairs a run, {runs} betas")
+    return row
+
+
+def plan_rloo(preset, stage, script_args, training_args, model_args) -> Row:
+    shape = preset.shape(model_args.model_name_or_path)
+    runs = len(script_args.kl_coefs or [training_args.beta])
+    learned = os.path.realpath(script_args.reward_model) in preset.configs
+    classifier = (preset.shape(script_args.reward_model, classifier=True) if learned else
+                  costs.classifier_shape(script_args.reward_model) if script_args.reward_model != "vader" else None)
+    prompts = min(preset.distinct_prompts, script_args.max_train_prompts or math.inf)
+    completions = prompts * training_args.num_generations
+    steps = costs.trainer_steps(completions, training_args.per_device_train_batch_size,
+                                training_args.gradient_accumulation_steps, training_args.num_train_epochs,
+                                training_args.max_steps)
+    frontier = preset.frontier_args(script_args)
+    frontier_classifier = (costs.classifier_shape(frontier.reward_model)
+                           if frontier and frontier.reward_model != "vader" else None)
+    row = Row(stage, runs, peak=costs.rloo_memory(training_args, shape, preset.prompt_tokens, classifier,
+                                                  script_args.reward_dtype, frontier, frontier_classifier,
+                                                  model_args.use_peft))
+    context = preset.prompt_tokens + training_args.max_completion_length
+    per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+    bf16 = bool(training_args.bf16)
+    seconds = costs.compute_seconds(costs.training_flops(shape, per_step * context, context), bf16)
+    seconds += costs.compute_seconds(costs.forward_flops(shape, per_step * context, context), bf16)  # the reference
+    if classifier:
+        seconds += costs.compute_seconds(costs.forward_flops(classifier, per_step * 2 * context, 2 * context),
+                                         script_args.reward_dtype != "float32")
+    seconds += costs.decode_seconds(shape, per_step // training_args.num_generations,
+                                    per_step // training_args.num_generations, training_args.num_generations,
+                                    preset.prompt_tokens, training_args.max_completion_length, 4, 2 if bf16 else 4)
+    row.seconds = runs * steps * seconds
+    frontier_row(preset, row, shape, training_args, script_args, runs, steps, model_args.use_peft)
+    row.notes.append(f"{bound(prompts, preset.pairs_exact)} prompts x {training_args.num_generations} completions a run")
+    return row
+
+
+def plan_supervised(preset, stage, script_args, training_args, model_args) -> Row:
+    shape = preset.shape(model_args.model_name_or_path)
+    pairs = stage == "unlikelihood"
+    runs = len(script_args.alphas or [training_args.alpha]) if pairs else 1
+    examples = (min(preset.pairs, script_args.max_train_pairs or math.inf) if pairs else
+                min(preset.chosen, script_args.max_train_examples or math.inf))
+    steps = costs.trainer_steps(examples, training_args.per_device_train_batch_size,
+                                training_args.gradient_accumulation_steps, training_args.num_train_epochs,
+                                training_args.max_steps)
+    tokens = min(preset.prompt_tokens + preset.new_tokens, training_args.max_length or math.inf)
+    frontier = preset.frontier_args(script_args)
+    classifier = costs.classifier_shape(frontier.reward_model) if frontier and frontier.reward_model != "vader" else None
+    row = Row(stage, runs, peak=costs.supervised_memory(training_args, shape, tokens, pairs, frontier, classifier,
+                                                        model_args.use_peft))
+    rows_per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * (2 if pairs else 1)
+    row.seconds = runs * costs.compute_seconds(costs.training_flops(shape, steps * rows_per_step * tokens, tokens),
+                                               training_args.bf16)
+    frontier_row(preset, row, shape, training_args, script_args, runs, steps, model_args.use_peft)
+    row.notes.append(f"{bound(int(examples), preset.pairs_exact)} {'pairs' if pairs else 'chosen completions'} a run")
+    return row
+
+
+def plan_reward_model(preset, script_args, training_args, model_args) -> Row:
+    shape = preset.shape(model_args.model_name_or_path, classifier=True)
+    preset.produces(training_args.output_dir, model_args.model_name_or_path)
+    pairs = min(preset.pairs, script_args.max_train_pairs or math.inf)
+    train = round(pairs * (1 - script_args.validation_fraction))
+    steps = costs.trainer_steps(train, training_args.per_device_train_batch_size,
+                                training_args.gradient_accumulation_steps, training_args.num_train_epochs,
+                                training_args.max_steps)
+    tokens = min(preset.prompt_tokens + preset.new_tokens, training_args.max_length or math.inf)
+    weights, optimizer = costs.checkpoint_bytes(shape, training_args.optim)
+    epochs = math.ceil(training_args.num_train_epochs)
+    seconds = costs.compute_seconds(costs.training_flops(shape, steps * 2 * training_args.per_device_train_batch_size
+                                                         * training_args.gradient_accumulation_steps * tokens, tokens),
+                                    training_args.bf16)
+    seconds += epochs * costs.compute_seconds(costs.forward_flops(shape, 2 * (pairs - train) * tokens, tokens),
+                                              training_args.bf16)
+    return Row("reward_model", 1, f"{steps:,}", f"{epochs} (one an epoch, for the best)",
+               epochs * (weights + optimizer) + weights, weights, 2 * (weights + optimizer),
+               costs.reward_model_memory(training_args, shape, tokens), seconds,
+               [f"{bound(int(train), preset.pairs_exact)} training pairs"])
+
+
+def plan_eval(preset, args) -> Row:
+    shape = preset.shape(args.sft_model)
+    classifier = costs.classifier_shape(args.reward_model) if args.reward_model != "vader" else None
+    rm = preset.reward_model_dir if any(r.stage == "rloo_rm" for r in preset.rows) else None
+    proxy = preset.shape(rm, classifier=True) if rm else None  # the learned reward model the rloo_rm runs optimised
+    context = args.max_prompt_tokens + args.max_new_tokens
+    seconds = costs.evaluation_seconds(args, shape, classifier, args.best_of_n_samples, kl=False)
+    seconds += preset.unevaluated * costs.evaluation_seconds(args, shape, classifier, args.samples_per_prompt)
+    records = args.num_prompts * (args.best_of_n_samples + preset.unevaluated * args.samples_per_prompt)
+    disk = records * costs.record_bytes(context)
+    return Row("eval", 1, "-", f"{preset.unevaluated} evaluated here" if preset.unevaluated else "records gathered",
+               disk, disk, 0, costs.evaluation_memory(args, shape, classifier, proxy), seconds,
+               [f"the SFT model's {args.best_of_n_samples} samples on {args.num_prompts} prompts"
+                + (f" and {preset.unevaluated} models" if preset.unevaluated else "")])
+
+
+def build(name: str) -> Preset:
+    preset = Preset(name)
+    for stage in STAGE_ORDER:
+        parsed = preset.parse(stage)
+        if parsed is None:
+            continue
+        if stage == "sft":
+            row = plan_sft(preset, *parsed)
+        elif stage == "preference_pairs":
+            row = plan_pairs(preset, *parsed)
+        elif stage == "dpo":
+            row = plan_dpo(preset, *parsed)
+        elif stage in ("rloo", "rloo_rm"):
+            row = plan_rloo(preset, stage, *parsed)
+        elif stage == "reward_model":
+            row = plan_reward_model(preset, *parsed)
+            preset.reward_model_dir = parsed[1].output_dir
+        elif stage in ("preferred_ft", "unlikelihood"):
+            row = plan_supervised(preset, stage, *parsed)
+        else:
+            row = plan_eval(preset, *parsed)
+        preset.rows.append(row)
+    if not preset.rows:
+        raise ConfigError(f"{preset.folder} holds no stage config ({', '.join(f'{s}.yaml' for s in STAGE_ORDER)}): it is "
+                          "not a preset")
+    return preset
+
+
+def gb(value: float) -> str:
+    return "-" if not value else f"{value / GB:.1f} GB" if value >= 0.05 * GB else f"{value / 1e6:.1f} MB"
+
+
+def hours(seconds: float) -> str:
+    return f"{seconds / 3600:.2f}" if seconds >= 36 else f"{seconds:.0f} s" if seconds else "-"
+
+
+def render(preset: Preset) -> str:
+    lines = [f"Plan of the {preset.name} preset on one GPU (python plan.py {preset.name})", "",
+             "| stage | runs | steps a run | checkpoints a run | disk written | kept when finished | most on disk while "
+             "it runs | peak GPU memory | GPU hours (H100) |", "|---|---|---|---|---|---|---|---|---|"]
+    kept = peak_disk = seconds = written = 0.0
+    peak_memory = 0
+    for row in preset.rows:
+        held_total = kept + row.kept + row.held
+        peak_disk = max(peak_disk, held_total)
+        kept += row.kept
+        written += row.written
+        seconds += row.seconds
+        memory = row.peak.memory.total if row.peak else 0
+        peak_memory = max(peak_memory, memory)
+        lines.append(f"| {row.stage} | {row.runs} | {row.steps} | {row.checkpoints} | {gb(row.written)} | {gb(row.kept)} "
+                     f"| {gb(held_total)} | {costs.size(memory)} | {hours(row.seconds)} |")
+    lines.append(f"| **total** | | | | **{gb(written)}** | **{gb(kept)}** | **{gb(peak_disk)}** | "
+                 f"**{costs.size(peak_memory)}** | **{hours(seconds)}** |")
+    lines += ["", "Largest step of each stage (what its memory is made of) and what it counts:", ""]
+    for row in preset.rows:
+        detail = f"{row.peak.step}: {row.peak.memory.describe()}" if row.peak else "-"
+        lines.append(f"- {row.stage}: {detail}; {'; '.join(row.notes)}")
+    lines += ["", f"\"most on disk while it runs\" counts everything kept by the stages before it. GPU hours: H100 SXM "
+              f"peaks ({costs.H100['bf16_flops'] / 1e12:.0f} TFLOP/s bf16, {costs.H100['fp32_flops'] / 1e12:.0f} fp32, "
+              f"{costs.H100['bytes_per_s'] / 1e12:.2f} TB/s), at an assumed {costs.MFU:.0%} of peak FLOP/s and "
+              f"{costs.BANDWIDTH_USE:.0%} of bandwidth for decoding; loading and checkpoint writes not included."]
+    return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class PlanArguments:
+    preset: str = dataclasses.field(default="", metadata={"help": "A folder of configs/, e.g. gpt2-large or tiny."})
+
+
+def main(args: PlanArguments) -> int:
+    if not args.preset:
+        raise ConfigError("name the preset: python plan.py --preset gpt2-large (a folder of configs/)")
+    print(render(build(args.preset)))
+    return 0
+
+
+if __name__ == "__main__":
+    argv = sys.argv[1:]
+    if argv and not argv[0].startswith("-"):
+        argv = ["--preset", argv[0], *argv[1:]]
+    sys.exit(run_stage(main, (PlanArguments,), argv))

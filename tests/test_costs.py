@@ -1,0 +1,137 @@
+"""What a stage will cost, known before it runs (imdb_dpo/costs.py, plan.py): the memory estimates against measured
+peaks, the plan's counts against what the tiny run did, the gpt2-large plan offline, and the refusal before loading."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import REPO, TEST_DEVICE
+from imdb_dpo import costs
+from imdb_dpo.checkpoints import checkpoint_schedule
+from imdb_dpo.config import parse_config
+
+import dpo
+
+LINUX_PROC = os.path.isfile("/proc/self/clear_refs")
+
+
+def probe(*args: str) -> dict:
+    """tests/memory_probe.py in a fresh process, whose freed tensors leave it at once (see its docstring)."""
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "tests", "memory_probe.py"), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "TQDM_DISABLE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("PROBE "))[6:])
+
+
+@pytest.mark.skipif(not LINUX_PROC, reason="measures the resident high-water mark through /proc (Linux)")
+def test_the_dpo_step_estimate_is_within_25_percent_of_a_real_steps_peak(tiny_sft, tiny_pairs, tmp_path):
+    # The tiny model's shape at 256 pairs a step, so that the step (not the interpreter's own allocations) is measured.
+    result = probe("dpo", tiny_sft, tiny_pairs, "256", "cpu", str(tmp_path / "dpo"))
+    assert result["measured"] > 200 * 2**20
+    assert result["estimate"] == pytest.approx(result["measured"], rel=0.25), result
+
+
+@pytest.mark.skipif(not LINUX_PROC, reason="measures the resident high-water mark through /proc (Linux)")
+def test_the_sampling_estimate_is_within_25_percent_of_a_real_batchs_peak(tiny_sft, tiny_pairs):
+    result = probe("sampling", tiny_sft, tiny_pairs, "128", "16", "48", "cpu")
+    assert result["measured"] > 100 * 2**20
+    assert result["estimate"] == pytest.approx(result["measured"], rel=0.25), result
+
+
+@pytest.mark.gpu
+def test_on_the_gpu_the_dpo_estimate_is_within_25_percent_of_max_memory_allocated(gpt2_stand_in, tmp_path):
+    import random
+
+    rng = random.Random(0)
+    pairs = tmp_path / "pairs.jsonl"
+    with open(pairs, "w") as f:
+        for i in range(128):
+            ids = lambda n: [rng.randrange(1, 50000) for _ in range(n)]  # noqa: E731
+            f.write(json.dumps({"prompt_id": f"p{i}", "prompt_ids": ids(8), "chosen_ids": ids(64),
+                                "rejected_ids": ids(64)}) + "\n")
+    result = probe("dpo", gpt2_stand_in, str(pairs), "32", TEST_DEVICE, str(tmp_path / "dpo"))
+    assert result["estimate"] == pytest.approx(result["measured"], rel=0.25), result
+
+
+def test_a_checkpoint_weighs_what_the_plan_counts(tiny_sft):
+    """The plan's disk figures count 4 bytes a parameter: the size of the weights a run saves."""
+    saved = os.path.getsize(os.path.join(tiny_sft, "model.safetensors"))
+    assert costs.model_shape(tiny_sft).fp32_bytes == pytest.approx(saved, rel=0.01)
+
+
+def plan_table(output: str) -> dict[str, dict]:
+    lines = [line for line in output.splitlines() if line.startswith("| ")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    return {cells[0]: dict(zip(header, cells)) for line in lines[1:]
+            for cells in [[cell.strip() for cell in line.strip("|").split("|")]]}
+
+
+def run_plan(preset: str, output_root: str, tmp_path) -> tuple[str, float]:
+    """`./run_pipeline.sh <preset> --plan` as a user runs it, offline with an empty Hugging Face cache."""
+    env = {**os.environ, "OUTPUT_ROOT": output_root, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
+           "PYTHON": sys.executable}
+    started = time.perf_counter()
+    proc = subprocess.run(["./run_pipeline.sh", preset, "--plan"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout, time.perf_counter() - started
+
+
+def test_the_plan_counts_the_steps_and_checkpoints_the_tiny_run_made(tiny_run, tmp_path):
+    output, _ = run_plan("tiny", str(tiny_run["root"]), tmp_path)
+    table = plan_table(output)
+    outputs = tiny_run["root"] / "outputs" / "tiny"
+    runs = {"dpo": ["dpo/sigmoid_beta0.1", "dpo/sigmoid_beta1", "dpo/sigmoid_beta5"],
+            "rloo": ["rloo/rloo_kl0.01", "rloo/rloo_kl0.1"], "rloo_rm": ["rloo_rm/rloo_rm_kl0.05"],
+            "preferred_ft": ["preferred_ft/preferred_ft"], "unlikelihood": ["unlikelihood/unlikelihood_alpha1"],
+            "reward_model": ["reward_model"], "sft": ["sft"]}
+    for stage, folders in runs.items():
+        manifests = [json.loads((outputs / folder / "manifest.json").read_text()) for folder in folders]
+        assert table[stage]["runs"] == str(len(folders)), stage
+        assert {m["global_step"] for m in manifests} == {int(table[stage]["steps a run"].replace(",", ""))}, stage
+        if stage != "sft":  # SFT's checkpoints are for resuming only and its manifest does not list them
+            counted = int(table[stage]["checkpoints a run"].split()[0])
+            assert {len(m["checkpoints"]) for m in manifests} == {counted}, stage
+
+
+def test_the_gpt2_large_plan_runs_offline_in_seconds_and_fits_one_node(tmp_path):
+    output, seconds = run_plan("gpt2-large", str(tmp_path / "nothing_yet"), tmp_path)
+    assert seconds < 60, seconds  # about 12 s on 2 cores, most of it importing TRL
+    table = plan_table(output)
+    assert list(table) == ["sft", "preference_pairs", "dpo", "rloo", "reward_model", "rloo_rm", "preferred_ft",
+                           "unlikelihood", "eval", "**total**"]
+    assert table["dpo"]["runs"] == "4"
+    assert table["dpo"]["steps a run"] == "2,344"  # <= 150,000 pairs / 64
+    assert table["dpo"]["checkpoints a run"].startswith(f"{len(checkpoint_schedule('log+steps', 2344, 100))} ")
+    gb = lambda cell: float(re.search(r"([\d.]+) GB", cell).group(1))  # noqa: E731
+    assert gb(table["**total**"]["kept when finished"]) < 100
+    assert gb(table["**total**"]["most on disk while it runs"]) < 100
+    assert all(float(row["peak GPU memory"].split()[0].strip("*")) < 80 for row in table.values())
+    assert not (tmp_path / "nothing_yet").exists()  # a plan writes nothing
+
+
+def test_a_stage_that_would_not_fit_stops_before_loading_with_the_numbers_and_the_fix(monkeypatch):
+    _, training_args, _ = parse_config(dpo.STAGES, ["--config", os.path.join(REPO, "configs/gpt2-large/dpo.yaml"),
+                                                    "--use_cpu", "true"])
+    peak = costs.dpo_memory(training_args, costs.model_shape("gpt2-large"), 72)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (20 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "a busy GPU")
+    with pytest.raises(costs.NotEnoughMemory) as refused:
+        costs.check_memory("DPO", peak, "cuda")
+    message = str(refused.value)
+    assert f"needs about {costs.size(peak.memory.total)}" in message
+    assert "a busy GPU has 20.0 GiB free of 80.0 GiB" in message
+    assert "Lower per_device_train_batch_size" in message and "activations" in message
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (79 * 2**30, 80 * 2**30))
+    costs.check_memory("DPO", peak, "cuda")  # fits
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (20 * 2**30, 80 * 2**30))
+    monkeypatch.setenv(costs.SKIP_VARIABLE, "1")
+    costs.check_memory("DPO", peak, "cuda")  # the user knows better
+    costs.check_memory("DPO", peak, "cpu")  # nothing to check on the CPU
