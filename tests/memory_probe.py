@@ -74,7 +74,7 @@ def pairs_of(path: str) -> list[dict]:
 
 
 def probe_dpo(model: str, pairs_file: str, per_step: int, device: str, output_dir: str) -> dict:
-    on_gpu = ["--bf16", "true"] if device == "cuda" else ["--bf16", "false", "--use_cpu", "true"]
+    on_gpu = ["--bf16", "true", "--use_cpu", "false"] if device == "cuda" else ["--bf16", "false", "--use_cpu", "true"]
     script_args, training_args, model_args = parse_config(dpo.STAGES, [
         "--config", os.path.join(REPO, "configs/tiny/dpo.yaml"), "--model_name_or_path", model, "--pairs_file",
         pairs_file, "--output_dir", output_dir, "--frontier_eval", "", "--max_steps", "2", "--per_device_train_batch_size", str(per_step), "--max_train_pairs", str(2 * per_step),

@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from conftest import REPO, kill_once_saved, refused_in_process, run_in_process
+from conftest import NO_FRONTIER_EVAL, REPO, kill_once_saved, refused_in_process, run_in_process
 from test_eval import eval_argv, run_eval
 from helpers import state_dicts_equal
 from imdb_dpo.manifests import read_manifest, write_json_atomic
@@ -186,8 +186,8 @@ def test_a_model_with_an_untrained_head_is_refused_as_a_reward(tiny_sft, tiny_pa
     on that."""
     err = refused_in_process("rloo.py", ["--config", os.path.join(REPO, "configs/tiny/rloo.yaml"), "--model_name_or_path",
                                          tiny_sft, "--pairs_file", tiny_pairs, "--reward_model", tiny_sft,
-                                         "--reward_positive_label", "LABEL_1", "--output_dir", str(tmp_path / "rloo")],
-                             capsys)
+                                         "--reward_positive_label", "LABEL_1", "--output_dir", str(tmp_path / "rloo"),
+                                         *NO_FRONTIER_EVAL], capsys)
     assert "is a GPT2LMHeadModel, not a classifier" in err
     assert not any((tmp_path / "rloo").glob("*/checkpoint-*"))
 
