@@ -12,9 +12,11 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast, RobertaConfig, RobertaForSequenceClassification
 
+from imdb_dpo.costs import KNOWN_CONFIGS
+
 # GPT-2 Large and RoBERTa Large (the siebert classifier's shape), from their published configs.
 SIZES = {
-    "gpt2-large": dict(n_embd=1280, n_layer=36, n_head=20, vocab_size=50257, n_positions=1024),
+    "gpt2-large": KNOWN_CONFIGS["gpt2-large"][1],
     "tiny": dict(n_embd=64, n_layer=2, n_head=2, vocab_size=2048, n_positions=256),
 }
 CLASSIFIER_SIZES = {

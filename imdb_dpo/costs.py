@@ -13,10 +13,9 @@ The memory model, per part (bytes; P parameters, L layers, h hidden size, V voca
 - sampling: the weights in sampling_dtype, the KV cache (2 L h values a token of every row), and each decode step's
   next-token distribution, held in float32 and float64 by the per-sample inverse-CDF sampler.
 - the KL pass: both models' log-softmax over the vocabulary at every position of kl_batch_size sequences, in fp32.
-Activation figures were measured on GPT-2 blocks with torch.autograd.graph.saved_tensors_hooks (sdpa attention,
-which keeps no sequence x sequence matrix); tests/test_costs.py holds the estimate to within 25% of the peak resident
-memory of a real DPO step and a real sampling batch on the CPU, and the GPU check compares it with
-torch.cuda.max_memory_allocated.
+The activation figures are per token and layer (see ACTIVATION_BYTES); tests/test_costs.py holds the estimate to
+within 25% of the peak resident memory of a real DPO step and a real sampling batch on the CPU, and on a GPU (the
+tests marked `gpu`, and the GPU check's table) compares it with torch.cuda.max_memory_allocated.
 """
 
 import dataclasses
