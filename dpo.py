@@ -20,7 +20,7 @@ from datasets import load_dataset
 from transformers import set_seed
 from trl import DPOConfig, ModelConfig, get_peft_config
 
-from imdb_dpo.checks import check_learning_rate, check_model, check_positive
+from imdb_dpo.checks import check_training, check_model, check_positive
 from imdb_dpo.cli import run_stage
 from imdb_dpo.config import ConfigError, DPOScriptArguments
 from imdb_dpo.costs import check_memory, dpo_memory, frontier_inputs, longest_pair, model_shape
@@ -39,7 +39,7 @@ STAGES = (DPOScriptArguments, DPOConfig, ModelConfig)
 
 def check_inputs(script_args: DPOScriptArguments, training_args: DPOConfig, model_args: ModelConfig) -> list[dict]:
     """The pairs, once every setting and the pair file are checked."""
-    check_learning_rate(training_args)
+    check_training(training_args)
     check_positive(script_args, "max_train_pairs", "total_batch_size")
     check_schedule(script_args.checkpoint_schedule, training_args)
     check_model("model_name_or_path", model_args.model_name_or_path)

@@ -3,6 +3,7 @@ peak GPU memory and GPU hours on one H100, and the totals.
 
     python plan.py gpt2-large            # or: ./run_pipeline.sh gpt2-large --plan
     python plan.py tiny
+    python plan.py path/to/my_preset     # any folder of stage configs named as configs/<preset>/ names them
 
 Offline and in seconds: it reads the preset's configs with the stages' own parser and computes every figure with the
 functions the stages use (the steps as the Trainer counts them, `checkpoint_schedule`, and the memory estimates
@@ -16,7 +17,8 @@ import math
 import os
 import sys
 
-from imdb_dpo.checkpoints import checkpoint_schedule, save_interval
+from imdb_dpo.checkpoints import check_schedule, checkpoint_schedule, save_interval
+from imdb_dpo.checks import check_training
 from imdb_dpo.cli import run_stage
 from imdb_dpo.config import REPOSITORY, ConfigError, EvalArguments, PairsArguments, TinyBaseArguments, parse_config
 from imdb_dpo import costs
@@ -39,6 +41,7 @@ class Row:
     peak: Peak | None = None
     seconds: float = 0.0
     notes: list = dataclasses.field(default_factory=list)
+    exact: bool = True  # False: counted from the most pairs the settings allow (the pair file does not exist yet)
 
 
 def stages_of(name: str):
@@ -59,7 +62,9 @@ def stages_of(name: str):
 
 class Preset:
     def __init__(self, name: str):
-        self.name, self.folder = name, os.path.join(REPOSITORY, "configs", name)
+        # A preset of the repository by name, or any folder of stage configs by its path.
+        self.name = name
+        self.folder = name if os.sep in name and os.path.isdir(name) else os.path.join(REPOSITORY, "configs", name)
         if not os.path.isdir(self.folder):
             raise ConfigError(f"no preset {name!r}: {self.folder} does not exist (the presets are the folders of configs/)")
         self.configs = {}  # model folder -> (transformers config, where it comes from)
@@ -68,9 +73,7 @@ class Preset:
         if os.path.isfile(base):
             (self.base,) = parse_config((TinyBaseArguments,), ["--config", base], "base.yaml")
         self.rows: list[Row] = []
-        self.prompts = self.samples_per_prompt = self.pairs = self.chosen = None
-        self.pairs_exact = False
-        self.prompt_tokens = self.new_tokens = None
+        self.pair_files: dict[str, dict] = {}  # pair file -> its counts (from stage 2's settings until it exists)
         self.unevaluated = 0  # checkpoints and final models that eval.py evaluates itself
         self.reward_model_dir = None
 
@@ -79,7 +82,24 @@ class Preset:
         if not os.path.isfile(path):
             return None
         stages, flags = stages_of(stage)
-        return parse_config(stages, ["--config", path, *flags], f"{self.name}/{stage}.yaml")
+        parsed = parse_config(stages, ["--config", path, *flags], f"{self.name}/{stage}.yaml")
+        try:  # what the stage itself refuses before any work, without looking at its inputs
+            if stage == "preference_pairs":
+                import preference_pairs
+
+                preference_pairs.check_settings(*parsed)
+            elif stage == "eval":
+                from imdb_dpo.model_eval import check_settings
+
+                check_settings(*parsed)
+            else:
+                script_args, training_args = parsed[0], parsed[1]
+                check_training(training_args)
+                if hasattr(script_args, "checkpoint_schedule"):
+                    check_schedule(script_args.checkpoint_schedule, training_args)
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {error}") from None
+        return parsed
 
     # -- models --
     def model_config(self, path: str):
@@ -99,9 +119,9 @@ class Preset:
             except (OSError, ValueError) as error:
                 raise ConfigError(f"{path!r}: its config is neither a folder here nor in the Hugging Face cache ({error})")
         if self.base and key == os.path.realpath(os.path.join(self.base.output_dir, "model")):
-            b = self.base
+            b = self.base  # at most vocab_size tokens: the tokenizer trained on the reviews may have fewer
             return GPT2Config(vocab_size=b.vocab_size, n_positions=b.n_positions, n_embd=b.n_embd, n_layer=b.n_layer,
-                              n_head=b.n_head)
+                              n_head=b.n_head, bos_token_id=0, eos_token_id=0)
         raise ConfigError(f"{path!r} does not exist and no earlier stage of the preset writes it")
 
     def shape(self, path: str, classifier: bool = False) -> costs.Shape:
@@ -127,23 +147,59 @@ class Preset:
         if not script_args.frontier_eval:
             return None
         from imdb_dpo.frontier_eval import resolve_config_path
+        from imdb_dpo.model_eval import check_settings
 
-        (args,) = parse_config((EvalArguments,), ["--config", resolve_config_path(script_args.frontier_eval)], "eval.yaml")
+        path = resolve_config_path(script_args.frontier_eval)
+        (args,) = parse_config((EvalArguments,), ["--config", path], "eval.yaml")
+        try:
+            check_settings(args)
+        except ConfigError as error:
+            raise ConfigError(f"frontier_eval={path}: {error}") from None
         return args
+
+    def pairs(self, pairs_file: str) -> dict:
+        """The counts of a pair file: read from it where it exists (exact), else the most stage 2's settings allow."""
+        key = os.path.realpath(pairs_file)
+        if key not in self.pair_files and os.path.isfile(pairs_file):
+            self.pair_files[key] = count_pairs(pairs_file)
+        if key not in self.pair_files:
+            raise ConfigError(f"pairs_file={pairs_file}: no such file, and no preference_pairs.yaml of this preset writes "
+                              "it; fix the path or add the stage")
+        counts = self.pair_files[key]
+        if not counts["pairs"]:
+            raise ConfigError(f"pairs_file={pairs_file} holds no pairs: no stage could train on it")
+        return counts
+
+
+def count_pairs(path: str) -> dict:
+    import json
+
+    with open(path) as f:
+        pairs = [json.loads(line) for line in f if line.strip()]
+    return {"pairs": len(pairs), "prompts": len({p["prompt_id"] for p in pairs}),
+            "chosen": len({(tuple(p["prompt_ids"]), tuple(p["chosen_ids"])) for p in pairs}),
+            "tokens": max((len(p["prompt_ids"]) + max(len(p["chosen_ids"]), len(p["rejected_ids"])) for p in pairs),
+                          default=0),
+            "prompt_tokens": max((len(p["prompt_ids"]) for p in pairs), default=0), "exact": True}
 
 
 def bound(value: int, exact: bool) -> str:
     return f"{value:,}" if exact else f"<= {value:,}"
 
 
+def trained_steps(examples: int, training_args) -> int:
+    return costs.trainer_steps(examples, training_args.per_device_train_batch_size,
+                               training_args.gradient_accumulation_steps, training_args.num_train_epochs,
+                               training_args.max_steps)
+
+
 def plan_sft(preset: Preset, script_args, training_args, model_args) -> Row:
     shape = preset.shape(model_args.model_name_or_path)
     preset.produces(training_args.output_dir, model_args.model_name_or_path)
     reviews = min(preset.reviews(script_args, "train"), script_args.max_train_samples or math.inf)
-    steps = costs.trainer_steps(reviews, training_args.per_device_train_batch_size,
-                                training_args.gradient_accumulation_steps, training_args.num_train_epochs,
-                                training_args.max_steps)
-    saves = len(range(save_interval(training_args.save_steps, steps), steps + 1, save_interval(training_args.save_steps, steps)))
+    steps = trained_steps(reviews, training_args)
+    every = save_interval(training_args.save_steps, steps)
+    saves = len(range(every, steps + 1, every)) if training_args.save_strategy == "steps" else 0
     weights, optimizer = costs.checkpoint_bytes(shape, training_args.optim, model_args.use_peft)
     held = min(saves, (training_args.save_total_limit or saves) + 1) * (weights + optimizer)
     tokens = steps * training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
@@ -151,34 +207,26 @@ def plan_sft(preset: Preset, script_args, training_args, model_args) -> Row:
                costs.sft_memory(training_args, shape, model_args.use_peft),
                costs.compute_seconds(costs.training_flops(shape, tokens * training_args.max_length,
                                                           training_args.max_length), training_args.bf16),
-               [f"{reviews:,} reviews x {training_args.num_train_epochs:g} epoch(s), rows padded to max_length "
-                f"{training_args.max_length}"])
+               [f"{reviews:,} reviews x {training_args.num_train_epochs:g} epoch(s), each row up to max_length "
+                f"{training_args.max_length} tokens (a batch is padded to its longest review)"])
 
 
 def plan_pairs(preset: Preset, args) -> Row:
     shape = preset.shape(args.model_name_or_path)
-    classifier = costs.classifier_shape(args.reward_model) if args.reward_model != "vader" else None
+    classifier = costs.classifier_shape(args.reward_model)
     prompts = min(args.num_prompts, preset.reviews(args, "train"))
     k = args.samples_per_prompt
-    preset.prompts, preset.samples_per_prompt = prompts, k
-    preset.prompt_tokens, preset.new_tokens = args.max_prompt_tokens, args.max_new_tokens
     pair_file = os.path.join(args.output_dir, "pairs.jsonl")
-    if os.path.isfile(pair_file) and os.path.isfile(os.path.join(args.output_dir, "manifest.json")):
-        with open(pair_file) as f:
-            rows = [line for line in f if line.strip()]
-        import json
-
-        pairs = [json.loads(line) for line in rows]
-        preset.pairs, preset.pairs_exact = len(pairs), True
-        preset.chosen = len({(tuple(p["prompt_ids"]), tuple(p["chosen_ids"])) for p in pairs})
-        preset.distinct_prompts = len({p["prompt_id"] for p in pairs})
-    else:
-        preset.pairs = prompts * (k * (k - 1) // 2 if args.pairing == "all" else 1)
-        preset.chosen = min(preset.pairs, prompts * (k - 1))
-        preset.distinct_prompts = prompts
+    finished = os.path.isfile(pair_file) and os.path.isfile(os.path.join(args.output_dir, "manifest.json"))
+    most = prompts * (k * (k - 1) // 2 if args.pairing == "all" else 1)
+    counts = count_pairs(pair_file) if finished else {
+        "pairs": most, "prompts": prompts, "chosen": min(most, prompts * (k - 1)),
+        "tokens": args.max_prompt_tokens + args.max_new_tokens, "prompt_tokens": args.max_prompt_tokens, "exact": False}
+    preset.pair_files[os.path.realpath(pair_file)] = counts
     context = args.max_prompt_tokens + args.max_new_tokens
     samples = prompts * k
-    disk = samples * costs.record_bytes(context) + preset.pairs * costs.record_bytes(args.max_prompt_tokens + 2 * args.max_new_tokens)
+    disk = samples * costs.record_bytes(context) + counts["pairs"] * costs.record_bytes(
+        args.max_prompt_tokens + 2 * args.max_new_tokens)
     sampling = costs.dtype_bytes(args.sampling_dtype)
     seconds = costs.decode_seconds(shape, prompts, args.batch_size, k, args.max_prompt_tokens, args.max_new_tokens,
                                    sampling, sampling)
@@ -186,71 +234,72 @@ def plan_pairs(preset: Preset, args) -> Row:
         seconds += costs.compute_seconds(costs.forward_flops(classifier, samples * 2 * context, 2 * context),
                                          args.reward_dtype != "float32")
     return Row("preference_pairs", 1, "-", "-", disk, disk, 0, costs.pairs_memory(args, shape, classifier), seconds,
-               [f"{prompts:,} prompts x {k} samples, {bound(preset.pairs, preset.pairs_exact)} pairs"])
+               [f"{prompts:,} prompts x {k} samples, {bound(counts['pairs'], counts['exact'])} pairs"],
+               exact=counts["exact"])
 
 
-def frontier_row(preset, row: Row, shape, training_args, script_args, runs: int, steps: int,
-                 lora: bool) -> None:
-    """Checkpoints, disk and the in-training evaluation of `runs` runs of `steps` steps each."""
+def frontier_row(preset, row: Row, shape, training_args, script_args, steps: int, lora: bool) -> None:
+    """Checkpoints, disk and the in-training evaluation of the row's runs of `steps` steps each."""
     saved = checkpoint_schedule(script_args.checkpoint_schedule, steps, save_interval(training_args.save_steps, steps))
     weights, optimizer = costs.checkpoint_bytes(shape, training_args.optim, lora)
     frontier = preset.frontier_args(script_args)
-    row.checkpoints = f"{len(saved)}" + (" evaluated while training" if frontier else " kept for eval.py")
-    row.written += runs * (len(saved) * (weights + optimizer) + weights)
+    row.steps, row.checkpoints = f"{steps:,}", f"{len(saved)}" + (" evaluated while training" if frontier else
+                                                                    " kept for eval.py")
+    row.written += row.runs * (len(saved) * (weights + optimizer) + weights)
     if frontier:
-        classifier = costs.classifier_shape(frontier.reward_model) if frontier.reward_model != "vader" else None
-        row.kept += runs * weights
-        records = runs * len(saved) * frontier.num_prompts * frontier.samples_per_prompt * costs.record_bytes(
+        records = row.runs * len(saved) * frontier.num_prompts * frontier.samples_per_prompt * costs.record_bytes(
             frontier.max_prompt_tokens + frontier.max_new_tokens)
-        row.written, row.kept = row.written + records, row.kept + records
-        row.seconds += runs * len(saved) * costs.evaluation_seconds(frontier, shape, classifier, frontier.samples_per_prompt)
+        row.written += records
+        row.kept += row.runs * weights + records
+        evaluating = row.runs * len(saved) * costs.evaluation_seconds(
+            frontier, shape, costs.classifier_shape(frontier.reward_model), frontier.samples_per_prompt)
+        row.seconds += evaluating
+        row.notes.append(f"{evaluating / 3600:.2f} GPU hours of it evaluating {row.runs * len(saved)} checkpoints")
     else:
-        row.kept += runs * len(saved) * weights  # every checkpoint's weights (optimizer state dropped) and the final model
-        preset.unevaluated += runs * len(saved)
+        row.kept += row.runs * len(saved) * weights  # every checkpoint's weights (optimizer state dropped) and the final model
+        preset.unevaluated += row.runs * len(saved)
     row.held = 2 * (weights + optimizer)
-    row.steps = f"{steps:,}"
+
+
+def frontier_classifier(preset, script_args):
+    frontier = preset.frontier_args(script_args)
+    return frontier, costs.classifier_shape(frontier.reward_model) if frontier else None
 
 
 def plan_dpo(preset, script_args, training_args, model_args) -> Row:
+    import dpo
+
     shape = preset.shape(model_args.model_name_or_path)
-    runs = len(script_args.betas or [training_args.beta])
-    pairs = min(preset.pairs, script_args.max_train_pairs or math.inf)
-    if script_args.total_batch_size:
-        training_args.per_device_train_batch_size = script_args.total_batch_size // training_args.gradient_accumulation_steps
-    steps = costs.trainer_steps(pairs, training_args.per_device_train_batch_size, training_args.gradient_accumulation_steps,
-                                training_args.num_train_epochs, training_args.max_steps)
-    tokens = min(preset.prompt_tokens + preset.new_tokens, training_args.max_length or math.inf)
-    frontier = preset.frontier_args(script_args)
-    classifier = costs.classifier_shape(frontier.reward_model) if frontier and frontier.reward_model != "vader" else None
-    row = Row("dpo", runs, peak=costs.dpo_memory(training_args, shape, tokens, frontier, classifier, model_args.use_peft))
+    counts = preset.pairs(script_args.pairs_file)
+    pairs = min(counts["pairs"], script_args.max_train_pairs or math.inf)
+    dpo.set_total_batch_size(script_args, training_args)
+    steps = trained_steps(pairs, training_args)
+    tokens = min(counts["tokens"], training_args.max_length or math.inf)
+    row = Row("dpo", len(script_args.betas or [training_args.beta]), exact=counts["exact"],
+              peak=costs.dpo_memory(training_args, shape, tokens, *frontier_classifier(preset, script_args),
+                                    lora=model_args.use_peft))
     rows_per_step = 2 * training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
-    row.seconds = runs * costs.compute_seconds(costs.training_flops(shape, steps * rows_per_step * tokens, tokens),
-                                               training_args.bf16)
+    row.seconds = row.runs * costs.compute_seconds(costs.training_flops(shape, steps * rows_per_step * tokens, tokens),
+                                                   training_args.bf16)
     if training_args.precompute_ref_log_probs:  # once for the sweep: cached
         row.seconds += costs.compute_seconds(costs.forward_flops(shape, 2 * pairs * tokens, tokens), training_args.bf16)
-    frontier_row(preset, row, shape, training_args, script_args, runs, steps, model_args.use_peft)
-    row.notes.append(f"{bound(pairs, preset.pairs_exact)} pairs a run, {runs} betas")
+    row.notes.append(f"{bound(pairs, counts['exact'])} pairs a run, {row.runs} betas")
+    frontier_row(preset, row, shape, training_args, script_args, steps, model_args.use_peft)
     return row
 
 
 def plan_rloo(preset, stage, script_args, training_args, model_args) -> Row:
     shape = preset.shape(model_args.model_name_or_path)
-    runs = len(script_args.kl_coefs or [training_args.beta])
     learned = os.path.realpath(script_args.reward_model) in preset.configs
     classifier = (preset.shape(script_args.reward_model, classifier=True) if learned else
-                  costs.classifier_shape(script_args.reward_model) if script_args.reward_model != "vader" else None)
-    prompts = min(preset.distinct_prompts, script_args.max_train_prompts or math.inf)
-    completions = prompts * training_args.num_generations
-    steps = costs.trainer_steps(completions, training_args.per_device_train_batch_size,
-                                training_args.gradient_accumulation_steps, training_args.num_train_epochs,
-                                training_args.max_steps)
-    frontier = preset.frontier_args(script_args)
-    frontier_classifier = (costs.classifier_shape(frontier.reward_model)
-                           if frontier and frontier.reward_model != "vader" else None)
-    row = Row(stage, runs, peak=costs.rloo_memory(training_args, shape, preset.prompt_tokens, classifier,
-                                                  script_args.reward_dtype, frontier, frontier_classifier,
-                                                  model_args.use_peft))
-    context = preset.prompt_tokens + training_args.max_completion_length
+                  costs.classifier_shape(script_args.reward_model))
+    counts = preset.pairs(script_args.pairs_file)
+    prompts = min(counts["prompts"], script_args.max_train_prompts or math.inf)
+    steps = trained_steps(prompts * training_args.num_generations, training_args)
+    row = Row(stage, len(script_args.kl_coefs or [training_args.beta]), exact=counts["exact"],
+              peak=costs.rloo_memory(training_args, shape, counts["prompt_tokens"], classifier, script_args.reward_dtype,
+                                     *frontier_classifier(preset, script_args), lora=model_args.use_peft))
+    context = counts["prompt_tokens"] + training_args.max_completion_length
     per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
     bf16 = bool(training_args.bf16)
     seconds = costs.compute_seconds(costs.training_flops(shape, per_step * context, context), bf16)
@@ -258,62 +307,58 @@ def plan_rloo(preset, stage, script_args, training_args, model_args) -> Row:
     if classifier:
         seconds += costs.compute_seconds(costs.forward_flops(classifier, per_step * 2 * context, 2 * context),
                                          script_args.reward_dtype != "float32")
-    seconds += costs.decode_seconds(shape, per_step // training_args.num_generations,
-                                    per_step // training_args.num_generations, training_args.num_generations,
-                                    preset.prompt_tokens, training_args.max_completion_length, 4, 2 if bf16 else 4)
-    row.seconds = runs * steps * seconds
-    frontier_row(preset, row, shape, training_args, script_args, runs, steps, model_args.use_peft)
-    row.notes.append(f"{bound(prompts, preset.pairs_exact)} prompts x {training_args.num_generations} completions a run")
+    generation_prompts = max(per_step // training_args.num_generations, 1)
+    seconds += costs.decode_seconds(shape, generation_prompts, generation_prompts, training_args.num_generations,
+                                    counts["prompt_tokens"], training_args.max_completion_length, 4, 2 if bf16 else 4)
+    row.seconds = row.runs * steps * seconds
+    row.notes.append(f"{bound(int(prompts), counts['exact'])} prompts x {training_args.num_generations} completions a run")
+    frontier_row(preset, row, shape, training_args, script_args, steps, model_args.use_peft)
     return row
 
 
 def plan_supervised(preset, stage, script_args, training_args, model_args) -> Row:
     shape = preset.shape(model_args.model_name_or_path)
     pairs = stage == "unlikelihood"
-    runs = len(script_args.alphas or [training_args.alpha]) if pairs else 1
-    examples = (min(preset.pairs, script_args.max_train_pairs or math.inf) if pairs else
-                min(preset.chosen, script_args.max_train_examples or math.inf))
-    steps = costs.trainer_steps(examples, training_args.per_device_train_batch_size,
-                                training_args.gradient_accumulation_steps, training_args.num_train_epochs,
-                                training_args.max_steps)
-    tokens = min(preset.prompt_tokens + preset.new_tokens, training_args.max_length or math.inf)
-    frontier = preset.frontier_args(script_args)
-    classifier = costs.classifier_shape(frontier.reward_model) if frontier and frontier.reward_model != "vader" else None
-    row = Row(stage, runs, peak=costs.supervised_memory(training_args, shape, tokens, pairs, frontier, classifier,
-                                                        model_args.use_peft))
+    counts = preset.pairs(script_args.pairs_file)
+    examples = (min(counts["pairs"], script_args.max_train_pairs or math.inf) if pairs else
+                min(counts["chosen"], script_args.max_train_examples or math.inf))
+    steps = trained_steps(examples, training_args)
+    tokens = min(counts["tokens"], training_args.max_length or math.inf)
+    row = Row(stage, len(script_args.alphas or [training_args.alpha]) if pairs else 1, exact=counts["exact"],
+              peak=costs.supervised_memory(training_args, shape, tokens, pairs, *frontier_classifier(preset, script_args),
+                                           lora=model_args.use_peft))
     rows_per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * (2 if pairs else 1)
-    row.seconds = runs * costs.compute_seconds(costs.training_flops(shape, steps * rows_per_step * tokens, tokens),
-                                               training_args.bf16)
-    frontier_row(preset, row, shape, training_args, script_args, runs, steps, model_args.use_peft)
-    row.notes.append(f"{bound(int(examples), preset.pairs_exact)} {'pairs' if pairs else 'chosen completions'} a run")
+    row.seconds = row.runs * costs.compute_seconds(costs.training_flops(shape, steps * rows_per_step * tokens, tokens),
+                                                   training_args.bf16)
+    row.notes.append(f"{bound(int(examples), counts['exact'])} {'pairs' if pairs else 'chosen completions'} a run")
+    frontier_row(preset, row, shape, training_args, script_args, steps, model_args.use_peft)
     return row
 
 
 def plan_reward_model(preset, script_args, training_args, model_args) -> Row:
     shape = preset.shape(model_args.model_name_or_path, classifier=True)
     preset.produces(training_args.output_dir, model_args.model_name_or_path)
-    pairs = min(preset.pairs, script_args.max_train_pairs or math.inf)
-    train = round(pairs * (1 - script_args.validation_fraction))
-    steps = costs.trainer_steps(train, training_args.per_device_train_batch_size,
-                                training_args.gradient_accumulation_steps, training_args.num_train_epochs,
-                                training_args.max_steps)
-    tokens = min(preset.prompt_tokens + preset.new_tokens, training_args.max_length or math.inf)
+    preset.reward_model_dir = training_args.output_dir
+    counts = preset.pairs(script_args.pairs_file)
+    pairs = min(counts["pairs"], script_args.max_train_pairs or math.inf)
+    train = max(round(pairs * (1 - script_args.validation_fraction)), 1)
+    steps = trained_steps(train, training_args)
+    tokens = min(counts["tokens"], training_args.max_length or math.inf)
     weights, optimizer = costs.checkpoint_bytes(shape, training_args.optim)
     epochs = math.ceil(training_args.num_train_epochs)
-    seconds = costs.compute_seconds(costs.training_flops(shape, steps * 2 * training_args.per_device_train_batch_size
-                                                         * training_args.gradient_accumulation_steps * tokens, tokens),
-                                    training_args.bf16)
+    rows_per_step = 2 * training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+    seconds = costs.compute_seconds(costs.training_flops(shape, steps * rows_per_step * tokens, tokens), training_args.bf16)
     seconds += epochs * costs.compute_seconds(costs.forward_flops(shape, 2 * (pairs - train) * tokens, tokens),
                                               training_args.bf16)
     return Row("reward_model", 1, f"{steps:,}", f"{epochs} (one an epoch, for the best)",
                epochs * (weights + optimizer) + weights, weights, 2 * (weights + optimizer),
                costs.reward_model_memory(training_args, shape, tokens), seconds,
-               [f"{bound(int(train), preset.pairs_exact)} training pairs"])
+               [f"{bound(int(train), counts['exact'])} training pairs"], exact=counts["exact"])
 
 
 def plan_eval(preset, args) -> Row:
     shape = preset.shape(args.sft_model)
-    classifier = costs.classifier_shape(args.reward_model) if args.reward_model != "vader" else None
+    classifier = costs.classifier_shape(args.reward_model)
     rm = preset.reward_model_dir if any(r.stage == "rloo_rm" for r in preset.rows) else None
     proxy = preset.shape(rm, classifier=True) if rm else None  # the learned reward model the rloo_rm runs optimised
     context = args.max_prompt_tokens + args.max_new_tokens
@@ -343,7 +388,6 @@ def build(name: str) -> Preset:
             row = plan_rloo(preset, stage, *parsed)
         elif stage == "reward_model":
             row = plan_reward_model(preset, *parsed)
-            preset.reward_model_dir = parsed[1].output_dir
         elif stage in ("preferred_ft", "unlikelihood"):
             row = plan_supervised(preset, stage, *parsed)
         else:
@@ -356,11 +400,15 @@ def build(name: str) -> Preset:
 
 
 def gb(value: float) -> str:
-    return "-" if not value else f"{value / GB:.1f} GB" if value >= 0.05 * GB else f"{value / 1e6:.1f} MB"
+    if not value:
+        return "-"
+    if value >= 1000 * GB:
+        return f"{value / (1000 * GB):.2f} TB"
+    return f"{value / GB:.1f} GB" if value >= GB else f"{value / 1e6:.0f} MB" if value >= 1e6 else f"{value / 1e3:.0f} kB"
 
 
 def hours(seconds: float) -> str:
-    return f"{seconds / 3600:.2f}" if seconds >= 36 else f"{seconds:.0f} s" if seconds else "-"
+    return "-" if not seconds else f"{seconds / 3600:.2f}" if seconds >= 36 else "< 0.01"
 
 
 def render(preset: Preset) -> str:
@@ -368,7 +416,7 @@ def render(preset: Preset) -> str:
              "| stage | runs | steps a run | checkpoints a run | disk written | kept when finished | most on disk while "
              "it runs | peak GPU memory | GPU hours (H100) |", "|---|---|---|---|---|---|---|---|---|"]
     kept = peak_disk = seconds = written = 0.0
-    peak_memory = 0
+    peak_memory, exact_so_far = 0, True
     for row in preset.rows:
         held_total = kept + row.kept + row.held
         peak_disk = max(peak_disk, held_total)
@@ -377,15 +425,21 @@ def render(preset: Preset) -> str:
         seconds += row.seconds
         memory = row.peak.memory.total if row.peak else 0
         peak_memory = max(peak_memory, memory)
-        lines.append(f"| {row.stage} | {row.runs} | {row.steps} | {row.checkpoints} | {gb(row.written)} | {gb(row.kept)} "
-                     f"| {gb(held_total)} | {costs.size(memory)} | {hours(row.seconds)} |")
-    lines.append(f"| **total** | | | | **{gb(written)}** | **{gb(kept)}** | **{gb(peak_disk)}** | "
-                 f"**{costs.size(peak_memory)}** | **{hours(seconds)}** |")
+        most = "" if row.exact else "<= "  # counted from the most pairs stage 2's settings allow
+        exact_so_far = exact_so_far and row.exact
+        cells = [row.stage, str(row.runs), *(most + c if c != "-" else c for c in (
+            row.steps, row.checkpoints, gb(row.written), gb(row.kept))),
+            ("" if exact_so_far else "<= ") + gb(held_total), costs.size(memory), most + hours(row.seconds)]
+        lines.append("| " + " | ".join(cells) + " |")
+    most = "" if all(row.exact for row in preset.rows) else "<= "
+    lines.append(f"| **total** | | | | **{most}{gb(written)}** | **{most}{gb(kept)}** | **{most}{gb(peak_disk)}** | "
+                 f"**{costs.size(peak_memory)}** | **{most}{hours(seconds)}** |")
     lines += ["", "Largest step of each stage (what its memory is made of) and what it counts:", ""]
     for row in preset.rows:
         detail = f"{row.peak.step}: {row.peak.memory.describe()}" if row.peak else "-"
         lines.append(f"- {row.stage}: {detail}; {'; '.join(row.notes)}")
-    lines += ["", f"\"most on disk while it runs\" counts everything kept by the stages before it. GPU hours: H100 SXM "
+    lines += ["", "<=: counted from the most pairs stage 2's settings allow (the pair file does not exist yet; plan again "
+              "once it does). \"most on disk while it runs\" counts everything kept by the stages before it. GPU hours: H100 SXM "
               f"peaks ({costs.H100['bf16_flops'] / 1e12:.0f} TFLOP/s bf16, {costs.H100['fp32_flops'] / 1e12:.0f} fp32, "
               f"{costs.H100['bytes_per_s'] / 1e12:.2f} TB/s), at an assumed {costs.MFU:.0%} of peak FLOP/s and "
               f"{costs.BANDWIDTH_USE:.0%} of bandwidth for decoding; loading and checkpoint writes not included."]

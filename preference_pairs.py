@@ -42,7 +42,8 @@ def shard_dir(args: PairsArguments, index: int) -> str:
     return os.path.join(args.output_dir, "shards", f"{index}-of-{args.num_shards}")
 
 
-def check_args(args: PairsArguments) -> None:
+def check_settings(args: PairsArguments) -> None:
+    """The numbers and choices of the config (plan.py checks these too)."""
     check_sampling(args)
     check_positive(args, "num_shards")
     if args.pairing not in PAIRING_MODES:
@@ -51,6 +52,10 @@ def check_args(args: PairsArguments) -> None:
         raise ConfigError(f"shard_index={args.shard_index} must lie in [0, num_shards={args.num_shards})")
     if args.samples_per_prompt < 2:
         raise ConfigError(f"samples_per_prompt={args.samples_per_prompt}: a pair needs at least 2 samples per prompt")
+
+
+def check_args(args: PairsArguments) -> None:
+    check_settings(args)
     check_model("model_name_or_path", args.model_name_or_path)
     model_manifest = read_manifest(args.model_name_or_path) if os.path.isdir(args.model_name_or_path) else None
     if model_manifest and not model_manifest.get("finished"):

@@ -17,7 +17,7 @@ from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
 from imdb_dpo.checkpoints import check_schedule
 from imdb_dpo.frontier_eval import frontier_of
-from imdb_dpo.checks import check_learning_rate, check_model, check_positive
+from imdb_dpo.checks import check_training, check_model, check_positive
 from imdb_dpo.cli import run_stage
 from imdb_dpo.config import PreferredFTScriptArguments
 from imdb_dpo.costs import check_memory, frontier_inputs, longest_pair, model_shape, supervised_memory
@@ -34,7 +34,7 @@ STAGES = (PreferredFTScriptArguments, SFTConfig, ModelConfig)
 def main(script_args: PreferredFTScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> int:
     training_args.distributed_state  # first, so the process group follows use_cpu as the Trainer will
     check_wandb_credentials(training_args.report_to)
-    check_learning_rate(training_args)
+    check_training(training_args)
     check_positive(script_args, "max_train_examples")
     check_schedule(script_args.checkpoint_schedule, training_args)
     frontier = frontier_of(script_args, "preferred_ft", training_args.output_dir)

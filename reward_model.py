@@ -16,7 +16,7 @@ import sys
 from transformers import set_seed
 from trl import ModelConfig, RewardConfig, RewardTrainer
 
-from imdb_dpo.checks import check_learning_rate, check_model, check_positive
+from imdb_dpo.checks import check_training, check_model, check_positive
 from imdb_dpo.cli import run_stage
 from imdb_dpo.config import ConfigError, RewardModelScriptArguments
 from imdb_dpo.costs import check_memory, longest_pair, model_shape, reward_model_memory
@@ -33,7 +33,7 @@ STAGES = (RewardModelScriptArguments, RewardConfig, ModelConfig)
 
 
 def check_inputs(script_args: RewardModelScriptArguments, training_args: RewardConfig, model_args: ModelConfig):
-    check_learning_rate(training_args)
+    check_training(training_args)
     check_positive(script_args, "max_train_pairs")
     if not 0 < script_args.validation_fraction < 1:
         raise ConfigError(f"validation_fraction={script_args.validation_fraction}: must lie in (0, 1); the validation "

@@ -25,7 +25,7 @@ from trl import ModelConfig, RLOOConfig, get_peft_config
 
 from imdb_dpo.checkpoints import check_schedule
 from imdb_dpo.frontier_eval import frontier_of
-from imdb_dpo.checks import check_learning_rate, check_model, check_positive
+from imdb_dpo.checks import check_training, check_model, check_positive
 from imdb_dpo.cli import run_stage
 from imdb_dpo.config import ConfigError, RLOOScriptArguments
 from imdb_dpo.costs import check_memory, classifier_shape, frontier_inputs, model_shape, rloo_memory
@@ -43,7 +43,7 @@ STAGES = (RLOOScriptArguments, RLOOConfig, ModelConfig)
 
 
 def check_inputs(script_args: RLOOScriptArguments, training_args: RLOOConfig, model_args: ModelConfig) -> None:
-    check_learning_rate(training_args)
+    check_training(training_args)
     check_positive(script_args, "max_train_prompts", "reward_batch_size")
     inference_dtype(script_args, "reward_dtype")
     check_positive(training_args, "max_completion_length")

@@ -13,7 +13,7 @@ import sys
 from transformers import set_seed
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
-from imdb_dpo.checks import check_learning_rate, check_model, check_positive
+from imdb_dpo.checks import check_training, check_model, check_positive
 from imdb_dpo.cli import run_stage
 from imdb_dpo.config import SFTScriptArguments
 from imdb_dpo.costs import check_memory, model_shape, sft_memory
@@ -32,7 +32,7 @@ STAGES = (SFTScriptArguments, SFTConfig, ModelConfig)
 
 def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> int:
     state = training_args.distributed_state  # first, so the process group follows use_cpu as the Trainer will
-    check_learning_rate(training_args)
+    check_training(training_args)
     check_positive(script_args, "max_train_samples", "max_eval_samples")
     check_model("model_name_or_path", model_args.model_name_or_path)
     check_wandb_credentials(training_args.report_to)

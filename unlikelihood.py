@@ -18,7 +18,7 @@ from trl import ModelConfig, get_peft_config
 
 from imdb_dpo.checkpoints import check_schedule
 from imdb_dpo.frontier_eval import frontier_of
-from imdb_dpo.checks import check_learning_rate, check_model, check_positive
+from imdb_dpo.checks import check_training, check_model, check_positive
 from imdb_dpo.cli import run_stage
 from imdb_dpo.config import UnlikelihoodScriptArguments
 from imdb_dpo.costs import check_memory, frontier_inputs, longest_pair, model_shape, supervised_memory
@@ -38,7 +38,7 @@ def main(script_args: UnlikelihoodScriptArguments, training_args: UnlikelihoodCo
     check_wandb_credentials(training_args.report_to)
     alphas = sweep_values("alphas", script_args.alphas, "alpha", training_args.alpha,
                           UnlikelihoodConfig.__dataclass_fields__["alpha"].default)
-    check_learning_rate(training_args)
+    check_training(training_args)
     check_positive(script_args, "max_train_pairs")
     check_positive(training_args, "max_length")
     check_schedule(script_args.checkpoint_schedule, training_args)

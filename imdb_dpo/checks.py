@@ -26,8 +26,17 @@ def check_positive(obj, *fields: str) -> None:
             raise ConfigError(f"{name}={value}: must be a finite number > 0; fix it in the config or on the command line")
 
 
-def check_learning_rate(training_args) -> None:
-    check_positive(training_args, "learning_rate")
+def check_training(training_args) -> None:
+    """A trainer config's numbers: learning rate, batch sizes, length, the run's length and the save interval."""
+    check_positive(training_args, "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps")
+    if getattr(training_args, "max_length", None) is not None:
+        check_positive(training_args, "max_length")
+    if not (training_args.max_steps > 0 or training_args.num_train_epochs > 0):
+        raise ConfigError(f"num_train_epochs={training_args.num_train_epochs} with max_steps={training_args.max_steps}: "
+                          "the run would take no step; set num_train_epochs > 0 (or max_steps > 0)")
+    if training_args.save_strategy == "steps" and not training_args.save_steps > 0:
+        raise ConfigError(f"save_steps={training_args.save_steps}: must be > 0 (a number of steps, or below 1 a "
+                          "fraction of the run)")
 
 
 def check_sampling(args) -> None:

@@ -24,7 +24,8 @@ import os
 
 import torch
 
-from .errors import UserError
+from .config import ConfigError
+from .errors import UserError, first_line
 
 GiB = 2**30
 GB = 1e9
@@ -94,7 +95,12 @@ def model_shape(name_or_path: str, classifier: bool = False) -> Shape:
         kind, values = KNOWN_CONFIGS[name_or_path]
         config = CONFIG_MAPPING[kind](**values)
     else:
-        config = AutoConfig.from_pretrained(name_or_path)
+        try:
+            config = AutoConfig.from_pretrained(name_or_path)
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"{name_or_path!r}: its config.json is neither a folder here nor in the Hugging Face cache "
+                              f"({first_line(error, 200)}); download it where the network is (README, \"Offline "
+                              "compute nodes\") or fix the name") from None
     return shape_of_config(config, classifier or not _is_causal(config))
 
 

@@ -101,7 +101,8 @@ def check_kl_budgets(budgets) -> list[float]:
     return values
 
 
-def check_args(args: EvalArguments) -> None:
+def check_settings(args: EvalArguments) -> None:
+    """The numbers and choices of the config, without looking at any model (plan.py checks these too)."""
     check_sampling(args)
     check_positive(args, "best_of_n_samples", "kl_batch_size")
     inference_dtype(args, "kl_dtype")
@@ -111,6 +112,10 @@ def check_args(args: EvalArguments) -> None:
         raise ConfigError(f"best_of_n_samples ({args.best_of_n_samples}) must be >= samples_per_prompt "
                           f"({args.samples_per_prompt}): the SFT samples also serve as its own evaluation")
     args.kl_budgets = check_kl_budgets(args.kl_budgets)
+
+
+def check_args(args: EvalArguments) -> None:
+    check_settings(args)
     for method in TRAINED:
         root = getattr(args, method.root_field)
         if os.path.exists(root) and not os.path.isdir(root):

@@ -108,8 +108,10 @@ def test_the_gpt2_large_plan_runs_offline_in_seconds_and_fits_one_node(tmp_path)
     assert list(table) == ["sft", "preference_pairs", "dpo", "rloo", "reward_model", "rloo_rm", "preferred_ft",
                            "unlikelihood", "eval", "**total**"]
     assert table["dpo"]["runs"] == "4"
-    assert table["dpo"]["steps a run"] == "2,344"  # <= 150,000 pairs / 64
-    assert table["dpo"]["checkpoints a run"].startswith(f"{len(checkpoint_schedule('log+steps', 2344, 100))} ")
+    # No pair file yet: counted from the most pairs stage 2's settings allow (25,000 prompts x 6), and marked so.
+    assert table["dpo"]["steps a run"] == "<= 2,344"  # 150,000 pairs / 64
+    assert table["dpo"]["checkpoints a run"].startswith(f"<= {len(checkpoint_schedule('log+steps', 2344, 100))} ")
+    assert table["sft"]["steps a run"] == "391"  # IMDb's 25,000 training reviews / (16 x 4): exact
     gb = lambda cell: float(re.search(r"([\d.]+) GB", cell).group(1))  # noqa: E731
     assert gb(table["**total**"]["kept when finished"]) < 100
     assert gb(table["**total**"]["most on disk while it runs"]) < 100
@@ -135,3 +137,29 @@ def test_a_stage_that_would_not_fit_stops_before_loading_with_the_numbers_and_th
     monkeypatch.setenv(costs.SKIP_VARIABLE, "1")
     costs.check_memory("DPO", peak, "cuda")  # the user knows better
     costs.check_memory("DPO", peak, "cpu")  # nothing to check on the CPU
+
+
+@pytest.mark.parametrize("config,change,message", [
+    ("dpo.yaml", ("per_device_train_batch_size: 32", "per_device_train_batch_size: 0"), "per_device_train_batch_size=0"),
+    ("dpo.yaml", ("save_steps: 25", "save_steps: -1"), "save_steps=-1"),
+    ("preference_pairs.yaml", ("samples_per_prompt: 4", "samples_per_prompt: 1"), "a pair needs at least 2 samples"),
+    ("eval.yaml", ("num_prompts: 64", "num_prompts: 0"), "num_prompts=0: must be a finite number > 0"),
+    ("preference_pairs.yaml", None, "no preference_pairs.yaml of this preset writes it"),
+])
+def test_the_plan_refuses_what_the_stages_refuse(config, change, message, tmp_path):
+    """Settings a stage would refuse are refused by the plan too, naming the file, never planned as 0 or 1 steps."""
+    import shutil
+
+    preset = tmp_path / "preset"
+    shutil.copytree(os.path.join(REPO, "configs", "tiny"), preset)
+    if change:
+        text = (preset / config).read_text()
+        assert change[0] in text
+        (preset / config).write_text(text.replace(change[0], change[1]))
+    else:
+        (preset / config).unlink()
+    proc = subprocess.run([sys.executable, "plan.py", str(preset)], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OUTPUT_ROOT": str(tmp_path / "out")})
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert "| stage |" not in proc.stdout  # no table

@@ -97,6 +97,10 @@ def test_beta_under_betas_is_refused(capsys, tiny_sft, tiny_pairs, tmp_path):
     ("--learning_rate", "nan", "learning_rate=nan: must be a finite number > 0"),
     ("--learning_rate", "0", "learning_rate=0.0: must be a finite number > 0"),
     ("--max_train_pairs", "0", "max_train_pairs=0: must be a finite number > 0"),
+    ("--per_device_train_batch_size", "0", "per_device_train_batch_size=0: must be a finite number > 0"),
+    ("--gradient_accumulation_steps", "0", "gradient_accumulation_steps=0: must be a finite number > 0"),
+    ("--save_steps", "-1", "save_steps=-1.0: must be > 0"),
+    ("--num_train_epochs", "0", "num_train_epochs=0.0 with max_steps=-1: the run would take no step"),
 ])
 def test_dpo_numbers_are_checked_before_any_folder_exists(capsys, tiny_sft, tiny_pairs, tmp_path, flag, value, message):
     refused(capsys, dpo, dpo_argv(tiny_sft, tiny_pairs, tmp_path / "dpo", "--betas", "0.1", flag, value), message)
