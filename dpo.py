@@ -32,7 +32,8 @@ from imdb_dpo.modeling import load_tokenizer, set_model_init_kwargs
 from imdb_dpo.pairs import REQUIRED_IDS
 from imdb_dpo.preemption import exit_resumable
 from imdb_dpo.tracking import check_wandb_credentials
-from imdb_dpo.training_runs import last_logged, pairs_input, read_training_pairs, sweep_values, train_sweep
+from imdb_dpo.training_runs import (last_logged, pairs_input, read_training_pairs, seed_values, sweep_values,
+                                    train_sweep)
 
 STAGES = (DPOScriptArguments, DPOConfig, ModelConfig)
 
@@ -84,6 +85,7 @@ def main(script_args: DPOScriptArguments, training_args: DPOConfig, model_args: 
     state = training_args.distributed_state  # first, so the process group follows use_cpu as the Trainer will
     check_wandb_credentials(training_args.report_to)
     betas = sweep_values("betas", script_args.betas, "beta", training_args.beta, DPOConfig.__dataclass_fields__["beta"].default)
+    seeds = seed_values(script_args.seeds)
     set_total_batch_size(script_args, training_args)
     pair_list = check_inputs(script_args, training_args, model_args)
     frontier = frontier_of(script_args, "dpo", training_args.output_dir)
@@ -118,7 +120,7 @@ def main(script_args: DPOScriptArguments, training_args: DPOConfig, model_args: 
                        {"pairs": pairs, "model": describe_model_input(model_args.model_name_or_path)},
                        script_args.overwrite, script_args.checkpoint_schedule,
                        lambda args, callbacks: new_trainer(args, model_args, dataset, tokenizer, callbacks),
-                       DPO_CURVES, results, finished_line, frontier):
+                       DPO_CURVES, results, finished_line, frontier, seeds):
         return exit_resumable()
     return 0
 

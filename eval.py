@@ -26,13 +26,15 @@ import numpy as np
 from imdb_dpo.checkpoints import checkpoint_steps
 from imdb_dpo.checks import model_dir_problem
 from imdb_dpo.cli import run_stage
+from imdb_dpo.comparisons import (COLUMNS as COMPARISON_COLUMNS, Point, compare, frontier_rows, points_of, seed_means,
+                                  setting_of)
 from imdb_dpo.config import ConfigError, EvalArguments
 from imdb_dpo.costs import check_memory, classifier_shape, evaluation_memory, model_shape
 from imdb_dpo.data import prompts_for
 from imdb_dpo.distributed import process_state
 from imdb_dpo.frontier_fits import fits_by_method
 from imdb_dpo.evaluation import (BEST_OF_N, best_of_n_kl_bound, best_of_n_rewards, bootstrap_interval, distinct_n,
-                                 summarise, win_rate)
+                                 per_prompt_means, summarise, win_rate)
 from imdb_dpo.locks import main_process_lock
 from imdb_dpo.methods import BY_KEY, TRAINED
 from imdb_dpo.model_eval import (Evaluator, UnreadableCheckpoint, check_args, records_dir, records_key, records_root,
@@ -47,7 +49,10 @@ STAGES = (EvalArguments,)
 # kl_kind: `measured` (a checkpoint's exact KL) or `analytic_bound` (best-of-N: log N - (N-1)/N, never measured).
 # method: dpo, rloo, preferred_ft, sft, base or best_of_n.
 # proxy_reward_mean: the learned reward model's mean score of the samples, for the runs that optimised one (rloo_rm).
-SUMMARY_COLUMNS = ["method", "run", "loss_type", "beta", "step", "reward_model", "reward_mean", "reward_lo", "reward_hi",
+# setting: the run name less its _seed<n>; seed: the run's training seed, or "mean" on a row that averages the seeds
+# of a setting run with several (its reward_lo/hi and kl_lo/hi are then the lowest and highest seed's: the band).
+SUMMARY_COLUMNS = ["method", "run", "setting", "seed", "loss_type", "beta", "step", "reward_model", "reward_mean",
+                   "reward_lo", "reward_hi",
                    "kl_kind", "kl_mean", "kl_lo", "kl_hi", "kl_logratio_mean", "n", "win_rate_vs_sft", "mean_length",
                    "distinct_2", "proxy_reward_mean", "path"]
 
@@ -160,6 +165,7 @@ def summary_row(unit, records, sft_records, args) -> dict:
     stats = summarise(records, args.seed)
     is_sft = unit["run"] == "sft"
     return {**{k: unit[k] for k in ("method", "run", "loss_type", "beta", "step", "path")}, **stats,
+            "setting": setting_of(unit["run"]), "seed": unit.get("seed", ""),
             "reward_model": args.reward_model, "kl_kind": "measured",
             "win_rate_vs_sft": "" if is_sft else win_rate(records, sft_records),
             "mean_length": float(np.mean([len(r["completion_ids"]) for r in records])),
@@ -178,8 +184,24 @@ def best_of_n_rows(sft_records, args) -> list[dict]:
                      "reward_mean": float(rewards.mean()), "reward_lo": lo, "reward_hi": hi,
                      "kl_kind": "analytic_bound", "kl_mean": bound, "kl_lo": bound, "kl_hi": bound,
                      "kl_logratio_mean": bound, "n": len(sft_records), "win_rate_vs_sft": "", "mean_length": "",
+                     "setting": "best_of_n", "seed": "",
                      "distinct_2": "", "proxy_reward_mean": "", "path": ""})
     return rows
+
+
+def matched_kl_comparisons(units, measured, sft_records, args) -> list[dict]:
+    """Each pair of methods (the trained ones and best-of-N on the SFT model) within each KL budget, with bootstrap
+    intervals (imdb_dpo/comparisons.py)."""
+    per_prompt = {(u["run"], u["step"]): (per_prompt_means(measured[(u["run"], u["step"])], "reward"),
+                                          per_prompt_means(measured[(u["run"], u["step"])], "kl_exact"))
+                  for u in units if u["method"] in BY_KEY}
+    reward, kl = (per_prompt_means(measured[("sft", 0)], key) for key in ("reward", "kl_exact"))
+    sft = Point("sft", "sft", 0, reward[None], kl[None])
+    points = points_of(per_prompt, {u["run"]: u["method"] for u in units})
+    for n in (n for n in BEST_OF_N if n <= args.best_of_n_samples):  # at the analytic bound of their KL
+        best = best_of_n_rewards(sft_records, n)
+        points.append(Point("best_of_n", "best_of_n", n, best[None], np.full((1, len(best)), best_of_n_kl_bound(n))))
+    return compare(points, sft, args.kl_budgets, seed=args.seed)
 
 
 def write_csv(path: str, columns: list[str], rows: list[dict]) -> None:
@@ -202,17 +224,19 @@ def write_outputs(args, units, records, prompts, settings, skipped) -> None:
     best_of_n_samples for best-of-N: distinct-2 pools n-grams over all samples, so only equal counts compare."""
     measured = {key: [r for r in recs if r["sample"] < args.samples_per_prompt] for key, recs in records.items()}
     rows = [summary_row(u, measured[(u["run"], u["step"])], measured[("sft", 0)], args) for u in units]
-    rows += best_of_n_rows(records[("sft", 0)], args)
+    rows += seed_means(rows) + best_of_n_rows(records[("sft", 0)], args)
     summary_path = os.path.join(args.output_dir, "summary.csv")
     write_csv(summary_path, SUMMARY_COLUMNS, rows)
     summary = read_summary(summary_path)
     plot_frontier(summary, os.path.join(args.output_dir, "reward_vs_kl.png"))
     plot_frontier(summary, os.path.join(args.output_dir, "reward_vs_kl_full.png"), view="full")
-    fits = fits_by_method(summary, method_of)
+    fits = fits_by_method(frontier_rows(summary), method_of)
     drawn = plot_overoptimisation(summary, fits, os.path.join(args.output_dir, "overoptimisation.png"))
 
     write_csv(os.path.join(args.output_dir, "frontier_budget.csv"), FRONTIER_BUDGET_COLUMNS,
               best_within_budgets(rows, args.kl_budgets))
+    comparisons = matched_kl_comparisons(units, measured, records[("sft", 0)], args)
+    write_csv(os.path.join(args.output_dir, "comparisons.csv"), COMPARISON_COLUMNS, comparisons)
 
     finals = [r for r in rows if r["run"] in ("base", "sft")]
     for run in dict.fromkeys(u["run"] for u in units if u["run"] not in ("base", "sft")):  # DPO, RLOO, Preferred-FT
@@ -233,7 +257,7 @@ def write_outputs(args, units, records, prompts, settings, skipped) -> None:
                   "base_model": describe_model_input(args.base_model) if args.base_model else None}
     report_path = os.path.join(args.output_dir, "report.md")
     write_text_atomic(report_path, render_report(report_path, provenance, rows, finals, samples, curves, settings,
-                                                 skipped, args.kl_budgets, fits, drawn))
+                                                 skipped, args.kl_budgets, fits, drawn, comparisons))
     for r in finals:
         print(f"{r['label']:<28} reward {r['reward_mean']:.3f}  KL {r['kl_mean']:.2f}  "
               f"win vs SFT {r['win_rate_vs_sft'] if r['win_rate_vs_sft'] == '' else round(r['win_rate_vs_sft'], 3)}")

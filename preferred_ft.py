@@ -9,7 +9,6 @@ by itself, and is skipped once finished with the same settings (--overwrite true
 finished).
 """
 
-import os
 import sys
 
 from transformers import set_seed
@@ -22,11 +21,11 @@ from imdb_dpo.cli import run_stage
 from imdb_dpo.config import PreferredFTScriptArguments
 from imdb_dpo.costs import check_memory, frontier_inputs, longest_pair, model_shape, supervised_memory
 from imdb_dpo.methods.preferred_ft import CURVES, chosen_examples
-from imdb_dpo.manifests import describe_model_input, read_manifest
+from imdb_dpo.manifests import describe_model_input
 from imdb_dpo.modeling import load_tokenizer, set_model_init_kwargs
-from imdb_dpo.preemption import StopRequest, exit_resumable
+from imdb_dpo.preemption import exit_resumable
 from imdb_dpo.tracking import check_wandb_credentials
-from imdb_dpo.training_runs import last_logged, pairs_input, read_training_pairs, train_run
+from imdb_dpo.training_runs import last_logged, pairs_input, read_training_pairs, seed_values, train_sweep
 
 STAGES = (PreferredFTScriptArguments, SFTConfig, ModelConfig)
 
@@ -48,8 +47,7 @@ def main(script_args: PreferredFTScriptArguments, training_args: SFTConfig, mode
     dataset = chosen_examples(pairs, script_args.max_train_examples)
     set_model_init_kwargs(training_args, model_args)
     tokenizer = load_tokenizer(model_args.model_name_or_path, padding_side="right")
-    run_dir = os.path.join(training_args.output_dir, "preferred_ft" + ("_lora" if model_args.use_peft else ""))
-    training_args.output_dir, training_args.run_name = run_dir, os.path.basename(run_dir)
+    seeds = seed_values(script_args.seeds)
 
     def make_trainer(args, callbacks):
         set_seed(args.seed)
@@ -59,12 +57,15 @@ def main(script_args: PreferredFTScriptArguments, training_args: SFTConfig, mode
     def results(trainer):
         return {"final_metrics": last_logged(trainer, "loss"), "examples": len(dataset)}
 
-    if not train_run(run_dir, "preferred_ft", "Preferred-FT run",
-                     {"script": script_args, "training": training_args, "model": model_args}, inputs,
-                     script_args.overwrite, script_args.checkpoint_schedule, make_trainer, StopRequest(), CURVES,
-                     results, frontier):
+    def finished_line(manifest):
+        return f"trained on {manifest['examples']} chosen completions"
+
+    if not train_sweep([None], None, lambda _: "preferred_ft" + ("_lora" if model_args.use_peft else ""),
+                       "preferred_ft", "Preferred-FT run",
+                       {"script": script_args, "training": training_args, "model": model_args}, inputs,
+                       script_args.overwrite, script_args.checkpoint_schedule, make_trainer, CURVES, results,
+                       finished_line, frontier, seeds):
         return exit_resumable()
-    print(f"{run_dir}: finished on {read_manifest(run_dir)['examples']} chosen completions")
     return 0
 
 

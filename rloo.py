@@ -37,7 +37,8 @@ from imdb_dpo.reward import VADER, make_reward
 from imdb_dpo.methods.reward_model import LearnedReward
 from imdb_dpo.methods.rloo import RLOO_CURVES, PretokenizedRLOOTrainer, SentimentReward, prompts_of_pairs, run_name
 from imdb_dpo.tracking import check_wandb_credentials
-from imdb_dpo.training_runs import last_logged, pairs_input, read_training_pairs, sweep_values, train_sweep
+from imdb_dpo.training_runs import (last_logged, pairs_input, read_training_pairs, seed_values, sweep_values,
+                                    train_sweep)
 
 STAGES = (RLOOScriptArguments, RLOOConfig, ModelConfig)
 
@@ -86,6 +87,7 @@ def main(script_args: RLOOScriptArguments, training_args: RLOOConfig, model_args
     check_wandb_credentials(training_args.report_to)
     coefs = sweep_values("kl_coefs", script_args.kl_coefs, "beta", training_args.beta,
                          RLOOConfig.__dataclass_fields__["beta"].default)
+    seeds = seed_values(script_args.seeds)
     check_inputs(script_args, training_args, model_args)
     pairs = read_training_pairs(script_args.pairs_file, model_args.model_name_or_path, ("prompt_ids",))
     inputs = {"pairs": pairs_input(script_args.pairs_file, model_args.model_name_or_path, "RLOO's start and reference"),
@@ -125,7 +127,7 @@ def main(script_args: RLOOScriptArguments, training_args: RLOOConfig, model_args
     if not train_sweep(coefs, "beta", lambda coef: run_name(coef, model_args.use_peft, method), method, "RLOO run",
                        {"script": script_args, "training": training_args, "model": model_args}, inputs,
                        script_args.overwrite, script_args.checkpoint_schedule, make_trainer, RLOO_CURVES, results,
-                       finished_line, frontier):
+                       finished_line, frontier, seeds):
         return exit_resumable()
     return 0
 

@@ -28,7 +28,8 @@ from imdb_dpo.modeling import load_tokenizer, set_model_init_kwargs
 from imdb_dpo.pairs import REQUIRED_IDS
 from imdb_dpo.preemption import exit_resumable
 from imdb_dpo.tracking import check_wandb_credentials
-from imdb_dpo.training_runs import last_logged, pairs_input, read_training_pairs, sweep_values, train_sweep
+from imdb_dpo.training_runs import (last_logged, pairs_input, read_training_pairs, seed_values, sweep_values,
+                                    train_sweep)
 
 STAGES = (UnlikelihoodScriptArguments, UnlikelihoodConfig, ModelConfig)
 
@@ -38,6 +39,7 @@ def main(script_args: UnlikelihoodScriptArguments, training_args: UnlikelihoodCo
     check_wandb_credentials(training_args.report_to)
     alphas = sweep_values("alphas", script_args.alphas, "alpha", training_args.alpha,
                           UnlikelihoodConfig.__dataclass_fields__["alpha"].default)
+    seeds = seed_values(script_args.seeds)
     check_training(training_args)
     check_positive(script_args, "max_train_pairs")
     check_positive(training_args, "max_length")
@@ -70,7 +72,7 @@ def main(script_args: UnlikelihoodScriptArguments, training_args: UnlikelihoodCo
     if not train_sweep(alphas, "alpha", lambda alpha: run_name(alpha, model_args.use_peft), "unlikelihood",
                        "Unlikelihood run", {"script": script_args, "training": training_args, "model": model_args},
                        inputs, script_args.overwrite, script_args.checkpoint_schedule, make_trainer, CURVES, results,
-                       finished_line, frontier):
+                       finished_line, frontier, seeds):
         return exit_resumable()
     return 0
 

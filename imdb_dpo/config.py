@@ -173,7 +173,7 @@ def _read_yaml_config(path: str, dataclass_types) -> dict:
         if key != "env" and isinstance(value, (list, dict)) and not _takes_a_collection(types_of[key]):
             kind = "a list" if isinstance(value, list) else "a mapping"
             raise ConfigError(f"{path}: {key} is {kind} ({value!r}), but {key} takes one value; give one (a sweep over "
-                              "several is a list only in betas, kl_coefs and alphas; for other values run the stage "
+                              "several is a list only in betas, kl_coefs, alphas and seeds; for other values run the stage "
                               "once per value, each into its own output_dir)")
     for key, value in (config.pop("env", None) or {}).items():
         os.environ[key] = str(value)
@@ -321,6 +321,12 @@ class CheckpointArguments:
                           "once evaluated (a finished run keeps only its final model). A relative path not found in "
                           "the current directory is looked for in the repository. Unset or \"\": every checkpoint is "
                           "kept for eval.py."},
+    )
+    seeds: list[int] | None = field(
+        default=None,
+        metadata={"help": "One run per seed for each setting (e.g. [0, 1, 2]), named <run>_seed<n>: the seed sets the "
+                          "data order, the initialisation of anything new and the sampling, never the pairs. Unset: "
+                          "one run per setting with `seed`, named <run>."},
     )
 
 

@@ -74,7 +74,8 @@ def run_meta(method: str, name: str, manifest: dict) -> dict:
     loss_type = "+".join(training["loss_type"]) if method == "dpo" else ""
     field = BY_KEY[method].parameter_field
     beta = training[field] if field else ""
-    meta = {"method": method, "run": name, "loss_type": loss_type, "beta": beta, "run_id": manifest["run_id"]}
+    meta = {"method": method, "run": name, "loss_type": loss_type, "beta": beta, "run_id": manifest["run_id"],
+            "seed": training.get("seed", "")}
     if method == "rloo_rm":  # the learned reward model it optimised: its score is recorded beside the true reward
         meta["proxy_model"] = manifest["inputs"]["reward_model"]["path"]
         meta["proxy_run_id"] = manifest["inputs"]["reward_model"]["run_id"]

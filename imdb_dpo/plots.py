@@ -8,6 +8,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .comparisons import frontier_rows
 from .methods import BY_KEY, TRAINED
 from .report import method_of
 from .reward import VADER  # noqa: E402
@@ -93,7 +94,7 @@ def plot_frontier(summary: list[dict], output_path: str, title: str = "reward vs
     would overlap one already drawn is left out, so crowded checkpoints stay readable."""
     fig, ax = plt.subplots(figsize=(10, 5))
     by_run: dict[str, list[dict]] = {}
-    for row in summary:
+    for row in frontier_rows(summary):  # a setting run with several seeds: their mean, with the band between them
         by_run.setdefault(row["run"], []).append(row)
     sft = by_run.get("sft", [])
     labels = []  # (point, text, color, offset): drawn last, as overlaps are only known once the limits are final
@@ -129,7 +130,14 @@ def plot_frontier(summary: list[dict], output_path: str, title: str = "reward vs
                 color = matplotlib.colormaps[style["cmap"]](0.45 + 0.5 * (i / (len(names) - 1) if len(names) > 1 else 0.5))
             else:
                 color = style.get("color")
+            seeds = rows[0].get("seed") == "mean"
+            if seeds:
+                text += " (mean of seeds; band: lowest to highest)"
             color = errorbar(sft + rows, fmt=style["fmt"], marker=style["marker"], markersize=4, color=color, label=text)
+            if seeds:
+                band = sorted(rows, key=lambda r: float(r["kl_mean"]))
+                ax.fill_between([float(r["kl_mean"]) for r in band], [float(r["reward_lo"]) for r in band],
+                                [float(r["reward_hi"]) for r in band], color=color, alpha=0.2, linewidth=0)
             label_points(rows, lambda r: r["step"], color, offset=(4, 4))
     if sft:
         errorbar(sft, fmt="*", color="black", markersize=12, label="SFT")

@@ -3,6 +3,7 @@
 import math
 import os
 
+from .comparisons import frontier_rows
 from .methods import BY_KEY, TRAINED
 
 # summary.csv's `method` column: the key of each method, and how the report names it (in table order).
@@ -34,7 +35,7 @@ def best_within_budgets(rows: list[dict], budgets) -> list[dict]:
     goes to the lower KL, then to the SFT model, then to the row that comes first in `rows`. Methods with no rows of
     their own (not run) are left out; base is no method of this table. Values may be numbers or csv strings."""
     points: dict[str, list[dict]] = {}
-    for row in rows:
+    for row in frontier_rows(rows):  # a setting run with several seeds counts by its seed means
         reward, kl = float(row["reward_mean"]), float(row["kl_mean"])
         if math.isfinite(reward) and math.isfinite(kl):
             points.setdefault(method_of(row), []).append(
@@ -72,17 +73,42 @@ def _budget_section(summary: list[dict], budgets) -> list[str]:
         name = "best-of-N (KL: analytic bound)" if method == "best_of_n" else METHOD_NAMES[method]
         lines.append(f"| {name} | " + " | ".join(
             "-" if c["run"] == "" else f"{_fmt(c['reward_mean'])} ({c['run']} step {c['step']})" for c in cells) + " |")
-    dpo = {c["budget"]: c["reward_mean"] for c in table if c["method"] == "dpo" and c["run"] != ""}
-    others = [m for m in BUDGET_METHODS if m not in ("sft", "dpo") and any(c["method"] == m for c in table)]
-    if dpo and others:
-        lines += ["", ("Against DPO: each method's best reward within the budget minus DPO's (positive: above DPO). "
-                       "Point estimates: a difference smaller than the intervals of the rows above is not a finding."),
-                  "", "| method | " + " | ".join(f"KL <= {b:g}" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
-        for method in others:
-            cells = {c["budget"]: c for c in table if c["method"] == method}
-            lines.append(f"| {METHOD_NAMES[method]} | " + " | ".join(
-                "-" if b not in dpo or cells[b]["run"] == "" else f"{cells[b]['reward_mean'] - dpo[b]:+.3f}"
-                for b in budgets) + " |")
+    return lines
+
+
+def _comparison_section(comparisons: list[dict], budgets) -> list[str]:
+    """Each pair of methods within each budget: the difference in best reward with its interval, and the verdict."""
+    lines = ["## Comparisons at matched KL", ""]
+    if not comparisons:
+        return lines + ["Fewer than two methods were evaluated: nothing to compare."]
+    budgets = [float(b) for b in budgets]
+    lines += [("For each pair of methods A and B, A's best reward within the KL budget minus B's (the table above; "
+               "best-of-N at its analytic KL bound), "
+               "with a 95% bootstrap interval that resamples the prompts (the same resample for every model: they "
+               "are paired by prompt and sample) and each setting's training seeds together, choosing the best point "
+               "again in every resample. An interval that excludes 0 is a difference; one that contains 0 is none "
+               "detected, whatever the sign of the estimate."), "",
+              "| A vs B | " + " | ".join(f"KL <= {b:g}" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
+    pairs = list(dict.fromkeys((c["a"], c["b"]) for c in comparisons))
+    cells = {(c["a"], c["b"], c["budget"]): c for c in comparisons}
+    for a, b in pairs:
+        row = [cells[(a, b, budget)] for budget in budgets]
+        lines.append(f"| {METHOD_NAMES.get(a, a)} vs {METHOD_NAMES.get(b, b)} | " + " | ".join(
+            f"{c['difference']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}]" + ("" if c["verdict"] == "no difference detected"
+                                                                          else " *") for c in row) + " |")
+    lines += ["", "*: the interval excludes 0.", ""]
+    for a, b in pairs:
+        names = {a: METHOD_NAMES.get(a, a), b: METHOD_NAMES.get(b, b)}
+        parts = []
+        for c in (cells[(a, b, budget)] for budget in budgets if (a, b, budget) in cells):
+            within = f"within {c['budget']:g} nat{'' if c['budget'] == 1 else 's'}"
+            if c["verdict"] == "no difference detected":
+                parts.append(f"{within} no difference detected ({c['difference']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}])")
+            elif c["verdict"] == f"{a} above":
+                parts.append(f"{within} {names[a]} above, {c['difference']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}]")
+            else:
+                parts.append(f"{within} {names[b]} above, {-c['difference']:+.3f} [{-c['hi']:+.3f}, {-c['lo']:+.3f}]")
+        lines.append(f"- {names[a]} vs {names[b]}: " + "; ".join(parts) + ".")
     return lines
 
 
@@ -179,7 +205,8 @@ def _provenance(provenance: dict, checkpoints: list[dict], reward_model: str, sk
 
 def render_report(path: str, provenance: dict, summary: list[dict], final_rows: list[dict], samples: dict,
                   curves: dict[str, str], settings: dict, skipped: list[dict] = (),
-                  kl_budgets=(1.0, 3.0, 10.0), fits: list[dict] = (), overoptimisation_figure: bool = False) -> str:
+                  kl_budgets=(1.0, 3.0, 10.0), fits: list[dict] = (), overoptimisation_figure: bool = False,
+                  comparisons: list[dict] = ()) -> str:
     """The report's markdown. `summary`: the rows of summary.csv; `final_rows`: each model's last checkpoint, with a
     `label`; `samples`: {prompt: {label: record}}; `curves`: {run: training_curves.png}."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -221,6 +248,7 @@ def render_report(path: str, provenance: dict, summary: list[dict], final_rows: 
             lines.append(f"| {r['step']} | {_fmt(r['reward_mean'])} ({_fmt(r['reward_lo'])}-{_fmt(r['reward_hi'])}) "
                          f"| {_fmt(r['kl_mean'], 2)} |")
     lines += ["", *_budget_section(summary, kl_budgets)]
+    lines += ["", *_comparison_section(list(comparisons), kl_budgets)]
     lines += ["", *_overoptimisation_section(summary, list(fits), overoptimisation_figure)]
     if curves:
         methods = {r["run"]: method_of(r) for r in checkpoints}

@@ -18,7 +18,7 @@ NOT_SETTINGS = frozenset({
     "logging_nan_inf_filter", "push_to_hub", "hub_token", "hub_private_repo", "hub_model_id", "hub_strategy",
     "hub_always_push", "hub_revision", "preset",
     # How the work is driven: a sweep's list (each run holds its own value), shards, merges, the device.
-    "betas", "kl_coefs", "alphas", "reference_only", "merge", "shard_index", "allow_fewer_prompts", "use_cpu",
+    "betas", "kl_coefs", "alphas", "seeds", "reference_only", "merge", "shard_index", "allow_fewer_prompts", "use_cpu",
     # When the frontier's checkpoints are evaluated (during training or after): the same records either way.
     "frontier_eval",
     # How much is loaded, sampled or scored at once, where no random number depends on it (every sample has a

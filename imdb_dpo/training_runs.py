@@ -45,6 +45,17 @@ def sweep_values(name: str, values: list[float] | None, single_name: str, single
     return list(values)
 
 
+def seed_values(seeds) -> list[int | None]:
+    """The seeds a setting runs with: `seeds` (distinct integers >= 0), or [None] for one run with the config's seed."""
+    if seeds is None or seeds == []:
+        return [None]
+    if not isinstance(seeds, list) or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+        raise ConfigError(f"seeds={seeds!r}: a list of integers >= 0, e.g. seeds: [0, 1, 2] in the config or --seeds 0 1 2")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds={seeds}: a seed is given twice; each seed is a run of its own")
+    return list(seeds)
+
+
 def same_model(a: dict, b: dict) -> bool:
     """A stage's run id names its output wherever the directory moves; a hub name has none: compare paths."""
     if a["run_id"] or b["run_id"]:
@@ -151,18 +162,23 @@ def last_logged(trainer, key: str) -> dict:
     return next((e for e in reversed(trainer.state.log_history) if key in e), {})
 
 
-def train_sweep(values: list[float], field: str, run_name_of: Callable[[float], str], stage: str, what: str,
+def train_sweep(values: list, field: str | None, run_name_of: Callable, stage: str, what: str,
                 configs: dict, inputs: dict, overwrite: bool, schedule: str | None, make_trainer: Callable, curves,
                 results: Callable, finished_line: Callable[[dict], str],
-                frontier: FrontierEvaluation | None = None) -> bool:
-    """One run per value of a sweep, in order, through `train_run`: the run for `value` has `field` of the trainer
-    config set to it and lives in `<output_dir>/<run_name_of(value)>/`. Prints `finished_line(manifest)` as each
+                frontier: FrontierEvaluation | None = None, seeds: list[int | None] = (None,)) -> bool:
+    """One run per value of a sweep and seed (`seed_values`), in order, through `train_run`: the run for `value` has
+    `field` of the trainer config set to it (None: no field) and lives in `<output_dir>/<run_name_of(value)>/`, or
+    `<run_name_of(value)>_seed<n>/` with the trainer's `seed` set to n. Prints `finished_line(manifest)` as each
     finishes; returns False when stopped by a signal (the runs after it are left for the next start)."""
     training, stop = configs["training"], StopRequest()
-    for value in values:
-        run_dir = os.path.join(training.output_dir, run_name_of(value))
+    for value, seed in ((value, seed) for value in values for seed in seeds):
+        name = run_name_of(value) + ("" if seed is None else f"_seed{seed}")
+        run_dir = os.path.join(training.output_dir, name)
         args = copy.copy(training)  # not dataclasses.replace: RLOOConfig's checks refuse its own derived sizes
-        setattr(args, field, value)
+        if field:
+            setattr(args, field, value)
+        if seed is not None:
+            args.seed = seed
         args.output_dir, args.run_name = run_dir, os.path.basename(run_dir)
         if not train_run(run_dir, stage, what, {**configs, "training": args}, inputs, overwrite, schedule,
                          make_trainer, stop, curves, results, frontier):

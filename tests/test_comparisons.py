@@ -1,0 +1,99 @@
+"""Seeds, the seed bands of summary.csv, common random numbers, and "A beats B at matched KL" with an interval
+(imdb_dpo/comparisons.py)."""
+
+import csv
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import dpo_argv, run_in_process
+from imdb_dpo.comparisons import Point, compare, seed_means
+from imdb_dpo.modeling import load_causal_lm
+from test_eval import eval_argv, read_csv, run_eval
+
+
+def test_three_seeds_are_three_runs_with_other_weights_and_their_mean_is_a_band(tiny_base, tiny_sft, tiny_pairs,
+                                                                               tmp_path):
+    dpo_root = tmp_path / "dpo"
+    run_in_process("dpo.py", dpo_argv(tiny_sft, tiny_pairs, dpo_root, "--betas", "0.1", "--seeds", "0", "1", "2",
+                                      "--max_train_pairs", "64"))
+    runs = sorted(r for r in os.listdir(dpo_root) if not r.startswith("."))
+    assert runs == ["sigmoid_beta0.1_seed0", "sigmoid_beta0.1_seed1", "sigmoid_beta0.1_seed2"]
+    weights = [load_causal_lm(str(dpo_root / r)).state_dict() for r in runs]
+    for a, b in ((0, 1), (0, 2), (1, 2)):  # another data order: other weights
+        assert any(not (weights[a][k] == weights[b][k]).all() for k in weights[a])
+    assert run_eval(eval_argv(tiny_base, tiny_sft, dpo_root, tmp_path / "eval", "--base_model", "")) == 0
+    summary = read_csv(tmp_path / "eval" / "summary.csv")
+    seeds = [r for r in summary if r["setting"] == "sigmoid_beta0.1" and r["seed"] in ("0", "1", "2")]
+    means = [r for r in summary if r["setting"] == "sigmoid_beta0.1" and r["seed"] == "mean"]
+    assert {r["step"] for r in means} == {r["step"] for r in seeds} and means
+    for mean in means:
+        three = [float(r["reward_mean"]) for r in seeds if r["step"] == mean["step"]]
+        assert len(three) == 3 and float(mean["reward_mean"]) == pytest.approx(np.mean(three))
+        assert (float(mean["reward_lo"]), float(mean["reward_hi"])) == (min(three), max(three))
+    # The budget table counts the setting by its seed means, not by its luckier seed.
+    budget = read_csv(tmp_path / "eval" / "frontier_budget.csv")
+    assert {r["run"] for r in budget if r["method"] == "dpo"} <= {"sigmoid_beta0.1", "sft"}
+
+
+def test_a_copy_of_the_sft_model_gets_the_sft_rows_numbers_exactly(tiny_base, tiny_sft, tmp_path):
+    """Common random numbers: a model equal to the SFT model draws the very same samples, so every number of its
+    row equals the SFT row's, and its KL is exactly 0."""
+    shutil.copytree(tiny_sft, tmp_path / "copy")
+    empty = tmp_path / "no_runs"
+    assert run_eval(eval_argv(tiny_base, tiny_sft, empty, tmp_path / "eval", "--base_model", str(tmp_path / "copy"))) == 0
+    rows = {r["run"]: r for r in read_csv(tmp_path / "eval" / "summary.csv")}
+    for column in ("reward_mean", "reward_lo", "reward_hi", "kl_mean", "mean_length", "distinct_2"):
+        assert rows["base"][column] == rows["sft"][column], column
+    assert float(rows["base"]["kl_mean"]) == 0.0
+
+
+def per_prompt(seed: int, shift: float, prompts: int = 40, seeds: int = 1):
+    rng = np.random.default_rng(seed)
+    reward = rng.uniform(0.3, 0.7, size=(seeds, prompts)) + shift
+    return reward, np.full((seeds, prompts), 1.0)
+
+
+def test_a_method_against_itself_differs_by_zero_and_its_interval_holds_zero():
+    sft = Point("sft", "sft", 0, per_prompt(0, 0.0)[0], np.zeros((1, 40)))
+    points = [Point(method, "run", 10, *per_prompt(1, 0.1, seeds=3)) for method in ("dpo", "rloo")]
+    for row in compare(points, sft, [0.5, 3.0], resamples=500):
+        assert row["difference"] == 0.0
+        assert row["lo"] <= 0.0 <= row["hi"]
+        assert row["verdict"] == "no difference detected"
+
+
+def test_a_clearly_better_method_is_detected_and_a_small_gap_is_not():
+    sft = Point("sft", "sft", 0, per_prompt(0, 0.0)[0], np.zeros((1, 40)))
+    better = Point("dpo", "dpo_run", 10, *per_prompt(1, 0.2, seeds=3))
+    worse = Point("rloo", "rloo_run", 10, *per_prompt(2, 0.0, seeds=3))
+    rows = {row["budget"]: row for row in compare([better, worse], sft, [0.5, 3.0], resamples=500)}
+    assert rows[3.0]["verdict"] == "dpo above" and rows[3.0]["lo"] > 0.1
+    assert rows[0.5]["difference"] == 0.0 and rows[0.5]["verdict"] == "no difference detected"  # only SFT fits
+
+
+def test_seed_means_average_each_step_that_every_seed_reached():
+    rows = [{"method": "dpo", "run": f"b_seed{s}", "setting": "b", "seed": s, "step": step, "reward_mean": r,
+             "kl_mean": k, "n": 4, "loss_type": "sigmoid", "beta": 0.1, "reward_model": "vader", "kl_kind": "measured",
+             "kl_logratio_mean": k, "win_rate_vs_sft": 0.5, "mean_length": 10, "distinct_2": 0.9, "proxy_reward_mean": ""}
+            for s, step, r, k in [(0, 1, 0.5, 1.0), (1, 1, 0.7, 3.0), (0, 2, 0.6, 2.0)]]
+    (mean,) = seed_means(rows)  # step 2: seed 1 has not reached it
+    assert (mean["step"], mean["reward_mean"], mean["reward_lo"], mean["reward_hi"]) == (1, 0.6, 0.5, 0.7)
+    assert mean["kl_mean"] == 2.0 and mean["seed"] == "mean" and mean["run"] == "b"
+
+
+def test_the_tiny_report_states_each_comparison_with_its_interval(tiny_run):
+    out = tiny_run["root"] / "outputs" / "tiny" / "eval"
+    with open(out / "comparisons.csv") as f:
+        rows = list(csv.DictReader(f))
+    methods = {"dpo", "rloo", "rloo_rm", "preferred_ft", "unlikelihood", "best_of_n"}
+    assert {r["a"] for r in rows} | {r["b"] for r in rows} == methods
+    assert len({frozenset((r["a"], r["b"])) for r in rows}) == 15 and len(rows) == 15 * 3  # every pair, every budget
+    report = (out / "report.md").read_text()
+    for r in rows:
+        lo, hi, difference = float(r["lo"]), float(r["hi"]), float(r["difference"])
+        assert (r["verdict"] == "no difference detected") == (lo <= 0 <= hi)
+        assert f"{difference:+.3f} [{lo:+.3f}, {hi:+.3f}]" in report
+    assert "no difference detected" in report or " above " in report
