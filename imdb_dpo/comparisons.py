@@ -20,7 +20,8 @@ from .methods import TRAINED
 
 SEED_SUFFIX = re.compile(r"_seed(\d+)$")
 RESAMPLES = 2000
-COLUMNS = ["a", "b", "budget", "difference", "lo", "hi", "verdict"]  # comparisons.csv
+# comparisons.csv; kind: "within" (best reward within the budget) or "at" (reward at that KL, interpolated)
+COLUMNS = ["a", "b", "kind", "budget", "difference", "lo", "hi", "verdict"]
 
 
 def setting_of(run: str) -> str:
@@ -102,9 +103,30 @@ def _best(rewards: np.ndarray, kls: np.ndarray, budget: float) -> np.ndarray:
     return np.where(kls <= budget, rewards, -np.inf).max(axis=0)
 
 
+def _at(rewards: np.ndarray, kls: np.ndarray, curves: list[list[int]], kl: float) -> np.ndarray:
+    """Per column, the highest reward among the curves (row indices in step order, the SFT model first) at the given
+    KL, interpolated linearly on the first segment of each curve that reaches it; NaN where no curve does."""
+    best = np.full(rewards.shape[1], np.nan)
+    for rows in curves:
+        value = np.full(rewards.shape[1], np.nan)
+        for i, j in zip(rows, rows[1:]):
+            k0, k1, r0, r1 = kls[i], kls[j], rewards[i], rewards[j]
+            crosses = np.isnan(value) & (np.minimum(k0, k1) <= kl) & (kl <= np.maximum(k0, k1))
+            share = np.divide(kl - k0, k1 - k0, out=np.zeros_like(k0), where=k1 != k0)
+            value = np.where(crosses, r0 + share * (r1 - r0), value)
+        best = np.fmax(best, value)
+    return best
+
+
+def _verdict(a: str, b: str, lo: float, hi: float) -> str:
+    return f"{a} above" if lo > 0 else f"{b} above" if hi < 0 else "no difference detected"
+
+
 def compare(points: list[Point], sft: Point, budgets, resamples: int = RESAMPLES, seed: int = 0) -> list[dict]:
     """For each pair of methods and each budget: `difference` (the first's best reward within the budget minus the
-    second's), its 95% interval `lo`-`hi`, and the `verdict`: which is above, or that no difference was detected."""
+    second's), its 95% interval `lo`-`hi`, and the `verdict`: which is above, or that no difference was detected.
+    Then, where both methods have a run whose curve (from the SFT model through its checkpoints) reaches that KL, the
+    same at matched KL (`kind` "at"): each method's highest reward at exactly that KL, interpolated along its runs."""
     order = [m.key for m in TRAINED]
     methods = sorted(dict.fromkeys(p.method for p in points), key=lambda m: (order.index(m) if m in order else len(order), m))
     prompts = sft.reward.shape[1]
@@ -114,6 +136,8 @@ def compare(points: list[Point], sft: Point, budgets, resamples: int = RESAMPLES
     whole = {m: (np.array([p.reward.mean() for p in ps])[:, None], np.array([p.kl.mean() for p in ps])[:, None])
              for m, ps in observed.items()}
     drawn = {m: _replicates(ps, resampled, np.random.default_rng([seed, i])) for i, (m, ps) in enumerate(observed.items())}
+    curves = {m: [[0] + [i for i, p in enumerate(ps) if p.setting == s and i > 0]
+                  for s in dict.fromkeys(p.setting for p in ps[1:])] for m, ps in observed.items()}
     rows = []
     for i, a in enumerate(methods):
         for b in methods[i + 1:]:
@@ -123,7 +147,14 @@ def compare(points: list[Point], sft: Point, budgets, resamples: int = RESAMPLES
                     continue
                 spread = _best(*drawn[a], budget) - _best(*drawn[b], budget)
                 lo, hi = (float(q) for q in np.percentile(spread, [2.5, 97.5]))
-                verdict = f"{a} above" if lo > 0 else f"{b} above" if hi < 0 else "no difference detected"
-                rows.append({"a": a, "b": b, "budget": float(budget), "difference": difference, "lo": lo, "hi": hi,
-                             "verdict": verdict})
+                rows.append({"a": a, "b": b, "kind": "within", "budget": float(budget), "difference": difference,
+                             "lo": lo, "hi": hi, "verdict": _verdict(a, b, lo, hi)})
+            for budget in budgets:
+                difference = float(_at(*whole[a], curves[a], budget)[0] - _at(*whole[b], curves[b], budget)[0])
+                if not np.isfinite(difference):  # one of them has no run that reaches this KL
+                    continue
+                spread = _at(*drawn[a], curves[a], budget) - _at(*drawn[b], curves[b], budget)
+                lo, hi = (float(q) for q in np.nanpercentile(spread, [2.5, 97.5]))
+                rows.append({"a": a, "b": b, "kind": "at", "budget": float(budget), "difference": difference,
+                             "lo": lo, "hi": hi, "verdict": _verdict(a, b, lo, hi)})
     return rows

@@ -76,6 +76,13 @@ def _budget_section(summary: list[dict], budgets) -> list[str]:
     return lines
 
 
+def _cell(c: dict | None) -> str:
+    if c is None:
+        return "-"
+    star = "" if c["verdict"] == "no difference detected" else " *"
+    return f"{c['difference']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}]{star}"
+
+
 def _comparison_section(comparisons: list[dict], budgets) -> list[str]:
     """Each pair of methods within each budget: the difference in best reward with its interval, and the verdict."""
     lines = ["## Comparisons at matched KL", ""]
@@ -90,12 +97,11 @@ def _comparison_section(comparisons: list[dict], budgets) -> list[str]:
                "detected, whatever the sign of the estimate."), "",
               "| A vs B | " + " | ".join(f"KL <= {b:g}" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
     pairs = list(dict.fromkeys((c["a"], c["b"]) for c in comparisons))
-    cells = {(c["a"], c["b"], c["budget"]): c for c in comparisons}
+    cells = {(c["a"], c["b"], c["budget"]): c for c in comparisons if c.get("kind", "within") == "within"}
+    at = {(c["a"], c["b"], c["budget"]): c for c in comparisons if c.get("kind") == "at"}
     for a, b in pairs:
-        row = [cells[(a, b, budget)] for budget in budgets]
-        lines.append(f"| {METHOD_NAMES.get(a, a)} vs {METHOD_NAMES.get(b, b)} | " + " | ".join(
-            f"{c['difference']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}]" + ("" if c["verdict"] == "no difference detected"
-                                                                          else " *") for c in row) + " |")
+        lines.append(f"| {METHOD_NAMES.get(a, a)} vs {METHOD_NAMES.get(b, b)} | "
+                     + " | ".join(_cell(cells.get((a, b, budget))) for budget in budgets) + " |")
     lines += ["", "*: the interval excludes 0.", ""]
     for a, b in pairs:
         names = {a: METHOD_NAMES.get(a, a), b: METHOD_NAMES.get(b, b)}
@@ -109,6 +115,15 @@ def _comparison_section(comparisons: list[dict], budgets) -> list[str]:
             else:
                 parts.append(f"{within} {names[b]} above, {-c['difference']:+.3f} [{-c['hi']:+.3f}, {-c['lo']:+.3f}]")
         lines.append(f"- {names[a]} vs {names[b]}: " + "; ".join(parts) + ".")
+    if at:
+        lines += ["", ("At matched KL: where both methods have a run whose curve (from the SFT model through its "
+                   "checkpoints, in step order; best-of-N through N) reaches the KL, each method's highest reward at "
+                   "exactly that KL, interpolated linearly between the two checkpoints around it, A's minus B's, with "
+                   "the same bootstrap. `-`: one of them does not reach it."), "",
+                  "| A vs B | " + " | ".join(f"KL = {b:g}" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
+        for a, b in pairs:
+            lines.append(f"| {METHOD_NAMES.get(a, a)} vs {METHOD_NAMES.get(b, b)} | "
+                         + " | ".join(_cell(at.get((a, b, budget))) for budget in budgets) + " |")
     return lines
 
 

@@ -69,7 +69,8 @@ def test_a_clearly_better_method_is_detected_and_a_small_gap_is_not():
     sft = Point("sft", "sft", 0, per_prompt(0, 0.0)[0], np.zeros((1, 40)))
     better = Point("dpo", "dpo_run", 10, *per_prompt(1, 0.2, seeds=3))
     worse = Point("rloo", "rloo_run", 10, *per_prompt(2, 0.0, seeds=3))
-    rows = {row["budget"]: row for row in compare([better, worse], sft, [0.5, 3.0], resamples=500)}
+    rows = {row["budget"]: row for row in compare([better, worse], sft, [0.5, 3.0], resamples=500)
+            if row["kind"] == "within"}
     assert rows[3.0]["verdict"] == "dpo above" and rows[3.0]["lo"] > 0.1
     assert rows[0.5]["difference"] == 0.0 and rows[0.5]["verdict"] == "no difference detected"  # only SFT fits
 
@@ -90,10 +91,25 @@ def test_the_tiny_report_states_each_comparison_with_its_interval(tiny_run):
         rows = list(csv.DictReader(f))
     methods = {"dpo", "rloo", "rloo_rm", "preferred_ft", "unlikelihood", "best_of_n"}
     assert {r["a"] for r in rows} | {r["b"] for r in rows} == methods
-    assert len({frozenset((r["a"], r["b"])) for r in rows}) == 15 and len(rows) == 15 * 3  # every pair, every budget
+    within = [r for r in rows if r["kind"] == "within"]
+    assert len({frozenset((r["a"], r["b"])) for r in within}) == 15 and len(within) == 15 * 3  # every pair and budget
     report = (out / "report.md").read_text()
     for r in rows:
         lo, hi, difference = float(r["lo"]), float(r["hi"]), float(r["difference"])
         assert (r["verdict"] == "no difference detected") == (lo <= 0 <= hi)
         assert f"{difference:+.3f} [{lo:+.3f}, {hi:+.3f}]" in report
     assert "no difference detected" in report or " above " in report
+
+
+def test_at_matched_kl_the_reward_is_interpolated_along_each_run_and_left_out_where_a_run_falls_short():
+    prompts = 30
+    flat = lambda value: np.full((1, prompts), value)  # noqa: E731
+    sft = Point("sft", "sft", 0, flat(0.5), flat(0.0))
+    points = [Point("dpo", "d", 4, flat(0.7), flat(2.0)), Point("dpo", "d", 8, flat(0.9), flat(6.0)),
+              Point("rloo", "r", 4, flat(0.6), flat(2.0))]
+    rows = {(r["kind"], r["budget"]): r for r in compare(points, sft, [1.0, 4.0], resamples=200)}
+    # At KL 1: DPO 0.5 + 0.2/2 = 0.6, RLOO 0.5 + 0.1/2 = 0.55; at KL 4 only DPO's run reaches (0.7 + 0.2/2).
+    assert rows[("at", 1.0)]["difference"] == pytest.approx(0.05)
+    assert rows[("at", 1.0)]["lo"] == pytest.approx(0.05) and rows[("at", 1.0)]["verdict"] == "dpo above"
+    assert ("at", 4.0) not in rows
+    assert rows[("within", 4.0)]["difference"] == pytest.approx(0.1)  # 0.7 (step 4) against 0.6
