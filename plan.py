@@ -13,6 +13,7 @@ utilisations in imdb_dpo/costs.py (stated under the table), not measurements.
 """
 
 import dataclasses
+import functools
 import math
 import os
 import sys
@@ -105,19 +106,13 @@ class Preset:
     def model_config(self, path: str):
         """The transformers config of `path`: a model that exists (folder or hub cache), one a preset names, the
         tiny base the preset builds, or the output of an earlier stage (the same architecture as its start)."""
-        from transformers import AutoConfig, CONFIG_MAPPING, GPT2Config
+        from transformers import GPT2Config
 
         key = os.path.realpath(path) if os.sep in path else path
         if key in self.configs:
             return self.configs[key]
-        if path in costs.KNOWN_CONFIGS and not os.path.isdir(path):
-            kind, values = costs.KNOWN_CONFIGS[path]
-            return CONFIG_MAPPING[kind](**values)
         if os.path.isfile(os.path.join(path, "config.json")) or os.sep not in path:
-            try:
-                return AutoConfig.from_pretrained(path)
-            except (OSError, ValueError) as error:
-                raise ConfigError(f"{path!r}: its config is neither a folder here nor in the Hugging Face cache ({error})")
+            return costs.model_config(path)
         if self.base and key == os.path.realpath(os.path.join(self.base.output_dir, "model")):
             b = self.base  # at most vocab_size tokens: the tokenizer trained on the reviews may have fewer
             return GPT2Config(vocab_size=b.vocab_size, n_positions=b.n_positions, n_embd=b.n_embd, n_layer=b.n_layer,
@@ -143,19 +138,22 @@ class Preset:
             return KNOWN_REVIEWS[args.dataset_name][split]
         raise ConfigError(f"cannot count the {split} reviews of {path or args.dataset_name} offline")
 
-    def frontier_args(self, script_args):
-        if not script_args.frontier_eval:
-            return None
+    @functools.cache
+    def _frontier_config(self, config: str):
         from imdb_dpo.frontier_eval import resolve_config_path
         from imdb_dpo.model_eval import check_settings
 
-        path = resolve_config_path(script_args.frontier_eval)
+        path = resolve_config_path(config)
         (args,) = parse_config((EvalArguments,), ["--config", path], "eval.yaml")
         try:
             check_settings(args)
         except ConfigError as error:
             raise ConfigError(f"frontier_eval={path}: {error}") from None
         return args
+
+    def frontier_args(self, script_args):
+        """The settings of the evaluation config `frontier_eval` names (read once), or None without one."""
+        return self._frontier_config(script_args.frontier_eval) if script_args.frontier_eval else None
 
     def pairs(self, pairs_file: str) -> dict:
         """The counts of a pair file: read from it where it exists (exact), else the most stage 2's settings allow."""

@@ -87,20 +87,24 @@ def shape_of_config(config, classifier: bool = False) -> Shape:
                  dropout=bool(dropout))
 
 
-def model_shape(name_or_path: str, classifier: bool = False) -> Shape:
-    """The shape of a model directory, of a cached hub model, or of a hub model the presets name (KNOWN_CONFIGS)."""
+def model_config(name_or_path: str):
+    """The transformers config of a model directory, of a cached hub model, or of a hub model the presets name
+    (KNOWN_CONFIGS)."""
     from transformers import AutoConfig, CONFIG_MAPPING
 
     if name_or_path in KNOWN_CONFIGS and not os.path.isdir(name_or_path):
         kind, values = KNOWN_CONFIGS[name_or_path]
-        config = CONFIG_MAPPING[kind](**values)
-    else:
-        try:
-            config = AutoConfig.from_pretrained(name_or_path)
-        except (OSError, ValueError) as error:
-            raise ConfigError(f"{name_or_path!r}: its config.json is neither a folder here nor in the Hugging Face cache "
-                              f"({first_line(error, 200)}); download it where the network is (README, \"Offline "
-                              "compute nodes\") or fix the name") from None
+        return CONFIG_MAPPING[kind](**values)
+    try:
+        return AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"{name_or_path!r}: its config.json is neither a folder here nor in the Hugging Face cache "
+                          f"({first_line(error, 200)}); download it where the network is (README, \"Offline "
+                          "compute nodes\") or fix the name") from None
+
+
+def model_shape(name_or_path: str, classifier: bool = False) -> Shape:
+    config = model_config(name_or_path)
     return shape_of_config(config, classifier or not _is_causal(config))
 
 
