@@ -126,12 +126,13 @@ def proxy_problem(path: str, run_id: str) -> str | None:
 
 
 def run_units(run_dir: str, manifest: dict, meta: dict, skipped: list[dict], records_root: str) -> list[dict]:
-    """One unit per loadable checkpoint of a finished run (and its final model when no checkpoint holds that step),
-    and one per deleted checkpoint whose records exist under `records_root` (frontier_eval); the others go to
-    `skipped` with the reason."""
+    """One unit per loadable checkpoint of a finished run (and its final model, if kept, when no checkpoint holds
+    that step), and one per deleted checkpoint whose records exist under `records_root` (frontier_eval); the others
+    go to `skipped` with the reason."""
     units = []
     steps = dict(checkpoint_steps(run_dir))
-    steps.setdefault(manifest["global_step"], run_dir)  # the final model, when no checkpoint holds it
+    if manifest.get("final_model_kept", True):  # else (keep_final_model) the last step is in the records alone
+        steps.setdefault(manifest["global_step"], run_dir)  # the final model, when no checkpoint holds it
     for step in manifest.get("checkpoints", []):
         deleted = os.path.join(run_dir, f"checkpoint-{step}")
         if step in steps:

@@ -24,6 +24,8 @@ from imdb_dpo.cli import run_stage
 from imdb_dpo.config import REPOSITORY, ConfigError, EvalArguments, PairsArguments, TinyBaseArguments, parse_config
 from imdb_dpo import costs
 from imdb_dpo.costs import GB, Peak
+from imdb_dpo.frontier_eval import check_keep_final_model, keeps_final_model
+from imdb_dpo.training_runs import seed_values
 
 STAGE_ORDER = ("sft", "preference_pairs", "dpo", "rloo", "reward_model", "rloo_rm", "preferred_ft", "unlikelihood",
                "eval")
@@ -241,6 +243,9 @@ def frontier_row(preset, row: Row, shape, training_args, script_args, steps: int
     saved = checkpoint_schedule(script_args.checkpoint_schedule, steps, save_interval(training_args.save_steps, steps))
     weights, optimizer = costs.checkpoint_bytes(shape, training_args.optim, lora)
     frontier = preset.frontier_args(script_args)
+    check_keep_final_model(script_args)
+    seeds = seed_values(script_args.seeds)
+    models = row.runs * sum(keeps_final_model(script_args, s) for s in seeds) // len(seeds)
     row.steps, row.checkpoints = f"{steps:,}", f"{len(saved)}" + (" evaluated while training" if frontier else
                                                                     " kept for eval.py")
     row.written += row.runs * (len(saved) * (weights + optimizer) + weights)
@@ -248,7 +253,7 @@ def frontier_row(preset, row: Row, shape, training_args, script_args, steps: int
         records = row.runs * len(saved) * frontier.num_prompts * frontier.samples_per_prompt * costs.record_bytes(
             frontier.max_prompt_tokens + frontier.max_new_tokens)
         row.written += records
-        row.kept += row.runs * weights + records
+        row.kept += models * weights + records
         evaluating = row.runs * len(saved) * costs.evaluation_seconds(
             frontier, shape, costs.classifier_shape(frontier.reward_model), frontier.samples_per_prompt)
         row.seconds += evaluating
@@ -257,6 +262,18 @@ def frontier_row(preset, row: Row, shape, training_args, script_args, steps: int
         row.kept += row.runs * len(saved) * weights  # every checkpoint's weights (optimizer state dropped) and the final model
         preset.unevaluated += row.runs * len(saved)
     row.held = 2 * (weights + optimizer)
+
+
+def runs_of(script_args, values: list) -> int:
+    """The runs of a sweep over `values`: one per value and seed."""
+    return len(values) * len(seed_values(script_args.seeds))
+
+
+def sweep_of(values: list, what: str, script_args) -> str:
+    """E.g. '4 betas x 3 seeds'."""
+    seeds = seed_values(script_args.seeds)
+    return (f"{len(values)} {what}{'s' if len(values) > 1 else ''}" +
+            (f" x {len(seeds)} seed{'s' if len(seeds) > 1 else ''}" if seeds != [None] else ""))
 
 
 def frontier_classifier(preset, script_args):
@@ -273,7 +290,8 @@ def plan_dpo(preset, script_args, training_args, model_args) -> Row:
     dpo.set_total_batch_size(script_args, training_args)
     steps = trained_steps(pairs, training_args)
     tokens = min(counts["tokens"], training_args.max_length or math.inf)
-    row = Row("dpo", len(script_args.betas or [training_args.beta]), exact=counts["exact"],
+    betas = script_args.betas or [training_args.beta]
+    row = Row("dpo", runs_of(script_args, betas), exact=counts["exact"],
               peak=costs.dpo_memory(training_args, shape, tokens, *frontier_classifier(preset, script_args),
                                     lora=model_args.use_peft))
     rows_per_step = 2 * training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
@@ -281,7 +299,7 @@ def plan_dpo(preset, script_args, training_args, model_args) -> Row:
                                                    training_args.bf16)
     if training_args.precompute_ref_log_probs:  # once for the sweep: cached
         row.seconds += costs.compute_seconds(costs.forward_flops(shape, 2 * pairs * tokens, tokens), training_args.bf16)
-    row.notes.append(f"{bound(pairs, counts['exact'])} pairs a run, {row.runs} betas")
+    row.notes.append(f"{bound(pairs, counts['exact'])} pairs a run, {sweep_of(betas, 'beta', script_args)}")
     frontier_row(preset, row, shape, training_args, script_args, steps, model_args.use_peft)
     return row
 
@@ -294,7 +312,8 @@ def plan_rloo(preset, stage, script_args, training_args, model_args) -> Row:
     counts = preset.pairs(script_args.pairs_file)
     prompts = min(counts["prompts"], script_args.max_train_prompts or math.inf)
     steps = trained_steps(prompts * training_args.num_generations, training_args)
-    row = Row(stage, len(script_args.kl_coefs or [training_args.beta]), exact=counts["exact"],
+    coefs = script_args.kl_coefs or [training_args.beta]
+    row = Row(stage, runs_of(script_args, coefs), exact=counts["exact"],
               peak=costs.rloo_memory(training_args, shape, counts["prompt_tokens"], classifier, script_args.reward_dtype,
                                      *frontier_classifier(preset, script_args), lora=model_args.use_peft))
     context = counts["prompt_tokens"] + training_args.max_completion_length
@@ -309,7 +328,8 @@ def plan_rloo(preset, stage, script_args, training_args, model_args) -> Row:
     seconds += costs.decode_seconds(shape, generation_prompts, generation_prompts, training_args.num_generations,
                                     counts["prompt_tokens"], training_args.max_completion_length, 4, 2 if bf16 else 4)
     row.seconds = row.runs * steps * seconds
-    row.notes.append(f"{bound(int(prompts), counts['exact'])} prompts x {training_args.num_generations} completions a run")
+    row.notes.append(f"{bound(int(prompts), counts['exact'])} prompts x {training_args.num_generations} completions a run, "
+                     f"{sweep_of(coefs, 'KL coefficient', script_args)}")
     frontier_row(preset, row, shape, training_args, script_args, steps, model_args.use_peft)
     return row
 
@@ -322,13 +342,15 @@ def plan_supervised(preset, stage, script_args, training_args, model_args) -> Ro
                 min(counts["chosen"], script_args.max_train_examples or math.inf))
     steps = trained_steps(examples, training_args)
     tokens = min(counts["tokens"], training_args.max_length or math.inf)
-    row = Row(stage, len(script_args.alphas or [training_args.alpha]) if pairs else 1, exact=counts["exact"],
+    alphas = (script_args.alphas or [training_args.alpha]) if pairs else [None]
+    row = Row(stage, runs_of(script_args, alphas), exact=counts["exact"],
               peak=costs.supervised_memory(training_args, shape, tokens, pairs, *frontier_classifier(preset, script_args),
                                            lora=model_args.use_peft))
     rows_per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * (2 if pairs else 1)
     row.seconds = row.runs * costs.compute_seconds(costs.training_flops(shape, steps * rows_per_step * tokens, tokens),
                                                    training_args.bf16)
-    row.notes.append(f"{bound(int(examples), counts['exact'])} {'pairs' if pairs else 'chosen completions'} a run")
+    row.notes.append(f"{bound(int(examples), counts['exact'])} {'pairs' if pairs else 'chosen completions'} a run, "
+                     f"{sweep_of(alphas, 'alpha', script_args) if pairs else sweep_of([None], 'run', script_args)}")
     frontier_row(preset, row, shape, training_args, script_args, steps, model_args.use_peft)
     return row
 

@@ -29,7 +29,9 @@ for stage in sft preference_pairs dpo rloo reward_model rloo_rm preferred_ft unl
   [ "$stage" = rloo_rm ] && script=rloo.py
   if [ -f "$configs/$stage.yaml" ]; then
     echo "== $stage ($configs/$stage.yaml)"
+    started=$SECONDS
     "$python" "$script" --config "$configs/$stage.yaml"
+    echo "== $stage: $((SECONDS - started)) s"
   fi
 done
-echo "== done: outputs in $OUTPUT_ROOT/outputs/$preset"
+echo "== done in $SECONDS s: outputs in $OUTPUT_ROOT/outputs/$preset"

@@ -20,6 +20,7 @@ machinery, not a measurement.
 """
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -141,15 +142,18 @@ class Check:
         print(f"[{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
         started = time.perf_counter()
         with open(log, "w") as f:
-            child = subprocess.Popen(command, cwd=REPO, env={**self.env, "IMDB_DPO_RESOURCE_REPORT": resources},
-                                     stdout=f, stderr=subprocess.STDOUT)
+            child = None
             try:
+                with KILL.held_off():
+                    child = subprocess.Popen(command, cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
+                                             env={**self.env, "IMDB_DPO_RESOURCE_REPORT": resources})
                 code = child.wait(timeout=limit)
             except subprocess.TimeoutExpired:
                 code = f"timeout ({limit} s)"
                 stop(child)
             except BaseException:  # interrupted: the stage must not run on, holding the GPU, after the check ends
-                stop(child)
+                if child is not None:
+                    stop(child)
                 raise
         row = {"name": name, "kind": kind, "exit": code, "wall_s": time.perf_counter() - started, "log": log}
         if os.path.isfile(resources):
@@ -175,7 +179,8 @@ class Check:
         gpu, out, d = self.gpu, self.out, self.data
         cpu = [] if gpu else ["--bf16", "false", "--use_cpu", "true"]
         small = [] if gpu else ["--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1"]
-        keep_one = ["--checkpoint_schedule", "steps", "--save_steps", "100000", "--report_to", "none", "--frontier_eval", ""]
+        keep_one = ["--checkpoint_schedule", "steps", "--save_steps", "100000", "--report_to", "none",
+                    "--frontier_eval", "", "--seeds", "0"]  # one seed of the preset's three
         sft_dir, pairs_dir = f"{out}/outputs/gpt2-large/sft", f"{out}/generations/gpt2-large"
         if not self.stage("sft", "sft.py", "--model_name_or_path", self.policy, *d, "--max_steps", "10" if gpu else "2",
                           "--max_eval_samples", "64" if gpu else "8", "--save_strategy", "no", "--report_to", "none",
@@ -191,11 +196,11 @@ class Check:
         self.stage("dpo", "dpo.py", "--betas", "0.1", "--max_steps", "8" if gpu else "3", "--max_train_pairs",
                    "512" if gpu else "24", *keep_one, *cpu, *small,
                    *([] if gpu else ["--precompute_ref_batch_size", "8", "--dataloader_num_workers", "0"]),
-                   trained=f"{out}/outputs/gpt2-large/dpo/sigmoid_beta0.1")
+                   trained=f"{out}/outputs/gpt2-large/dpo/sigmoid_beta0.1_seed0")
         for name, script, flags, run in (
-                ("rloo", "rloo.py", ["--kl_coefs", "0.05", "--reward_model", self.classifier], "rloo/rloo_kl0.05"),
-                ("preferred_ft", "preferred_ft.py", [], "preferred_ft/preferred_ft"),
-                ("unlikelihood", "unlikelihood.py", ["--alphas", "1"], "unlikelihood/unlikelihood_alpha1")):
+                ("rloo", "rloo.py", ["--kl_coefs", "0.05", "--reward_model", self.classifier], "rloo/rloo_kl0.05_seed0"),
+                ("preferred_ft", "preferred_ft.py", [], "preferred_ft/preferred_ft_seed0"),
+                ("unlikelihood", "unlikelihood.py", ["--alphas", "1"], "unlikelihood/unlikelihood_alpha1_seed0")):
             self.stage(name, script, *flags, "--max_steps", "3" if gpu else "2", *keep_one, *cpu,
                        *([] if gpu else ["--per_device_train_batch_size", "8", "--dataloader_num_workers", "0"]),
                        trained=f"{out}/outputs/gpt2-large/{run}")
@@ -234,6 +239,34 @@ class Check:
                                      "tests"], 600, kind="tests")
         with open(row["log"]) as f:
             row["summary"] = next((l.strip() for l in reversed(f.readlines()) if " in " in l and "=" in l), "")
+
+
+class Kill:
+    """A plain kill (SIGTERM) ends the check with status 143 through SystemExit, so that the running stage is stopped
+    and the weights dropped; but not inside Popen, where it would leave a stage just started running on, unseen:
+    there it is held off until the child is ours to stop."""
+
+    def __init__(self):
+        self.starting = self.pending = False
+
+    def __call__(self, *_):
+        if self.starting:
+            self.pending = True
+        else:
+            sys.exit(143)
+
+    @contextlib.contextmanager
+    def held_off(self):
+        self.starting = True
+        try:
+            yield
+        finally:
+            self.starting = False
+            if self.pending:
+                sys.exit(143)
+
+
+KILL = Kill()
 
 
 def stop(child: subprocess.Popen) -> None:
@@ -431,7 +464,7 @@ def main():
         open(marker, "w").close()
     except OSError as error:
         fail(f"--work {args.work!r} cannot be written ({error.strerror}): give a folder on writable storage")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a plain kill: stop the stage, drop the weights
+    signal.signal(signal.SIGTERM, KILL)  # a plain kill: stop the stage, drop the weights
     started = time.perf_counter()
     try:
         check.build_stand_ins()

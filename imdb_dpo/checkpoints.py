@@ -87,6 +87,17 @@ def drop_checkpoints(run_dir: str, keep=()) -> None:
         shutil.rmtree(path)
 
 
+WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "adapter_model.bin")
+
+
+def drop_weights(run_dir: str) -> None:
+    """Delete the weights of the model saved in `run_dir` itself (not its checkpoints'), keeping its config,
+    tokenizer, trainer state and manifest."""
+    for pattern in WEIGHT_FILES:
+        for path in glob.glob(os.path.join(run_dir, pattern)):
+            os.remove(path)
+
+
 def is_complete(checkpoint: str) -> bool:
     """Whether the Trainer finished writing `checkpoint`: it writes `trainer_state.json` last."""
     return os.path.isfile(os.path.join(checkpoint, "trainer_state.json"))

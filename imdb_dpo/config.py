@@ -118,7 +118,7 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def _strict_yaml(path: str):
+def strict_yaml(path: str):
     """The file's YAML, read strictly: a tab, a key given twice or a syntax error is a ConfigError naming the line."""
     try:
         with open(path, encoding="utf-8") as f:
@@ -150,7 +150,7 @@ def _read_yaml_config(path: str, dataclass_types) -> dict:
                           "configs/tiny/dpo.yaml")
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} does not exist (passed with --config)")
-    config = _strict_yaml(path) or {}
+    config = strict_yaml(path) or {}
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: the file must be a YAML mapping of key: value")
     not_names = [k for k in config if not isinstance(k, str)]
@@ -328,6 +328,13 @@ class CheckpointArguments:
                           "data order, the initialisation of anything new and the sampling, never the pairs. Unset: "
                           "one run per setting with `seed`, named <run>."},
     )
+    keep_final_model_seeds: list[int] | None = field(
+        default=None,
+        metadata={"help": "The seeds whose runs keep their final model (e.g. [0]); the other seeds' runs keep their "
+                          "records alone, which hold every point of the frontier, the last included (needs "
+                          "frontier_eval): three seeds on the disk of one. Unset: every run keeps it; a run without "
+                          "`seeds` always does."},
+    )
 
 
 @dataclass
@@ -347,7 +354,7 @@ class DPOScriptArguments(CheckpointArguments):
     )
     reference_only: bool = field(
         default=False,
-        metadata={"help": "Only compute and cache the reference log-probs (a job before a SLURM array over betas)."},
+        metadata={"help": "Only compute and cache the reference log-probs (a job before the SLURM array of DPO runs)."},
     )
 
 

@@ -133,6 +133,27 @@ class RunEvaluation(TrainerCallback):
         return control
 
 
+def keeps_final_model(script_args, seed: int | None) -> bool:
+    """Whether the run of `seed` (None: a run without `seeds`) keeps its final model (`keep_final_model_seeds`)."""
+    return seed is None or script_args.keep_final_model_seeds is None or seed in script_args.keep_final_model_seeds
+
+
+def check_keep_final_model(script_args) -> None:
+    keep = script_args.keep_final_model_seeds
+    if keep is not None and (not isinstance(keep, list) or
+                             any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in keep)):
+        raise ConfigError(f"keep_final_model_seeds={keep!r}: a list of seeds (integers >= 0), e.g. "
+                          "keep_final_model_seeds: [0]")
+    dropped = [s for s in script_args.seeds or [] if not keeps_final_model(script_args, s)]
+    if dropped and not script_args.frontier_eval:
+        raise ConfigError(f"keep_final_model_seeds={keep} deletes the final model of seed(s) "
+                          f"{', '.join(map(str, dropped))}, whose last point would then be nowhere: only frontier_eval "
+                          "writes it to the records; set frontier_eval to the evaluation's config (as the presets do), "
+                          "or add those seeds to keep_final_model_seeds")
+
+
 def frontier_of(script_args, method: str, root: str) -> FrontierEvaluation | None:
-    """The stage's `frontier_eval`, checked (None when unset); `root` is where the method's runs go."""
+    """The stage's `frontier_eval`, checked with `keep_final_model` (None when unset); `root` is where the method's
+    runs go."""
+    check_keep_final_model(script_args)
     return FrontierEvaluation(script_args.frontier_eval, method, root) if script_args.frontier_eval else None

@@ -21,6 +21,8 @@ NOT_SETTINGS = frozenset({
     "betas", "kl_coefs", "alphas", "seeds", "reference_only", "merge", "shard_index", "allow_fewer_prompts", "use_cpu",
     # When the frontier's checkpoints are evaluated (during training or after): the same records either way.
     "frontier_eval",
+    # Which finished runs keep their final model: what is kept, not what is computed.
+    "keep_final_model_seeds",
     # How much is loaded, sampled or scored at once, where no random number depends on it (every sample has a
     # stream of its own: imdb_dpo/sampling.py).
     "dataloader_num_workers", "dataloader_prefetch_factor", "batch_size", "reward_batch_size", "kl_batch_size",

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from transformers import AutoConfig
 
 from .checkpoints import (DropOptimizerFromOldCheckpoints, ScheduledCheckpoints, checkpoint_steps,
-                          drop_checkpoints, resumable_checkpoint)
+                          drop_checkpoints, drop_weights, resumable_checkpoint)
 from .config import ConfigError
-from .frontier_eval import FrontierEvaluation
+from .frontier_eval import FrontierEvaluation, keeps_final_model
 from .locks import main_process_lock
 from .manifests import Manifest, describe_file_input, describe_model_input, read_manifest
 from .outputs import plan_output
@@ -99,7 +99,7 @@ def read_training_pairs(pairs_file: str, model: str, fields=REQUIRED_IDS) -> lis
 
 def train_run(run_dir: str, stage: str, what: str, configs: dict, inputs: dict, overwrite: bool, schedule: str | None,
               make_trainer: Callable, stop: StopRequest, curves, results: Callable = lambda trainer: {},
-              frontier: FrontierEvaluation | None = None) -> bool:
+              frontier: FrontierEvaluation | None = None, keep_final: bool = True) -> bool:
     """Train (or resume, or skip) one run in `run_dir`; returns False when stopped by a signal.
 
     `configs["training"]` is the run's trainer config (its output_dir is set here); `make_trainer(args, callbacks)`
@@ -108,7 +108,8 @@ def train_run(run_dir: str, stage: str, what: str, configs: dict, inputs: dict, 
     the Trainer's own save_strategy (the reward model saves where it evaluates, to keep its best epoch), and a
     finished run then keeps no checkpoint. `frontier` evaluates each checkpoint as it is saved (frontier_eval.py);
     the finished run then keeps no checkpoint either, and without it every checkpoint but the last (the run folder's
-    final model) stays for eval.py."""
+    final model) stays for eval.py. `keep_final` False (a frontier run only) deletes the final model's weights too
+    once its records are written: the manifest says `final_model_kept: false`."""
     args = configs["training"]
     state = args.distributed_state
     with main_process_lock(run_dir, f"{stage}.py"):
@@ -118,10 +119,14 @@ def train_run(run_dir: str, stage: str, what: str, configs: dict, inputs: dict, 
             finished = read_manifest(run_dir)
             if state.is_main_process and "kept_checkpoints" in finished:  # what a kill after finishing left
                 drop_checkpoints(run_dir, keep=finished["kept_checkpoints"])
+            if state.is_main_process and finished.get("final_model_kept") is False:
+                drop_weights(run_dir)
             before = finished.get("frontier_eval")
             if state.is_main_process and frontier and before and before["settings_key"] != frontier.settings_key:
+                kept = ("only its final model" if finished.get("final_model_kept", True) else
+                        "none of it (its final model was not kept)")
                 print(f"note: {run_dir} was evaluated while training under the settings of {before['config']}, not "
-                      f"those of {frontier.config}: under these, eval.py can evaluate only its final model")
+                      f"those of {frontier.config}: under these, eval.py can evaluate {kept}")
             return True
         args.output_dir = plan.directory
         manifest = Manifest(plan.directory, stage, configs, inputs)
@@ -146,12 +151,16 @@ def train_run(run_dir: str, stage: str, what: str, configs: dict, inputs: dict, 
         if evaluation:
             kept, frontier_record = [], {"frontier_eval": frontier.describe()}
             saved = sorted(set(saved) | set(evaluation.evaluated()))
+            # The last step's records stand in for the final model only once they are written.
+            frontier_record["final_model_kept"] = keep_final or final not in evaluation.evaluated()
         else:
             kept, frontier_record = ([s for s in saved if s != final] if schedule else []), {}
         manifest.finish(global_step=final, checkpoints=saved, kept_checkpoints=kept, processes=args.world_size,
                         **frontier_record, **results(trainer))
         if trainer.accelerator.is_main_process:
             drop_checkpoints(plan.directory, keep=kept)
+            if not frontier_record.get("final_model_kept", True):
+                drop_weights(plan.directory)
             plan.finish()
         trainer.accelerator.wait_for_everyone()
     return True
@@ -168,8 +177,9 @@ def train_sweep(values: list, field: str | None, run_name_of: Callable, stage: s
                 frontier: FrontierEvaluation | None = None, seeds: list[int | None] = (None,)) -> bool:
     """One run per value of a sweep and seed (`seed_values`), in order, through `train_run`: the run for `value` has
     `field` of the trainer config set to it (None: no field) and lives in `<output_dir>/<run_name_of(value)>/`, or
-    `<run_name_of(value)>_seed<n>/` with the trainer's `seed` set to n. Prints `finished_line(manifest)` as each
-    finishes; returns False when stopped by a signal (the runs after it are left for the next start)."""
+    `<run_name_of(value)>_seed<n>/` with the trainer's `seed` set to n, keeping its final model only where
+    `keep_final_model_seeds` says so. Prints `finished_line(manifest)` as each finishes; returns False
+    when stopped by a signal (the runs after it are left for the next start)."""
     training, stop = configs["training"], StopRequest()
     for value, seed in ((value, seed) for value in values for seed in seeds):
         name = run_name_of(value) + ("" if seed is None else f"_seed{seed}")
@@ -181,7 +191,8 @@ def train_sweep(values: list, field: str | None, run_name_of: Callable, stage: s
             args.seed = seed
         args.output_dir, args.run_name = run_dir, os.path.basename(run_dir)
         if not train_run(run_dir, stage, what, {**configs, "training": args}, inputs, overwrite, schedule,
-                         make_trainer, stop, curves, results, frontier):
+                         make_trainer, stop, curves, results, frontier,
+                         keep_final=keeps_final_model(configs["script"], seed)):
             return False
         print(f"{run_dir}: finished; {finished_line(read_manifest(run_dir))}")
     return True

@@ -107,13 +107,15 @@ def test_the_gpt2_large_plan_runs_offline_in_seconds_and_fits_one_node(tmp_path)
     table = plan_table(output)
     assert list(table) == ["sft", "preference_pairs", "dpo", "rloo", "reward_model", "rloo_rm", "preferred_ft",
                            "unlikelihood", "eval", "**total**"]
-    assert table["dpo"]["runs"] == "4"
+    assert table["dpo"]["runs"] == "12"  # 4 betas x 3 seeds
     # No pair file yet: counted from the most pairs stage 2's settings allow (25,000 prompts x 6), and marked so.
     assert table["dpo"]["steps a run"] == "<= 2,344"  # 150,000 pairs / 64
     assert table["dpo"]["checkpoints a run"].startswith(f"<= {len(checkpoint_schedule('log+steps', 2344, 100))} ")
     assert table["sft"]["steps a run"] == "391"  # IMDb's 25,000 training reviews / (16 x 4): exact
     gb = lambda cell: float(re.search(r"([\d.]+) GB", cell).group(1))  # noqa: E731
     assert gb(table["**total**"]["kept when finished"]) < 100
+    # keep_final_model_seeds: [0]: seed 0's four final models (3.1 GB each) and every run's records.
+    assert 12.4 < gb(table["dpo"]["kept when finished"]) < 14
     assert gb(table["**total**"]["most on disk while it runs"]) < 100
     assert all(float(row["peak GPU memory"].split()[0].strip("*")) < 80 for row in table.values())
     assert not (tmp_path / "nothing_yet").exists()  # a plan writes nothing
@@ -145,6 +147,7 @@ def test_a_stage_that_would_not_fit_stops_before_loading_with_the_numbers_and_th
     ("preference_pairs.yaml", ("samples_per_prompt: 4", "samples_per_prompt: 1"), "a pair needs at least 2 samples"),
     ("eval.yaml", ("num_prompts: 64", "num_prompts: 0"), "num_prompts=0: must be a finite number > 0"),
     ("preference_pairs.yaml", None, "no preference_pairs.yaml of this preset writes it"),
+    ("rloo.yaml", ("seed: 0", "seed: 0\nseeds: [0, 1]\nkeep_final_model_seeds: [-1]"), "keep_final_model_seeds=[-1]"),
 ])
 def test_the_plan_refuses_what_the_stages_refuse(config, change, message, tmp_path):
     """Settings a stage would refuse are refused by the plan too, naming the file, never planned as 0 or 1 steps."""

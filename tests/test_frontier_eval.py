@@ -8,6 +8,7 @@ import csv
 import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -190,3 +191,36 @@ def test_the_presets_frontier_eval_is_found_from_any_directory_and_a_folder_is_r
         resolve_config_path("configs")
     with pytest.raises(ConfigError, match='no such file .*--frontier_eval ""'):
         resolve_config_path("configs/tiny/missing.yaml")
+
+
+def test_only_the_kept_seeds_keep_their_final_model_and_eval_gathers_the_others_last_step(tiny_base, tiny_sft,
+                                                                                       tiny_pairs, tmp_path, capsys):
+    """keep_final_model_seeds (the gpt2-large preset's three seeds on the disk of one): the other seeds' runs keep
+    their records alone, also when each seed is an array task of its own, the frontier loses no point, and a kill
+    between finishing and deleting is cleaned up."""
+    config = eval_config(tmp_path, tiny_base, tiny_sft, "seeds")
+    argv = dpo(tiny_sft, tiny_pairs, tmp_path, "seeds", config) + ["--keep_final_model_seeds", "3"]
+    for seed in ("3", "4"):  # as two SLURM array tasks run them
+        run_in_process("dpo.py", argv + ["--seeds", seed])
+    kept, other = (tmp_path / f"seeds/dpo/{RUN}_seed{s}" for s in (3, 4))
+    assert (kept / "model.safetensors").is_file() and read_manifest(kept)["final_model_kept"] is True
+    assert not glob.glob(str(other / "*.safetensors")) and read_manifest(other)["final_model_kept"] is False
+    assert (other / "config.json").is_file() and (other / "trainer_state.json").is_file()
+
+    run_in_process("eval.py", ["--config", config])
+    with open(tmp_path / "seeds/eval/summary.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["setting"] == RUN]
+    for seed in ("3", "4", "mean"):
+        assert sorted(int(r["step"]) for r in rows if r["seed"] == seed) == STEPS, seed
+    assert "## Not evaluated" not in (tmp_path / "seeds/eval/report.md").read_text()
+
+    # Killed after its manifest said finished, before its weights were deleted: the next start deletes them.
+    shutil.copy(kept / "model.safetensors", other / "model.safetensors")
+    run_in_process("dpo.py", argv + ["--seeds", "3", "4"])
+    assert not (other / "model.safetensors").exists() and (kept / "model.safetensors").is_file()
+
+    # Without frontier_eval, nothing would hold seed 1's last point: refused before any folder.
+    err = refused_in_process("dpo.py", dpo_argv(tiny_sft, tiny_pairs, tmp_path / "none", "--seeds", "0", "1",
+                                                "--keep_final_model_seeds", "0"), capsys)
+    assert "keep_final_model_seeds=[0]" in err and "seed(s) 1" in err and "frontier_eval" in err
+    assert not (tmp_path / "none").exists()

@@ -96,6 +96,7 @@ def test_a_killed_check_stops_its_stage_drops_the_weights_and_reruns(tmp_path, g
     argv = [sys.executable, os.path.join(REPO, "benchmarks/gpu_check.py"), "--work", "work", "--size", "tiny",
             "--tokenizer", tokenizer, "--reviews", reviews]
     check = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # The log is opened just before the stage starts: the kill may land while it starts (held off, then stopped).
     wait_until(lambda: (tmp_path / "work/results/preference_pairs.log").exists(), check, timeout=600)
     check.send_signal(signal.SIGTERM)
     assert check.wait(timeout=120) == 143 and "interrupted" in check.stderr.read()
@@ -120,3 +121,20 @@ def test_missing_inputs_are_refused_before_anything_is_written(tmp_path, gpt2_to
                               cwd=REPO, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
         assert not work.exists()
+
+
+def test_a_kill_that_lands_while_a_stage_starts_is_held_off_until_the_stage_can_be_stopped():
+    """SIGTERM inside Popen (after the fork, before Popen returns) would orphan the stage: the check's handler holds it
+    off until the child is assigned, then ends the check, whose `run` stops that child."""
+    from benchmarks.gpu_check import Kill, stop
+
+    kill, child = Kill(), None
+    with pytest.raises(SystemExit) as ended:
+        with kill.held_off():
+            child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+            kill()  # the signal, as if it arrived inside Popen
+    assert ended.value.code == 143 and child is not None and child.poll() is None
+    stop(child)
+    assert child.returncode == -15
+    with pytest.raises(SystemExit):  # outside a start, at once
+        kill()

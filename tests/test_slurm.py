@@ -93,7 +93,7 @@ def requeued(cluster, tiny_base, tiny_sft, tiny_pairs, tmp_path_factory):
     shutil.copytree(tiny_base["dir"], pairs_root / "outputs/tiny/base")
     shutil.copytree(tiny_sft, pairs_root / "outputs/tiny/sft")
     dpo_log, pairs_log = top / "dpo_job.out", top / "pairs_job.out"
-    dpo_job = cluster.submit(*JOB_LIMITS, f"--output={dpo_log}", "--array=0", "slurm/dpo.sbatch", "tiny", "0.1",
+    dpo_job = cluster.submit(*JOB_LIMITS, f"--output={dpo_log}", "--array=0", "slurm/dpo.sbatch", "tiny",  # beta 0.1
                              env=job_env(dpo_root, DPO_ARGS=DPO_ARGS, OMP_NUM_THREADS="1"))
     pairs_job = cluster.submit(*JOB_LIMITS, f"--output={pairs_log}", "--array=0", "slurm/pairs.sbatch", "tiny", "2",
                                *PAIR_ARGS, env=job_env(pairs_root, OMP_NUM_THREADS="1"))
@@ -153,8 +153,18 @@ def test_pair_shard_job_flushes_requeues_and_matches_an_uninterrupted_shard(clus
 
 
 def test_submit_preset_chains_every_stage_with_afterok(cluster, tmp_path):
-    env = {**cluster.env, "SBATCH_EXTRA": "--hold --gres=none --mem=1G --cpus-per-task=1", "OUTPUT_ROOT": str(tmp_path)}
-    proc = subprocess.run(["slurm/submit_preset.sh", "tiny", "3"], cwd=REPO, env=env, capture_output=True, text=True)
+    """The tiny preset with seeds added to two of its methods (in a copy of the repository's scripts and configs): an
+    array task per run."""
+    repo = tmp_path / "repo"
+    for part in ("slurm", "configs", "imdb_dpo"):
+        shutil.copytree(os.path.join(REPO, part), repo / part, ignore=shutil.ignore_patterns("__pycache__"))
+    with open(repo / "configs/tiny/dpo.yaml", "a") as f:
+        f.write("seeds: [0, 1]\n")
+    with open(repo / "configs/tiny/preferred_ft.yaml", "a") as f:
+        f.write("seeds: [4, 5, 6]\n")
+    env = {**cluster.env, "SBATCH_EXTRA": "--hold --gres=none --mem=1G --cpus-per-task=1", "OUTPUT_ROOT": str(tmp_path),
+           "ARRAY_LIMIT": "2"}
+    proc = subprocess.run(["slurm/submit_preset.sh", "tiny", "3"], cwd=repo, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     ids = dict(line.split()[:2] for line in proc.stdout.splitlines())
     assert list(ids) == ["sft", "pairs", "merge", "reference", "dpo", "rloo", "reward_model", "rloo_rm", "preferred_ft",
@@ -174,11 +184,15 @@ def test_submit_preset_chains_every_stage_with_afterok(cluster, tmp_path):
         pairs_tasks = cluster.run("squeue", "-h", "-r", "-j", ids["pairs"], "-o", "%i").stdout.split()
         dpo_tasks = cluster.run("squeue", "-h", "-r", "-j", ids["dpo"], "-o", "%i").stdout.split()
         rloo_tasks = cluster.run("squeue", "-h", "-r", "-j", ids["rloo"], "-o", "%i").stdout.split()
-        assert len(pairs_tasks) == 3 and len(dpo_tasks) == 3 and len(rloo_tasks) == 2  # shards; betas; KL coefficients
+        assert len(pairs_tasks) == 3 and len(dpo_tasks) == 6 and len(rloo_tasks) == 2  # shards; betas x seeds; KL coefs
         unlikelihood_tasks = cluster.run("squeue", "-h", "-r", "-j", ids["unlikelihood"], "-o", "%i").stdout.split()
-        assert len(unlikelihood_tasks) == 1  # alphas
+        preferred_ft_tasks = cluster.run("squeue", "-h", "-r", "-j", ids["preferred_ft"], "-o", "%i").stdout.split()
+        assert len(unlikelihood_tasks) == 1 and len(preferred_ft_tasks) == 3  # alphas; seeds
         assert "JobName=rloo_rm" in cluster.run("scontrol", "show", "job", ids["rloo_rm"]).stdout
-        assert "betas 0.1 1.0 5.0" in proc.stdout and "KL coefficients 0.01 0.1" in proc.stdout
-        assert "alphas 1.0" in proc.stdout
+        for stage in ("dpo", "rloo", "rloo_rm", "preferred_ft", "unlikelihood"):  # ARRAY_LIMIT; not the pair shards
+            assert "ArrayTaskThrottle=2" in cluster.run("scontrol", "show", "job", ids[stage]).stdout, stage
+        assert "ArrayTaskThrottle=2" not in cluster.run("scontrol", "show", "job", ids["pairs"]).stdout
+        assert "(6 runs: betas 0.1 1.0 5.0 x seeds 0 1)" in proc.stdout and "(2 runs: KL coefficients 0.01 0.1)" in proc.stdout
+        assert "(1 run: alphas 1.0)" in proc.stdout and "(3 runs: seeds 4 5 6)" in proc.stdout
     finally:
         cluster.run("scancel", *ids.values())

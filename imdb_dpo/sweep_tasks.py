@@ -1,0 +1,79 @@
+"""The tasks of a SLURM array over a stage's sweep: one per (value, seed) of its config, in the order the stage
+itself runs them, so that task i of an array is exactly the i-th run of `python <stage>.py --config <config>`.
+
+    python -m imdb_dpo.sweep_tasks configs/gpt2-large/dpo.yaml betas count     # 12: 4 betas x 3 seeds
+    python -m imdb_dpo.sweep_tasks configs/gpt2-large/dpo.yaml betas task 5    # --betas 0.1 --seeds 2
+    python -m imdb_dpo.sweep_tasks configs/gpt2-large/dpo.yaml betas describe  # betas 0.05 0.1 1.0 5.0 x seeds 0 1 2
+
+The field is the sweep's list (betas, kl_coefs, alphas), or - for a stage with no sweep (Preferred-FT). A config
+without the list runs its single value; one without `seeds` runs one seed. The stage checks the values themselves.
+"""
+
+import sys
+
+from .config import ConfigError, strict_yaml
+from .errors import UserError
+
+NAMES = {"betas": "betas", "kl_coefs": "KL coefficients", "alphas": "alphas"}
+
+
+def listed(config: dict, path: str, key: str) -> list:
+    values = config.get(key)
+    if values is None:
+        return [None]
+    if not isinstance(values, list) or not values:
+        raise ConfigError(f"{path}: {key} is {values!r}; a SLURM array needs a list, e.g. {key}: [0, 1, 2]")
+    return values
+
+
+def tasks(path: str, field: str) -> list[tuple]:
+    """(value, seed) of each run of the config at `path`, in the stage's order (None: the flag is not needed)."""
+    config = strict_yaml(path) or {}
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: the file must be a YAML mapping of key: value")
+    values = [None] if field == "-" else listed(config, path, field)
+    return [(value, seed) for value in values for seed in listed(config, path, "seeds")]
+
+
+def flags(field: str, value, seed) -> str:
+    return " ".join(([f"--{field} {value}"] if value is not None else []) +
+                    ([f"--seeds {seed}"] if seed is not None else []))
+
+
+def describe(path: str, field: str) -> str:
+    runs = tasks(path, field)
+    values = list(dict.fromkeys(v for v, _ in runs if v is not None))
+    seeds = list(dict.fromkeys(s for _, s in runs if s is not None))
+    parts = ([f"{NAMES.get(field, field)} {' '.join(map(str, values))}"] if values else []) + (
+        [f"seeds {' '.join(map(str, seeds))}"] if seeds else [])
+    return " x ".join(parts) or "one run"
+
+
+def main(argv: list[str]) -> int:
+    usage = "usage: python -m imdb_dpo.sweep_tasks <config> <field or -> count | describe | task <index>"
+    if len(argv) < 3 or argv[2] not in ("count", "describe", "task") or (argv[2] == "task") != (len(argv) == 4):
+        print(usage, file=sys.stderr)
+        return 2
+    path, field, what = argv[:3]
+    try:
+        runs = tasks(path, field)
+        if what == "count":
+            print(len(runs))
+        elif what == "describe":
+            print(describe(path, field))
+        else:
+            if not argv[3].isdigit() or int(argv[3]) >= len(runs):
+                raise ConfigError(f"task {argv[3]!r}: {path} has {len(runs)} runs ({describe(path, field)}), tasks 0 to "
+                                  f"{len(runs) - 1}; submit the array with --array=0-{len(runs) - 1}")
+            print(flags(field, *runs[int(argv[3])]))
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"error: {path}: cannot read the config ({error.strerror}); name the preset's config file", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

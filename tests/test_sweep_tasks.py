@@ -1,0 +1,64 @@
+"""The SLURM arrays' tasks (imdb_dpo/sweep_tasks.py): task i is the i-th run of the stage's own sweep."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import CPU_FLAGS, REPO
+from imdb_dpo.config import parse_config
+from imdb_dpo.sweep_tasks import main as sweep_tasks_main
+
+STAGES = {"dpo": "betas", "rloo": "kl_coefs", "rloo_rm": "kl_coefs", "preferred_ft": "-", "unlikelihood": "alphas"}
+
+
+def sweep_tasks(*args) -> subprocess.CompletedProcess:
+    """As the job scripts run it."""
+    return subprocess.run([sys.executable, "-m", "imdb_dpo.sweep_tasks", *args], cwd=REPO, capture_output=True,
+                          text=True)
+
+
+def task_flags(capsys, *args) -> str:
+    """The same, in this process (a second a call less)."""
+    capsys.readouterr()
+    assert sweep_tasks_main(list(args)) == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_each_task_is_one_run_of_the_preset_and_the_tasks_are_every_run_in_the_stages_order(stage, capsys):
+    import importlib
+
+    config, field = os.path.join(REPO, f"configs/gpt2-large/{stage}.yaml"), STAGES[stage]
+    module = importlib.import_module("rloo" if stage == "rloo_rm" else stage)
+    (whole, *_) = parse_config(module.STAGES, ["--config", config, *CPU_FLAGS])  # bf16 needs a GPU here
+    values = getattr(whole, field) if field != "-" else [None]
+    expected = [(v, s) for v in values for s in whole.seeds]  # training_runs.train_sweep's order
+    assert len(whole.seeds) == 3 and whole.keep_final_model_seeds == [0]  # the preset's three seeds, one disk
+
+    assert int(task_flags(capsys, config, field, "count")) == len(expected)
+    for task, (value, seed) in enumerate(expected):
+        flags = task_flags(capsys, config, field, "task", str(task)).split()
+        (one, *_) = parse_config(module.STAGES, ["--config", config, *CPU_FLAGS, *flags])  # what the job script runs
+        assert one.seeds == [seed] and (field == "-" or getattr(one, field) == [value]), (task, flags)
+
+
+def test_a_task_beyond_the_array_or_a_config_without_a_list_is_named(tmp_path):
+    config = os.path.join(REPO, "configs/gpt2-large/dpo.yaml")
+    out = sweep_tasks(config, "betas", "task", "12")
+    assert out.returncode == 2 and "has 12 runs" in out.stderr and "--array=0-11" in out.stderr
+    bad = tmp_path / "dpo.yaml"
+    bad.write_text("betas: 0.1\n")
+    out = sweep_tasks(str(bad), "betas", "count")
+    assert out.returncode == 2 and "betas is 0.1" in out.stderr and str(bad) in out.stderr
+    bad.write_text("betas: [0.1]\nbetas: [0.2]\n")
+    out = sweep_tasks(str(bad), "betas", "count")
+    assert out.returncode == 2 and "line 2" in out.stderr and "given twice" in out.stderr
+    out = sweep_tasks(str(tmp_path / "missing.yaml"), "betas", "count")
+    assert out.returncode == 2 and "missing.yaml" in out.stderr and "Traceback" not in out.stderr
+    # A config without the list or seeds runs its single value once: one task, no flag.
+    single = tmp_path / "one.yaml"
+    single.write_text("beta: 0.1\n")
+    assert sweep_tasks(str(single), "betas", "count").stdout == "1\n"
+    assert sweep_tasks(str(single), "betas", "task", "0").stdout == "\n"
