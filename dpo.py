@@ -15,7 +15,6 @@ import os
 import shutil
 import sys
 
-import trl
 from datasets import load_dataset
 from transformers import set_seed
 from trl import DPOConfig, ModelConfig, get_peft_config
@@ -26,7 +25,7 @@ from imdb_dpo.config import ConfigError, DPOScriptArguments
 from imdb_dpo.costs import check_memory, dpo_memory, frontier_inputs, longest_pair, model_shape
 from imdb_dpo.checkpoints import check_schedule
 from imdb_dpo.frontier_eval import frontier_of
-from imdb_dpo.methods.dpo import DPO_CURVES, PretokenizedDPOTrainer, run_name
+from imdb_dpo.methods.dpo import DPO_CURVES, PretokenizedDPOTrainer, check_losses, run_name
 from imdb_dpo.manifests import describe_model_input
 from imdb_dpo.modeling import load_tokenizer, set_model_init_kwargs
 from imdb_dpo.pairs import REQUIRED_IDS
@@ -44,12 +43,6 @@ def check_inputs(script_args: DPOScriptArguments, training_args: DPOConfig, mode
     check_positive(script_args, "max_train_pairs", "total_batch_size")
     check_schedule(script_args.checkpoint_schedule, training_args)
     check_model("model_name_or_path", model_args.model_name_or_path)
-    if training_args.label_smoothing and "sigmoid" in training_args.loss_type:
-        raise ConfigError(
-            f"label_smoothing={training_args.label_smoothing} with loss_type sigmoid: TRL {trl.__version__} ignores "
-            "label smoothing in the sigmoid loss; use loss_type robust for noisy preference labels, or set "
-            "label_smoothing to 0"
-        )
     return read_training_pairs(script_args.pairs_file, model_args.model_name_or_path)  # file, line and field of any fault
 
 
@@ -86,6 +79,7 @@ def main(script_args: DPOScriptArguments, training_args: DPOConfig, model_args: 
     check_wandb_credentials(training_args.report_to)
     betas = sweep_values("betas", script_args.betas, "beta", training_args.beta, DPOConfig.__dataclass_fields__["beta"].default)
     seeds = seed_values(script_args.seeds)
+    check_losses(training_args, betas)
     set_total_batch_size(script_args, training_args)
     pair_list = check_inputs(script_args, training_args, model_args)
     frontier = frontier_of(script_args, "dpo", training_args.output_dir)
@@ -113,7 +107,7 @@ def main(script_args: DPOScriptArguments, training_args: DPOConfig, model_args: 
         return f"last logged preference accuracy {manifest['final_metrics'].get('rewards/accuracies', float('nan')):.3f}"
 
     def name(beta):
-        return run_name(training_args.loss_type[0], beta, training_args.label_smoothing, model_args.use_peft)
+        return run_name(training_args, beta, model_args.use_peft)
 
     if not train_sweep(betas, "beta", name, "dpo", "DPO run",
                        {"script": script_args, "training": training_args, "model": model_args},

@@ -74,6 +74,7 @@ def models_to_evaluate(args: EvalArguments) -> tuple[list[dict], list[dict]]:
         root = getattr(args, method.root_field)
         # A leading dot marks work in progress beside a finished run (e.g. `.sigmoid_beta0.1.new` of an --overwrite).
         runs = sorted(n for n in os.listdir(root) if not n.startswith(".")) if os.path.isdir(root) else []
+        seeded = {setting_of(n) for n in runs if setting_of(n) != n}
         for name in runs:
             run_dir = os.path.join(root, name)
             manifest = read_manifest(run_dir)
@@ -97,6 +98,12 @@ def models_to_evaluate(args: EvalArguments) -> tuple[list[dict], list[dict]]:
             if not manifest.get("finished"):
                 skipped.append({"path": run_dir, "reason": f"the {method.title} run is unfinished; finish it (run "
                                                            f"{method.script} again) and evaluate again"})
+                continue
+            if name in seeded:  # counted as a seed it would stack with its own twin (seed n); beside them, once more
+                skipped.append({"path": run_dir, "reason": f"a run without seeds of a setting also run with seeds "
+                                                           f"({name}_seed<n>), which counts by those; move it out of "
+                                                           f"{root} (or rename it {name}_seed<its seed> if no run "
+                                                           "of that seed exists) to count it"})
                 continue
             meta = run_meta(method.key, name, manifest)
             problem = meta.get("proxy_model") and proxy_problem(meta["proxy_model"], meta["proxy_run_id"])
@@ -141,7 +148,12 @@ def run_units(run_dir: str, manifest: dict, meta: dict, skipped: list[dict], rec
             units.append({**meta, "step": step, "path": deleted})
         elif "frontier_eval" in manifest:
             during = manifest["frontier_eval"]
-            if during["settings_key"] == os.path.basename(records_root):  # same settings, another output_dir
+            if (during["settings_key"] == os.path.basename(records_root)
+                    and os.path.abspath(during.get("records", "")) == os.path.abspath(records_root)):
+                reason = (f"evaluated while training under these settings, then deleted, but its records are gone "
+                          f"from {records_dir(records_root, {**meta, 'step': step})}: train the run again with "
+                          "--overwrite true to evaluate it")
+            elif during["settings_key"] == os.path.basename(records_root):  # same settings, another output_dir
                 reason = (f"evaluated while training under these settings, then deleted; its records are in "
                           f"{during.get('records', 'the records/ folder of the output_dir of ' + during['config'])}, "
                           f"not under this evaluation's output_dir: set output_dir as {during['config']} does to "

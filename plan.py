@@ -25,6 +25,7 @@ from imdb_dpo.config import REPOSITORY, ConfigError, EvalArguments, PairsArgumen
 from imdb_dpo import costs
 from imdb_dpo.costs import GB, Peak
 from imdb_dpo.frontier_eval import check_keep_final_model, keeps_final_model
+from imdb_dpo.methods.dpo import check_losses
 from imdb_dpo.training_runs import seed_values
 
 STAGE_ORDER = ("sft", "preference_pairs", "dpo", "rloo", "reward_model", "rloo_rm", "preferred_ft", "unlikelihood",
@@ -291,6 +292,7 @@ def plan_dpo(preset, script_args, training_args, model_args) -> Row:
     steps = trained_steps(pairs, training_args)
     tokens = min(counts["tokens"], training_args.max_length or math.inf)
     betas = script_args.betas or [training_args.beta]
+    check_losses(training_args, betas)
     row = Row("dpo", runs_of(script_args, betas), exact=counts["exact"],
               peak=costs.dpo_memory(training_args, shape, tokens, *frontier_classifier(preset, script_args),
                                     lora=model_args.use_peft))

@@ -9,14 +9,15 @@ preset=${1:?$usage}
 repo=$(cd "$(dirname "$0")" && pwd)
 export OUTPUT_ROOT=$(realpath -m "${OUTPUT_ROOT:-$repo}")
 configs=$repo/configs/$preset
-[ -d "$configs" ] || { echo "no preset '$preset': $configs does not exist" >&2; exit 2; }
-cd "$repo"
 python=${PYTHON:-python}
 case "$#:${2:-}" in
   1:) ;;
-  2:--plan) exec "$python" plan.py "$preset" ;;
+  2:--plan) [ -d "$configs" ] && folder=$preset || folder=$(realpath -m "$preset")  # a preset's name, or a folder
+            cd "$repo" && exec "$python" plan.py "$folder" ;;
   *) echo "$usage" >&2; exit 2 ;;
 esac
+[ -d "$configs" ] || { echo "no preset '$preset': $configs does not exist" >&2; exit 2; }
+cd "$repo"
 
 if [ -f "$configs/base.yaml" ]; then
   echo "== tiny base model and data ($configs/base.yaml)"

@@ -84,6 +84,17 @@ class FrontierEvaluation:
         return {"config": os.path.abspath(self.config), "settings_key": self.settings_key,
                 "records": os.path.abspath(self.records_root)}
 
+    def missing_records(self, run_dir: str, manifest: dict) -> list[int]:
+        """The steps of a finished run evaluated while training under these settings whose records are gone (and
+        whose checkpoint is too): nothing but training it again brings them back."""
+        if manifest.get("frontier_eval", {}).get("settings_key") != self.settings_key:
+            return []
+        evaluated = set(evaluated_steps(self.records_root, run_meta(self.method, os.path.basename(run_dir), manifest)))
+        on_disk = {step for step, _ in checkpoint_steps(run_dir)}
+        if manifest.get("final_model_kept", True):
+            on_disk.add(manifest.get("global_step"))
+        return [s for s in manifest.get("checkpoints", []) if s not in evaluated and s not in on_disk]
+
     def for_run(self, run_dir: str, manifest_data: dict, stop) -> "RunEvaluation":
         run_id = manifest_data["run_id"]
         if process_state().num_processes > 1:  # each rank's Manifest drew its own id; the main process's is written
@@ -156,4 +167,8 @@ def frontier_of(script_args, method: str, root: str) -> FrontierEvaluation | Non
     """The stage's `frontier_eval`, checked with `keep_final_model` (None when unset); `root` is where the method's
     runs go."""
     check_keep_final_model(script_args)
+    seeds, keep = script_args.seeds or [], script_args.keep_final_model_seeds
+    if seeds and not any(keeps_final_model(script_args, s) for s in seeds):  # a SLURM task of a later seed, say
+        print(f"note: keep_final_model_seeds={keep} holds none of seeds {seeds}: their runs keep their records alone, "
+              "not their final model")
     return FrontierEvaluation(script_args.frontier_eval, method, root) if script_args.frontier_eval else None

@@ -67,11 +67,14 @@ def evaluated_steps(root: str, meta: dict) -> list[int]:
 
 
 def run_meta(method: str, name: str, manifest: dict) -> dict:
-    """A run's columns: `loss_type` is DPO's loss ("" otherwise), `beta` the method's parameter (DPO's beta, RLOO's KL
+    """A run's columns: `loss_type` is DPO's loss (`ipo`, `sigmoid+sft`, `sigmoid/js_divergence` where the
+    f-divergence is not reverse KL; "" for other methods), `beta` the method's parameter (DPO's beta, RLOO's KL
     coefficient, Unlikelihood's alpha; "" for Preferred-FT); and its run id, which tells a run replaced by
     `--overwrite true` (same name, new id) from the one evaluated before. `manifest` may be an unfinished one."""
     training = manifest["config"]["training"]
     loss_type = "+".join(training["loss_type"]) if method == "dpo" else ""
+    if loss_type and training.get("f_divergence_type", "reverse_kl") != "reverse_kl":
+        loss_type += "/" + training["f_divergence_type"]
     field = BY_KEY[method].parameter_field
     beta = training[field] if field else ""
     meta = {"method": method, "run": name, "loss_type": loss_type, "beta": beta, "run_id": manifest["run_id"],

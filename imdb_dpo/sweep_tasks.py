@@ -9,6 +9,7 @@ The field is the sweep's list (betas, kl_coefs, alphas), or - for a stage with n
 without the list runs its single value; one without `seeds` runs one seed. The stage checks the values themselves.
 """
 
+import re
 import sys
 
 from .config import ConfigError, strict_yaml
@@ -18,19 +19,27 @@ NAMES = {"betas": "betas", "kl_coefs": "KL coefficients", "alphas": "alphas"}
 
 
 def listed(config: dict, path: str, key: str) -> list:
+    """The config's list `key`; [None] where it is unset or empty (the stage then runs one value)."""
     values = config.get(key)
-    if values is None:
+    if values is None or values == []:
         return [None]
-    if not isinstance(values, list) or not values:
-        raise ConfigError(f"{path}: {key} is {values!r}; a SLURM array needs a list, e.g. {key}: [0, 1, 2]")
+    if not isinstance(values, list):
+        raise ConfigError(f"{path}: {key} is {values!r}, not a list; write {key}: [{values}] (the stage refuses it too)")
     return values
 
 
 def tasks(path: str, field: str) -> list[tuple]:
     """(value, seed) of each run of the config at `path`, in the stage's order (None: the flag is not needed)."""
+    if field not in (*NAMES, "-"):
+        raise ConfigError(f"field {field!r}: name the stage's sweep, one of {', '.join(NAMES)}, or - for a stage "
+                          "without one (Preferred-FT)")
     config = strict_yaml(path) or {}
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: the file must be a YAML mapping of key: value")
+    other = [name for name in NAMES if name != field and name in config]
+    if other:
+        raise ConfigError(f"{path} sweeps {other[0]}, not {'nothing' if field == '-' else field}: name {other[0]} as "
+                          "the field, or the array would run all of them in every task")
     values = [None] if field == "-" else listed(config, path, field)
     return [(value, seed) for value in values for seed in listed(config, path, "seeds")]
 
@@ -62,7 +71,7 @@ def main(argv: list[str]) -> int:
         elif what == "describe":
             print(describe(path, field))
         else:
-            if not argv[3].isdigit() or int(argv[3]) >= len(runs):
+            if not re.fullmatch(r"[0-9]+", argv[3]) or int(argv[3]) >= len(runs):
                 raise ConfigError(f"task {argv[3]!r}: {path} has {len(runs)} runs ({describe(path, field)}), tasks 0 to "
                                   f"{len(runs) - 1}; submit the array with --array=0-{len(runs) - 1}")
             print(flags(field, *runs[int(argv[3])]))

@@ -122,6 +122,11 @@ def train_run(run_dir: str, stage: str, what: str, configs: dict, inputs: dict, 
             if state.is_main_process and finished.get("final_model_kept") is False:
                 drop_weights(run_dir)
             before = finished.get("frontier_eval")
+            missing = frontier.missing_records(run_dir, finished) if frontier and state.is_main_process else []
+            if missing:
+                print(f"note: {run_dir} is finished, but the records of its step(s) {', '.join(map(str, missing))}, "
+                      f"evaluated while training, are gone from {frontier.records_root}: eval.py cannot show them; "
+                      "train it again with --overwrite true to evaluate them")
             if state.is_main_process and frontier and before and before["settings_key"] != frontier.settings_key:
                 kept = ("only its final model" if finished.get("final_model_kept", True) else
                         "none of it (its final model was not kept)")

@@ -14,6 +14,10 @@
 set -euo pipefail
 preset=${1:?usage: slurm/submit_preset.sh <preset> [num_shards]}
 shards=${2:-4}
+# Checked before the first sbatch: a bad value would otherwise stop the chain half submitted.
+[[ "$shards" =~ ^[1-9][0-9]*$ ]] || { echo "number of pair shards '$shards': a whole number >= 1" >&2; exit 2; }
+[[ -z "${ARRAY_LIMIT:-}" || "$ARRAY_LIMIT" =~ ^[1-9][0-9]*$ ]] || {
+  echo "ARRAY_LIMIT='$ARRAY_LIMIT': a whole number >= 1 (tasks of each array at once), or unset for no limit" >&2; exit 2; }
 cd "$(dirname "$0")/.."
 [ -d "configs/$preset" ] || { echo "no preset configs/$preset" >&2; exit 2; }
 [ -f .venv/bin/activate ] && . .venv/bin/activate   # the project's environment, as the job scripts use it

@@ -24,8 +24,14 @@ def test_three_seeds_are_three_runs_with_other_weights_and_their_mean_is_a_band(
     weights = [load_causal_lm(str(dpo_root / r)).state_dict() for r in runs]
     for a, b in ((0, 1), (0, 2), (1, 2)):  # another data order: other weights
         assert any(not (weights[a][k] == weights[b][k]).all() for k in weights[a])
+    # A run of the same setting without seeds (trained before seeds were added) is left out, named, not stacked as
+    # one more seed nor counted beside them.
+    shutil.copytree(dpo_root / "sigmoid_beta0.1_seed0", dpo_root / "sigmoid_beta0.1")
     assert run_eval(eval_argv(tiny_base, tiny_sft, dpo_root, tmp_path / "eval", "--base_model", "")) == 0
+    report = (tmp_path / "eval" / "report.md").read_text().split("## Not evaluated")[1]
+    assert f"{dpo_root / 'sigmoid_beta0.1'}" in report and "a run without seeds of a setting also run with seeds" in report
     summary = read_csv(tmp_path / "eval" / "summary.csv")
+    assert not [r for r in summary if r["run"] == "sigmoid_beta0.1" and r["seed"] != "mean"]
     seeds = [r for r in summary if r["setting"] == "sigmoid_beta0.1" and r["seed"] in ("0", "1", "2")]
     means = [r for r in summary if r["setting"] == "sigmoid_beta0.1" and r["seed"] == "mean"]
     assert {r["step"] for r in means} == {r["step"] for r in seeds} and means

@@ -2,6 +2,7 @@
 
 import glob
 import json
+import math
 import os
 import shutil
 
@@ -14,12 +15,12 @@ from transformers import AutoModelForCausalLM
 from trl import DPOConfig
 
 import dpo
-from conftest import dpo_argv, kill_once_saved, run_in_process
+from conftest import dpo_argv, kill_once_saved, refused_in_process, run_in_process
 from helpers import sequence_log_probs, state_dicts_equal
 from imdb_dpo.checkpoints import checkpoint_steps
 from imdb_dpo.config import PairsArguments, parse_config
 from imdb_dpo.data import load_reviews, make_prompts
-from imdb_dpo.methods.dpo import PretokenizedDPOTrainer
+from imdb_dpo.methods.dpo import LOSS_TYPES, PretokenizedDPOTrainer
 from imdb_dpo.manifests import file_sha256, read_manifest, write_json_atomic
 from imdb_dpo.modeling import load_causal_lm, load_tokenizer
 from imdb_dpo.pairs import PairFileError, read_pairs
@@ -138,21 +139,51 @@ def test_lora_dpo_trains_saves_and_loads(tiny_sft, tiny_pairs, tmp_path):
     assert state_dicts_equal(merged, load_causal_lm(str(run_dir / "checkpoint-2")))  # one step earlier
 
 
-@pytest.mark.parametrize("loss, extra, run", [
-    ("ipo", [], "ipo_beta0.1"),
-    ("hinge", [], "hinge_beta0.1"),
+# Every loss TRL 1.16's DPOConfig accepts, each with what it needs, the f-DPO divergences and a weighted combination.
+LOSSES = [(loss, ["--label_smoothing", "0.001"] if loss == "exo_pair" else [],
+           f"{loss}_beta0.1" + ("_ls0.001" if loss == "exo_pair" else "")) for loss in LOSS_TYPES] + [
     ("robust", ["--label_smoothing", "0.1"], "robust_beta0.1_ls0.1"),
-])
-def test_loss_variants_train_in_their_own_named_runs(tiny_sft, tiny_pairs, tmp_path, loss, extra, run):
-    argv = dpo_argv(tiny_sft, tiny_pairs, tmp_path, "--betas", "0.1", "--loss_type", loss, "--max_train_pairs", "64",
-                    "--max_steps", "2", *extra)
+    ("sigmoid", ["--f_divergence_type", "forward_kl"], "sigmoid_fkl_beta0.1"),
+    ("sigmoid", ["--f_divergence_type", "js_divergence"], "sigmoid_js_beta0.1"),
+    ("ipo", ["--f_divergence_type", "alpha_divergence", "--f_alpha_divergence_coef", "0.3"], "ipo_alpha0.3_beta0.1"),
+    ("sigmoid", ["sft", "--loss_weights", "1", "0.5"], "sigmoid+sft_w1-0.5_beta0.1"),
+]
+
+
+def test_the_losses_are_trls_own_list():
+    """A TRL upgrade that adds or drops a loss fails here rather than in a user's run."""
+    import re
+
+    documented = DPOConfig.__dataclass_fields__["loss_type"].metadata["help"].split("If multiple")[0]
+    assert sorted(re.findall(r"`'(\w+)'`", documented)) == sorted(LOSS_TYPES)
+
+
+@pytest.mark.parametrize("loss, extra, run", LOSSES, ids=[run for _, _, run in LOSSES])
+def test_every_loss_trains_with_a_finite_loss_in_its_own_named_run(tiny_sft, tiny_pairs, tmp_path, loss, extra, run):
+    argv = dpo_argv(tiny_sft, tiny_pairs, tmp_path, "--betas", "0.1", "--loss_type", loss, *extra, "--max_train_pairs",
+                    "32", "--max_steps", "2", "--logging_steps", "1", "--save_steps", "2")
     assert run_dpo(argv) == 0
-    assert read_manifest(tmp_path / run)["finished"]
+    assert read_manifest(tmp_path / run)["finished"] and [n for n in os.listdir(tmp_path) if n[0] != "."] == [run]
+    losses = [e["loss"] for e in json.load(open(tmp_path / run / "trainer_state.json"))["log_history"] if "loss" in e]
+    assert len(losses) == 2 and all(map(math.isfinite, losses)), losses
+    assert state_dicts_equal(load_causal_lm(str(tmp_path / run)), load_causal_lm(tiny_sft))  # it trained: they differ
 
 
-def test_label_smoothing_with_the_sigmoid_loss_is_refused(tiny_sft, tiny_pairs, tmp_path):
-    with pytest.raises(ValueError, match="ignores label smoothing in the sigmoid loss"):
-        run_dpo(dpo_argv(tiny_sft, tiny_pairs, tmp_path, "--label_smoothing", "0.1"))
+@pytest.mark.parametrize("flags, message", [
+    (["--loss_type", "dpo"], "loss_type 'dpo' is not one of TRL"),
+    (["--loss_type", "aot", "--f_divergence_type", "js_divergence"], "has no form for loss_type 'aot'"),
+    (["--f_divergence_type", "chi2"], "f_divergence_type='chi2': use one of"),
+    (["--f_divergence_type", "alpha_divergence", "--f_alpha_divergence_coef", "1.5"], "needs 0 < alpha < 1"),
+    (["--loss_type", "exo_pair"], "exo_pair needs label_smoothing > 0"),
+    (["--label_smoothing", "0.1"], "reads label smoothing only in"),
+    (["--loss_type", "sft", "--betas", "0.1", "1"], "would train the same run 2 times"),
+    (["--loss_type", "sigmoid", "sft", "--loss_weights", "1"], "same length as `loss_type`"),
+    (["--loss_type", "sigmoid", "sft", "--loss_weights", "1", "-1"], "each weight must be a number > 0"),
+])
+def test_a_loss_setting_trl_would_fail_on_late_or_ignore_is_refused_before_any_folder(tiny_sft, tiny_pairs, tmp_path,
+                                                                                      capsys, flags, message):
+    err = refused_in_process("dpo.py", dpo_argv(tiny_sft, tiny_pairs, tmp_path / "out", *flags), capsys)
+    assert message in err and not (tmp_path / "out").exists()
 
 
 def test_non_positive_beta_is_refused_before_anything_is_written(tiny_sft, tiny_pairs, tmp_path):

@@ -219,6 +219,14 @@ def test_only_the_kept_seeds_keep_their_final_model_and_eval_gathers_the_others_
     run_in_process("dpo.py", argv + ["--seeds", "3", "4"])
     assert not (other / "model.safetensors").exists() and (kept / "model.safetensors").is_file()
 
+    # Its records deleted: eval.py and dpo.py say they are gone and what brings them back.
+    shutil.rmtree(glob.glob(str(tmp_path / "seeds/eval/records/*" / f"{RUN}_seed4"))[0])
+    capsys.readouterr()
+    run_in_process("eval.py", ["--config", config])
+    assert "its records are gone from" in (tmp_path / "seeds/eval/report.md").read_text()
+    run_in_process("dpo.py", argv + ["--seeds", "4"])
+    assert "are gone from" in capsys.readouterr().out
+
     # Without frontier_eval, nothing would hold seed 1's last point: refused before any folder.
     err = refused_in_process("dpo.py", dpo_argv(tiny_sft, tiny_pairs, tmp_path / "none", "--seeds", "0", "1",
                                                 "--keep_final_model_seeds", "0"), capsys)

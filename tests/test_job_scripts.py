@@ -52,3 +52,22 @@ def test_every_job_script_that_runs_a_stage_is_requeueable():
         text = open(os.path.join(REPO, "slurm", f"{name}.sbatch")).read()
         assert "#SBATCH --requeue" in text and "#SBATCH --signal=B:USR1@" in text, name
         assert "\nrun_requeueable " in text or "\nrun_restartable " in text, name
+
+
+def test_submit_preset_checks_its_numbers_before_submitting_anything(tmp_path):
+    """A bad ARRAY_LIMIT or shard count would otherwise fail at a later sbatch, the chain half submitted."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "sbatch_calls"
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\necho "$@" >> {calls}\necho 1\n')
+    (bin_dir / "sbatch").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    for extra, args, message in (({"ARRAY_LIMIT": "abc"}, ["tiny"], "ARRAY_LIMIT='abc'"),
+                                 ({"ARRAY_LIMIT": "0"}, ["tiny"], "ARRAY_LIMIT='0'"),
+                                 ({}, ["tiny", "0"], "number of pair shards '0'")):
+        proc = subprocess.run(["slurm/submit_preset.sh", *args], cwd=REPO, env={**env, **extra}, capture_output=True,
+                              text=True)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert not calls.exists()
+    proc = subprocess.run(["bash", "slurm/dpo.sbatch"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert proc.returncode != 0 and "usage: sbatch --array" in proc.stderr

@@ -57,8 +57,14 @@ def test_a_task_beyond_the_array_or_a_config_without_a_list_is_named(tmp_path):
     assert out.returncode == 2 and "line 2" in out.stderr and "given twice" in out.stderr
     out = sweep_tasks(str(tmp_path / "missing.yaml"), "betas", "count")
     assert out.returncode == 2 and "missing.yaml" in out.stderr and "Traceback" not in out.stderr
-    # A config without the list or seeds runs its single value once: one task, no flag.
+    for field, message in (("beta", "field 'beta': name the stage's sweep"), ("seeds", "field 'seeds'"),
+                           ("-", "sweeps betas, not nothing"), ("alphas", "sweeps betas, not alphas")):
+        out = sweep_tasks(config, field, "count")  # a typo would run every beta in each task
+        assert out.returncode == 2 and message in out.stderr, (field, out.stderr)
+    out = sweep_tasks(config, "betas", "task", "\u00b2")
+    assert out.returncode == 2 and "tasks 0 to 11" in out.stderr and "Traceback" not in out.stderr
+    # A config without the list or seeds (or with seeds: []) runs its single value once: one task, no flag.
     single = tmp_path / "one.yaml"
-    single.write_text("beta: 0.1\n")
+    single.write_text("beta: 0.1\nseeds: []\n")
     assert sweep_tasks(str(single), "betas", "count").stdout == "1\n"
     assert sweep_tasks(str(single), "betas", "task", "0").stdout == "\n"
