@@ -43,7 +43,7 @@ from imdb_dpo.manifests import Manifest, describe_model_input, git_commit, is_fi
 from imdb_dpo.modeling import load_tokenizer
 from imdb_dpo.plots import plot_frontier, plot_overoptimisation
 from imdb_dpo.preemption import StopRequest, exit_resumable
-from imdb_dpo.report import FRONTIER_BUDGET_COLUMNS, best_within_budgets, method_of, render_report
+from imdb_dpo.report import FRONTIER_BUDGET_COLUMNS, best_within_budgets, family_of, render_report
 
 STAGES = (EvalArguments,)
 # kl_kind: `measured` (a checkpoint's exact KL) or `analytic_bound` (best-of-N: log N - (N-1)/N, never measured).
@@ -210,7 +210,7 @@ def matched_kl_comparisons(units, measured, sft_records, args) -> list[dict]:
                   for u in units if u["method"] in BY_KEY}
     reward, kl = (per_prompt_means(measured[("sft", 0)], key) for key in ("reward", "kl_exact"))
     sft = Point("sft", "sft", 0, reward[None], kl[None])
-    points = points_of(per_prompt, {u["run"]: u["method"] for u in units})
+    points = points_of(per_prompt, {u["run"]: family_of(u) for u in units})
     for n in (n for n in BEST_OF_N if n <= args.best_of_n_samples):  # at the analytic bound of their KL
         best = best_of_n_rewards(sft_records, n)
         points.append(Point("best_of_n", "best_of_n", n, best[None], np.full((1, len(best)), best_of_n_kl_bound(n))))
@@ -243,7 +243,7 @@ def write_outputs(args, units, records, prompts, settings, skipped) -> None:
     summary = read_summary(summary_path)
     plot_frontier(summary, os.path.join(args.output_dir, "reward_vs_kl.png"))
     plot_frontier(summary, os.path.join(args.output_dir, "reward_vs_kl_full.png"), view="full")
-    fits = fits_by_method(frontier_rows(summary), method_of)
+    fits = fits_by_method(frontier_rows(summary), family_of)
     drawn = plot_overoptimisation(summary, fits, os.path.join(args.output_dir, "overoptimisation.png"))
 
     write_csv(os.path.join(args.output_dir, "frontier_budget.csv"), FRONTIER_BUDGET_COLUMNS,

@@ -325,6 +325,7 @@ def projection(check: Check) -> list[tuple[str, str, float | None]]:
     """GPU hours of the preset at paper scale from the measured rates: (stage, work, seconds). Training rates are the
     Trainer's (loading excluded); sampling and evaluation rates include loading, so they err on the slow side."""
     from imdb_dpo.checkpoints import checkpoint_schedule
+    from imdb_dpo.sweep_tasks import tasks as sweep_tasks
 
     rows = {r["name"]: r for r in check.rows}
     pairs = check.facts.get("pairs", {})
@@ -351,7 +352,7 @@ def projection(check: Check) -> list[tuple[str, str, float | None]]:
     points = 0
     for name, sweep, what, count in trained:
         config = read_yaml(os.path.join(PRESET, f"{name}.yaml"))
-        runs = len(config[sweep]) if sweep else 1
+        runs = len(sweep_tasks(os.path.join(PRESET, f"{name}.yaml"), sweep or "-"))  # values x seeds
         steps = max(1, count // (config["per_device_train_batch_size"] * config.get("gradient_accumulation_steps", 1)))
         points += runs * len(checkpoint_schedule(config.get("checkpoint_schedule", "log+steps"), steps,
                                                  config["save_steps"]))

@@ -128,7 +128,12 @@ def compare(points: list[Point], sft: Point, budgets, resamples: int = RESAMPLES
     Then, where both methods have a run whose curve (from the SFT model through its checkpoints) reaches that KL, the
     same at matched KL (`kind` "at"): each method's highest reward at exactly that KL, interpolated along its runs."""
     order = [m.key for m in TRAINED]
-    methods = sorted(dict.fromkeys(p.method for p in points), key=lambda m: (order.index(m) if m in order else len(order), m))
+
+    def rank(method):  # the trained methods in their order, each DPO loss (`dpo/ipo`) after DPO, best-of-N last
+        key, _, loss = method.partition("/")
+        return order.index(key) if key in order else len(order), loss
+
+    methods = sorted(dict.fromkeys(p.method for p in points), key=rank)
     prompts = sft.reward.shape[1]
     rng = np.random.default_rng(seed)
     resampled = rng.integers(0, prompts, size=(resamples, prompts))

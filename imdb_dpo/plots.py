@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from .comparisons import frontier_rows
 from .methods import BY_KEY, TRAINED
-from .report import method_of
+from .report import family_name, family_of, method_of
 from .reward import VADER  # noqa: E402
 
 def plot_training_curves(trainer_state_path: str, output_path: str, title: str, curves: list) -> None:
@@ -218,14 +218,17 @@ def plot_overoptimisation(summary: list[dict], fits: list[dict], output_path: st
             more = twin.get_legend_handles_labels()
             ax.legend(handles[0] + more[0], handles[1] + more[1], fontsize=7, loc="best")
         else:
+            variants = [f["method"] for f in fits if "/" in f["method"]]  # DPO losses: shades of DPO's map
             for f in fits:
-                rows = [r for r in summary if method_of(r) == f["method"] and float(r["kl_mean"]) > 0]
+                rows = [r for r in summary if family_of(r) == f["method"] and float(r["kl_mean"]) > 0]
                 d = np.array([math.sqrt(float(r["kl_mean"])) for r in rows])
                 gain = np.array([float(r["reward_mean"]) - sft[0] for r in rows])
-                color = _family_color(f["method"]) if f["method"] != "best_of_n" else "gray"
+                method = f["method"].partition("/")[0]
+                shade = (variants.index(f["method"]) + 1, len(variants) + 1) if f["method"] in variants else (0, 1)
+                color = _family_color(method, *shade) if method != "best_of_n" else "gray"
                 ax.scatter(d, gain, color=color, s=12)
                 grid = np.linspace(1e-3, d.max() * 1.1, 200)
-                name = "best-of-N" if f["method"] == "best_of_n" else BY_KEY[f["method"]].title
+                name = family_name(f["method"])
                 ax.plot(grid, curve(f, f["form"], grid), color=color,
                         label=f"{name}: a={f['a']:.3g}, b={f['b']:.3g}, R²={f['r2']:.2f}")
             ax.axhline(0, color="black", linewidth=0.8)

@@ -25,8 +25,29 @@ def method_of(row: dict) -> str:
     return row["run"] if row["run"] in ("sft", "base", "best_of_n") else "dpo"
 
 
+def family_of(row: dict) -> str:
+    """What the frontier's tables compare a row as: its method, and for DPO its loss where that is not the paper's
+    sigmoid with reverse KL (`dpo/ipo`, `dpo/sigmoid/js_divergence`), so that each DPO loss is a method of its own."""
+    method, loss = method_of(row), row.get("loss_type", "")
+    return f"{method}/{loss}" if method == "dpo" and loss not in ("", "sigmoid") else method
+
+
+def family_name(family: str) -> str:
+    """How the report names a family: `DPO (ipo)` for `dpo/ipo`."""
+    method, _, loss = family.partition("/")
+    return METHOD_NAMES.get(method, method) + (f" ({loss})" if loss else "")
+
+
+def family_order(family: str) -> tuple:
+    """SFT, then the trained methods in their order (each DPO loss after DPO), then best-of-N."""
+    method, _, loss = family.partition("/")
+    order = list(BUDGET_METHODS)
+    return (order.index(method) if method in order else len(order), loss)
+
+
 def best_within_budgets(rows: list[dict], budgets) -> list[dict]:
-    """Per method and KL budget, the summary row with the highest reward_mean among the method's points whose
+    """Per method (`family_of`: each DPO loss a method of its own) and KL budget, the summary row with the highest
+    reward_mean among the method's points whose
     kl_mean <= budget: one dict per (method, budget), keys FRONTIER_BUDGET_COLUMNS, with reward_mean, kl_mean, run
     and step "" when no point fits.
 
@@ -38,12 +59,12 @@ def best_within_budgets(rows: list[dict], budgets) -> list[dict]:
     for row in frontier_rows(rows):  # a setting run with several seeds counts by its seed means
         reward, kl = float(row["reward_mean"]), float(row["kl_mean"])
         if math.isfinite(reward) and math.isfinite(kl):
-            points.setdefault(method_of(row), []).append(
+            points.setdefault(family_of(row), []).append(
                 {"reward_mean": reward, "kl_mean": kl, "run": row["run"], "step": int(float(row["step"]))})
     sft = points.get("sft", [])
     table = []
-    for method in BUDGET_METHODS:
-        if method not in points:
+    for method in sorted(points, key=family_order):
+        if method == "base":
             continue
         candidates = sft if method == "sft" else sft + points[method]
         for budget in budgets:
@@ -58,7 +79,8 @@ def _budget_section(summary: list[dict], budgets) -> list[str]:
     budgets = [float(b) for b in budgets]
     table = best_within_budgets(summary, budgets)
     lines = ["## Best reward within a KL budget", "",
-             ("Per method, the highest mean reward among its points with KL at most the budget (nats per sample): "
+             ("Per method (each DPO loss other than the paper's sigmoid one of its own, e.g. `DPO (ipo)`), the "
+              "highest mean reward among its points with KL at most the budget (nats per sample): "
               "every evaluated checkpoint of every run of the method, and the SFT model at its measured KL, where every "
               "method starts. `-`: no point within the budget. A tie in reward goes to the lower KL. The best-of-N "
               "row's KL is the analytic bound log N - (N-1)/N, not a measurement (its step is N), so it compares a "
@@ -66,11 +88,9 @@ def _budget_section(summary: list[dict], budgets) -> list[str]:
               "in `frontier_budget.csv`."), "",
              "| method | " + " | ".join(f"KL <= {b:g}" for b in budgets) + " |",
              "|---|" + "---|" * len(budgets)]
-    for method in BUDGET_METHODS:
+    for method in dict.fromkeys(c["method"] for c in table):
         cells = [c for c in table if c["method"] == method]
-        if not cells:
-            continue
-        name = "best-of-N (KL: analytic bound)" if method == "best_of_n" else METHOD_NAMES[method]
+        name = "best-of-N (KL: analytic bound)" if method == "best_of_n" else family_name(method)
         lines.append(f"| {name} | " + " | ".join(
             "-" if c["run"] == "" else f"{_fmt(c['reward_mean'])} ({c['run']} step {c['step']})" for c in cells) + " |")
     return lines
@@ -100,11 +120,11 @@ def _comparison_section(comparisons: list[dict], budgets) -> list[str]:
     cells = {(c["a"], c["b"], c["budget"]): c for c in comparisons if c.get("kind", "within") == "within"}
     at = {(c["a"], c["b"], c["budget"]): c for c in comparisons if c.get("kind") == "at"}
     for a, b in pairs:
-        lines.append(f"| {METHOD_NAMES.get(a, a)} vs {METHOD_NAMES.get(b, b)} | "
+        lines.append(f"| {family_name(a)} vs {family_name(b)} | "
                      + " | ".join(_cell(cells.get((a, b, budget))) for budget in budgets) + " |")
     lines += ["", "*: the interval excludes 0.", ""]
     for a, b in pairs:
-        names = {a: METHOD_NAMES.get(a, a), b: METHOD_NAMES.get(b, b)}
+        names = {a: family_name(a), b: family_name(b)}
         parts = []
         for c in (cells[(a, b, budget)] for budget in budgets if (a, b, budget) in cells):
             within = f"within {c['budget']:g} nat{'' if c['budget'] == 1 else 's'}"
@@ -122,7 +142,7 @@ def _comparison_section(comparisons: list[dict], budgets) -> list[str]:
                    "the same bootstrap. `-`: one of them does not reach it."), "",
                   "| A vs B | " + " | ".join(f"KL = {b:g}" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
         for a, b in pairs:
-            lines.append(f"| {METHOD_NAMES.get(a, a)} vs {METHOD_NAMES.get(b, b)} | "
+            lines.append(f"| {family_name(a)} vs {family_name(b)} | "
                          + " | ".join(_cell(at.get((a, b, budget))) for budget in budgets) + " |")
     return lines
 
@@ -171,7 +191,7 @@ def _overoptimisation_section(summary: list[dict], fits: list[dict], figure: boo
         for f in fits:
             peak = f["b"] > 0
             beyond = " (extrapolated)" if peak and f["peak_kl"] > f["max_kl"] else ""
-            lines.append(f"| {METHOD_NAMES.get(f['method'], f['method'])} | {FORMS[f['form']]} | {f['a']:.4g} "
+            lines.append(f"| {family_name(f['method'])} | {FORMS[f['form']]} | {f['a']:.4g} "
                          f"| {f['b']:.4g} | {_fmt(f['r2'], 2)} | {f['points']} ({_fmt(f['max_kl'], 2)}) "
                          f"| {_fmt(f['peak_kl'], 2) + beyond if peak else '-'} | {_fmt(f['peak_gain']) if peak else '-'} |")
     elif not proxied:

@@ -119,3 +119,20 @@ def test_at_matched_kl_the_reward_is_interpolated_along_each_run_and_left_out_wh
     assert rows[("at", 1.0)]["lo"] == pytest.approx(0.05) and rows[("at", 1.0)]["verdict"] == "dpo above"
     assert ("at", 4.0) not in rows
     assert rows[("within", 4.0)]["difference"] == pytest.approx(0.1)  # 0.7 (step 4) against 0.6
+
+
+def test_each_dpo_loss_is_a_method_of_its_own_in_the_tables(tiny_base, tiny_sft, tiny_pairs, tmp_path):
+    """IPO beside the paper's sigmoid DPO: its own row in the budget table, compared with DPO with an interval."""
+    dpo_root = tmp_path / "dpo"
+    for loss in ("sigmoid", "ipo"):
+        run_in_process("dpo.py", dpo_argv(tiny_sft, tiny_pairs, dpo_root, "--betas", "0.1", "--loss_type", loss,
+                                          "--max_train_pairs", "64"))
+    assert run_eval(eval_argv(tiny_base, tiny_sft, dpo_root, tmp_path / "eval", "--base_model", "")) == 0
+    budget = read_csv(tmp_path / "eval" / "frontier_budget.csv")
+    assert {r["run"] for r in budget if r["method"] == "dpo"} <= {"sigmoid_beta0.1", "sft"}
+    assert {r["run"] for r in budget if r["method"] == "dpo/ipo"} <= {"ipo_beta0.1", "sft"}
+    assert any(r["method"] == "dpo/ipo" for r in budget)
+    pairs = {(r["a"], r["b"]) for r in read_csv(tmp_path / "eval" / "comparisons.csv")}
+    assert ("dpo", "dpo/ipo") in pairs and ("dpo/ipo", "best_of_n") in pairs
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "| DPO (ipo) | " in report and "| DPO vs DPO (ipo) | " in report

@@ -139,31 +139,34 @@ def test_gpt2_large_preset_runs_every_stage_with_gpt2s_tokenizer_on_real_reviews
                       num_prompts=4, batch_size=4, max_new_tokens=8, best_of_n_samples=4, reward_model=gpt2_classifier)
     eval_config = tmp_path / "eval.yaml"
     eval_config.write_text(yaml.safe_dump(evaluation))
+    # Two of the preset's three seeds: seed 0's runs keep their final model (keep_final_model_seeds), seed 1's not.
     argv = ["--config", f"{GPT2_LARGE}/dpo.yaml", "--frontier_eval", str(eval_config), "--max_steps", "2",
-            "--per_device_train_batch_size", "4", "--save_steps", "1", *CPU_FLAGS]
+            "--per_device_train_batch_size", "4", "--save_steps", "1", "--seeds", "0", "1", *CPU_FLAGS]
     assert dpo.main(*parse_config(dpo.STAGES, argv)) == 0
     runs = sorted(r for r in os.listdir(tmp_path / "outputs/gpt2-large/dpo") if not r.startswith("."))
-    assert runs == ["sigmoid_beta0.05", "sigmoid_beta0.1", "sigmoid_beta1", "sigmoid_beta5"]
+    assert runs == [f"sigmoid_beta{b}_seed{s}" for b in ("0.05", "0.1", "1", "5") for s in (0, 1)]
     for run in runs:
-        assert read_manifest(tmp_path / "outputs/gpt2-large/dpo" / run)["checkpoints"] == [1, 2]
-        assert not glob.glob(str(tmp_path / "outputs/gpt2-large/dpo" / run / "checkpoint-*"))
+        run_dir = tmp_path / "outputs/gpt2-large/dpo" / run
+        assert read_manifest(run_dir)["checkpoints"] == [1, 2] and not glob.glob(str(run_dir / "checkpoint-*"))
+        assert (run_dir / "model.safetensors").is_file() == run.endswith("_seed0"), run
 
     import preferred_ft
     import rloo
     import unlikelihood
 
-    argv = ["--config", f"{GPT2_LARGE}/rloo.yaml", *NO_FRONTIER_EVAL, "--kl_coefs", "0.05", "--max_steps", "2",
+    one_seed = ["--seeds", "0"]  # without frontier_eval, a run that dropped its final model would lose its last point
+    argv = ["--config", f"{GPT2_LARGE}/rloo.yaml", *NO_FRONTIER_EVAL, *one_seed, "--kl_coefs", "0.05", "--max_steps", "2",
             "--per_device_train_batch_size", "8", "--max_completion_length", "8", "--save_steps", "1",
             "--reward_model", gpt2_classifier, *CPU_FLAGS]
     assert rloo.main(*parse_config(rloo.STAGES, argv)) == 0
-    assert read_manifest(tmp_path / "outputs/gpt2-large/rloo/rloo_kl0.05")["checkpoints"] == [1, 2]
-    argv = ["--config", f"{GPT2_LARGE}/preferred_ft.yaml", *NO_FRONTIER_EVAL, "--max_steps", "2", "--per_device_train_batch_size", "4",
+    assert read_manifest(tmp_path / "outputs/gpt2-large/rloo/rloo_kl0.05_seed0")["checkpoints"] == [1, 2]
+    argv = ["--config", f"{GPT2_LARGE}/preferred_ft.yaml", *NO_FRONTIER_EVAL, *one_seed, "--max_steps", "2", "--per_device_train_batch_size", "4",
             "--save_steps", "1", *CPU_FLAGS]
     assert preferred_ft.main(*parse_config(preferred_ft.STAGES, argv)) == 0
-    argv = ["--config", f"{GPT2_LARGE}/unlikelihood.yaml", *NO_FRONTIER_EVAL, "--alphas", "1", "--max_steps", "2",
+    argv = ["--config", f"{GPT2_LARGE}/unlikelihood.yaml", *NO_FRONTIER_EVAL, *one_seed, "--alphas", "1", "--max_steps", "2",
             "--per_device_train_batch_size", "4", *CPU_FLAGS]
     assert unlikelihood.main(*parse_config(unlikelihood.STAGES, argv)) == 0
-    assert read_manifest(tmp_path / "outputs/gpt2-large/unlikelihood/unlikelihood_alpha1")["checkpoints"] == [1, 2]
+    assert read_manifest(tmp_path / "outputs/gpt2-large/unlikelihood/unlikelihood_alpha1_seed0")["checkpoints"] == [1, 2]
 
     import reward_model
 
@@ -172,10 +175,10 @@ def test_gpt2_large_preset_runs_every_stage_with_gpt2s_tokenizer_on_real_reviews
     assert reward_model.main(*parse_config(reward_model.STAGES, argv)) == 0
     manifest = read_manifest(tmp_path / "outputs/gpt2-large/reward_model")
     assert manifest["prompts"]["validation"] == 2 and len(manifest["validation_accuracy"]) == 2
-    argv = ["--config", f"{GPT2_LARGE}/rloo_rm.yaml", *NO_FRONTIER_EVAL, "--kl_coefs", "0.05", "--max_steps", "2",
+    argv = ["--config", f"{GPT2_LARGE}/rloo_rm.yaml", *NO_FRONTIER_EVAL, *one_seed, "--kl_coefs", "0.05", "--max_steps", "2",
             "--per_device_train_batch_size", "8", "--max_completion_length", "8", *CPU_FLAGS]
     assert rloo.main(*parse_config(rloo.STAGES, argv)) == 0
-    assert read_manifest(tmp_path / "outputs/gpt2-large/rloo_rm/rloo_rm_kl0.05")["checkpoints"] == [1, 2]
+    assert read_manifest(tmp_path / "outputs/gpt2-large/rloo_rm/rloo_rm_kl0.05_seed0")["checkpoints"] == [1, 2]
 
     assert eval_stage.main(*parse_config(eval_stage.STAGES, ["--config", str(eval_config)])) == 0
     assert os.path.isfile(tmp_path / "outputs/gpt2-large/eval/report.md")
@@ -183,7 +186,8 @@ def test_gpt2_large_preset_runs_every_stage_with_gpt2s_tokenizer_on_real_reviews
         rows = list(csv.DictReader(f))
     assert {row["method"] for row in rows} == {"sft", "base", "dpo", "rloo", "rloo_rm", "preferred_ft", "unlikelihood",
                                                 "best_of_n"}
-    assert sorted(int(r["step"]) for r in rows if r["run"] == "sigmoid_beta0.1") == [1, 2]  # both gathered
+    for seed in ("0", "1", "mean"):  # both steps gathered, seed 1's last from its records alone
+        assert sorted(int(r["step"]) for r in rows if r["setting"] == "sigmoid_beta0.1" and r["seed"] == seed) == [1, 2]
 
 
 @pytest.fixture(scope="module")
@@ -207,10 +211,10 @@ def test_a_model_that_often_stops_at_once_runs_through_pairs_dpo_and_eval(eos_he
     pairs = read_pairs(str(generations / "pairs.jsonl"))
     assert any(p["chosen"] == "" or p["rejected"] == "" for p in pairs)
 
-    argv = ["--config", f"{GPT2_LARGE}/dpo.yaml", *NO_FRONTIER_EVAL, "--model_name_or_path", eos_heavy_model, "--betas", "0.1",
+    argv = ["--config", f"{GPT2_LARGE}/dpo.yaml", *NO_FRONTIER_EVAL, "--seeds", "0", "--model_name_or_path", eos_heavy_model, "--betas", "0.1",
             "--max_steps", "2", "--per_device_train_batch_size", "8", "--save_steps", "1", *CPU_FLAGS]
     assert dpo.main(*parse_config(dpo.STAGES, argv)) == 0
-    assert read_manifest(tmp_path / "outputs/gpt2-large/dpo/sigmoid_beta0.1")["finished"]
+    assert read_manifest(tmp_path / "outputs/gpt2-large/dpo/sigmoid_beta0.1_seed0")["finished"]
 
     argv = ["--config", f"{GPT2_LARGE}/eval.yaml", *data, "--sft_model", eos_heavy_model, "--base_model", "",
             "--num_prompts", "8", "--batch_size", "8", "--max_new_tokens", "8", "--best_of_n_samples", "4",
@@ -218,9 +222,9 @@ def test_a_model_that_often_stops_at_once_runs_through_pairs_dpo_and_eval(eos_he
     assert eval_stage.main(*parse_config(eval_stage.STAGES, argv)) == 0
     with open(tmp_path / "outputs/gpt2-large/eval/summary.csv") as f:
         rows = list(csv.DictReader(f))
-    assert {r["run"] for r in rows} >= {"sft", "sigmoid_beta0.1"}
+    assert {r["run"] for r in rows} >= {"sft", "sigmoid_beta0.1_seed0"}
     records_dir = next((tmp_path / "outputs/gpt2-large/eval/records").iterdir())
-    records = [json.loads(line) for line in open(records_file(records_dir, "sigmoid_beta0.1", 2))]
+    records = [json.loads(line) for line in open(records_file(records_dir, "sigmoid_beta0.1_seed0", 2))]
     assert any(r["completion_ids"] == [eos] and r["text"] == "" for r in records)
     assert all(r["kl_exact"] >= 0 for r in records)
 
