@@ -47,9 +47,8 @@ def family_order(family: str) -> tuple:
 
 def best_within_budgets(rows: list[dict], budgets) -> list[dict]:
     """Per method (`family_of`: each DPO loss a method of its own) and KL budget, the summary row with the highest
-    reward_mean among the method's points whose
-    kl_mean <= budget: one dict per (method, budget), keys FRONTIER_BUDGET_COLUMNS, with reward_mean, kl_mean, run
-    and step "" when no point fits.
+    reward_mean among the method's points whose kl_mean <= budget: one dict per (method, budget), keys
+    FRONTIER_BUDGET_COLUMNS, with reward_mean, kl_mean, run and step "" when no point fits.
 
     A method's points are all its runs' checkpoints plus the SFT model at its measured KL (every method starts
     there; for SFT itself, only that point). Best-of-N's KL is its analytic bound and its step is N. A tie in reward
