@@ -29,14 +29,19 @@ def children(pid: int) -> list[str]:
     return names
 
 
+def stand_in(tmp_path, command: str, output: str = "") -> tuple:
+    """A `command` on a PATH of its own that records its arguments in a file (and prints `output`): the environment
+    and the file."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / f"{command}_calls"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / command).write_text(f'#!/bin/sh\necho "$@" >> {calls}\n' + (f"echo {output}\n" if output else ""))
+    (bin_dir / command).chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}, calls
+
+
 def test_a_stage_that_cannot_save_is_stopped_and_its_job_requeued_on_the_warning(tmp_path):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    calls = tmp_path / "scontrol_calls"
-    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
-    (bin_dir / "scontrol").chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242",
-           "SLURM_SUBMIT_DIR": REPO, "OUTPUT_ROOT": str(tmp_path)}
+    env, calls = stand_in(tmp_path, "scontrol")
+    env.update(SLURM_JOB_ID="4242", SLURM_SUBMIT_DIR=REPO, OUTPUT_ROOT=str(tmp_path))
     job = subprocess.Popen(["bash", "-c", RESTARTABLE], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
     wait_until(lambda: "sleep" in children(job.pid), job)
     started = time.time()
@@ -56,12 +61,7 @@ def test_every_job_script_that_runs_a_stage_is_requeueable():
 
 def test_submit_preset_checks_its_numbers_before_submitting_anything(tmp_path):
     """A bad ARRAY_LIMIT or shard count would otherwise fail at a later sbatch, the chain half submitted."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    calls = tmp_path / "sbatch_calls"
-    (bin_dir / "sbatch").write_text(f'#!/bin/sh\necho "$@" >> {calls}\necho 1\n')
-    (bin_dir / "sbatch").chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    env, calls = stand_in(tmp_path, "sbatch", output="1")
     for extra, args, message in (({"ARRAY_LIMIT": "abc"}, ["tiny"], "ARRAY_LIMIT='abc'"),
                                  ({"ARRAY_LIMIT": "0"}, ["tiny"], "ARRAY_LIMIT='0'"),
                                  ({}, ["tiny", "0"], "number of pair shards '0'")):
