@@ -138,7 +138,7 @@ def run_units(run_dir: str, manifest: dict, meta: dict, skipped: list[dict], rec
     go to `skipped` with the reason."""
     units = []
     steps = dict(checkpoint_steps(run_dir))
-    if manifest.get("final_model_kept", True):  # else (keep_final_model) the last step is in the records alone
+    if manifest.get("final_model_kept", True):  # else (keep_final_model_seeds) the last step is in the records alone
         steps.setdefault(manifest["global_step"], run_dir)  # the final model, when no checkpoint holds it
     for step in manifest.get("checkpoints", []):
         deleted = os.path.join(run_dir, f"checkpoint-{step}")

@@ -164,8 +164,8 @@ def check_keep_final_model(script_args) -> None:
 
 
 def frontier_of(script_args, method: str, root: str) -> FrontierEvaluation | None:
-    """The stage's `frontier_eval`, checked with `keep_final_model` (None when unset); `root` is where the method's
-    runs go."""
+    """The stage's `frontier_eval`, checked with `keep_final_model_seeds` (None when unset); `root` is where the
+    method's runs go."""
     check_keep_final_model(script_args)
     seeds, keep = script_args.seeds or [], script_args.keep_final_model_seeds
     if seeds and not any(keeps_final_model(script_args, s) for s in seeds):  # a SLURM task of a later seed, say

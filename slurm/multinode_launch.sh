@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run by srun, once per node, inside a job: starts accelerate's launcher for this node's GPUs, all nodes
 # joining one process group. Use it as the stage launcher of a job script:
-#   LAUNCH="srun --ntasks-per-node=1 slurm/multinode_launch.sh" sbatch --nodes=2 --array=0-2 slurm/dpo.sbatch gpt2-large 0.05 0.1 1.0
+#   LAUNCH="srun --ntasks-per-node=1 slurm/multinode_launch.sh" sbatch --nodes=2 --array=0-11 slurm/dpo.sbatch gpt2-large
 # The stop file sits under OUTPUT_ROOT, which must be on storage every node sees.
 set -euo pipefail
 head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
