@@ -26,8 +26,8 @@ import numpy as np
 from imdb_dpo.checkpoints import checkpoint_steps
 from imdb_dpo.checks import model_dir_problem
 from imdb_dpo.cli import run_stage
-from imdb_dpo.comparisons import (COLUMNS as COMPARISON_COLUMNS, Point, compare, frontier_rows, points_of, seed_means,
-                                  setting_of)
+from imdb_dpo.comparisons import (COLUMNS as COMPARISON_COLUMNS, Point, compare, family_of, frontier_rows, points_of,
+                                  seed_means, setting_of)
 from imdb_dpo.config import ConfigError, EvalArguments
 from imdb_dpo.costs import check_memory, classifier_shape, evaluation_memory, model_shape
 from imdb_dpo.data import prompts_for
@@ -43,7 +43,7 @@ from imdb_dpo.manifests import Manifest, describe_model_input, git_commit, is_fi
 from imdb_dpo.modeling import load_tokenizer
 from imdb_dpo.plots import plot_frontier, plot_overoptimisation
 from imdb_dpo.preemption import StopRequest, exit_resumable
-from imdb_dpo.report import FRONTIER_BUDGET_COLUMNS, best_within_budgets, family_of, render_report
+from imdb_dpo.report import FRONTIER_BUDGET_COLUMNS, best_within_budgets, render_report
 
 STAGES = (EvalArguments,)
 # kl_kind: `measured` (a checkpoint's exact KL) or `analytic_bound` (best-of-N: log N - (N-1)/N, never measured).

@@ -26,6 +26,13 @@ def check_positive(obj, *fields: str) -> None:
             raise ConfigError(f"{name}={value}: must be a finite number > 0; fix it in the config or on the command line")
 
 
+def check_seed_list(field: str, seeds) -> None:
+    """`seeds` (a config's list) holds integers >= 0 only."""
+    if not isinstance(seeds, list) or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+        raise ConfigError(f"{field}={seeds!r}: a list of integers >= 0, e.g. {field}: [0, 1, 2] in the config or "
+                          f"--{field} 0 1 2")
+
+
 def check_training(training_args) -> None:
     """A trainer config's numbers: learning rate, batch sizes, length, the run's length and the save interval."""
     check_positive(training_args, "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps")

@@ -29,6 +29,28 @@ def setting_of(run: str) -> str:
     return SEED_SUFFIX.sub("", run)
 
 
+def method_of(row: dict) -> str:
+    """A summary row's method. A summary.csv written before the column existed held only SFT, base, best-of-N and
+    DPO runs, so a row without one is told by its run name."""
+    if row.get("method"):
+        return row["method"]
+    return row["run"] if row["run"] in ("sft", "base", "best_of_n") else "dpo"
+
+
+def family_of(row: dict) -> str:
+    """What the frontier's tables compare a row as: its method, and for DPO its loss where that is not the paper's
+    sigmoid with reverse KL (`dpo/ipo`, `dpo/sigmoid/js_divergence`), so that each DPO loss is a method of its own."""
+    method, loss = method_of(row), row.get("loss_type", "")
+    return f"{method}/{loss}" if method == "dpo" and loss not in ("", "sigmoid") else method
+
+
+def family_order(family: str) -> tuple:
+    """SFT, then the trained methods in their order (each DPO loss after DPO), then best-of-N."""
+    method, _, loss = family.partition("/")
+    order = ["sft", *(m.key for m in TRAINED), "best_of_n"]
+    return (order.index(method) if method in order else len(order), loss)
+
+
 def seed_means(rows: list[dict]) -> list[dict]:
     """summary.csv's rows that average the seeds of each setting run with several, one per step all of them reached:
     the mean of each number, with the lowest and highest seed's mean as the band (reward_lo/hi, kl_lo/hi)."""
@@ -127,13 +149,7 @@ def compare(points: list[Point], sft: Point, budgets, resamples: int = RESAMPLES
     second's), its 95% interval `lo`-`hi`, and the `verdict`: which is above, or that no difference was detected.
     Then, where both methods have a run whose curve (from the SFT model through its checkpoints) reaches that KL, the
     same at matched KL (`kind` "at"): each method's highest reward at exactly that KL, interpolated along its runs."""
-    order = [m.key for m in TRAINED]
-
-    def rank(method):  # the trained methods in their order, each DPO loss (`dpo/ipo`) after DPO, best-of-N last
-        key, _, loss = method.partition("/")
-        return order.index(key) if key in order else len(order), loss
-
-    methods = sorted(dict.fromkeys(p.method for p in points), key=rank)
+    methods = sorted(dict.fromkeys(p.method for p in points), key=family_order)
     prompts = sft.reward.shape[1]
     rng = np.random.default_rng(seed)
     resampled = rng.integers(0, prompts, size=(resamples, prompts))

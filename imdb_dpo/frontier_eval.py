@@ -17,6 +17,7 @@ import os
 from transformers import TrainerCallback
 
 from .checkpoints import checkpoint_steps, drop_checkpoints, is_complete
+from .checks import check_seed_list
 from .config import REPOSITORY, ConfigError, EvalArguments, parse_config
 from .data import prompts_for
 from .distributed import any_process, process_state
@@ -151,10 +152,8 @@ def keeps_final_model(script_args, seed: int | None) -> bool:
 
 def check_keep_final_model(script_args) -> None:
     keep = script_args.keep_final_model_seeds
-    if keep is not None and (not isinstance(keep, list) or
-                             any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in keep)):
-        raise ConfigError(f"keep_final_model_seeds={keep!r}: a list of seeds (integers >= 0), e.g. "
-                          "keep_final_model_seeds: [0]")
+    if keep is not None:
+        check_seed_list("keep_final_model_seeds", keep)
     dropped = [s for s in script_args.seeds or [] if not keeps_final_model(script_args, s)]
     if dropped and not script_args.frontier_eval:
         raise ConfigError(f"keep_final_model_seeds={keep} deletes the final model of seed(s) "

@@ -8,9 +8,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .comparisons import frontier_rows
+from .comparisons import family_of, frontier_rows, method_of
 from .methods import BY_KEY, TRAINED
-from .report import family_name, family_of, method_of
+from .report import family_name
 from .reward import VADER  # noqa: E402
 
 def plot_training_curves(trainer_state_path: str, output_path: str, title: str, curves: list) -> None:

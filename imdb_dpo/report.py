@@ -3,13 +3,12 @@
 import math
 import os
 
-from .comparisons import frontier_rows
+from .comparisons import family_of, family_order, frontier_rows, method_of
 from .methods import BY_KEY, TRAINED
 
 # summary.csv's `method` column: the key of each method, and how the report names it (in table order).
 METHOD_NAMES = {"sft": "SFT", "base": "base", **{m.key: m.title for m in TRAINED}, "best_of_n": "best-of-N"}
 TRAINED_METHODS = tuple(m.key for m in TRAINED)  # the methods whose runs live in run folders
-BUDGET_METHODS = ("sft", *TRAINED_METHODS, "best_of_n")
 FRONTIER_BUDGET_COLUMNS = ["method", "budget", "reward_mean", "kl_mean", "run", "step"]
 
 
@@ -17,32 +16,10 @@ def _fmt(x, digits=3):
     return f"{float(x):.{digits}f}"
 
 
-def method_of(row: dict) -> str:
-    """A summary row's method. A summary.csv written before the column existed held only SFT, base, best-of-N and
-    DPO runs, so a row without one is told by its run name."""
-    if row.get("method"):
-        return row["method"]
-    return row["run"] if row["run"] in ("sft", "base", "best_of_n") else "dpo"
-
-
-def family_of(row: dict) -> str:
-    """What the frontier's tables compare a row as: its method, and for DPO its loss where that is not the paper's
-    sigmoid with reverse KL (`dpo/ipo`, `dpo/sigmoid/js_divergence`), so that each DPO loss is a method of its own."""
-    method, loss = method_of(row), row.get("loss_type", "")
-    return f"{method}/{loss}" if method == "dpo" and loss not in ("", "sigmoid") else method
-
-
 def family_name(family: str) -> str:
     """How the report names a family: `DPO (ipo)` for `dpo/ipo`."""
     method, _, loss = family.partition("/")
     return METHOD_NAMES.get(method, method) + (f" ({loss})" if loss else "")
-
-
-def family_order(family: str) -> tuple:
-    """SFT, then the trained methods in their order (each DPO loss after DPO), then best-of-N."""
-    method, _, loss = family.partition("/")
-    order = list(BUDGET_METHODS)
-    return (order.index(method) if method in order else len(order), loss)
 
 
 def best_within_budgets(rows: list[dict], budgets) -> list[dict]:

@@ -28,6 +28,12 @@ def listed(config: dict, path: str, key: str) -> list:
     return values
 
 
+def sweep_runs(values: list, seeds: list) -> list[tuple]:
+    """(value, seed) of each run of a sweep, in the order the stage runs them (training_runs.train_sweep): each
+    value's seeds in turn."""
+    return [(value, seed) for value in values for seed in seeds]
+
+
 def tasks(path: str, field: str) -> list[tuple]:
     """(value, seed) of each run of the config at `path`, in the stage's order (None: the flag is not needed)."""
     if field not in (*NAMES, "-"):
@@ -41,7 +47,7 @@ def tasks(path: str, field: str) -> list[tuple]:
         raise ConfigError(f"{path} sweeps {other[0]}, not {'nothing' if field == '-' else field}: name {other[0]} as "
                           "the field, or the array would run all of them in every task")
     values = [None] if field == "-" else listed(config, path, field)
-    return [(value, seed) for value in values for seed in listed(config, path, "seeds")]
+    return sweep_runs(values, listed(config, path, "seeds"))
 
 
 def flags(field: str, value, seed) -> str:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from transformers import AutoConfig
 
+from .checks import check_seed_list
 from .checkpoints import (DropOptimizerFromOldCheckpoints, ScheduledCheckpoints, checkpoint_steps,
                           drop_checkpoints, drop_weights, resumable_checkpoint)
 from .config import ConfigError
@@ -20,6 +21,7 @@ from .locks import main_process_lock
 from .manifests import Manifest, describe_file_input, describe_model_input, read_manifest
 from .outputs import plan_output
 from .settings import run_settings
+from .sweep_tasks import sweep_runs
 from .pairs import REQUIRED_IDS, PairFileError, read_pairs
 from .plots import plot_training_curves
 from .preemption import SaveAndStopOnSignal, StopRequest
@@ -49,8 +51,7 @@ def seed_values(seeds) -> list[int | None]:
     """The seeds a setting runs with: `seeds` (distinct integers >= 0), or [None] for one run with the config's seed."""
     if seeds is None or seeds == []:
         return [None]
-    if not isinstance(seeds, list) or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
-        raise ConfigError(f"seeds={seeds!r}: a list of integers >= 0, e.g. seeds: [0, 1, 2] in the config or --seeds 0 1 2")
+    check_seed_list("seeds", seeds)
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds={seeds}: a seed is given twice; each seed is a run of its own")
     return list(seeds)
@@ -186,7 +187,7 @@ def train_sweep(values: list, field: str | None, run_name_of: Callable, stage: s
     `keep_final_model_seeds` says so. Prints `finished_line(manifest)` as each finishes; returns False
     when stopped by a signal (the runs after it are left for the next start)."""
     training, stop = configs["training"], StopRequest()
-    for value, seed in ((value, seed) for value in values for seed in seeds):
+    for value, seed in sweep_runs(values, seeds):
         name = run_name_of(value) + ("" if seed is None else f"_seed{seed}")
         run_dir = os.path.join(training.output_dir, name)
         args = copy.copy(training)  # not dataclasses.replace: RLOOConfig's checks refuse its own derived sizes
