@@ -29,7 +29,8 @@ from imdb_dpo.methods.dpo import check_losses
 from imdb_dpo.training_runs import seed_values
 
 STAGE_ORDER = ("sft", "preference_pairs", "dpo", "rloo", "reward_model", "rloo_rm", "preferred_ft", "unlikelihood",
-               "eval")
+               "kto", "orpo", "orpo_base", "cpo", "simpo", "eval")
+RECIPE_STAGES = ("kto", "orpo", "orpo_base", "cpo", "simpo")  # train.py's recipes (imdb_dpo/methods/recipe.py)
 KNOWN_REVIEWS = {"stanfordnlp/imdb": {"train": 25_000, "test": 25_000}, "imdb": {"train": 25_000, "test": 25_000}}
 
 
@@ -59,6 +60,10 @@ def stages_of(name: str):
 
     trained = {"sft": sft, "dpo": dpo, "rloo": rloo, "rloo_rm": rloo, "reward_model": reward_model,
                "preferred_ft": preferred_ft, "unlikelihood": unlikelihood}
+    if name in RECIPE_STAGES:
+        import train
+
+        return train.RECIPES[name].stages, ["--use_cpu", "true"]
     if name in trained:
         return trained[name].STAGES, ["--use_cpu", "true"]  # bf16 settings parse on a machine without a GPU too
     return {"preference_pairs": (PairsArguments,), "eval": (EvalArguments,)}[name], []
@@ -98,6 +103,10 @@ class Preset:
                 check_settings(*parsed)
             else:
                 script_args, training_args = parsed[0], parsed[1]
+                if stage in RECIPE_STAGES:
+                    import train
+
+                    train.RECIPES[stage].check(training_args)
                 check_training(training_args)
                 if hasattr(script_args, "checkpoint_schedule"):
                     check_schedule(script_args.checkpoint_schedule, training_args)
@@ -177,7 +186,14 @@ def count_pairs(path: str) -> dict:
 
     with open(path) as f:
         pairs = [json.loads(line) for line in f if line.strip()]
-    return {"pairs": len(pairs), "prompts": len({p["prompt_id"] for p in pairs}),
+    completions = os.path.join(os.path.dirname(path), "completions.jsonl")
+    labelled = 0
+    if os.path.isfile(completions):
+        from imdb_dpo.methods.kto import kto_examples
+
+        with open(completions) as f:
+            labelled = len(kto_examples([json.loads(line) for line in f if line.strip()]))
+    return {"pairs": len(pairs), "prompts": len({p["prompt_id"] for p in pairs}), "labelled": labelled,
             "chosen": len({(tuple(p["prompt_ids"]), tuple(p["chosen_ids"])) for p in pairs}),
             "tokens": max((len(p["prompt_ids"]) + max(len(p["chosen_ids"]), len(p["rejected_ids"])) for p in pairs),
                           default=0),
@@ -221,7 +237,7 @@ def plan_pairs(preset: Preset, args) -> Row:
     finished = os.path.isfile(pair_file) and os.path.isfile(os.path.join(args.output_dir, "manifest.json"))
     most = prompts * (k * (k - 1) // 2 if args.pairing == "all" else 1)
     counts = count_pairs(pair_file) if finished else {
-        "pairs": most, "prompts": prompts, "chosen": min(most, prompts * (k - 1)),
+        "pairs": most, "prompts": prompts, "chosen": min(most, prompts * (k - 1)), "labelled": prompts * (k - k % 2),
         "tokens": args.max_prompt_tokens + args.max_new_tokens, "prompt_tokens": args.max_prompt_tokens, "exact": False}
     preset.pair_files[os.path.realpath(pair_file)] = counts
     context = args.max_prompt_tokens + args.max_new_tokens
@@ -357,6 +373,33 @@ def plan_supervised(preset, stage, script_args, training_args, model_args) -> Ro
     return row
 
 
+def plan_recipe(preset, stage, script_args, training_args, model_args) -> Row:
+    """KTO (a labelled completion and its mismatched KL twin a row) or ORPO, CPO, SimPO (a pair a row)."""
+    import train
+
+    recipe = train.RECIPES[stage]
+    shape = preset.shape(model_args.model_name_or_path)
+    kto = stage == "kto"
+    counts = preset.pairs(os.path.join(os.path.dirname(script_args.completions_file), "pairs.jsonl") if kto
+                          else script_args.pairs_file)
+    examples = min(counts["labelled" if kto else "pairs"], getattr(script_args, recipe.limit_field) or math.inf)
+    steps = trained_steps(examples, training_args)
+    tokens = min(counts["tokens"], training_args.max_length or math.inf)
+    betas = script_args.betas or [training_args.beta]
+    row = Row(stage, runs_of(script_args, betas), exact=counts["exact"],
+              peak=recipe.memory(training_args, shape, tokens, *frontier_classifier(preset, script_args),
+                                 lora=model_args.use_peft))
+    rows_per_step = 2 * training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+    row.seconds = row.runs * costs.compute_seconds(costs.training_flops(shape, steps * rows_per_step * tokens, tokens),
+                                                   training_args.bf16)
+    if getattr(training_args, "precompute_ref_log_probs", False):  # KTO's reference, once for the sweep: cached
+        row.seconds += costs.compute_seconds(costs.forward_flops(shape, 2 * examples * tokens, tokens), training_args.bf16)
+    row.notes.append(f"{bound(int(examples), counts['exact'])} {'labelled completions' if kto else 'pairs'} a run, "
+                     f"{sweep_of(betas, 'beta', script_args)}")
+    frontier_row(preset, row, shape, training_args, script_args, steps, model_args.use_peft)
+    return row
+
+
 def plan_reward_model(preset, script_args, training_args, model_args) -> Row:
     shape = preset.shape(model_args.model_name_or_path, classifier=True)
     preset.produces(training_args.output_dir, model_args.model_name_or_path)
@@ -412,6 +455,8 @@ def build(name: str) -> Preset:
             row = plan_reward_model(preset, *parsed)
         elif stage in ("preferred_ft", "unlikelihood"):
             row = plan_supervised(preset, stage, *parsed)
+        elif stage in RECIPE_STAGES:
+            row = plan_recipe(preset, stage, *parsed)
         else:
             row = plan_eval(preset, *parsed)
         preset.rows.append(row)

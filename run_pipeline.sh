@@ -10,29 +10,14 @@ repo=$(cd "$(dirname "$0")" && pwd)
 export OUTPUT_ROOT=$(realpath -m "${OUTPUT_ROOT:-$repo}")
 configs=$repo/configs/$preset
 python=${PYTHON:-python}
+[ -d "$configs" ] && folder=$preset || folder=$(realpath -m "$preset")  # a preset's name, or a folder
 case "$#:${2:-}" in
   1:) ;;
-  2:--plan) [ -d "$configs" ] && folder=$preset || folder=$(realpath -m "$preset")  # a preset's name, or a folder
-            cd "$repo" && exec "$python" plan.py "$folder" ;;
+  2:--plan) cd "$repo" && exec "$python" plan.py "$folder" ;;
   *) echo "$usage" >&2; exit 2 ;;
 esac
-[ -d "$configs" ] || { echo "no preset '$preset': $configs does not exist" >&2; exit 2; }
+[ -d "$configs" ] || [ -d "$folder" ] || { echo "no preset '$preset': $configs does not exist" >&2; exit 2; }
 cd "$repo"
-
-if [ -f "$configs/base.yaml" ]; then
-  echo "== tiny base model and data ($configs/base.yaml)"
-  "$python" -m imdb_dpo.tiny --config "$configs/base.yaml"
-fi
-# After DPO come the paper's baselines (a preset without their configs skips them): RLOO on the true reward,
-# the learned reward model and RLOO on it (rloo_rm.yaml, run by rloo.py), Preferred-FT and Unlikelihood.
-for stage in sft preference_pairs dpo rloo reward_model rloo_rm preferred_ft unlikelihood eval; do
-  script=$stage.py
-  [ "$stage" = rloo_rm ] && script=rloo.py
-  if [ -f "$configs/$stage.yaml" ]; then
-    echo "== $stage ($configs/$stage.yaml)"
-    started=$SECONDS
-    "$python" "$script" --config "$configs/$stage.yaml"
-    echo "== $stage: $((SECONDS - started)) s"
-  fi
-done
-echo "== done in $SECONDS s: outputs in $OUTPUT_ROOT/outputs/$preset"
+# Every stage whose config the preset has, in order (imdb_dpo/pipeline.py: sft, pairs, DPO, the paper's baselines,
+# KTO, ORPO, CPO, SimPO, eval); on a CPU machine in one process, with a GPU each stage in a fresh one.
+exec "$python" -m imdb_dpo.pipeline "$folder"

@@ -34,6 +34,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from imdb_dpo.errors import first_line  # noqa: E402
+from imdb_dpo.methods import TRAINED  # noqa: E402
 # torch, transformers and the stand-ins are imported where used: a bad flag or input is refused in a second, not
 # after ten seconds of imports.
 
@@ -170,7 +171,9 @@ class Check:
         return row
 
     def stage(self, name: str, script: str, *flags: str, limit: int = 600, trained: str | None = None) -> bool:
-        row = self.run(name, [sys.executable, script, "--config", os.path.join(PRESET, f"{name}.yaml"), *flags], limit)
+        """`script`: a stage script, or `train.py <method>`."""
+        row = self.run(name, [sys.executable, *script.split(), "--config", os.path.join(PRESET, f"{name}.yaml"), *flags],
+                       limit)
         if trained and row["exit"] == 0:
             row.update(trainer_throughput(trained))
         return row["exit"] == 0
@@ -200,15 +203,19 @@ class Check:
         for name, script, flags, run in (
                 ("rloo", "rloo.py", ["--kl_coefs", "0.05", "--reward_model", self.classifier], "rloo/rloo_kl0.05_seed0"),
                 ("preferred_ft", "preferred_ft.py", [], "preferred_ft/preferred_ft_seed0"),
-                ("unlikelihood", "unlikelihood.py", ["--alphas", "1"], "unlikelihood/unlikelihood_alpha1_seed0")):
+                ("unlikelihood", "unlikelihood.py", ["--alphas", "1"], "unlikelihood/unlikelihood_alpha1_seed0"),
+                # One method of each later trainer (ORPO from the base model and CPO share ORPO's and SimPO's).
+                ("kto", "train.py kto", ["--betas", "0.1"], "kto/kto_beta0.1_seed0"),
+                ("orpo", "train.py orpo", ["--betas", "0.1"], "orpo/orpo_beta0.1_seed0"),
+                ("simpo", "train.py simpo", [], "simpo/simpo_beta2_gamma1_seed0")):
             self.stage(name, script, *flags, "--max_steps", "3" if gpu else "2", *keep_one, *cpu,
                        *([] if gpu else ["--per_device_train_batch_size", "8", "--dataloader_num_workers", "0"]),
                        trained=f"{out}/outputs/gpt2-large/{run}")
             drop_weights(os.path.join(out, "outputs", "gpt2-large", name))  # the evaluation covers DPO's run only
         self.facts["eval_samples"] = (128 if gpu else 16) * (16 + 4)  # SFT: best_of_n_samples; DPO: samples_per_prompt
         self.stage("eval", "eval.py", *d, "--num_prompts", "128" if gpu else "16", "--base_model", "",
-                   "--reward_model", self.classifier, "--rloo_dir", f"{out}/none", "--preferred_ft_dir", f"{out}/none",
-                   "--unlikelihood_dir", f"{out}/none", *short,
+                   "--reward_model", self.classifier, *(flag for m in TRAINED if m.key != "dpo"
+                                                        for flag in (f"--{m.root_field}", f"{out}/none")), *short,
                    *([] if gpu else ["--use_cpu", "true", "--batch_size", "16", "--kl_batch_size", "16"]))
         for name in ("summary.csv", "report.md", "reward_vs_kl.png"):
             path = os.path.join(out, "outputs", "gpt2-large", "eval", name)

@@ -69,13 +69,15 @@ def _take_debug_flag(argv: list[str]) -> bool:
     return False
 
 
-def run_stage(main, stages, argv: list[str] | None = None) -> int:
-    """Parse the stage's config and run `main`; a user error becomes a message and exit status 2."""
+def run_stage(main, stages, argv: list[str] | None = None, program: str | None = None) -> int:
+    """Parse the stage's config and run `main`; a user error becomes a message and exit status 2. `program` is how
+    messages name the command (the script's file name by default)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = _take_debug_flag(argv) or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
     parsed, started, code = [], time.perf_counter(), None
     try:
-        program = os.path.basename(getattr(sys.modules.get(main.__module__), "__file__", None) or "this stage")
+        program = program or os.path.basename(getattr(sys.modules.get(main.__module__), "__file__", None)
+                                              or "this stage")
         parsed = parse_config(stages, argv, program)
         code = main(*parsed)
         return code

@@ -38,10 +38,11 @@ def method_of(row: dict) -> str:
 
 
 def family_of(row: dict) -> str:
-    """What the frontier's tables compare a row as: its method, and for DPO its loss where that is not the paper's
-    sigmoid with reverse KL (`dpo/ipo`, `dpo/sigmoid/js_divergence`), so that each DPO loss is a method of its own."""
+    """What the frontier's tables compare a row as: its method, and for a method with several losses (DPO, CPO) its
+    loss where that is not the default sigmoid with reverse KL (`dpo/ipo`, `dpo/sigmoid/js_divergence`, `cpo/hinge`),
+    so that each such loss is a method of its own."""
     method, loss = method_of(row), row.get("loss_type", "")
-    return f"{method}/{loss}" if method == "dpo" and loss not in ("", "sigmoid") else method
+    return f"{method}/{loss}" if loss not in ("", "sigmoid") else method
 
 
 def family_order(family: str) -> tuple:

@@ -403,6 +403,36 @@ class UnlikelihoodScriptArguments(CheckpointArguments):
 
 
 @dataclass
+class PairMethodArguments(CheckpointArguments):
+    """A method trained on stage 2's pairs and swept over its beta (ORPO, CPO, SimPO: train.py <method>)."""
+
+    pairs_file: str = field(
+        default="${OUTPUT_ROOT}/generations/gpt2-large/pairs.jsonl", metadata={"help": "Pairs from stage 2."}
+    )
+    betas: list[float] | None = field(
+        default=None, metadata={"help": "Sweep: one run per beta, in sequence. Unset: the single --beta."}
+    )
+    max_train_pairs: int | None = None
+    overwrite: bool = field(default=False, metadata={"help": "Replace finished runs of this sweep once the new ones finish."})
+
+
+@dataclass
+class KTOScriptArguments(CheckpointArguments):
+    """KTO on stage 2's samples as unpaired data: a completion is desirable when its reward is above its prompt's
+    median, undesirable when below, left out when equal (imdb_dpo/methods/kto.py)."""
+
+    completions_file: str = field(
+        default="${OUTPUT_ROOT}/generations/gpt2-large/completions.jsonl",
+        metadata={"help": "Stage 2's completions.jsonl: every sample of every prompt, with its reward."},
+    )
+    betas: list[float] | None = field(
+        default=None, metadata={"help": "Sweep: one run per beta, in sequence. Unset: the single --beta."}
+    )
+    max_train_examples: int | None = field(default=None, metadata={"help": "Use only the first N labelled completions."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace finished runs of this sweep once the new ones finish."})
+
+
+@dataclass
 class RewardModelScriptArguments:
     """A learned reward model (TRL's RewardTrainer, Bradley-Terry) on the pair file: the paper's PPO row optimises it."""
 
@@ -441,6 +471,28 @@ class EvalArguments(SamplingArguments):
         default="${OUTPUT_ROOT}/outputs/gpt2-large/unlikelihood",
         metadata={"help": "Root of the Unlikelihood runs (unlikelihood.py); a folder that does not exist means none "
                           "were run."},
+    )
+    kto_dir: str = field(
+        default="${OUTPUT_ROOT}/outputs/gpt2-large/kto",
+        metadata={"help": "Root of the KTO runs (train.py kto); a folder that does not exist means none were run."},
+    )
+    orpo_dir: str = field(
+        default="${OUTPUT_ROOT}/outputs/gpt2-large/orpo",
+        metadata={"help": "Root of the ORPO runs from the SFT model (train.py orpo); a folder that does not exist means "
+                          "none were run."},
+    )
+    orpo_base_dir: str = field(
+        default="${OUTPUT_ROOT}/outputs/gpt2-large/orpo_base",
+        metadata={"help": "Root of the ORPO runs from the base model (train.py orpo_base); a folder that does not "
+                          "exist means none were run."},
+    )
+    cpo_dir: str = field(
+        default="${OUTPUT_ROOT}/outputs/gpt2-large/cpo",
+        metadata={"help": "Root of the CPO runs (train.py cpo); a folder that does not exist means none were run."},
+    )
+    simpo_dir: str = field(
+        default="${OUTPUT_ROOT}/outputs/gpt2-large/simpo",
+        metadata={"help": "Root of the SimPO runs (train.py simpo); a folder that does not exist means none were run."},
     )
     kl_budgets: list[float] = field(
         default_factory=lambda: [1.0, 3.0, 10.0],

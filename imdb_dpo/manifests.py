@@ -6,6 +6,7 @@ a `finished` flag. It is always written atomically, so a killed job leaves eithe
 the new one, never half of one.
 """
 
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -81,7 +82,9 @@ def package_versions() -> dict[str, str]:
 
 def config_to_dict(obj) -> dict:
     if hasattr(obj, "to_dict"):  # TrainingArguments and the TRL configs
-        return obj.to_dict()
+        # A copy all the way down: some trainers edit the config's dicts in place once the manifest holds them (TRL's
+        # ORPO and CPO add device_map to model_init_kwargs), and the manifest records what the run was asked for.
+        return copy.deepcopy(obj.to_dict())
     if dataclasses.is_dataclass(obj):
         return dataclasses.asdict(obj)
     return dict(obj)

@@ -67,13 +67,15 @@ def evaluated_steps(root: str, meta: dict) -> list[int]:
 
 
 def run_meta(method: str, name: str, manifest: dict) -> dict:
-    """A run's columns: `loss_type` is DPO's loss (`ipo`, `sigmoid+sft`, `sigmoid/js_divergence` where the
-    f-divergence is not reverse KL; "" for other methods), `beta` the method's parameter (DPO's beta, RLOO's KL
-    coefficient, Unlikelihood's alpha; "" for Preferred-FT); and its run id, which tells a run replaced by
-    `--overwrite true` (same name, new id) from the one evaluated before. `manifest` may be an unfinished one."""
+    """A run's columns: `loss_type` is the loss of a method with several (DPO's `ipo`, `sigmoid+sft`,
+    `sigmoid/js_divergence` where the f-divergence is not reverse KL; CPO's `hinge`; "" for other methods), `beta`
+    the method's parameter (DPO's beta, RLOO's KL coefficient, Unlikelihood's alpha; "" for Preferred-FT); and its
+    run id, which tells a run replaced by `--overwrite true` (same name, new id) from the one evaluated before.
+    `manifest` may be an unfinished one."""
     training = manifest["config"]["training"]
-    loss_type = "+".join(training["loss_type"]) if method == "dpo" else ""
-    if loss_type and training.get("f_divergence_type", "reverse_kl") != "reverse_kl":
+    loss = training.get(BY_KEY[method].loss_field) if BY_KEY[method].loss_field else ""
+    loss_type = "+".join(loss) if isinstance(loss, list) else loss
+    if method == "dpo" and training.get("f_divergence_type", "reverse_kl") != "reverse_kl":
         loss_type += "/" + training["f_divergence_type"]
     field = BY_KEY[method].parameter_field
     beta = training[field] if field else ""

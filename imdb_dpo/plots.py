@@ -58,7 +58,7 @@ def _run_label(method: str, rows: list[dict]) -> str:
     if BY_KEY[method].parameter and row["beta"] != "":
         label += f" {BY_KEY[method].parameter}={row['beta']}"
     loss = row.get("loss_type") or "sigmoid"
-    return label + ("" if method != "dpo" or loss == "sigmoid" else f" ({loss})")
+    return label + ("" if loss == "sigmoid" else f" ({loss})")
 
 
 # The DPO paper's Figure 2 (IMDb): KL 0-20 nats, reward 0.4-1.0.

@@ -208,10 +208,35 @@ def _provenance(provenance: dict, checkpoints: list[dict], reward_model: str, sk
         for run, rows in sorted(runs.items()):
             parameter = BY_KEY[method].parameter
             what = f"{parameter} {rows[0]['beta']}, " if parameter else ""
-            what += f"loss `{rows[0]['loss_type']}`, " if method == "dpo" else ""
+            what += f"loss `{rows[0]['loss_type']}`, " if BY_KEY[method].loss_field else ""
             lines.append(f"  - `{run}`: {what}{len(rows)} checkpoint{'s' if len(rows) != 1 else ''}")
     lines.append(f"- reward model: `{reward_model}`")
     return lines
+
+
+def against_sft(final_rows: list[dict]) -> list[str]:
+    """Which methods raised the reward above the SFT model's: those with a final model whose 95% interval lies
+    entirely above SFT's mean reward; the others are named with their best final model."""
+    sft = next((r for r in final_rows if r["run"] == "sft"), None)
+    families: dict[str, list[dict]] = {}
+    for r in final_rows:
+        if method_of(r) in BY_KEY:
+            families.setdefault(family_of(r), []).append(r)
+    if sft is None or not families:
+        return []
+    above, below = [], []
+    for family in sorted(families, key=family_order):
+        best = max(families[family], key=lambda r: float(r["reward_mean"]))
+        if float(best["reward_lo"]) > float(sft["reward_mean"]):
+            above.append(family_name(family))
+        else:
+            below.append(f"{family_name(family)} (best final model `{best['run']}`: {_fmt(best['reward_mean'])}, "
+                         f"{_fmt(best['reward_lo'])}-{_fmt(best['reward_hi'])})")
+    lines = [f"Raised the reward above the SFT model's {_fmt(sft['reward_mean'])} (a final model's 95% interval entirely "
+             f"above it): {', '.join(above) or 'none'}."]
+    if below:
+        lines.append(f"Did not: {'; '.join(below)}.")
+    return ["", *lines]
 
 
 def render_report(path: str, provenance: dict, summary: list[dict], final_rows: list[dict], samples: dict,
@@ -243,6 +268,7 @@ def render_report(path: str, provenance: dict, summary: list[dict], final_rows: 
             f"| {_fmt(r['kl_mean'], 2)} ({_fmt(r['kl_lo'], 2)}-{_fmt(r['kl_hi'], 2)}) | {_fmt(r['kl_logratio_mean'], 2)} "
             f"| {_fmt(r['win_rate_vs_sft']) if r['win_rate_vs_sft'] != '' else '-'} | {_fmt(r['mean_length'], 1)} "
             f"| {_fmt(r['distinct_2'])} |")
+    lines += against_sft(final_rows)
     lines += ["", "## Reward versus KL", "", "![reward vs KL](reward_vs_kl.png)", "",
               "Every point: [reward_vs_kl_full.png](reward_vs_kl_full.png).", "",
               "| method | run | step | reward | KL | n |", "|---|---|---|---|---|---|"]

@@ -64,13 +64,13 @@ def same_model(a: dict, b: dict) -> bool:
     return a["path"] == b["path"]
 
 
-def pairs_input(pairs_file: str, model: str | None, role: str = "") -> dict:
-    """The identity of a finished pair file (sampled from `model` unless None; an error otherwise), for a manifest's
-    inputs."""
+def pairs_input(pairs_file: str, model: str | None, role: str = "", field: str = "pairs_file") -> dict:
+    """The identity of a finished pair file or of the completions beside it (`field` names the setting), sampled from
+    `model` unless None (an error otherwise), for a manifest's inputs."""
     pairs_dir = os.path.dirname(os.path.abspath(pairs_file))
     manifest = read_manifest(pairs_dir)
     if not (manifest and manifest.get("finished")):
-        raise PairFileError(f"pairs_file={pairs_file!r}: no finished manifest.json beside it, so it was not "
+        raise PairFileError(f"{field}={pairs_file!r}: no finished manifest.json beside it, so it was not "
                             "written by preference_pairs.py or its run is unfinished; finish that stage first")
     source = manifest["inputs"]["model"]
     start = describe_model_input(model) if model is not None else source

@@ -5,9 +5,10 @@
 #                                  merge -> reward model -> RLOO on it (array) -------------------+
 #                                  merge -> Preferred-FT (array) ---------------------------------+
 #                                  merge -> Unlikelihood (array) ---------------------------------+
+#                                  merge -> KTO, ORPO, ORPO from the base model, CPO, SimPO (an array each) -+
 # Each array has one task per run of its config: a value of the sweep (betas, kl_coefs, alphas) and a seed (seeds).
-# (Each baseline only where the preset has its config: rloo.yaml, reward_model.yaml and rloo_rm.yaml,
-# preferred_ft.yaml, unlikelihood.yaml.)
+# (Each baseline and later method only where the preset has its config: rloo.yaml, reward_model.yaml and rloo_rm.yaml,
+# preferred_ft.yaml, unlikelihood.yaml, kto.yaml, orpo.yaml, orpo_base.yaml, cpo.yaml, simpo.yaml.)
 # Usage, from the repo root: slurm/submit_preset.sh <preset> [number of pair shards, default 4]
 # Extra sbatch options for every job (partition, account, ...) go in SBATCH_EXTRA; ARRAY_LIMIT=n runs at most n
 # tasks of each training array at once.
@@ -35,6 +36,10 @@ if [ -f "configs/$preset/rloo_rm.yaml" ]; then
 fi
 [ -f "configs/$preset/preferred_ft.yaml" ] && { pft_runs=$(tasks preferred_ft -) || exit 2; }
 [ -f "configs/$preset/unlikelihood.yaml" ] && { ul_runs=$(tasks unlikelihood alphas) || exit 2; }
+declare -A method_runs  # train.py's methods that sweep beta (slurm/train.sbatch)
+for method in kto orpo orpo_base cpo simpo; do
+  if [ -f "configs/$preset/$method.yaml" ]; then method_runs[$method]=$(tasks "$method" betas) || exit 2; fi
+done
 # ARRAY_LIMIT=n: at most n tasks of each training array at once (each running task holds two checkpoints on disk).
 throttle=${ARRAY_LIMIT:+%$ARRAY_LIMIT}
 submit() { sbatch --parsable ${SBATCH_EXTRA:-} "$@"; }
@@ -69,12 +74,25 @@ if [ "$ul_runs" -gt 0 ]; then
   unlikelihood=$(submit --dependency=afterok:"$merge" --array=0-$((ul_runs - 1))$throttle slurm/unlikelihood.sbatch "$preset")
   trained=$trained:$unlikelihood
 fi
+declare -A method_jobs
+for method in kto orpo orpo_base cpo simpo; do
+  [ -n "${method_runs[$method]:-}" ] || continue
+  method_jobs[$method]=$(submit --dependency=afterok:"$merge" --job-name="$method" \
+    --array=0-$((method_runs[$method] - 1))$throttle slurm/train.sbatch "$method" "$preset")
+  trained=$trained:${method_jobs[$method]}
+done
 evaluation=$(submit --dependency=afterok:"$trained" slurm/eval.sbatch "$preset")
 runs() {  # "<n> runs: <what they sweep>" of a submitted array
   if [ "$1" = none ]; then echo "not in the preset"; else echo "$2 run$([ "$2" -eq 1 ] || echo s): $(tasks "$3" "$4" describe)"; fi
 }
-printf 'sft %s\npairs %s (array of %s)\nmerge %s\nreference %s\ndpo %s (%s)\nrloo %s (%s)\nreward_model %s\nrloo_rm %s (%s)\npreferred_ft %s (%s)\nunlikelihood %s (%s)\neval %s\n' \
+printf 'sft %s\npairs %s (array of %s)\nmerge %s\nreference %s\ndpo %s (%s)\nrloo %s (%s)\nreward_model %s\nrloo_rm %s (%s)\npreferred_ft %s (%s)\nunlikelihood %s (%s)\n' \
   "$sft" "$pairs" "$shards" "$merge" "$reference" "$dpo" "$(runs "$dpo" "$dpo_runs" dpo betas)" \
   "$rloo" "$(runs "$rloo" "$rloo_runs" rloo kl_coefs)" "$reward_model" "$rloo_rm" "$(runs "$rloo_rm" "$rm_runs" rloo_rm kl_coefs)" \
-  "$preferred_ft" "$(runs "$preferred_ft" "$pft_runs" preferred_ft -)" "$unlikelihood" "$(runs "$unlikelihood" "$ul_runs" unlikelihood alphas)" \
-  "$evaluation"
+  "$preferred_ft" "$(runs "$preferred_ft" "$pft_runs" preferred_ft -)" "$unlikelihood" "$(runs "$unlikelihood" "$ul_runs" unlikelihood alphas)"
+for method in kto orpo orpo_base cpo simpo; do
+  if [ -n "${method_jobs[$method]:-}" ]; then
+    printf '%s %s (%s)\n' "$method" "${method_jobs[$method]}" \
+      "$(runs "${method_jobs[$method]}" "${method_runs[$method]}" "$method" betas)"
+  fi
+done
+printf 'eval %s\n' "$evaluation"

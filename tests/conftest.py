@@ -128,6 +128,8 @@ def _stage_in_process(script: str, args: list[str]) -> int:
     from imdb_dpo.cli import run_stage
 
     module = importlib.import_module(script.removesuffix(".py"))
+    if not hasattr(module, "STAGES"):  # train.py: its first argument names the method
+        return module.main(args)
     return run_stage(module.main, module.STAGES, args)
 
 

@@ -64,10 +64,12 @@ def test_trl_loss_equals_the_dpo_formula_recomputed_from_log_probs(tiny_sft, tin
 
 def test_tiny_dpo_learns_the_preferences_and_raises_the_reward(tiny_base, tiny_sft, tiny_pairs, tiny_dpo):
     pairs = read_pairs(tiny_pairs)
+    trained = read_manifest(tiny_dpo)["config"]["script"]["max_train_pairs"]
     sft, policy = load_causal_lm(tiny_sft), load_causal_lm(tiny_dpo)
-    margins = implicit_reward_margins(policy, sft, pairs[::4])
-    accuracy = (margins > 0).float().mean().item()
-    assert accuracy > 0.85, accuracy  # chance is 0.5; 0.89 on the pairs of 2026-12-02, above 0.9 on earlier samplings
+    accuracy = (implicit_reward_margins(policy, sft, pairs[:trained][::2]) > 0).float().mean().item()
+    held_out = (implicit_reward_margins(policy, sft, pairs[trained:]) > 0).float().mean().item()
+    # Chance is 0.5. On the pairs of 2026-12-02 (50 steps over 1,600 of them): 0.87 trained on, 0.68 held out.
+    assert accuracy > 0.8 and held_out > 0.6, (accuracy, held_out)
 
     tokenizer = load_tokenizer(tiny_sft)
     args = PairsArguments(train_file=tiny_base["train"], test_file=tiny_base["test"])

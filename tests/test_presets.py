@@ -13,6 +13,7 @@ import preferred_ft
 import reward_model
 import rloo
 import sft
+import train
 import unlikelihood
 from conftest import CPU_FLAGS, REPO
 from imdb_dpo.config import TinyBaseArguments, parse_config
@@ -21,7 +22,8 @@ PARSERS = {"sft": sft.STAGES, "preference_pairs": preference_pairs.STAGES, "dpo"
            "rloo": rloo.STAGES, "rloo_rm": rloo.STAGES, "reward_model": reward_model.STAGES,
            "preferred_ft": preferred_ft.STAGES, "unlikelihood": unlikelihood.STAGES,
            "eval": eval_stage.STAGES,
-           "base": (TinyBaseArguments,)}
+           "base": (TinyBaseArguments,),
+           **{method: recipe.stages for method, recipe in train.RECIPES.items()}}
 
 
 STAGE_CONFIGS = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "*", "*.yaml"))

@@ -54,12 +54,12 @@ def test_a_finished_run_keeps_no_checkpoint(tiny_base, tiny_sft, tmp_path):
     leaves them, or a checkpoint half-deleted under its hidden name, to the next run, which deletes them and
     changes nothing else."""
     assert checkpoint_steps(tiny_sft) == [] and not glob.glob(os.path.join(tiny_sft, ".checkpoint-*"))
-    assert read_manifest(tiny_sft)["global_step"] == 250  # it saved every 50 steps while it ran
+    assert read_manifest(tiny_sft)["global_step"] == 125  # it saved every 50 steps while it ran
     run = tmp_path / "sft"
     shutil.copytree(tiny_sft, run)
-    shutil.copytree(run, run / "checkpoint-200", ignore=shutil.ignore_patterns("checkpoint-*"))
-    (run / ".checkpoint-250.deleting").mkdir()
-    (run / ".checkpoint-250.deleting" / "optimizer.pt").write_bytes(b"half deleted")
+    shutil.copytree(run, run / "checkpoint-100", ignore=shutil.ignore_patterns("checkpoint-*"))
+    (run / ".checkpoint-125.deleting").mkdir()
+    (run / ".checkpoint-125.deleting" / "optimizer.pt").write_bytes(b"half deleted")
     mtime = os.path.getmtime(run / "model.safetensors")
     assert sft.main(*parse_config(sft.STAGES, sft_argv(tiny_base, run))) == 0
     assert sorted(os.listdir(run)) == sorted(os.listdir(tiny_sft))

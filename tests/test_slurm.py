@@ -167,8 +167,9 @@ def test_submit_preset_chains_every_stage_with_afterok(cluster, tmp_path):
     proc = subprocess.run(["slurm/submit_preset.sh", "tiny", "3"], cwd=repo, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     ids = dict(line.split()[:2] for line in proc.stdout.splitlines())
+    later = ["kto", "orpo", "orpo_base", "cpo", "simpo"]  # train.py's methods, an array each over betas
     assert list(ids) == ["sft", "pairs", "merge", "reference", "dpo", "rloo", "reward_model", "rloo_rm", "preferred_ft",
-                         "unlikelihood", "eval"]
+                         "unlikelihood", *later, "eval"]
     try:
         def dependency(job):  # the job ids it waits for with afterok (an array shows as <id>_*)
             out = cluster.run("scontrol", "show", "job", job).stdout
@@ -176,11 +177,12 @@ def test_submit_preset_chains_every_stage_with_afterok(cluster, tmp_path):
 
         for before, after in [("sft", "pairs"), ("pairs", "merge"), ("merge", "reference"), ("reference", "dpo"),
                               ("merge", "rloo"), ("merge", "reward_model"), ("reward_model", "rloo_rm"),
-                              ("merge", "preferred_ft"), ("merge", "unlikelihood")]:
+                              ("merge", "preferred_ft"), ("merge", "unlikelihood"),
+                              *(("merge", method) for method in later)]:
             assert dependency(ids[after]) == [ids[before]], (after, dependency(ids[after]))
         # The evaluation waits for every method's training.
         assert dependency(ids["eval"]) == sorted(ids[k] for k in ("dpo", "rloo", "reward_model", "rloo_rm",
-                                                                  "preferred_ft", "unlikelihood"))
+                                                                  "preferred_ft", "unlikelihood", *later))
         pairs_tasks = cluster.run("squeue", "-h", "-r", "-j", ids["pairs"], "-o", "%i").stdout.split()
         dpo_tasks = cluster.run("squeue", "-h", "-r", "-j", ids["dpo"], "-o", "%i").stdout.split()
         rloo_tasks = cluster.run("squeue", "-h", "-r", "-j", ids["rloo"], "-o", "%i").stdout.split()
@@ -189,7 +191,11 @@ def test_submit_preset_chains_every_stage_with_afterok(cluster, tmp_path):
         preferred_ft_tasks = cluster.run("squeue", "-h", "-r", "-j", ids["preferred_ft"], "-o", "%i").stdout.split()
         assert len(unlikelihood_tasks) == 1 and len(preferred_ft_tasks) == 3  # alphas; seeds
         assert "JobName=rloo_rm" in cluster.run("scontrol", "show", "job", ids["rloo_rm"]).stdout
-        for stage in ("dpo", "rloo", "rloo_rm", "preferred_ft", "unlikelihood"):  # ARRAY_LIMIT; not the pair shards
+        for method in later:  # one beta each in the tiny preset
+            job = cluster.run("scontrol", "show", "job", ids[method]).stdout
+            assert f"JobName={method}" in job and f"train.sbatch {method} tiny" in job, method
+            assert len(cluster.run("squeue", "-h", "-r", "-j", ids[method], "-o", "%i").stdout.split()) == 1, method
+        for stage in ("dpo", "rloo", "rloo_rm", "preferred_ft", "unlikelihood", *later):  # ARRAY_LIMIT; not the shards
             assert "ArrayTaskThrottle=2" in cluster.run("scontrol", "show", "job", ids[stage]).stdout, stage
         assert "ArrayTaskThrottle=2" not in cluster.run("scontrol", "show", "job", ids["pairs"]).stdout
         assert "(6 runs: betas 0.1 1.0 5.0 x seeds 0 1)" in proc.stdout and "(2 runs: KL coefficients 0.01 0.1)" in proc.stdout

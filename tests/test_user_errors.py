@@ -81,7 +81,7 @@ def test_a_finished_stage_run_with_other_settings_names_them(capsys, finished, t
     refused(capsys, preference_pairs, pairs_argv(tiny_base, tiny_sft, os.path.dirname(tiny_pairs), "--temperature", "0.7"),
             "holds a finished pair generation made with other settings", "config.generation.temperature: 1.0 before, 0.7 now")
     refused(capsys, sft, sft_argv(tiny_base, tiny_sft, "--num_train_epochs", "3"),
-            "holds a finished SFT run made with other settings", "config.training.num_train_epochs: 2 before, 3.0 now")
+            "holds a finished SFT run made with other settings", "config.training.num_train_epochs: 1 before, 3.0 now")
     # The same settings skip, and so does a sweep that includes the finished beta (betas are not a run's setting).
     assert run_stage(dpo.main, dpo.STAGES, dpo_argv(tiny_sft, tiny_pairs, os.path.dirname(run_dir), "--betas", "0.1")) == 0
     assert "finished with these settings; skipping" in capsys.readouterr().out

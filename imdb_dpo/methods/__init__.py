@@ -1,8 +1,10 @@
 """The trained methods on the frontier, one entry each: what the evaluation, the plot and the report need to know.
 
-A method is a stage script (`dpo.py`, `rloo.py`, ...) over `training_runs.train_run` with a module here holding its
-trainer and data adapter. Its runs are folders under one root whose manifest's `stage` is the method's key: that
-is how `eval.py` finds them. Adding a method is one entry below plus its module and script.
+A method is run by `train.py <method>`: the paper's stages through their scripts (`dpo.py`, `rloo.py`, ...) with a
+module here holding their trainer and data adapter, the later methods as a recipe here (`recipe.py`: KTO, ORPO,
+CPO, SimPO), all over `training_runs.train_run`. Its runs are folders under one root whose manifest's `stage` is the
+method's key: that is how `eval.py` finds them. Adding a method is one entry below plus its module (and for a recipe,
+its entry in train.py's RECIPES).
 """
 
 from dataclasses import dataclass, field
@@ -17,10 +19,11 @@ class Method:
     parameter: str = ""  # what summary.csv's `beta` column holds for it ("" when it has none)
     parameter_field: str = ""  # the field of its trainer config that holds that parameter
     style: dict = field(default_factory=dict)  # the plot family: a colour map (a shade per run) or one colour
+    loss_field: str = ""  # the trainer config's loss choice, where the method has several (each its own family)
 
 
 TRAINED = (
-    Method("dpo", "DPO", "dpo_dir", "dpo.py", "beta", "beta", {"cmap": "Blues", "fmt": "-", "marker": "o"}),
+    Method("dpo", "DPO", "dpo_dir", "dpo.py", "beta", "beta", {"cmap": "Blues", "fmt": "-", "marker": "o"}, "loss_type"),
     Method("rloo", "RLOO", "rloo_dir", "rloo.py", "KL coef", "beta", {"cmap": "Oranges", "fmt": "--", "marker": "^"}),
     Method("rloo_rm", "RLOO on the learned RM", "rloo_rm_dir", "rloo.py", "KL coef", "beta",
            {"cmap": "Reds", "fmt": "--", "marker": "v"}),
@@ -28,5 +31,13 @@ TRAINED = (
            {"color": "green", "fmt": ":", "marker": "D"}),
     Method("unlikelihood", "Unlikelihood", "unlikelihood_dir", "unlikelihood.py", "alpha", "alpha",
            {"cmap": "Purples", "fmt": "-.", "marker": "s"}),
+    Method("kto", "KTO", "kto_dir", "train.py kto", "beta", "beta", {"cmap": "BuGn", "fmt": "-", "marker": "P"}),
+    Method("orpo", "ORPO", "orpo_dir", "train.py orpo", "beta", "beta", {"cmap": "RdPu", "fmt": "-", "marker": "*"}),
+    Method("orpo_base", "ORPO from the base model", "orpo_base_dir", "train.py orpo_base", "beta", "beta",
+           {"cmap": "Greys", "fmt": ":", "marker": "*"}),
+    Method("cpo", "CPO", "cpo_dir", "train.py cpo", "beta", "beta", {"cmap": "YlOrBr", "fmt": "-.", "marker": "X"},
+           "loss_type"),
+    Method("simpo", "SimPO", "simpo_dir", "train.py simpo", "beta", "beta",
+           {"cmap": "GnBu", "fmt": "--", "marker": "h"}),
 )
 BY_KEY = {m.key: m for m in TRAINED}

@@ -1,0 +1,123 @@
+"""Every stage a preset defines, in order: what `./run_pipeline.sh <preset>` runs.
+
+    python -m imdb_dpo.pipeline tiny
+
+A stage is its script's own entry (`run_stage(main, STAGES)` with `--config configs/<preset>/<stage>.yaml`), so its
+outputs, resume, skip and messages are the script's. On a machine without a CUDA GPU the stages run one after the
+other in this process: each would otherwise spend ~10 s importing torch, transformers and TRL, a third of the tiny
+preset's time. With a GPU (or IMDB_DPO_FRESH_PROCESSES=1) each stage runs in a fresh process, as a user runs the
+scripts by hand, so every stage starts with the whole GPU to itself; SIGTERM and SIGUSR1 are passed on to it, and a
+Ctrl-C reaches it from the terminal. A stage that fails or is stopped (a signal, the stop file) ends the chain with
+its exit status; running the pipeline again goes on where it stopped.
+"""
+
+import gc
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from .cli import EXIT_USER_ERROR, run_stage
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# (config file, command): the paper's stages, its baselines (RLOO on the true reward, the learned reward model and
+# RLOO on it, Preferred-FT, Unlikelihood), the methods that followed DPO, and the evaluation of them all. A preset
+# without a stage's config skips it.
+STAGES = (
+    ("base", "imdb_dpo.tiny"), ("sft", "sft"), ("preference_pairs", "preference_pairs"), ("dpo", "dpo"),
+    ("rloo", "rloo"), ("reward_model", "reward_model"), ("rloo_rm", "rloo"), ("preferred_ft", "preferred_ft"),
+    ("unlikelihood", "unlikelihood"), ("kto", "train kto"), ("orpo", "train orpo"), ("orpo_base", "train orpo_base"),
+    ("cpo", "train cpo"), ("simpo", "train simpo"), ("eval", "eval"),
+)
+
+
+def command_line(command: str, config: str) -> list[str]:
+    module, *method = command.split()
+    if module.startswith("imdb_dpo."):
+        return [sys.executable, "-m", module, "--config", config]
+    return [sys.executable, os.path.join(REPOSITORY, f"{module}.py"), *method, "--config", config]
+
+
+def run_here(command: str, config: str) -> int:
+    import importlib
+
+    module, *method = command.split()
+    if module == "imdb_dpo.tiny":
+        from .config import TinyBaseArguments
+        from .tiny import build_tiny_base
+
+        return run_stage(build_tiny_base, [TinyBaseArguments], ["--config", config], "imdb_dpo.tiny")
+    script = importlib.import_module(module)
+    if method:
+        return script.main([*method, "--config", config])
+    return run_stage(script.main, script.STAGES, ["--config", config], f"{module}.py")
+
+
+def end_of_stage() -> None:
+    """What one stage leaves behind is not the next one's: its signal handlers (a Ctrl-C between stages stops the
+    chain) and its memory."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for signum in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_DFL)
+    gc.collect()
+
+
+def run_in_fresh_process(command: str, config: str) -> int:
+    child = subprocess.Popen(command_line(command, config), cwd=REPOSITORY)
+
+    def pass_on(signum, frame):
+        child.send_signal(signum)
+
+    # A Ctrl-C reaches the child from the terminal: here it must neither kill the child nor reach it twice (a second
+    # SIGINT stops a stage without saving). A handler, unlike SIG_IGN, is not inherited by the child.
+    signal.signal(signal.SIGINT, lambda signum, frame: None)
+    for signum in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, pass_on)
+    return child.wait()
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m imdb_dpo.pipeline <preset>   (a folder of configs/, e.g. tiny, or a folder's path)",
+              file=sys.stderr)
+        return EXIT_USER_ERROR
+    configs = os.path.join(REPOSITORY, "configs", argv[0])
+    configs = configs if os.path.isdir(configs) else os.path.abspath(argv[0])
+    if not os.path.isdir(configs):
+        print(f"no preset '{argv[0]}': neither {os.path.join(REPOSITORY, 'configs', argv[0])} nor {configs} is a "
+              "folder", file=sys.stderr)
+        return EXIT_USER_ERROR
+    sys.path.insert(0, REPOSITORY)  # the stage scripts
+    import torch
+
+    fresh_processes = torch.cuda.is_available() or os.environ.get("IMDB_DPO_FRESH_PROCESSES") == "1"
+    started = time.monotonic()
+    for stage, command in STAGES:
+        config = os.path.join(configs, f"{stage}.yaml")
+        if not os.path.isfile(config):
+            continue
+        print(f"== {stage} ({config})", flush=True)
+        stage_started = time.monotonic()
+        try:
+            if fresh_processes:
+                code = run_in_fresh_process(command, config)
+            else:
+                code = run_here(command, config)
+        except KeyboardInterrupt:
+            print("\ninterrupted: the same command goes on from the last save", file=sys.stderr)
+            return 130
+        finally:
+            end_of_stage()
+        sys.stdout.flush()
+        if code:
+            print(f"== {stage} stopped (exit status {code}); run the same command again to go on", flush=True)
+            return code
+        print(f"== {stage}: {time.monotonic() - stage_started:.0f} s", flush=True)
+    print(f"== done in {time.monotonic() - started:.0f} s: outputs under {os.environ.get('OUTPUT_ROOT', REPOSITORY)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
