@@ -448,52 +448,30 @@ class RewardModelScriptArguments:
     overwrite: bool = field(default=False, metadata={"help": "Replace a finished run once the new one has finished."})
 
 
+def runs_root(method: str, what: str):
+    """An EvalArguments field: the folder holding a method's runs."""
+    return field(default=f"${{OUTPUT_ROOT}}/outputs/gpt2-large/{method}",
+                 metadata={"help": f"Root of the {what} runs; a folder that does not exist means none were run."})
+
+
 @dataclass
 class EvalArguments(SamplingArguments):
     sft_model: str = field(default="${OUTPUT_ROOT}/outputs/gpt2-large/sft", metadata={"help": "Also the KL reference."})
     base_model: str | None = field(default=None, metadata={"help": "Pre-SFT model, shown as a point when set."})
     dpo_dir: str = field(default="${OUTPUT_ROOT}/outputs/gpt2-large/dpo", metadata={"help": "Root of the DPO runs."})
-    rloo_dir: str = field(
-        default="${OUTPUT_ROOT}/outputs/gpt2-large/rloo",
-        metadata={"help": "Root of the RLOO runs (rloo.py); a folder that does not exist means none were run."},
-    )
-    preferred_ft_dir: str = field(
-        default="${OUTPUT_ROOT}/outputs/gpt2-large/preferred_ft",
-        metadata={"help": "Root of the Preferred-FT runs (preferred_ft.py); a folder that does not exist means none "
-                          "were run."},
-    )
+    rloo_dir: str = runs_root("rloo", "RLOO (rloo.py)")
+    preferred_ft_dir: str = runs_root("preferred_ft", "Preferred-FT (preferred_ft.py)")
     rloo_rm_dir: str = field(
         default="${OUTPUT_ROOT}/outputs/gpt2-large/rloo_rm",
         metadata={"help": "Root of the RLOO runs on a learned reward model (rloo.py with rloo_rm.yaml); their records "
                           "also hold the learned model's score. A folder that does not exist means none were run."},
     )
-    unlikelihood_dir: str = field(
-        default="${OUTPUT_ROOT}/outputs/gpt2-large/unlikelihood",
-        metadata={"help": "Root of the Unlikelihood runs (unlikelihood.py); a folder that does not exist means none "
-                          "were run."},
-    )
-    kto_dir: str = field(
-        default="${OUTPUT_ROOT}/outputs/gpt2-large/kto",
-        metadata={"help": "Root of the KTO runs (train.py kto); a folder that does not exist means none were run."},
-    )
-    orpo_dir: str = field(
-        default="${OUTPUT_ROOT}/outputs/gpt2-large/orpo",
-        metadata={"help": "Root of the ORPO runs from the SFT model (train.py orpo); a folder that does not exist means "
-                          "none were run."},
-    )
-    orpo_base_dir: str = field(
-        default="${OUTPUT_ROOT}/outputs/gpt2-large/orpo_base",
-        metadata={"help": "Root of the ORPO runs from the base model (train.py orpo_base); a folder that does not "
-                          "exist means none were run."},
-    )
-    cpo_dir: str = field(
-        default="${OUTPUT_ROOT}/outputs/gpt2-large/cpo",
-        metadata={"help": "Root of the CPO runs (train.py cpo); a folder that does not exist means none were run."},
-    )
-    simpo_dir: str = field(
-        default="${OUTPUT_ROOT}/outputs/gpt2-large/simpo",
-        metadata={"help": "Root of the SimPO runs (train.py simpo); a folder that does not exist means none were run."},
-    )
+    unlikelihood_dir: str = runs_root("unlikelihood", "Unlikelihood (unlikelihood.py)")
+    kto_dir: str = runs_root("kto", "KTO (train.py kto)")
+    orpo_dir: str = runs_root("orpo", "ORPO from the SFT model (train.py orpo)")
+    orpo_base_dir: str = runs_root("orpo_base", "ORPO from the base model (train.py orpo_base)")
+    cpo_dir: str = runs_root("cpo", "CPO (train.py cpo)")
+    simpo_dir: str = runs_root("simpo", "SimPO (train.py simpo)")
     kl_budgets: list[float] = field(
         default_factory=lambda: [1.0, 3.0, 10.0],
         metadata={"help": "KL budgets (nats per sample, each > 0) of report.md's and frontier_budget.csv's table: per "

@@ -92,6 +92,22 @@ def write_pairs(path: str, pairs: list[dict]) -> None:
     write_text_atomic(path, "".join(json.dumps(p, sort_keys=True) + "\n" for p in pairs))
 
 
+def json_lines(path: str, error: type, changed: str):
+    """(`<path>, line <n>`, the line's JSON value) of each line of a finished JSONL file; a line that is not UTF-8
+    JSON raises `error` naming the file, the line and `changed` (what to do about it)."""
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            where = f"{path}, line {number}"
+            try:
+                value = json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                raise error(f"{where}: not UTF-8 text (byte {e.start}); {changed}") from None
+            except json.JSONDecodeError as e:
+                cut = " (the line is cut short)" if not line.endswith(b"\n") else ""
+                raise error(f"{where}: not valid JSON ({e.msg}, column {e.colno}){cut}; {changed}") from None
+            yield where, value
+
+
 def read_pairs(path: str) -> list[dict]:
     """Every pair of `path`, validated; the file must come from a finished pair-generation run."""
     if os.path.isdir(path):
@@ -109,18 +125,9 @@ def read_pairs(path: str) -> list[dict]:
     changed = ("the file was changed since its run finished: restore it, or generate the pairs again "
                "(preference_pairs.py --overwrite true)")
     pairs = []
-    with open(path, "rb") as f:
-        for number, line in enumerate(f, start=1):
-            where = f"{path}, line {number}"
-            try:
-                pair = json.loads(line.decode("utf-8"))
-            except UnicodeDecodeError as e:
-                raise PairFileError(f"{where}: not UTF-8 text (byte {e.start}); {changed}") from None
-            except json.JSONDecodeError as e:
-                cut = " (the line is cut short)" if not line.endswith(b"\n") else ""
-                raise PairFileError(f"{where}: not valid JSON ({e.msg}, column {e.colno}){cut}; {changed}") from None
-            _check_pair(pair, where)
-            pairs.append(pair)
+    for where, pair in json_lines(path, PairFileError, changed):
+        _check_pair(pair, where)
+        pairs.append(pair)
     recorded = manifest.get("num_pairs")
     if recorded is not None and recorded != len(pairs):
         raise PairFileError(f"{path}: holds {len(pairs)} pairs, but the run that wrote it recorded {recorded}; {changed}")

@@ -156,7 +156,9 @@ def test_kto_raises_the_desirable_completions_over_the_undesirable(tiny_run):
     assert after > before + 0.5
 
 
-@pytest.mark.parametrize("method", list(NEW_METHODS))
+# One method of each trainer (ORPO from the base model is ORPO's trainer and recipe from another start; CPO is
+# SimPO's trainer and recipe with another loss).
+@pytest.mark.parametrize("method", ["kto", "orpo", "simpo"])
 def test_a_killed_run_resumes_to_the_preset_runs_weights(method, tiny_run, method_runs, tmp_path):
     argv = method_argv(method, tiny_run["root"], tmp_path, *NO_FRONTIER_EVAL)
     run_dir = tmp_path / NEW_METHODS[method]

@@ -3,8 +3,6 @@
 import csv
 import os
 
-import pytest
-
 from conftest import REPO
 from imdb_dpo.methods import TRAINED
 from imdb_dpo.plots import plot_frontier
@@ -58,11 +56,11 @@ def test_the_summary_and_both_plots_carry_every_method(tiny_run, tmp_path):
         assert all(any(label.startswith(m.title) for label in labels) for m in tiny), labels
 
 
-@pytest.mark.parametrize("fresh_processes", ["1", "0"])
-def test_a_sigterm_stops_the_running_stage_which_saves_and_a_rerun_finishes(fresh_processes, tiny_run, tmp_path):
-    """In one process (a CPU machine) or each stage in a fresh one (IMDB_DPO_FRESH_PROCESSES=1, as a GPU machine
-    runs them, the pipeline passing the signal on): a SIGTERM (a SLURM preemption, `timeout`) makes the running stage
-    save and stop, and the chain stops with its status."""
+def test_on_a_gpu_machine_each_stage_runs_in_a_fresh_process_that_a_sigterm_stops_and_a_rerun_finishes(tiny_run,
+                                                                                                       tmp_path):
+    """IMDB_DPO_FRESH_PROCESSES=1 launches the stages as a GPU machine does: the pipeline passes SIGTERM (a SLURM
+    preemption, `timeout`) on to the running stage, which saves and stops; the chain stops with its status. (In one
+    process the stage's own handler gets the signal: each stage's tests stop it so.)"""
     import signal
     import subprocess
     import sys
@@ -81,7 +79,7 @@ def test_a_sigterm_stops_the_running_stage_which_saves_and_a_rerun_finishes(fres
     preset = tmp_path / "preset"
     preset.mkdir()
     (preset / "dpo.yaml").write_text(yaml.safe_dump(config))
-    env = {**os.environ, "IMDB_DPO_FRESH_PROCESSES": fresh_processes}
+    env = {**os.environ, "IMDB_DPO_FRESH_PROCESSES": "1"}
     command = [sys.executable, "-m", "imdb_dpo.pipeline", str(preset)]
     proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     run_dir = tmp_path / "dpo/sigmoid_beta0.1"

@@ -8,7 +8,6 @@ middle one out, and a prompt whose samples all score the same gives none). The r
 must be the model that sampled them; runs go to <output_dir>/kto_beta<beta>/.
 """
 
-import json
 import math
 import os
 import statistics
@@ -20,6 +19,7 @@ from ..config import KTOScriptArguments
 from ..costs import dpo_memory
 from ..errors import UserError
 from ..manifests import describe_model_input, read_manifest
+from ..pairs import json_lines
 from ..training_runs import pairs_input
 from .recipe import Recipe
 
@@ -80,21 +80,15 @@ def read_completions(path: str, model: str) -> list[dict]:
     changed = "the file was changed since stage 2 finished: restore it, or run preference_pairs.py --overwrite true"
     vocabulary = AutoConfig.from_pretrained(model).get_text_config().vocab_size
     records = []
-    with open(path, "rb") as f:
-        for number, line in enumerate(f, start=1):
-            where = f"{path}, line {number}"
-            try:
-                record = json.loads(line.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                raise CompletionsFileError(f"{where}: not a line of JSON; {changed}") from None
-            fault = _fault(record)
-            if fault:
-                raise CompletionsFileError(f"{where}: {fault}; {changed}")
-            ids = record["prompt_ids"] + [i for c in record["completions"] for i in c["ids"]]
-            if max(ids) >= vocabulary:
-                raise CompletionsFileError(f"{where}: token id {max(ids)} is outside the vocabulary of {model} "
-                                           f"({vocabulary} tokens); fix model_name_or_path or completions_file")
-            records.append(record)
+    for where, record in json_lines(path, CompletionsFileError, changed):
+        fault = _fault(record)
+        if fault:
+            raise CompletionsFileError(f"{where}: {fault}; {changed}")
+        ids = record["prompt_ids"] + [i for c in record["completions"] for i in c["ids"]]
+        if max(ids) >= vocabulary:
+            raise CompletionsFileError(f"{where}: token id {max(ids)} is outside the vocabulary of {model} "
+                                       f"({vocabulary} tokens); fix model_name_or_path or completions_file")
+        records.append(record)
     recorded = (read_manifest(os.path.dirname(os.path.abspath(path))) or {}).get("num_prompts")
     if recorded is not None and recorded != len(records):
         raise CompletionsFileError(f"{path}: holds {len(records)} prompts, but stage 2 recorded {recorded}; {changed}")
