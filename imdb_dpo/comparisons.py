@@ -16,7 +16,7 @@ import re
 
 import numpy as np
 
-from .methods import TRAINED
+from .methods import BY_KEY, TRAINED
 
 SEED_SUFFIX = re.compile(r"_seed(\d+)$")
 RESAMPLES = 2000
@@ -38,11 +38,15 @@ def method_of(row: dict) -> str:
 
 
 def family_of(row: dict) -> str:
-    """What the frontier's tables compare a row as: its method, and for a method with several losses (DPO, CPO) its
-    loss where that is not the default sigmoid with reverse KL (`dpo/ipo`, `dpo/sigmoid/js_divergence`, `cpo/hinge`),
-    so that each such loss is a method of its own."""
+    """What the frontier's tables compare a row as: its method, and for a method with several losses (DPO, CPO, KTO)
+    its loss where that is not the method's own (sigmoid with reverse KL for DPO: `dpo/ipo`, `dpo/sigmoid/js_divergence`,
+    `cpo/hinge`, `kto/apo_zero_unpaired`), so that each such loss is a method of its own."""
     method, loss = method_of(row), row.get("loss_type", "")
-    return f"{method}/{loss}" if loss not in ("", "sigmoid") else method
+    return f"{method}/{loss}" if loss not in ("", default_loss(method)) else method
+
+
+def default_loss(method: str) -> str:
+    return BY_KEY[method].default_loss if method in BY_KEY else "sigmoid"
 
 
 def family_order(family: str) -> tuple:

@@ -8,7 +8,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .comparisons import family_of, frontier_rows, method_of
+from .comparisons import default_loss, family_of, frontier_rows, method_of
 from .methods import BY_KEY, TRAINED
 from .report import family_name
 from .reward import VADER  # noqa: E402
@@ -57,8 +57,8 @@ def _run_label(method: str, rows: list[dict]) -> str:
     label = BY_KEY[method].title
     if BY_KEY[method].parameter and row["beta"] != "":
         label += f" {BY_KEY[method].parameter}={row['beta']}"
-    loss = row.get("loss_type") or "sigmoid"
-    return label + ("" if loss == "sigmoid" else f" ({loss})")
+    loss = row.get("loss_type") or default_loss(method)
+    return label + ("" if loss == default_loss(method) else f" ({loss})")
 
 
 # The DPO paper's Figure 2 (IMDb): KL 0-20 nats, reward 0.4-1.0.

@@ -174,6 +174,8 @@ def test_a_killed_run_resumes_to_the_preset_runs_weights(method, tiny_run, metho
     ("cpo", ["--loss_type", "simpo"], "train.py simpo"),
     ("simpo", ["--loss_type", "sigmoid"], "set loss_type: simpo"),
     ("cpo", ["--cpo_alpha", "-1"], "cpo_alpha=-1.0"),
+    ("cpo", ["--simpo_gamma", "1"], "simpo_gamma=1.0 is SimPO's target margin"),
+    ("cpo", ["--loss_type", "hinge", "--label_smoothing", "0.1"], "hinge loss ignores it"),
     ("orpo", ["--betas", "0"], "beta must be a number > 0"),
     ("kto", ["--max_train_examples", "0"], "max_train_examples"),
 ])
@@ -240,3 +242,13 @@ def test_the_report_names_each_method_that_did_not_raise_the_reward_above_sft():
                      "KTO, CPO."
     assert missed == ("Did not: ORPO from the base model (best final model `orpo_base_beta0.1`: 0.630, 0.590-0.680); "
                       "CPO (hinge) (best final model `cpo_hinge_beta0.1`: 0.550, 0.500-0.600).")
+
+
+def test_a_sweep_of_two_betas_is_skipped_when_run_again(tiny_run, tmp_path, capsys):
+    """TRL's ORPO and CPO edit the config's model_init_kwargs in place: the second run must still record the settings
+    it was asked for, or a rerun refuses it as other settings."""
+    argv = method_argv("orpo", tiny_run["root"], tmp_path, *NO_FRONTIER_EVAL, "--betas", "0.1", "0.2", "--max_steps",
+                       "1", "--max_train_pairs", "32")
+    run_in_process("train.py", argv)
+    run_in_process("train.py", argv)
+    assert capsys.readouterr().out.count("skipping") == 2

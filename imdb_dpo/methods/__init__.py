@@ -20,6 +20,7 @@ class Method:
     parameter_field: str = ""  # the field of its trainer config that holds that parameter
     style: dict = field(default_factory=dict)  # the plot family: a colour map (a shade per run) or one colour
     loss_field: str = ""  # the trainer config's loss choice, where the method has several (each its own family)
+    default_loss: str = "sigmoid"  # the loss that is the method itself (any other is a family of its own)
 
 
 TRAINED = (
@@ -31,7 +32,8 @@ TRAINED = (
            {"color": "green", "fmt": ":", "marker": "D"}),
     Method("unlikelihood", "Unlikelihood", "unlikelihood_dir", "unlikelihood.py", "alpha", "alpha",
            {"cmap": "Purples", "fmt": "-.", "marker": "s"}),
-    Method("kto", "KTO", "kto_dir", "train.py kto", "beta", "beta", {"cmap": "BuGn", "fmt": "-", "marker": "P"}),
+    Method("kto", "KTO", "kto_dir", "train.py kto", "beta", "beta", {"cmap": "BuGn", "fmt": "-", "marker": "P"},
+           "loss_type", "kto"),
     Method("orpo", "ORPO", "orpo_dir", "train.py orpo", "beta", "beta", {"cmap": "RdPu", "fmt": "-", "marker": "*"}),
     Method("orpo_base", "ORPO from the base model", "orpo_base_dir", "train.py orpo_base", "beta", "beta",
            {"cmap": "Greys", "fmt": ":", "marker": "*"}),

@@ -108,6 +108,14 @@ def examples(script_args: KTOScriptArguments, model_args: ModelConfig) -> tuple[
     return rows, inputs
 
 
+def kto_name(args, beta: float) -> str:
+    """`kto_beta0.1`; another loss (`kto_apo_zero_unpaired_beta0.1`) and unequal weights of the desirable and
+    undesirable terms (`_w1-1.33`) where they are set."""
+    loss = "" if args.loss_type == "kto" else f"_{args.loss_type}"
+    weights = (args.desirable_weight, args.undesirable_weight)
+    return f"kto{loss}_beta{beta:g}" + ("" if weights == (1.0, 1.0) else f"_w{weights[0]:g}-{weights[1]:g}")
+
+
 class PretokenizedKTOTrainer(KTOTrainer):
     """KTOTrainer on the token ids that were sampled: TRL would re-tokenise text and append EOS to every completion
     (one cut at the length cap would learn to stop). Its KL term's mismatched completions are made as TRL makes them:
@@ -125,5 +133,5 @@ class PretokenizedKTOTrainer(KTOTrainer):
 
 RECIPE = Recipe("kto", "KTO", KTOScriptArguments, KTOConfig, PretokenizedKTOTrainer, CURVES, examples,
                 dpo_memory,  # as a pair: a completion and its mismatched KL twin per row
-                lambda args, beta: f"kto_beta{beta:g}", "max_train_examples", ("completion_ids",),
+                lambda args, beta: kto_name(args, beta), "max_train_examples", ("completion_ids",),
                 ("rewards/margins", "reward margin (desirable - undesirable)"))

@@ -80,6 +80,12 @@ def check_cpo(args) -> None:
     if args.loss_type not in CPO_LOSSES:
         fix = "run train.py simpo for SimPO's loss" if args.loss_type in ("simpo", "alphapo") else "fix loss_type"
         raise ConfigError(f"loss_type={args.loss_type!r}: train.py cpo runs CPO's {', '.join(CPO_LOSSES)}; {fix}")
+    if args.simpo_gamma != CPOConfig.__dataclass_fields__["simpo_gamma"].default:
+        raise ConfigError(f"simpo_gamma={args.simpo_gamma} is SimPO's target margin: CPO's {args.loss_type} loss never "
+                          "reads it; remove it, or run train.py simpo")
+    if args.label_smoothing and args.loss_type != "sigmoid":
+        raise ConfigError(f"label_smoothing={args.label_smoothing}: CPO's {args.loss_type} loss ignores it (TRL reads "
+                          "it in the sigmoid loss only); remove it or use loss_type sigmoid")
     _check_bc_weight(args)
 
 
@@ -96,14 +102,22 @@ def _check_bc_weight(args) -> None:
         raise ConfigError(f"cpo_alpha={args.cpo_alpha}: the weight of the chosen completions' NLL must be >= 0")
 
 
+def _variants(args) -> str:
+    """The settings that change any CPO loss, where they are set: AlphaPO's reward shape and label smoothing."""
+    return (f"_alpha{args.alpha:g}" if args.alpha else "") + (f"_ls{args.label_smoothing:g}" if args.label_smoothing
+                                                                else "")
+
+
 def cpo_name(args, beta: float) -> str:
     """`cpo_sigmoid_beta0.1`; the NLL weight where it is not CPO's 1 (`_nll0.5`)."""
-    return f"cpo_{args.loss_type}_beta{beta:g}" + (f"_nll{args.cpo_alpha:g}" if args.cpo_alpha != 1 else "")
+    return (f"cpo_{args.loss_type}_beta{beta:g}" + (f"_nll{args.cpo_alpha:g}" if args.cpo_alpha != 1 else "")
+            + _variants(args))
 
 
 def simpo_name(args, beta: float) -> str:
     """`simpo_beta2_gamma0.5`; CPO-SimPO's NLL weight where it is not 0 (`_nll1`)."""
-    return f"simpo_beta{beta:g}_gamma{args.simpo_gamma:g}" + (f"_nll{args.cpo_alpha:g}" if args.cpo_alpha else "")
+    return (f"simpo_beta{beta:g}_gamma{args.simpo_gamma:g}" + (f"_nll{args.cpo_alpha:g}" if args.cpo_alpha else "")
+            + _variants(args))
 
 
 def _pairs_memory(training_args, *rest, **kw):
