@@ -191,6 +191,10 @@ def train_sweep(values: list, field: str | None, run_name_of: Callable, stage: s
         name = run_name_of(value) + ("" if seed is None else f"_seed{seed}")
         run_dir = os.path.join(training.output_dir, name)
         args = copy.copy(training)  # not dataclasses.replace: RLOOConfig's checks refuse its own derived sizes
+        # A dict of its own: some trainers edit it in place (TRL's ORPO and CPO add device_map), which the sweep's
+        # next run would otherwise record as settings it was not given.
+        if hasattr(training, "model_init_kwargs"):
+            args.model_init_kwargs = copy.deepcopy(training.model_init_kwargs)
         if field:
             setattr(args, field, value)
         if seed is not None:

@@ -5,7 +5,6 @@ the same for every one of them and for the older stage scripts: every setting ch
 over beta (and seeds) through `training_runs.train_sweep`, with its lock, resume, manifest and frontier evaluation.
 """
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -73,15 +72,9 @@ def run_recipe(recipe: Recipe, script_args, training_args, model_args) -> int:
 
     def make_trainer(args, callbacks):
         set_seed(args.seed)  # the same LoRA initialisation in every run
-        asked = args.model_init_kwargs
-        args.model_init_kwargs = copy.deepcopy(asked)  # the trainer's own: the sweep's dict stays as configured
-        trainer = recipe.trainer(model=model_args.model_name_or_path, args=args, train_dataset=dataset,
-                                 processing_class=tokenizer, peft_config=get_peft_config(model_args),
-                                 callbacks=list(callbacks))
-        # TRL's ORPO and CPO add device_map and trust_remote_code to the config's dict in place: the sweep's next run
-        # would record other settings than a fresh process and refuse to skip or resume.
-        args.model_init_kwargs = asked
-        return trainer
+        return recipe.trainer(model=model_args.model_name_or_path, args=args, train_dataset=dataset,
+                              processing_class=tokenizer, peft_config=get_peft_config(model_args),
+                              callbacks=list(callbacks))
 
     key, what = recipe.metric
 
