@@ -29,8 +29,8 @@ from imdb_dpo.methods.dpo import check_losses
 from imdb_dpo.training_runs import seed_values
 
 STAGE_ORDER = ("sft", "preference_pairs", "dpo", "rloo", "reward_model", "rloo_rm", "preferred_ft", "unlikelihood",
-               "kto", "orpo", "orpo_base", "cpo", "simpo", "eval")
-RECIPE_STAGES = ("kto", "orpo", "orpo_base", "cpo", "simpo")  # train.py's recipes (imdb_dpo/methods/recipe.py)
+               "kto", "orpo", "orpo_base", "cpo", "simpo", "online_dpo", "eval")
+RECIPE_STAGES = ("kto", "orpo", "orpo_base", "cpo", "simpo", "online_dpo")  # train.py's recipes (imdb_dpo/methods/recipe.py)
 KNOWN_REVIEWS = {"stanfordnlp/imdb": {"train": 25_000, "test": 25_000}, "imdb": {"train": 25_000, "test": 25_000}}
 
 
@@ -352,6 +352,36 @@ def plan_rloo(preset, stage, script_args, training_args, model_args) -> Row:
     return row
 
 
+def plan_online_dpo(preset, script_args, training_args, model_args) -> Row:
+    """Each step samples two completions of each of its prompts, scores them with the reward model, and trains on
+    them with every position's logits (policy and reference)."""
+    shape = preset.shape(model_args.model_name_or_path)
+    classifier = costs.classifier_shape(script_args.reward_model)
+    counts = preset.pairs(script_args.pairs_file)
+    prompts = min(counts["prompts"], script_args.max_train_prompts or math.inf)
+    steps = trained_steps(prompts, training_args)
+    betas = script_args.betas or [training_args.beta]
+    row = Row("online_dpo", runs_of(script_args, betas), exact=counts["exact"],
+              peak=costs.online_dpo_memory(training_args, shape, counts["prompt_tokens"], classifier,
+                                           script_args.reward_dtype, *frontier_classifier(preset, script_args),
+                                           lora=model_args.use_peft))
+    context = counts["prompt_tokens"] + training_args.max_new_tokens
+    per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+    bf16 = bool(training_args.bf16)
+    seconds = costs.compute_seconds(costs.training_flops(shape, 2 * per_step * context, context), bf16)
+    seconds += costs.compute_seconds(costs.forward_flops(shape, 2 * per_step * context, context), bf16)  # reference
+    if classifier:
+        seconds += costs.compute_seconds(costs.forward_flops(classifier, 2 * per_step * 2 * context, 2 * context),
+                                         script_args.reward_dtype != "float32")
+    seconds += costs.decode_seconds(shape, per_step, training_args.per_device_train_batch_size, 2,
+                                    counts["prompt_tokens"], training_args.max_new_tokens, 4, 2 if bf16 else 4)
+    row.seconds = row.runs * steps * seconds
+    row.notes.append(f"{bound(int(prompts), counts['exact'])} prompts x 2 completions a run, "
+                     f"{sweep_of(betas, 'beta', script_args)}")
+    frontier_row(preset, row, shape, training_args, script_args, steps, model_args.use_peft)
+    return row
+
+
 def plan_supervised(preset, stage, script_args, training_args, model_args) -> Row:
     shape = preset.shape(model_args.model_name_or_path)
     pairs = stage == "unlikelihood"
@@ -387,7 +417,7 @@ def plan_recipe(preset, stage, script_args, training_args, model_args) -> Row:
     tokens = min(counts["tokens"], training_args.max_length or math.inf)
     betas = script_args.betas or [training_args.beta]
     row = Row(stage, runs_of(script_args, betas), exact=counts["exact"],
-              peak=recipe.memory(training_args, shape, tokens, *frontier_classifier(preset, script_args),
+              peak=recipe.memory(script_args, training_args, shape, tokens, *frontier_classifier(preset, script_args),
                                  lora=model_args.use_peft))
     rows_per_step = 2 * training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
     row.seconds = row.runs * costs.compute_seconds(costs.training_flops(shape, steps * rows_per_step * tokens, tokens),
@@ -455,6 +485,8 @@ def build(name: str) -> Preset:
             row = plan_reward_model(preset, *parsed)
         elif stage in ("preferred_ft", "unlikelihood"):
             row = plan_supervised(preset, stage, *parsed)
+        elif stage == "online_dpo":
+            row = plan_online_dpo(preset, *parsed)
         elif stage in RECIPE_STAGES:
             row = plan_recipe(preset, stage, *parsed)
         else:

@@ -19,5 +19,5 @@ esac
 [ -d "$configs" ] || [ -d "$folder" ] || { echo "no preset '$preset': $configs does not exist" >&2; exit 2; }
 cd "$repo"
 # Every stage whose config the preset has, in order (imdb_dpo/pipeline.py: sft, pairs, DPO, the paper's baselines,
-# KTO, ORPO, CPO, SimPO, eval); on a CPU machine in one process, with a GPU each stage in a fresh one.
+# KTO, ORPO, CPO, SimPO, online DPO, eval); on a CPU machine in one process, with a GPU each stage in a fresh one.
 exec "$python" -m imdb_dpo.pipeline "$folder"

@@ -14,10 +14,11 @@ import sys
 
 from imdb_dpo.cli import EXIT_USER_ERROR, run_stage
 from imdb_dpo.methods.kto import RECIPE as KTO
+from imdb_dpo.methods.online_dpo import RECIPE as ONLINE_DPO
 from imdb_dpo.methods.recipe import run_recipe
 from imdb_dpo.methods.reference_free import RECIPES as REFERENCE_FREE
 
-RECIPES = {"kto": KTO, **REFERENCE_FREE}
+RECIPES = {"kto": KTO, **REFERENCE_FREE, "online_dpo": ONLINE_DPO}
 SCRIPTS = ("dpo", "rloo", "reward_model", "preferred_ft", "unlikelihood")  # the paper's stages: <name>.py
 USAGE = (f"usage: python train.py <method> --config <config.yaml> [--flag value ...], where <method> is one of "
          f"{', '.join(SCRIPTS + tuple(RECIPES))} (e.g. python train.py kto --config configs/tiny/kto.yaml)")

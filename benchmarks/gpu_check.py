@@ -71,7 +71,8 @@ def review_files(folder: str) -> tuple[str, str]:
          "the folder with both")
 
 
-# One method of each later trainer (ORPO from the base model and CPO share ORPO's and SimPO's), run by train.py.
+# One method of each later trainer (ORPO from the base model and CPO share ORPO's and SimPO's), run by train.py;
+# online DPO, which samples with the classifier as its reward, is added where the classifier is known.
 LATER_METHODS = (("kto", "train.py kto", ["--betas", "0.1"], "kto/kto_beta0.1_seed0"),
                  ("orpo", "train.py orpo", ["--betas", "0.1"], "orpo/orpo_beta0.1_seed0"),
                  ("simpo", "train.py simpo", [], "simpo/simpo_beta2_gamma1_seed0"))
@@ -210,7 +211,9 @@ class Check:
                 ("rloo", "rloo.py", ["--kl_coefs", "0.05", "--reward_model", self.classifier], "rloo/rloo_kl0.05_seed0"),
                 ("preferred_ft", "preferred_ft.py", [], "preferred_ft/preferred_ft_seed0"),
                 ("unlikelihood", "unlikelihood.py", ["--alphas", "1"], "unlikelihood/unlikelihood_alpha1_seed0"),
-                *LATER_METHODS[: None if gpu else 1]):  # the CPU dry run checks the machinery: train.py once
+                *LATER_METHODS[: None if gpu else 1],  # the CPU dry run checks the machinery: train.py once
+                *([("online_dpo", "train.py online_dpo", ["--betas", "0.1", "--reward_model", self.classifier],
+                    "online_dpo/online_sigmoid_beta0.1_seed0")] if gpu else [])):
             self.stage(name, script, *flags, "--max_steps", "3" if gpu else "2", *keep_one, *cpu,
                        *([] if gpu else ["--per_device_train_batch_size", "8", "--dataloader_num_workers", "0"]),
                        trained=f"{out}/outputs/gpt2-large/{run}")

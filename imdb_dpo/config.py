@@ -433,6 +433,23 @@ class KTOScriptArguments(CheckpointArguments):
 
 
 @dataclass
+class OnlineDPOScriptArguments(RewardArguments, CheckpointArguments):
+    """Online DPO (train.py online_dpo): each step samples two completions of each prompt from the current policy, ranks
+    them by stage 2's reward and takes a DPO step on them against the SFT model (imdb_dpo/methods/online_dpo.py)."""
+
+    pairs_file: str = field(
+        default="${OUTPUT_ROOT}/generations/gpt2-large/pairs.jsonl",
+        metadata={"help": "Stage 2's pair file: its prompts (each once, with their exact token ids) are the prompts "
+                          "sampled at every step, as RLOO's; its pairs are not used."},
+    )
+    betas: list[float] | None = field(
+        default=None, metadata={"help": "Sweep: one run per beta, in sequence. Unset: the single --beta."}
+    )
+    max_train_prompts: int | None = None
+    overwrite: bool = field(default=False, metadata={"help": "Replace finished runs of this sweep once the new ones finish."})
+
+
+@dataclass
 class RewardModelScriptArguments:
     """A learned reward model (TRL's RewardTrainer, Bradley-Terry) on the pair file: the paper's PPO row optimises it."""
 
@@ -472,6 +489,7 @@ class EvalArguments(SamplingArguments):
     orpo_base_dir: str = runs_root("orpo_base", "ORPO from the base model (train.py orpo_base)")
     cpo_dir: str = runs_root("cpo", "CPO (train.py cpo)")
     simpo_dir: str = runs_root("simpo", "SimPO (train.py simpo)")
+    online_dpo_dir: str = runs_root("online_dpo", "online DPO (train.py online_dpo)")
     kl_budgets: list[float] = field(
         default_factory=lambda: [1.0, 3.0, 10.0],
         metadata={"help": "KL budgets (nats per sample, each > 0) of report.md's and frontier_budget.csv's table: per "

@@ -383,6 +383,25 @@ def rloo_memory(training_args, policy: Shape, prompt_tokens: int, classifier: Sh
     return with_frontier(largest(training, sampling), training_args, policy, frontier_args, frontier_classifier, lora)
 
 
+def online_dpo_memory(training_args, policy: Shape, prompt_tokens: int, classifier: Shape | None, reward_dtype: str,
+                      frontier_args=None, frontier_classifier: Shape | None = None, lora: bool = False) -> Peak:
+    """Online DPO holds the policy's training state, the reference (a copy of the start, unless LoRA) and the reward
+    model; each step samples two completions a prompt, then scores both with every position's logits materialised."""
+    tokens = prompt_tokens + training_args.max_new_tokens
+    rows = 2 * training_args.per_device_train_batch_size
+    others = Memory({"reward model": classifier.params * dtype_bytes(reward_dtype)} if classifier else {})
+    if not lora:
+        others["reference model"] = policy.fp32_bytes
+    training = Peak(f"a training step of {rows} completions x {tokens} tokens",
+                    merge(trainer_memory(policy, training_args, rows, tokens, full_logits=True, lora=lora), others),
+                    TRAINING_FIX)
+    sampling = Peak(f"sampling {rows} completions",
+                    merge(resident_training_state(policy, training_args, lora), others,
+                          sampling_batch(policy, rows, tokens, 2 if training_args.bf16 else 4)),
+                    "Lower per_device_train_batch_size")
+    return with_frontier(largest(training, sampling), training_args, policy, frontier_args, frontier_classifier, lora)
+
+
 def supervised_memory(training_args, policy: Shape, tokens: int, pairs: bool, frontier_args=None,
                       frontier_classifier: Shape | None = None, lora: bool = False) -> Peak:
     """Preferred-FT (one completion a row, TRL's fused head) or Unlikelihood (`pairs`: chosen and rejected, every

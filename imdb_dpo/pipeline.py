@@ -29,7 +29,7 @@ STAGES = (
     ("base", "imdb_dpo.tiny"), ("sft", "sft"), ("preference_pairs", "preference_pairs"), ("dpo", "dpo"),
     ("rloo", "rloo"), ("reward_model", "reward_model"), ("rloo_rm", "rloo"), ("preferred_ft", "preferred_ft"),
     ("unlikelihood", "unlikelihood"), ("kto", "train kto"), ("orpo", "train orpo"), ("orpo_base", "train orpo_base"),
-    ("cpo", "train cpo"), ("simpo", "train simpo"), ("eval", "eval"),
+    ("cpo", "train cpo"), ("simpo", "train simpo"), ("online_dpo", "train online_dpo"), ("eval", "eval"),
 )
 
 

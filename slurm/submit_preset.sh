@@ -8,7 +8,7 @@
 #                                  merge -> KTO, ORPO, ORPO from the base model, CPO, SimPO (an array each) -+
 # Each array has one task per run of its config: a value of the sweep (betas, kl_coefs, alphas) and a seed (seeds).
 # (Each baseline and later method only where the preset has its config: rloo.yaml, reward_model.yaml and rloo_rm.yaml,
-# preferred_ft.yaml, unlikelihood.yaml, kto.yaml, orpo.yaml, orpo_base.yaml, cpo.yaml, simpo.yaml.)
+# preferred_ft.yaml, unlikelihood.yaml, kto.yaml, orpo.yaml, orpo_base.yaml, cpo.yaml, simpo.yaml, online_dpo.yaml.)
 # Usage, from the repo root: slurm/submit_preset.sh <preset> [number of pair shards, default 4]
 # Extra sbatch options for every job (partition, account, ...) go in SBATCH_EXTRA; ARRAY_LIMIT=n runs at most n
 # tasks of each training array at once.
@@ -37,7 +37,7 @@ fi
 [ -f "configs/$preset/preferred_ft.yaml" ] && { pft_runs=$(tasks preferred_ft -) || exit 2; }
 [ -f "configs/$preset/unlikelihood.yaml" ] && { ul_runs=$(tasks unlikelihood alphas) || exit 2; }
 declare -A method_runs  # train.py's methods that sweep beta (slurm/train.sbatch)
-for method in kto orpo orpo_base cpo simpo; do
+for method in kto orpo orpo_base cpo simpo online_dpo; do
   if [ -f "configs/$preset/$method.yaml" ]; then method_runs[$method]=$(tasks "$method" betas) || exit 2; fi
 done
 # ARRAY_LIMIT=n: at most n tasks of each training array at once (each running task holds two checkpoints on disk).
@@ -75,7 +75,7 @@ if [ "$ul_runs" -gt 0 ]; then
   trained=$trained:$unlikelihood
 fi
 declare -A method_jobs
-for method in kto orpo orpo_base cpo simpo; do
+for method in kto orpo orpo_base cpo simpo online_dpo; do
   [ -n "${method_runs[$method]:-}" ] || continue
   method_jobs[$method]=$(submit --dependency=afterok:"$merge" --job-name="$method" \
     --array=0-$((method_runs[$method] - 1))$throttle slurm/train.sbatch "$method" "$preset")
@@ -89,7 +89,7 @@ printf 'sft %s\npairs %s (array of %s)\nmerge %s\nreference %s\ndpo %s (%s)\nrlo
   "$sft" "$pairs" "$shards" "$merge" "$reference" "$dpo" "$(runs "$dpo" "$dpo_runs" dpo betas)" \
   "$rloo" "$(runs "$rloo" "$rloo_runs" rloo kl_coefs)" "$reward_model" "$rloo_rm" "$(runs "$rloo_rm" "$rm_runs" rloo_rm kl_coefs)" \
   "$preferred_ft" "$(runs "$preferred_ft" "$pft_runs" preferred_ft -)" "$unlikelihood" "$(runs "$unlikelihood" "$ul_runs" unlikelihood alphas)"
-for method in kto orpo orpo_base cpo simpo; do
+for method in kto orpo orpo_base cpo simpo online_dpo; do
   if [ -n "${method_jobs[$method]:-}" ]; then
     printf '%s %s (%s)\n' "$method" "${method_jobs[$method]}" \
       "$(runs "${method_jobs[$method]}" "${method_runs[$method]}" "$method" betas)"

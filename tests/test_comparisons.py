@@ -95,10 +95,11 @@ def test_the_tiny_report_states_each_comparison_with_its_interval(tiny_run):
     out = tiny_run["root"] / "outputs" / "tiny" / "eval"
     with open(out / "comparisons.csv") as f:
         rows = list(csv.DictReader(f))
-    methods = {"dpo", "rloo", "rloo_rm", "preferred_ft", "unlikelihood", "kto", "orpo", "simpo", "best_of_n"}
+    methods = {"dpo", "rloo", "rloo_rm", "preferred_ft", "unlikelihood", "kto", "orpo", "simpo", "online_dpo",
+               "best_of_n"}
     assert {r["a"] for r in rows} | {r["b"] for r in rows} == methods
     within = [r for r in rows if r["kind"] == "within"]
-    assert len({frozenset((r["a"], r["b"])) for r in within}) == 36 and len(within) == 36 * 3  # every pair and budget
+    assert len({frozenset((r["a"], r["b"])) for r in within}) == 45 and len(within) == 45 * 3  # every pair and budget
     report = (out / "report.md").read_text()
     for r in rows:
         lo, hi, difference = float(r["lo"]), float(r["hi"]), float(r["difference"])

@@ -92,7 +92,7 @@ def test_the_plan_counts_the_steps_and_checkpoints_the_tiny_run_made(tiny_run, t
             "rloo": ["rloo/rloo_kl0.01", "rloo/rloo_kl0.1"], "rloo_rm": ["rloo_rm/rloo_rm_kl0.05"],
             "preferred_ft": ["preferred_ft/preferred_ft"], "unlikelihood": ["unlikelihood/unlikelihood_alpha1"],
             "kto": ["kto/kto_beta0.1"], "orpo": ["orpo/orpo_beta0.1"], "simpo": ["simpo/simpo_beta2_gamma0.5"],
-            "reward_model": ["reward_model"], "sft": ["sft"]}
+            "online_dpo": ["online_dpo/online_sigmoid_beta0.1"], "reward_model": ["reward_model"], "sft": ["sft"]}
     for stage, folders in runs.items():
         manifests = [json.loads((outputs / folder / "manifest.json").read_text()) for folder in folders]
         assert table[stage]["runs"] == str(len(folders)), stage
@@ -107,7 +107,7 @@ def test_the_gpt2_large_plan_runs_offline_in_seconds_and_fits_one_node(tmp_path)
     assert seconds < 60, seconds  # about 12 s on 2 cores, most of it importing TRL
     table = plan_table(output)
     assert list(table) == ["sft", "preference_pairs", "dpo", "rloo", "reward_model", "rloo_rm", "preferred_ft",
-                           "unlikelihood", "kto", "orpo", "orpo_base", "cpo", "simpo", "eval", "**total**"]
+                           "unlikelihood", "kto", "orpo", "orpo_base", "cpo", "simpo", "online_dpo", "eval", "**total**"]
     assert table["kto"]["steps a run"] == "<= 1,563"  # 25,000 prompts x 4 samples, each labelled / 64
     assert table["dpo"]["runs"] == "12"  # 4 betas x 3 seeds
     # No pair file yet: counted from the most pairs stage 2's settings allow (25,000 prompts x 6), and marked so.

@@ -182,12 +182,15 @@ def test_gpt2_large_preset_runs_every_stage_with_gpt2s_tokenizer_on_real_reviews
 
     import train
 
-    # KTO's completions, ORPO's trainer from another start than the pairs' sampler, CPO's trainer with SimPO's loss.
-    for method, run in (("kto", "kto_beta0.1"), ("orpo_base", "orpo_base_beta0.1"), ("simpo", "simpo_beta2_gamma1")):
-        start = ["--model_name_or_path", gpt2_stand_in] if method == "orpo_base" else []  # the hub's gpt2-large
+    # KTO's completions, ORPO's trainer from another start than the pairs' sampler, CPO's trainer with SimPO's loss,
+    # online DPO's sampling and reward.
+    own = {"orpo_base": ["--model_name_or_path", gpt2_stand_in],  # the hub's gpt2-large
+           "online_dpo": ["--reward_model", gpt2_classifier, "--max_new_tokens", "8"]}
+    for method, run in (("kto", "kto_beta0.1"), ("orpo_base", "orpo_base_beta0.1"), ("simpo", "simpo_beta2_gamma1"),
+                        ("online_dpo", "online_sigmoid_beta0.1")):
         argv = [method, "--config", f"{GPT2_LARGE}/{method}.yaml", *NO_FRONTIER_EVAL, "--betas", run.split("beta")[1]
-                .split("_")[0], "--max_steps", "2", "--per_device_train_batch_size", "4", "--save_steps", "1", *start,
-                *CPU_FLAGS]
+                .split("_")[0], "--max_steps", "2", "--per_device_train_batch_size", "4", "--save_steps", "1",
+                *own.get(method, []), *CPU_FLAGS]
         assert train.main(argv) == 0, method
         assert read_manifest(tmp_path / f"outputs/gpt2-large/{method}/{run}")["checkpoints"] == [1, 2], method
 
@@ -196,7 +199,7 @@ def test_gpt2_large_preset_runs_every_stage_with_gpt2s_tokenizer_on_real_reviews
     with open(tmp_path / "outputs/gpt2-large/eval/summary.csv") as f:
         rows = list(csv.DictReader(f))
     assert {row["method"] for row in rows} == {"sft", "base", "dpo", "rloo", "rloo_rm", "preferred_ft", "unlikelihood",
-                                                "kto", "orpo_base", "simpo", "best_of_n"}
+                                                "kto", "orpo_base", "simpo", "online_dpo", "best_of_n"}
     for seed in ("0", "1", "mean"):  # both steps gathered, seed 1's last from its records alone
         assert sorted(int(r["step"]) for r in rows if r["setting"] == "sigmoid_beta0.1" and r["seed"] == seed) == [1, 2]
 

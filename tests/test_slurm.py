@@ -167,7 +167,7 @@ def test_submit_preset_chains_every_stage_with_afterok(cluster, tmp_path):
     proc = subprocess.run(["slurm/submit_preset.sh", "tiny", "3"], cwd=repo, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     ids = dict(line.split()[:2] for line in proc.stdout.splitlines())
-    later = ["kto", "orpo", "simpo"]  # train.py's methods in the tiny preset, an array each over betas
+    later = ["kto", "orpo", "simpo", "online_dpo"]  # train.py's methods in the tiny preset, an array each over betas
     assert list(ids) == ["sft", "pairs", "merge", "reference", "dpo", "rloo", "reward_model", "rloo_rm", "preferred_ft",
                          "unlikelihood", *later, "eval"]
     try:

@@ -2,8 +2,8 @@
 
 A method is run by `train.py <method>`: the paper's stages through their scripts (`dpo.py`, `rloo.py`, ...) with a
 module here holding their trainer and data adapter, the later methods as a recipe here (`recipe.py`: KTO, ORPO,
-CPO, SimPO), all over `training_runs.train_run`. Its runs are folders under one root whose manifest's `stage` is the
-method's key: that is how `eval.py` finds them. Adding a method is one entry below plus its module (and for a recipe,
+CPO, SimPO, online DPO), all over `training_runs.train_run`. Its runs are folders under one root whose manifest's
+`stage` is the method's key: that is how `eval.py` finds them. Adding a method is one entry below plus its module (and for a recipe,
 its entry in train.py's RECIPES).
 """
 
@@ -41,5 +41,7 @@ TRAINED = (
            "loss_type"),
     Method("simpo", "SimPO", "simpo_dir", "train.py simpo", "beta", "beta",
            {"cmap": "GnBu", "fmt": "--", "marker": "h"}),
+    Method("online_dpo", "Online DPO", "online_dpo_dir", "train.py online_dpo", "beta", "beta",
+           {"cmap": "copper", "fmt": "-", "marker": "d"}, "loss_type"),
 )
 BY_KEY = {m.key: m for m in TRAINED}

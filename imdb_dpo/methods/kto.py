@@ -131,7 +131,10 @@ class PretokenizedKTOTrainer(KTOTrainer):
         return dataset
 
 
-RECIPE = Recipe("kto", "KTO", KTOScriptArguments, KTOConfig, PretokenizedKTOTrainer, CURVES, examples,
-                dpo_memory,  # as a pair: a completion and its mismatched KL twin per row
+def memory(script_args, *rest, **kw):
+    return dpo_memory(*rest, **kw)  # as a pair: a completion and its mismatched KL twin a row
+
+
+RECIPE = Recipe("kto", "KTO", KTOScriptArguments, KTOConfig, PretokenizedKTOTrainer, CURVES, examples, memory,
                 lambda args, beta: kto_name(args, beta), "max_train_examples", ("completion_ids",),
                 ("rewards/margins", "reward margin (desirable - undesirable)"))

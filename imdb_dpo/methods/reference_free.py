@@ -120,7 +120,7 @@ def simpo_name(args, beta: float) -> str:
             + _variants(args))
 
 
-def _pairs_memory(training_args, *rest, **kw):
+def _pairs_memory(script_args, training_args, *rest, **kw):
     return supervised_memory(training_args, *rest[:2], True, *rest[2:], **kw)  # chosen and rejected, full logits
 
 

@@ -1,0 +1,125 @@
+"""Online DPO (Guo et al., 2024) with TRL's OnlineDPOTrainer: the DPO loss on pairs the policy samples as it trains.
+
+    python train.py online_dpo --config configs/gpt2-large/online_dpo.yaml
+
+Every optimizer step is a round: its prompts (the pair file's, each once, with their exact token ids, as RLOO's) are
+sampled twice each from the current policy, the two completions are ranked by stage 2's reward (the classifier's
+POSITIVE probability of prompt + completion; VADER on the tiny preset), and one DPO step is taken on these pairs
+against the frozen SFT model. The number of rounds is the number of optimizer steps (max_steps, or the prompts x
+num_train_epochs / prompts a step), and each checkpoint on checkpoint_schedule is a frontier point. Runs go to
+<output_dir>/online_<loss>_beta<beta>/.
+"""
+
+import torch
+from trl import ModelConfig
+from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
+from trl.experimental.utils import truncate_right
+from trl.models.utils import unwrap_model_for_generation
+
+from ..checks import check_model, check_positive
+from ..config import OnlineDPOScriptArguments
+from ..costs import classifier_shape, online_dpo_memory
+from ..errors import ConfigError
+from ..manifests import describe_model_input
+from ..precision import inference_dtype
+from ..reward import VADER, make_reward
+from ..sampling import left_pad
+from ..training_runs import pairs_input, read_training_pairs
+from .recipe import Recipe
+from .rloo import SentimentReward, prompts_of_pairs
+
+CURVES = [
+    ("loss", "online DPO loss"),
+    ("objective/scores", "mean reward of the sampled completions"),
+    ("objective/kl", "KL to the reference (log-ratio, per sample)"),
+    ("rewards/margins", "implied reward margin (chosen - rejected)"),
+]
+
+
+def check(args: OnlineDPOConfig) -> None:
+    if isinstance(args.beta, list):
+        raise ConfigError(f"beta={args.beta}: give one beta (TRL would change it each epoch); betas sweeps, a run each")
+    if args.use_vllm:
+        raise ConfigError("use_vllm: true: this project samples the pair file's exact prompt ids with transformers; "
+                          "remove use_vllm")
+    if args.reward_model_path is not None or args.reward_weights is not None:
+        raise ConfigError("reward_model_path/reward_weights: the reward is stage 2's (reward_model and "
+                          "reward_positive_label in the config); remove them")
+    if not args.temperature > 0:
+        raise ConfigError(f"temperature={args.temperature}: must be > 0 (online DPO samples)")
+    check_positive(args, "max_new_tokens")
+    args.remove_unused_columns = False  # the rows' columns are not the model's arguments
+    # The Trainer places the model on this process's device; TRL's own default ("auto") would spread it over every
+    # GPU of the node, under each process of a multi-GPU launch.
+    args.model_init_kwargs = {"device_map": None, **(args.model_init_kwargs or {})}
+
+
+def examples(script_args: OnlineDPOScriptArguments, model_args: ModelConfig) -> tuple[list[dict], dict]:
+    """Each prompt of the pair file once, in file order (the same prompts as RLOO's)."""
+    check_positive(script_args, "max_train_prompts", "reward_batch_size")
+    inference_dtype(script_args, "reward_dtype")
+    if script_args.reward_model != VADER:
+        check_model("reward_model", script_args.reward_model)
+    model = model_args.model_name_or_path
+    inputs = {"pairs": pairs_input(script_args.pairs_file, model, "its start and reference"),
+              "model": describe_model_input(model)}
+    pairs = read_training_pairs(script_args.pairs_file, model, ("prompt_ids",))
+    return prompts_of_pairs(pairs, script_args.max_train_prompts).to_list(), inputs
+
+
+def memory(script_args, training_args, policy, prompt_tokens, *frontier, lora=False):
+    return online_dpo_memory(training_args, policy, prompt_tokens, classifier_shape(script_args.reward_model),
+                             script_args.reward_dtype, *frontier, lora=lora)
+
+
+def reward_function(script_args: OnlineDPOScriptArguments, training_args) -> dict:
+    """The trainer's reward, loaded once for the sweep on this process's device."""
+    device = training_args.distributed_state.device
+    return {"reward_funcs": SentimentReward(make_reward(
+        script_args.reward_model, script_args.reward_batch_size, script_args.reward_positive_label, device,
+        inference_dtype(script_args, "reward_dtype")))}
+
+
+def run_name(args, beta: float) -> str:
+    """`online_sigmoid_beta0.1` (or `online_ipo_...`)."""
+    return f"online_{args.loss_type}_beta{beta:g}"
+
+
+class PretokenizedOnlineDPOTrainer(OnlineDPOTrainer):
+    """OnlineDPOTrainer that samples from the pair file's prompt ids and scores them at the positions it sampled.
+
+    TRL tokenises the prompt text again (a prompt's text does not always tokenise back to its ids), and its forward
+    pass gives left-padded rows no position ids: GPT-2's learned positions would then be shifted by the padding, so
+    a short prompt's completion would be scored (and trained) at other positions than the ones it was sampled at."""
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self._batch_prompt_ids = [list(ids) for ids in inputs["prompt_ids"]]
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def _generate(self, model, prompts, images=None):
+        assert len(prompts) == len(self._batch_prompt_ids) and images is None
+        device = next(model.parameters()).device
+        prompt_ids, prompt_mask = (t.to(device).repeat(2, 1)
+                                   for t in left_pad(self._batch_prompt_ids, self._tokenizer.pad_token_id))
+        with unwrap_model_for_generation(model, self.accelerator, generation_kwargs=self.generation_kwargs) as unwrapped, \
+                torch.no_grad():
+            output = unwrapped.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
+                                        generation_config=self.generation_config)
+        completion_ids, completion_mask = truncate_right(output[:, prompt_ids.size(1):], self.eos_token_ids,
+                                                         self._tokenizer.pad_token_id)
+        return prompt_ids, prompt_mask, completion_ids, completion_mask, None
+
+    def _forward(self, model, prompt_ids, prompt_mask, completion_ids, completion_mask, vision_inputs=None):
+        cut = max(prompt_ids.size(1) + completion_ids.size(1) - self.max_length, 0)  # TRL's left truncation
+        prompt_ids, prompt_mask = prompt_ids[:, cut:], prompt_mask[:, cut:]
+        ids = torch.cat((prompt_ids, completion_ids), dim=1)
+        mask = torch.cat((prompt_mask, completion_mask), dim=1)
+        positions = (mask.cumsum(1) - 1).clamp(min=0)  # as generate() numbers them
+        logits = model(ids, attention_mask=mask, position_ids=positions).logits
+        logits = logits[:, prompt_ids.size(1) - 1:-1]
+        return torch.take_along_dim(logits.log_softmax(dim=-1), completion_ids.unsqueeze(-1), dim=2).squeeze(-1)
+
+
+RECIPE = Recipe("online_dpo", "Online DPO", OnlineDPOScriptArguments, OnlineDPOConfig, PretokenizedOnlineDPOTrainer,
+                CURVES, examples, memory, run_name, "max_train_prompts", (),
+                ("objective/scores", "mean reward of the sampled completions"), check, reward_function)
