@@ -31,6 +31,12 @@ def base_model_of(path: str) -> str | None:
         return json.load(f)["base_model_name_or_path"]
 
 
+def padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that count from each row's first real token, as generate() numbers a left-padded row. Without
+    them GPT-2 (learned absolute positions) scores a left-padded row as if its tokens sat further along."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 def set_model_init_kwargs(training_args, model_args) -> None:
     """How the trainer loads the model from its path: ModelConfig's dtype (fp32 weights: the precision rule) and
     attention implementation, under any model_init_kwargs the config gives explicitly."""

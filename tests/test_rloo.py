@@ -52,6 +52,23 @@ def test_the_reward_rloo_trains_on_is_the_classifiers_positive_probability(tiny_
     assert torch.allclose(torch.tensor(rewards), torch.tensor(expected), atol=1e-5), (rewards, expected)
 
 
+def test_a_left_padded_completion_is_scored_at_the_positions_it_was_sampled_at(tiny_sft, tiny_pairs, tmp_path):
+    """TRL's log-prob pass gives GPT-2 no position ids; the project's trainer gives a padded row its own."""
+    args = RLOOConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, num_generations=4, report_to=[],
+                      use_cpu=True, bf16=False, disable_dropout=True, activation_checkpointing=False)
+    trainer = PretokenizedRLOOTrainer(model=tiny_sft, reward_funcs=SentimentReward(VaderReward()), args=args,
+                                      train_dataset=prompts_of_pairs(read_pairs(tiny_pairs), 8),
+                                      processing_class=load_tokenizer(tiny_sft))
+    short, long, completion = [5, 6], [7, 8, 9, 10, 11, 12], [20, 21, 22]
+    padded = torch.tensor([[0] * 4 + short + completion, long + completion])
+    mask = torch.tensor([[0] * 4 + [1] * 5, [1] * 9])
+    with torch.no_grad():
+        batch, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, padded, mask, 3)
+        alone, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, torch.tensor([short + completion]),
+                                                                 torch.ones(1, 5, dtype=torch.long), 3)
+    torch.testing.assert_close(batch[0], alone[0], rtol=0, atol=1e-5)
+
+
 def test_the_prompts_are_the_pair_files_own_token_ids(tiny_pairs):
     pairs = read_pairs(tiny_pairs)
     dataset = prompts_of_pairs(pairs)

@@ -21,6 +21,7 @@ from ..config import OnlineDPOScriptArguments
 from ..costs import classifier_shape, online_dpo_memory
 from ..errors import ConfigError
 from ..manifests import describe_model_input
+from ..modeling import padded_positions
 from ..precision import inference_dtype
 from ..reward import VADER, make_reward
 from ..sampling import left_pad
@@ -114,8 +115,7 @@ class PretokenizedOnlineDPOTrainer(OnlineDPOTrainer):
         prompt_ids, prompt_mask = prompt_ids[:, cut:], prompt_mask[:, cut:]
         ids = torch.cat((prompt_ids, completion_ids), dim=1)
         mask = torch.cat((prompt_mask, completion_mask), dim=1)
-        positions = (mask.cumsum(1) - 1).clamp(min=0)  # as generate() numbers them
-        logits = model(ids, attention_mask=mask, position_ids=positions).logits
+        logits = model(ids, attention_mask=mask, position_ids=padded_positions(mask)).logits
         logits = logits[:, prompt_ids.size(1) - 1:-1]
         return torch.take_along_dim(logits.log_softmax(dim=-1), completion_ids.unsqueeze(-1), dim=2).squeeze(-1)
 

@@ -7,6 +7,8 @@ the DPO paper's IMDb experiment; PPO itself is gone from TRL.
 from datasets import Dataset
 from trl import RLOOTrainer
 
+from ..modeling import padded_positions
+
 # What training_curves.png shows for an RLOO run: (logged key or keys, panel title).
 RLOO_CURVES = [
     ("loss", "RLOO loss"),
@@ -48,10 +50,28 @@ class SentimentReward:
         return self.reward([p + c for p, c in zip(prompts, completions, strict=True)])
 
 
-class PretokenizedRLOOTrainer(RLOOTrainer):
-    """RLOOTrainer that samples from the prompt ids of the pair file, as stage 2 and the evaluation do.
+class PositionedModel:
+    """Calls the model with position ids counted from each row's first real token where the caller gives none."""
 
-    TRL tokenises the prompt text again; a prompt's text does not always tokenise back to its ids."""
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, *args, **kwargs):
+        if kwargs.get("position_ids") is None and kwargs.get("attention_mask") is not None:
+            kwargs["position_ids"] = padded_positions(kwargs["attention_mask"])
+        return self.model(*args, **kwargs)
+
+
+class PretokenizedRLOOTrainer(RLOOTrainer):
+    """RLOOTrainer that samples from the prompt ids of the pair file, as stage 2 and the evaluation do, and scores the
+    completions at the positions they were sampled at.
+
+    TRL tokenises the prompt text again (a prompt's text does not always tokenise back to its ids), and its log-prob
+    pass gives the left-padded rows no position ids: GPT-2 would score (and train) a short prompt's completion shifted
+    by the padding, away from where generate() sampled it."""
+
+    def _get_per_token_logps_and_entropies(self, model, *args, **kwargs):
+        return super()._get_per_token_logps_and_entropies(PositionedModel(model), *args, **kwargs)
 
     def _generate_and_score_completions(self, inputs):
         self._batch_prompt_ids = [list(x["prompt_ids"]) for x in inputs]
