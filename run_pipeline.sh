@@ -6,11 +6,12 @@
 set -euo pipefail
 usage="usage: ./run_pipeline.sh <preset> [--plan]   (a folder of configs/, e.g. tiny or gpt2-large; --plan prints what it will cost and runs nothing)"
 preset=${1:?$usage}
+case "$preset" in -h|--help) echo "$usage"; exit 0 ;; esac
 repo=$(cd "$(dirname "$0")" && pwd)
 export OUTPUT_ROOT=$(realpath -m "${OUTPUT_ROOT:-$repo}")
 configs=$repo/configs/$preset
 python=${PYTHON:-python}
-[ -d "$configs" ] && folder=$preset || folder=$(realpath -m "$preset")  # a preset's name, or a folder
+[ -d "$configs" ] && folder=$preset || folder=$(realpath -m -- "$preset")  # a preset's name, or a folder
 case "$#:${2:-}" in
   1:) ;;
   2:--plan) cd "$repo" && exec "$python" plan.py "$folder" ;;

@@ -78,16 +78,25 @@ def run_in_fresh_process(command: str, config: str) -> int:
     return child.wait()
 
 
+USAGE = "usage: python -m imdb_dpo.pipeline <preset>   (a folder of configs/, e.g. tiny, or a folder's path)"
+
+
 def main(argv: list[str]) -> int:
+    if argv in (["-h"], ["--help"]):
+        print(USAGE)
+        return 0
     if len(argv) != 1:
-        print("usage: python -m imdb_dpo.pipeline <preset>   (a folder of configs/, e.g. tiny, or a folder's path)",
-              file=sys.stderr)
+        print(USAGE, file=sys.stderr)
         return EXIT_USER_ERROR
     configs = os.path.join(REPOSITORY, "configs", argv[0])
     configs = configs if os.path.isdir(configs) else os.path.abspath(argv[0])
     if not os.path.isdir(configs):
         print(f"no preset '{argv[0]}': neither {os.path.join(REPOSITORY, 'configs', argv[0])} nor {configs} is a "
               "folder", file=sys.stderr)
+        return EXIT_USER_ERROR
+    if not any(os.path.isfile(os.path.join(configs, f"{stage}.yaml")) for stage, _ in STAGES):
+        print(f"{configs} holds no stage config ({', '.join(f'{stage}.yaml' for stage, _ in STAGES)}): it is not a "
+              "preset", file=sys.stderr)
         return EXIT_USER_ERROR
     sys.path.insert(0, REPOSITORY)  # the stage scripts
     import torch

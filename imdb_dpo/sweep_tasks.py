@@ -25,6 +25,9 @@ def listed(config: dict, path: str, key: str) -> list:
         return [None]
     if not isinstance(values, list):
         raise ConfigError(f"{path}: {key} is {values!r}, not a list; write {key}: [{values}] (the stage refuses it too)")
+    if len({repr(v) for v in values}) != len(values):
+        raise ConfigError(f"{path}: {key}={values} gives a value twice: two array tasks would train the same run at "
+                          "once; give each value once")
     return values
 
 

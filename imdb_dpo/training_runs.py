@@ -40,6 +40,9 @@ def sweep_values(name: str, values: list[float] | None, single_name: str, single
                               f"for one run use --{name} {single:g} (or remove {name} from the config)")
     else:
         values = [single]
+    if len(set(values)) != len(values):
+        raise ConfigError(f"{name}={values}: a value is given twice, which would train the same run twice; give each "
+                          "once")
     bad = [v for v in values if not (math.isfinite(v) and v > 0)]
     if bad:
         raise ConfigError(f"{single_name} must be a number > 0 (got {', '.join(f'{v:g}' for v in bad)}); fix {name} in "
@@ -64,6 +67,11 @@ def same_model(a: dict, b: dict) -> bool:
     return a["path"] == b["path"]
 
 
+def described(model: dict) -> str:
+    """A model input as a message names it: its path, and its run id where it has one (a hub model has none)."""
+    return f"{model['path']} (run {model['run_id']})" if model["run_id"] else f"{model['path']} (no manifest)"
+
+
 def pairs_input(pairs_file: str, model: str | None, role: str = "", field: str = "pairs_file") -> dict:
     """The identity of a finished pair file or of the completions beside it (`field` names the setting), sampled from
     `model` unless None (an error otherwise), for a manifest's inputs."""
@@ -76,9 +84,8 @@ def pairs_input(pairs_file: str, model: str | None, role: str = "", field: str =
     start = describe_model_input(model) if model is not None else source
     if not same_model(source, start):
         raise ConfigError(
-            f"{pairs_file} was sampled from {source['path']} (run {source['run_id']}), but model_name_or_path is "
-            f"{start['path']} (run {start['run_id']}); {role} must be the model that generated the pairs: fix "
-            "model_name_or_path or regenerate the pairs")
+            f"{pairs_file} was sampled from {described(source)}, but model_name_or_path is {described(start)}; {role} "
+            "must be the model that generated the pairs: fix model_name_or_path or regenerate the pairs")
     return {**describe_file_input(pairs_file), "run_id": manifest["run_id"]}
 
 

@@ -178,6 +178,9 @@ def test_a_killed_run_resumes_to_the_preset_runs_weights(method, tiny_run, metho
     ("cpo", ["--loss_type", "hinge", "--label_smoothing", "0.1"], "hinge loss ignores it"),
     ("orpo", ["--betas", "0"], "beta must be a number > 0"),
     ("kto", ["--max_train_examples", "0"], "max_train_examples"),
+    ("kto", ["--desirable_weight", "0"], "desirable_weight=0.0"),
+    ("kto", ["--undesirable_weight", "nan"], "undesirable_weight=nan"),
+    ("simpo", ["--simpo_gamma", "-0.5"], "simpo_gamma=-0.5"),
 ])
 def test_bad_settings_are_refused_before_any_folder(method, extra, expected, tiny_run, tmp_path, capsys):
     err = refused_in_process("train.py", method_argv(method, tiny_run["root"], tmp_path / "out", *extra), capsys)

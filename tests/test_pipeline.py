@@ -2,6 +2,8 @@
 
 import csv
 import os
+import subprocess
+import sys
 
 from conftest import REPO
 from imdb_dpo.methods import TRAINED
@@ -92,6 +94,17 @@ def test_on_a_gpu_machine_each_stage_runs_in_a_fresh_process_that_a_sigterm_stop
     rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0 and "== done in" in rerun.stdout, rerun.stderr[-3000:]
     assert read_manifest(run_dir)["finished"] and read_manifest(run_dir)["global_step"] == 10
+
+
+def test_a_folder_without_stage_configs_is_no_preset_and_help_is_usage(tmp_path):
+    script, env = os.path.join(REPO, "run_pipeline.sh"), {**os.environ, "PYTHON": sys.executable}
+    empty = subprocess.run([script, str(tmp_path)], capture_output=True, text=True, env=env)
+    assert empty.returncode == 2 and f"{tmp_path} holds no stage config" in empty.stderr
+    for flag in ("-h", "--help"):
+        shown = subprocess.run([script, flag], capture_output=True, text=True, env=env)
+        assert shown.returncode == 0 and shown.stdout.startswith("usage: ./run_pipeline.sh <preset>")
+    odd = subprocess.run([script, "-x"], capture_output=True, text=True, env=env)
+    assert odd.returncode == 2 and "no preset '-x'" in odd.stderr
 
 
 def test_the_pipeline_knows_every_config_of_each_preset_and_every_method():

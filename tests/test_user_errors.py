@@ -101,9 +101,11 @@ def test_beta_under_betas_is_refused(capsys, tiny_sft, tiny_pairs, tmp_path):
     ("--gradient_accumulation_steps", "0", "gradient_accumulation_steps=0: must be a finite number > 0"),
     ("--save_steps", "-1", "save_steps=-1.0: must be > 0"),
     ("--num_train_epochs", "0", "num_train_epochs=0.0 with max_steps=-1: the run would take no step"),
+    ("--betas", "0.5", "betas=[0.1, 0.5, 0.5]: a value is given twice"),
 ])
 def test_dpo_numbers_are_checked_before_any_folder_exists(capsys, tiny_sft, tiny_pairs, tmp_path, flag, value, message):
-    refused(capsys, dpo, dpo_argv(tiny_sft, tiny_pairs, tmp_path / "dpo", "--betas", "0.1", flag, value), message)
+    extra = ["0.1", "0.5", value] if flag == "--betas" else ["0.1", flag, value]
+    refused(capsys, dpo, dpo_argv(tiny_sft, tiny_pairs, tmp_path / "dpo", "--betas", *extra), message)
     assert not (tmp_path / "dpo").exists()
 
 

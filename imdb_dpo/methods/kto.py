@@ -17,7 +17,7 @@ from trl import KTOConfig, KTOTrainer, ModelConfig
 
 from ..config import KTOScriptArguments
 from ..costs import dpo_memory
-from ..errors import UserError
+from ..errors import ConfigError, UserError
 from ..manifests import describe_model_input, read_manifest
 from ..pairs import json_lines
 from ..training_runs import pairs_input
@@ -108,6 +108,14 @@ def examples(script_args: KTOScriptArguments, model_args: ModelConfig) -> tuple[
     return rows, inputs
 
 
+def check(args) -> None:
+    for name in ("desirable_weight", "undesirable_weight"):
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{name}={value}: each KTO term's weight must be a number > 0 (KTO's paper keeps "
+                              "desirable x count / (undesirable x count) in [1, 4/3]); fix it")
+
+
 def kto_name(args, beta: float) -> str:
     """`kto_beta0.1`; another loss (`kto_apo_zero_unpaired_beta0.1`) and unequal weights of the desirable and
     undesirable terms (`_w1-1.33`) where they are set."""
@@ -137,4 +145,4 @@ def memory(script_args, *rest, **kw):
 
 RECIPE = Recipe("kto", "KTO", KTOScriptArguments, KTOConfig, PretokenizedKTOTrainer, CURVES, examples, memory,
                 lambda args, beta: kto_name(args, beta), "max_train_examples", ("completion_ids",),
-                ("rewards/margins", "reward margin (desirable - undesirable)"))
+                ("rewards/margins", "reward margin (desirable - undesirable)"), check)

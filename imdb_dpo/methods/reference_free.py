@@ -93,6 +93,9 @@ def check_simpo(args) -> None:
     if args.loss_type != "simpo":
         raise ConfigError(f"loss_type={args.loss_type!r}: train.py simpo trains SimPO's loss; set loss_type: simpo "
                           "(CPO's other losses are train.py cpo)")
+    if not args.simpo_gamma >= 0:
+        raise ConfigError(f"simpo_gamma={args.simpo_gamma}: SimPO's target margin between the chosen and the rejected "
+                          "reward must be >= 0 (its paper: gamma/beta about 0.5); fix simpo_gamma")
     keep_row_columns(args)
     _check_bc_weight(args)
 
