@@ -51,6 +51,9 @@ def check_inputs(script_args: RLOOScriptArguments, training_args: RLOOConfig, mo
     check_schedule(script_args.checkpoint_schedule, training_args)
     if not training_args.temperature > 0:
         raise ConfigError(f"temperature={training_args.temperature}: must be > 0 (RLOO samples)")
+    if not (training_args.top_k or 0) >= 0 or not 0 < (training_args.top_p or 1.0) <= 1:
+        raise ConfigError(f"top_k={training_args.top_k}, top_p={training_args.top_p}: top_k must be >= 0 (0: off) and "
+                          "top_p in (0, 1]")
     check_model("model_name_or_path", model_args.model_name_or_path)
     if script_args.reward_model != VADER:
         learned_reward_manifest(script_args.reward_model)  # an unfinished one holds no model yet: say so first

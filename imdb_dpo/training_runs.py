@@ -34,6 +34,10 @@ def sweep_values(name: str, values: list[float] | None, single_name: str, single
     if values is not None and not isinstance(values, list):
         raise ConfigError(f"{name}={values!r}: a list, e.g. {name}: [{values}] in the config or --{name} {values} on "
                           "the command line")
+    odd = [v for v in values or [] if isinstance(v, bool) or not isinstance(v, (int, float))]
+    if odd:
+        raise ConfigError(f"{name} entry {odd[0]!r} is not a number; write each as a number with a dot (YAML reads 1e-1 "
+                          "as text: write 1.0e-1 or 0.1)")
     if values:
         if single != default:
             raise ConfigError(f"{single_name}={single} is set, but {name}={values} decides the runs and would ignore it; "

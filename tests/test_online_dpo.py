@@ -126,6 +126,11 @@ def test_a_run_raises_the_reward_and_a_killed_one_resumes_to_the_same_weights(ti
     (["--max_train_prompts", "0"], "max_train_prompts"),
     (["--reward_dtype", "int8"], "reward_dtype='int8'"),
     (["--betas", "0.1", "--beta", "0.2"], "betas=[0.1] decides the runs"),
+    (["--top_k", "-1"], "top_k must be >= 0"),
+    (["--top_p", "1.5"], "top_p in (0, 1]"),
+    (["--cache_implementation", "static"], "cache_implementation setting would do nothing"),
+    (["--vllm_gpu_memory_utilization", "0.3"], "vllm_gpu_memory_utilization setting would do nothing"),
+    (["--max_length", "50"], "max_length=50 is below the longest prompt"),
 ])
 def test_bad_settings_are_refused_before_any_folder(extra, expected, tiny_run, tmp_path, capsys):
     argv = method_argv("online_dpo", tiny_run["root"], tmp_path / "out", *NO_FRONTIER_EVAL, *extra)

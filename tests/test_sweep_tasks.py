@@ -52,6 +52,9 @@ def test_a_task_beyond_the_array_or_a_config_without_a_list_is_named(tmp_path):
     bad.write_text("betas: 0.1\n")
     out = sweep_tasks(str(bad), "betas", "count")
     assert out.returncode == 2 and "betas is 0.1" in out.stderr and str(bad) in out.stderr
+    bad.write_text("betas: [0.1, 1e-1]\n")  # YAML reads 1e-1 as text
+    out = sweep_tasks(str(bad), "betas", "count")
+    assert out.returncode == 2 and "entry '1e-1' is not a number" in out.stderr
     bad.write_text("betas: [0.1, 1.0, 0.1]\n")  # two array tasks would train one run at once
     out = sweep_tasks(str(bad), "betas", "count")
     assert out.returncode == 2 and "gives a value twice" in out.stderr and str(bad) in out.stderr

@@ -13,6 +13,7 @@ import preference_pairs
 import sft
 from conftest import CPU_FLAGS, REPO, dpo_argv
 from imdb_dpo.cli import run_stage
+from imdb_dpo.errors import ConfigError
 from imdb_dpo.config import EvalArguments, PairsArguments, parse_config
 
 
@@ -272,3 +273,12 @@ def test_reward_positive_label_names_the_label(capsys, tiny_base, tiny_sft, tmp_
     with torch.no_grad():
         expected = [torch.softmax(classifier(**tokenizer(t, return_tensors="pt")).logits, -1)[0, 0].item() for t in texts]
     assert rewards == pytest.approx(expected, abs=1e-5)
+
+
+@pytest.mark.parametrize("values, message", [(["1e-1"], "betas entry '1e-1' is not a number"),
+                                             ([True], "betas entry True is not a number")])
+def test_a_sweep_entry_that_is_not_a_number_is_named(values, message):
+    from imdb_dpo.training_runs import sweep_values
+
+    with pytest.raises(ConfigError, match=message):
+        sweep_values("betas", values, "beta", 0.1, 0.1)

@@ -48,6 +48,14 @@ def check(args: OnlineDPOConfig) -> None:
                           "reward_positive_label in the config); remove them")
     if not args.temperature > 0:
         raise ConfigError(f"temperature={args.temperature}: must be > 0 (online DPO samples)")
+    if not args.top_k >= 0 or not 0 < args.top_p <= 1:
+        raise ConfigError(f"top_k={args.top_k}, top_p={args.top_p}: top_k must be >= 0 (0: off) and top_p in (0, 1]")
+    defaults = OnlineDPOConfig.__dataclass_fields__
+    unused = [name for name in defaults if (name.startswith("vllm_") or name == "cache_implementation")
+              and getattr(args, name) != defaults[name].default]
+    if unused:
+        raise ConfigError(f"{unused[0]}: this project samples with transformers' generate and its default cache, so "
+                          f"the {', '.join(unused)} setting would do nothing; remove it")
     check_positive(args, "max_new_tokens")
     args.remove_unused_columns = False  # the rows' columns are not the model's arguments
     # The Trainer places the model on this process's device; TRL's own default ("auto") would spread it over every
@@ -69,6 +77,10 @@ def examples(script_args: OnlineDPOScriptArguments, model_args: ModelConfig) -> 
 
 
 def memory(script_args, training_args, policy, prompt_tokens, *frontier, lora=False):
+    if training_args.max_length < prompt_tokens + training_args.max_new_tokens:
+        raise ConfigError(f"max_length={training_args.max_length} is below the longest prompt ({prompt_tokens} tokens) + "
+                          f"max_new_tokens ({training_args.max_new_tokens}): TRL would cut the prompt and score the "
+                          "completion at other positions than it was sampled at; raise max_length")
     return online_dpo_memory(training_args, policy, prompt_tokens, classifier_shape(script_args.reward_model),
                              script_args.reward_dtype, *frontier, lora=lora)
 
