@@ -42,6 +42,6 @@ TRAINED = (
     Method("simpo", "SimPO", "simpo_dir", "train.py simpo", "beta", "beta",
            {"cmap": "GnBu", "fmt": "--", "marker": "h"}),
     Method("online_dpo", "Online DPO", "online_dpo_dir", "train.py online_dpo", "beta", "beta",
-           {"cmap": "copper", "fmt": "-", "marker": "d"}, "loss_type"),
+           {"cmap": "cool", "fmt": "-", "marker": "d"}, "loss_type"),
 )
 BY_KEY = {m.key: m for m in TRAINED}
