@@ -6,6 +6,7 @@ early steps (1, 2, 4, ...) so each run's curve starts near KL 0.
 """
 
 import glob
+import json
 import os
 import re
 import shutil
@@ -39,6 +40,18 @@ def checkpoint_schedule(kind: str, max_steps: int, save_steps: int) -> list[int]
 def save_interval(save_steps: float, max_steps: int) -> int:
     """The Trainer's save_steps in steps: a number below 1 is a fraction of the run."""
     return int(save_steps) if save_steps >= 1 else max(1, round(save_steps * max_steps))
+
+
+def off_schedule(checkpoint: str, kind: str | None, save_steps: float) -> bool:
+    """Whether a complete checkpoint was saved by a stop request at a step `checkpoint_schedule` does not name: it
+    exists only to resume the run, so it is neither evaluated nor kept once the run has moved past it. None: the run
+    has no schedule (the Trainer's own saves)."""
+    if kind is None:
+        return False
+    with open(os.path.join(checkpoint, "trainer_state.json")) as f:
+        state = json.load(f)
+    total = state["max_steps"]
+    return state["global_step"] not in checkpoint_schedule(kind, total, save_interval(save_steps, total))
 
 
 def check_schedule(kind: str, training_args) -> None:

@@ -13,6 +13,7 @@ run's final model, and eval.py names every step it had to leave out.
 """
 
 import os
+from collections.abc import Callable
 
 from transformers import TrainerCallback
 
@@ -96,20 +97,21 @@ class FrontierEvaluation:
             on_disk.add(manifest.get("global_step"))
         return [s for s in manifest.get("checkpoints", []) if s not in evaluated and s not in on_disk]
 
-    def for_run(self, run_dir: str, manifest_data: dict, stop) -> "RunEvaluation":
+    def for_run(self, run_dir: str, manifest_data: dict, stop, off_schedule: Callable[[str], bool]) -> "RunEvaluation":
         run_id = manifest_data["run_id"]
         if process_state().num_processes > 1:  # each rank's Manifest drew its own id; the main process's is written
             from accelerate.utils import broadcast_object_list
             run_id = broadcast_object_list([run_id])[0]
         meta = run_meta(self.method, os.path.basename(run_dir), {**manifest_data, "run_id": run_id})
-        return RunEvaluation(self, meta, stop)
+        return RunEvaluation(self, meta, stop, off_schedule)
 
 
 class RunEvaluation(TrainerCallback):
-    """Evaluates one run's checkpoints as the Trainer saves them, then deletes each evaluated one but the newest."""
+    """Evaluates one run's checkpoints as the Trainer saves them, then deletes each evaluated one but the newest.
+    A stop's checkpoint off the schedule (`off_schedule`) is not evaluated: it only resumes the run."""
 
-    def __init__(self, frontier: FrontierEvaluation, meta: dict, stop):
-        self.frontier, self.meta, self.stop = frontier, meta, stop
+    def __init__(self, frontier: FrontierEvaluation, meta: dict, stop, off_schedule: Callable[[str], bool]):
+        self.frontier, self.meta, self.stop, self.off_schedule = frontier, meta, stop, off_schedule
 
     def evaluated(self) -> list[int]:
         return evaluated_steps(self.frontier.records_root, self.meta)
@@ -123,7 +125,7 @@ class RunEvaluation(TrainerCallback):
         complete = [(s, p) for s, p in checkpoint_steps(run_dir) if is_complete(p)]
         for step, path in complete:
             unit = {**self.meta, "step": step, "path": path}
-            if is_finished(records_dir(self.frontier.records_root, unit)):
+            if is_finished(records_dir(self.frontier.records_root, unit)) or self.off_schedule(path):
                 continue
             try:
                 if self.frontier.evaluator.evaluate(unit, self.stop) is None:
@@ -131,7 +133,7 @@ class RunEvaluation(TrainerCallback):
             except UnreadableCheckpoint as error:
                 raise UserError(f"{path}: the checkpoint was saved completely, but {error}. Delete that folder and run "
                                 "the same command again: training resumes from the checkpoint before it") from error
-        if state.is_main_process:  # every complete checkpoint is evaluated now: keep the newest and any cut short
+        if state.is_main_process:  # every complete checkpoint is evaluated (or a stop's) now: keep the newest and any cut short
             evaluated = {s for s, _ in complete[:-1]}
             drop_checkpoints(run_dir, keep={s for s, _ in checkpoint_steps(run_dir) if s not in evaluated})
         state.wait_for_everyone()

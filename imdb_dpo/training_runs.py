@@ -6,6 +6,7 @@ on the checkpoint schedule, stopped cleanly by a signal or the stop file, and fi
 """
 
 import copy
+import functools
 import math
 import os
 from collections.abc import Callable
@@ -13,8 +14,8 @@ from collections.abc import Callable
 from transformers import AutoConfig
 
 from .checks import check_seed_list
-from .checkpoints import (DropOptimizerFromOldCheckpoints, ScheduledCheckpoints, checkpoint_steps,
-                          drop_checkpoints, drop_weights, resumable_checkpoint)
+from .checkpoints import (DropOptimizerFromOldCheckpoints, ScheduledCheckpoints, checkpoint_steps, off_schedule,
+                          drop_checkpoints, drop_weights, is_complete, resumable_checkpoint)
 from .config import ConfigError
 from .frontier_eval import FrontierEvaluation, keeps_final_model
 from .locks import main_process_lock
@@ -147,7 +148,8 @@ def train_run(run_dir: str, stage: str, what: str, configs: dict, inputs: dict, 
             return True
         args.output_dir = plan.directory
         manifest = Manifest(plan.directory, stage, configs, inputs)
-        evaluation = frontier.for_run(run_dir, manifest.data, stop) if frontier else None
+        stop_save = functools.partial(off_schedule, kind=schedule, save_steps=args.save_steps)
+        evaluation = frontier.for_run(run_dir, manifest.data, stop, stop_save) if frontier else None
         if evaluation and not evaluation.evaluate_pending(plan.directory):  # saved, then killed before evaluated
             return False
         with own_wandb_run(args, manifest.run_id):
@@ -164,7 +166,8 @@ def train_run(run_dir: str, stage: str, what: str, configs: dict, inputs: dict, 
                                  os.path.join(plan.directory, "training_curves.png"), args.run_name, curves)
         trainer.accelerator.wait_for_everyone()
         final = trainer.state.global_step
-        saved = [s for s, _ in checkpoint_steps(plan.directory)]
+        # A stop's checkpoint off the schedule (or one a kill cut short) only resumed the run: not a frontier point.
+        saved = [s for s, path in checkpoint_steps(plan.directory) if is_complete(path) and not stop_save(path)]
         if evaluation:
             kept, frontier_record = [], {"frontier_eval": frontier.describe()}
             saved = sorted(set(saved) | set(evaluation.evaluated()))

@@ -16,10 +16,13 @@ import sys
 import pytest
 import yaml
 
+import dpo as dpo_stage
 from conftest import REPO, dpo_argv, refused_in_process, run_in_process
 from helpers import wait_until
 from imdb_dpo.checkpoints import checkpoint_steps
+from imdb_dpo.cli import run_stage
 from imdb_dpo.manifests import read_manifest
+from imdb_dpo.preemption import EXIT_RESUMABLE, STOP_FILE_VARIABLE
 
 # 192 pairs at 32 a step: 6 steps, saved at 1, 2, 4 and 6 on the log+steps schedule (save_steps 25).
 STEPS = [1, 2, 4, 6]
@@ -232,3 +235,30 @@ def test_only_the_kept_seeds_keep_their_final_model_and_eval_gathers_the_others_
                                                 "--keep_final_model_seeds", "0"), capsys)
     assert "keep_final_model_seeds=[0]" in err and "seed(s) 1" in err and "frontier_eval" in err
     assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize("evaluated_while_training", [True, False])
+def test_a_stops_checkpoint_off_the_schedule_only_resumes_the_run(evaluated_while_training, tiny_base, tiny_sft,
+                                                                   tiny_pairs, tmp_path, monkeypatch):
+    """A stop (SLURM's warning, the stop file) saves where it stops, here step 1 of a schedule of steps 4 and 6: the
+    resumed run neither evaluates that checkpoint nor keeps or lists it, so the frontier has the schedule's points."""
+    name = "during" if evaluated_while_training else "after"
+    config = eval_config(tmp_path, tiny_base, tiny_sft, name)
+    argv = [*dpo(tiny_sft, tiny_pairs, tmp_path, name, config if evaluated_while_training else ""),
+            "--checkpoint_schedule", "steps", "--save_steps", "4"]
+    stop_file = tmp_path / "stop"
+    stop_file.write_text("")
+    monkeypatch.setenv(STOP_FILE_VARIABLE, str(stop_file))
+    assert run_stage(dpo_stage.main, dpo_stage.STAGES, argv) == EXIT_RESUMABLE
+    monkeypatch.delenv(STOP_FILE_VARIABLE)
+    run_dir = tmp_path / name / "dpo" / RUN
+    assert [s for s, _ in checkpoint_steps(run_dir)] == [1]
+    assert run_stage(dpo_stage.main, dpo_stage.STAGES, argv) == 0
+    manifest = read_manifest(run_dir)
+    assert manifest["global_step"] == 6 and manifest["checkpoints"] == [4, 6]
+    kept = [4] if not evaluated_while_training else []
+    assert manifest["kept_checkpoints"] == kept and [s for s, _ in checkpoint_steps(run_dir)] == kept
+    if evaluated_while_training:
+        assert sorted(records(config)) == [4, 6]
+    run_in_process("eval.py", ["--config", config])
+    assert sorted(summary(config)) == [4, 6]
