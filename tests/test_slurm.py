@@ -135,6 +135,8 @@ def test_dpo_job_is_warned_checkpoints_requeues_and_matches_an_uninterrupted_run
     assert manifest["finished"] and manifest["global_step"] == 30
     logged = [e["step"] for e in json.load(open(run_dir / "trainer_state.json"))["log_history"] if "loss" in e]
     assert logged == list(range(1, 31))  # no step lost, none done twice
+    straight = read_manifest(requeued["top"] / "dpo_straight/sigmoid_beta0.1")
+    assert manifest["checkpoints"] == straight["checkpoints"]  # the stop's checkpoint only resumed the run
 
     from helpers import state_dicts_equal
     from transformers import AutoModelForCausalLM
