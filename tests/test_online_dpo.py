@@ -99,10 +99,11 @@ def test_completions_are_scored_at_the_positions_they_were_sampled_at(tiny_run):
     torch.testing.assert_close(batch[0], alone[0], rtol=0, atol=1e-5)
 
 
-def test_a_run_raises_the_reward_and_a_killed_one_resumes_to_the_same_weights(tiny_run, tmp_path):
+def test_a_run_raises_the_reward_and_a_killed_one_resumes_to_the_same_weights(tiny_run, tmp_path, capsys):
     root = tiny_run["root"]
     argv = method_argv("online_dpo", root, tmp_path / "whole", *NO_FRONTIER_EVAL)
     run_in_process("train.py", argv)
+    assert "256 prompts; last logged mean reward of the sampled completions 0." in capsys.readouterr().out
     manifest = read_manifest(tmp_path / "whole" / RUN)
     assert manifest["finished"] and manifest["stage"] == "online_dpo" and manifest["global_step"] == 8
     with open(tmp_path / "whole" / RUN / "trainer_state.json") as f:
@@ -115,6 +116,12 @@ def test_a_run_raises_the_reward_and_a_killed_one_resumes_to_the_same_weights(ti
     run_in_process("train.py", argv)
     assert state_dicts_equal(load_causal_lm(str(tmp_path / "whole" / RUN)),
                              load_causal_lm(str(tmp_path / "killed" / RUN))) == []
+
+
+def test_a_run_too_short_to_log_says_so(tiny_run, tmp_path, capsys):
+    run_in_process("train.py", method_argv("online_dpo", tiny_run["root"], tmp_path / "out", *NO_FRONTIER_EVAL,
+                                           "--max_steps", "1", "--logging_steps", "2"))
+    assert "no mean reward of the sampled completions logged (see logging_steps)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("extra, expected", [

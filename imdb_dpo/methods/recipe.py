@@ -92,8 +92,12 @@ def run_recipe(recipe: Recipe, script_args, training_args, model_args) -> int:
     def results(trainer):
         return {"final_metrics": last_logged(trainer, key), "examples": len(dataset)}
 
+    examples_are = "examples" if recipe.completion_fields else "prompts"  # a method that samples reads prompts alone
+
     def finished_line(manifest):
-        return f"{manifest['examples']} examples; last logged {what} {manifest['final_metrics'].get(key, float('nan')):.3f}"
+        value = manifest["final_metrics"].get(key)
+        logged = f"last logged {what} {value:.3f}" if value is not None else f"no {what} logged (see logging_steps)"
+        return f"{manifest['examples']} {examples_are}; {logged}"
 
     def name(beta):
         return recipe.run_name(training_args, beta) + ("_lora" if model_args.use_peft else "")
