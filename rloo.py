@@ -25,7 +25,7 @@ from trl import ModelConfig, RLOOConfig, get_peft_config
 
 from imdb_dpo.checkpoints import check_schedule
 from imdb_dpo.frontier_eval import frontier_of
-from imdb_dpo.checks import check_training, check_model, check_positive
+from imdb_dpo.checks import check_model, check_policy_sampling, check_positive, check_training
 from imdb_dpo.cli import run_stage
 from imdb_dpo.config import ConfigError, RLOOScriptArguments
 from imdb_dpo.costs import check_memory, classifier_shape, frontier_inputs, model_shape, rloo_memory
@@ -49,11 +49,7 @@ def check_inputs(script_args: RLOOScriptArguments, training_args: RLOOConfig, mo
     inference_dtype(script_args, "reward_dtype")
     check_positive(training_args, "max_completion_length")
     check_schedule(script_args.checkpoint_schedule, training_args)
-    if not training_args.temperature > 0:
-        raise ConfigError(f"temperature={training_args.temperature}: must be > 0 (RLOO samples)")
-    if not (training_args.top_k or 0) >= 0 or not 0 < (training_args.top_p or 1.0) <= 1:
-        raise ConfigError(f"top_k={training_args.top_k}, top_p={training_args.top_p}: top_k must be >= 0 (0: off) and "
-                          "top_p in (0, 1]")
+    check_policy_sampling(training_args, RLOOConfig, "RLOO")
     check_model("model_name_or_path", model_args.model_name_or_path)
     if script_args.reward_model != VADER:
         learned_reward_manifest(script_args.reward_model)  # an unfinished one holds no model yet: say so first

@@ -61,6 +61,26 @@ def check_sampling(args) -> None:
                           f"{args.max_prompt_tokens}; the paper uses 2 and 8")
 
 
+def check_policy_sampling(args, config_class: type, method: str) -> None:
+    """The sampling settings of a TRL trainer that samples from the policy as it trains (RLOO, online DPO): this
+    project samples the pair file's exact prompt ids with transformers' generate, so vLLM and its settings (and a
+    cache implementation) would be ignored or would re-tokenise the prompts."""
+    if args.use_vllm:
+        raise ConfigError("use_vllm: true: this project samples the pair file's exact prompt ids with transformers; "
+                          "remove use_vllm")
+    if not args.temperature > 0:
+        raise ConfigError(f"temperature={args.temperature}: must be > 0 ({method} samples)")
+    top_k, top_p = args.top_k or 0, 1.0 if args.top_p is None else args.top_p
+    if not top_k >= 0 or not 0 < top_p <= 1:
+        raise ConfigError(f"top_k={args.top_k}, top_p={args.top_p}: top_k must be >= 0 (0: off) and top_p in (0, 1]")
+    defaults = config_class.__dataclass_fields__
+    unused = [name for name in defaults if (name.startswith("vllm_") or name == "cache_implementation")
+              and getattr(args, name) != defaults[name].default]
+    if unused:
+        raise ConfigError(f"{unused[0]}: this project samples with transformers' generate and its default cache, so "
+                          f"the {', '.join(unused)} setting would do nothing; remove it")
+
+
 def _looks_local(path: str) -> bool:
     return os.path.isabs(path) or path.startswith(("./", "../", "~")) or not _HUB_ID.fullmatch(path)
 

@@ -3,11 +3,12 @@
 import csv
 import os
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 from trl import RLOOConfig
 
-from conftest import CPU_FLAGS, NO_FRONTIER_EVAL, REPO, kill_once_saved, run_in_process
+from conftest import CPU_FLAGS, NO_FRONTIER_EVAL, REPO, kill_once_saved, refused_in_process, run_in_process
 from helpers import state_dicts_equal
 from imdb_dpo.checkpoints import checkpoint_schedule, checkpoint_steps
 from imdb_dpo.config import PairsArguments
@@ -126,3 +127,16 @@ def test_killed_rloo_resumes_to_the_same_weights(tiny_sft, tiny_pairs, tmp_path)
     straight = AutoModelForCausalLM.from_pretrained(tmp_path / "straight" / "rloo_kl0.1")
     assert state_dicts_equal(straight, AutoModelForCausalLM.from_pretrained(run_dir)) == []
     assert [s for s, _ in checkpoint_steps(str(run_dir))] == [1, 2, 4] and manifest["checkpoints"] == [1, 2, 4, 8]
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--top_k", "-1"], "top_k must be >= 0"),
+    (["--top_p", "0"], "top_p in (0, 1]"),
+    (["--temperature", "0"], "temperature=0.0: must be > 0 (RLOO samples)"),
+    (["--use_vllm", "true"], "remove use_vllm"),
+    (["--vllm_gpu_memory_utilization", "0.5"], "vllm_gpu_memory_utilization setting would do nothing"),
+])
+def test_sampling_settings_it_would_ignore_or_fail_on_are_refused_before_any_folder(extra, expected, tiny_sft,
+                                                                                     tiny_pairs, tmp_path, capsys):
+    err = refused_in_process("rloo.py", rloo_argv(tiny_sft, tiny_pairs, tmp_path / "out", *extra), capsys)
+    assert expected in err and not (tmp_path / "out").exists()

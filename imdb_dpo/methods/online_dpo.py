@@ -16,7 +16,7 @@ from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 from trl.experimental.utils import truncate_right
 from trl.models.utils import unwrap_model_for_generation
 
-from ..checks import check_model, check_positive
+from ..checks import check_model, check_policy_sampling, check_positive
 from ..config import OnlineDPOScriptArguments
 from ..costs import classifier_shape, online_dpo_memory
 from ..errors import ConfigError
@@ -40,22 +40,10 @@ CURVES = [
 def check(args: OnlineDPOConfig) -> None:
     if isinstance(args.beta, list):
         raise ConfigError(f"beta={args.beta}: give one beta (TRL would change it each epoch); betas sweeps, a run each")
-    if args.use_vllm:
-        raise ConfigError("use_vllm: true: this project samples the pair file's exact prompt ids with transformers; "
-                          "remove use_vllm")
     if args.reward_model_path is not None or args.reward_weights is not None:
         raise ConfigError("reward_model_path/reward_weights: the reward is stage 2's (reward_model and "
                           "reward_positive_label in the config); remove them")
-    if not args.temperature > 0:
-        raise ConfigError(f"temperature={args.temperature}: must be > 0 (online DPO samples)")
-    if not args.top_k >= 0 or not 0 < args.top_p <= 1:
-        raise ConfigError(f"top_k={args.top_k}, top_p={args.top_p}: top_k must be >= 0 (0: off) and top_p in (0, 1]")
-    defaults = OnlineDPOConfig.__dataclass_fields__
-    unused = [name for name in defaults if (name.startswith("vllm_") or name == "cache_implementation")
-              and getattr(args, name) != defaults[name].default]
-    if unused:
-        raise ConfigError(f"{unused[0]}: this project samples with transformers' generate and its default cache, so "
-                          f"the {', '.join(unused)} setting would do nothing; remove it")
+    check_policy_sampling(args, OnlineDPOConfig, "online DPO")
     check_positive(args, "max_new_tokens")
     args.remove_unused_columns = False  # the rows' columns are not the model's arguments
     # The Trainer places the model on this process's device; TRL's own default ("auto") would spread it over every
