@@ -538,8 +538,9 @@ def render(preset: Preset) -> str:
     for row in preset.rows:
         detail = f"{row.peak.step}: {row.peak.memory.describe()}" if row.peak else "-"
         lines.append(f"- {row.stage}: {detail}; {'; '.join(row.notes)}")
-    lines += ["", "<=: counted from the most pairs stage 2's settings allow (the pair file does not exist yet; plan again "
-              "once it does). \"most on disk while it runs\" counts everything kept by the stages before it. GPU hours: H100 SXM "
+    bounded = ("<=: counted from the most pairs stage 2's settings allow (the pair file does not exist yet; plan again "
+               "once it does). " if most else "")
+    lines += ["", bounded + "\"most on disk while it runs\" counts everything kept by the stages before it. GPU hours: H100 SXM "
               f"peaks ({costs.H100['bf16_flops'] / 1e12:.0f} TFLOP/s bf16, {costs.H100['fp32_flops'] / 1e12:.0f} fp32, "
               f"{costs.H100['bytes_per_s'] / 1e12:.2f} TB/s), at an assumed {costs.MFU:.0%} of peak FLOP/s and "
               f"{costs.BANDWIDTH_USE:.0%} of bandwidth for decoding; loading and checkpoint writes not included."]

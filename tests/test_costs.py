@@ -87,6 +87,7 @@ def run_plan(preset: str, output_root: str, tmp_path) -> tuple[str, float]:
 def test_the_plan_counts_the_steps_and_checkpoints_the_tiny_run_made(tiny_run, tmp_path):
     output, _ = run_plan("tiny", str(tiny_run["root"]), tmp_path)
     table = plan_table(output)
+    assert "<=" not in output  # every count read from what the run made, so no footnote about a missing pair file
     outputs = tiny_run["root"] / "outputs" / "tiny"
     runs = {"dpo": ["dpo/sigmoid_beta0.1", "dpo/sigmoid_beta1", "dpo/sigmoid_beta5"],
             "rloo": ["rloo/rloo_kl0.01", "rloo/rloo_kl0.1"], "rloo_rm": ["rloo_rm/rloo_rm_kl0.05"],
@@ -112,6 +113,7 @@ def test_the_gpt2_large_plan_runs_offline_in_seconds_and_fits_one_node(tmp_path)
     assert table["dpo"]["runs"] == "12"  # 4 betas x 3 seeds
     # No pair file yet: counted from the most pairs stage 2's settings allow (25,000 prompts x 6), and marked so.
     assert table["dpo"]["steps a run"] == "<= 2,344"  # 150,000 pairs / 64
+    assert "<=: counted from the most pairs stage 2's settings allow" in output
     assert table["dpo"]["checkpoints a run"].startswith(f"<= {len(checkpoint_schedule('log+steps', 2344, 100))} ")
     assert table["sft"]["steps a run"] == "391"  # IMDb's 25,000 training reviews / (16 x 4): exact
     gb = lambda cell: float(re.search(r"([\d.]+) GB", cell).group(1))  # noqa: E731
