@@ -44,6 +44,8 @@ PRESET = os.path.join(REPO, "configs", "gpt2-large")
 PAPER = {"sft_reviews": 25_000, "prompts": 25_000, "eval_prompts": 500}
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".arrow")
 MARKER = ".imdb_dpo_gpu_check"  # marks a --work folder as the check's own, which a rerun may clear
+MIN_STEP_SECONDS = 30  # under --time_limit, a step with less time left is not started
+NOT_RUN = "not run (time limit)"
 
 
 def cached_file(repo_id: str, name: str, repo_type: str = "model") -> str | None:
@@ -85,6 +87,7 @@ class Check:
         self.results = os.path.join(self.work, "results")
         self.out = os.path.join(self.work, "out")
         self.rows, self.benchmarks, self.facts, self.peak_disk_gb = [], {}, {}, 0.0
+        self.deadline = time.monotonic() + args.time_limit if args.time_limit else None
         self.env = {**os.environ, "OUTPUT_ROOT": self.out, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                     "WANDB_MODE": "disabled", "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1",
                     "TOKENIZERS_PARALLELISM": "false", "TMPDIR": os.path.join(self.work, "tmp"),
@@ -145,6 +148,14 @@ class Check:
 
     # --- running ---
     def run(self, name: str, command: list[str], limit: int, *, kind: str = "stage") -> dict:
+        if self.deadline is not None:
+            left = int(self.deadline - time.monotonic())
+            if left < MIN_STEP_SECONDS:  # too little time for a model to load: said in the table, not run
+                row = {"name": name, "kind": kind, "exit": NOT_RUN, "wall_s": 0.0}
+                print(f"[{time.strftime('%H:%M:%S')}] {name}: not run, {max(left, 0)} s of --time_limit left", flush=True)
+                self.rows.append(row)
+                return row
+            limit = min(limit, left)
         log = os.path.join(self.results, f"{name}.log")
         resources = os.path.join(self.results, f"{name}.resources.json")
         print(f"[{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
@@ -250,6 +261,8 @@ class Check:
         self.env.update(IMDB_DPO_TEST_DEVICE="cuda", GPT2_TOKENIZER_DIR=tokenizer)
         row = self.run("gpu_tests", [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
                                      "tests"], 600, kind="tests")
+        if row["exit"] == NOT_RUN:
+            return
         with open(row["log"]) as f:
             row["summary"] = next((l.strip() for l in reversed(f.readlines()) if " in " in l and "=" in l), "")
 
@@ -410,7 +423,8 @@ def render(check: Check) -> str:
     lines += ["", "| benchmark | exit | wall s | figures |", "|---|---|---|---|"]
     for r in check.rows:
         if r["kind"] == "benchmark":
-            lines.append(f"| {r['name']} | {r['exit']} | {r['wall_s']:.0f} | {benchmark_figures(check.benchmarks.get(r['name']))} |")
+            figures = "-" if r["exit"] == NOT_RUN else benchmark_figures(check.benchmarks.get(r["name"]))
+            lines.append(f"| {r['name']} | {r['exit']} | {r['wall_s']:.0f} | {figures} |")
     tests = next((r for r in check.rows if r["kind"] == "tests"), None)
     if tests:
         lines += ["", f"GPU-only tests (`pytest -m gpu`): exit {tests['exit']}, {tests.get('summary', '')}"]
@@ -459,7 +473,12 @@ def main():
     parser.add_argument("--tokenizer", help="GPT-2's tokenizer folder, for random weights where the cache lacks a model")
     parser.add_argument("--reviews", help="folder with imdb_train.jsonl and imdb_test.jsonl (default: the cache's IMDb)")
     parser.add_argument("--skip_benchmarks", action="store_true")
+    parser.add_argument("--time_limit", type=float, metavar="SECONDS",
+                        help="end the check within this many seconds (a short allocation): each step gets at most the "
+                             "time left, a step with under 30 s left is not run, and the table shows what ran")
     args = parser.parse_args()
+    if args.time_limit is not None and not args.time_limit > 0:
+        fail(f"--time_limit {args.time_limit:g}: give a number of seconds > 0")
     args.work, args.tokenizer, args.reviews = (os.path.abspath(p) if p else p for p in (args.work, args.tokenizer,
                                                                                            args.reviews))
     marker = os.path.join(args.work, MARKER)
@@ -490,17 +509,27 @@ def main():
             check.gpu_tests()
     except (KeyboardInterrupt, SystemExit) as interruption:
         drop_weights(check.work)
-        print(f"\ninterrupted: the running step was stopped and the weights deleted; the logs are in {check.results}. "
-              "Run the same command again to start over.", file=sys.stderr)
+        table = write_results(check, f"Interrupted after {time.perf_counter() - started:.0f} s: the table holds the "
+                                     "steps that had ended; the step running then was stopped.")
+        print(f"\n{table}\ninterrupted: the running step was stopped and the weights deleted; the table and logs are "
+              f"in {check.results}. Run the same command again to start over.", file=sys.stderr)
         return 130 if isinstance(interruption, KeyboardInterrupt) else 143
-    table = render(check) + f"\nWhole check: {time.perf_counter() - started:.0f} s.\n"
+    skipped = [r["name"] for r in check.rows if r["exit"] == NOT_RUN]
+    table = write_results(check, f"Whole check: {time.perf_counter() - started:.0f} s." + (
+        f" --time_limit {args.time_limit:g} s left no time for: {', '.join(skipped)}." if skipped else ""))
+    print("\n" + table + f"\nResults and logs: {check.results}")
+    return 0 if all(r["exit"] == 0 for r in check.rows) and len(check.rows) >= 6 else 1
+
+
+def write_results(check: Check, ending: str) -> str:
+    """gpu_check.md (the table, then `ending`) and gpu_check.json in the results folder; returns the table."""
+    table = render(check) + f"\n{ending}\n"
     with open(os.path.join(check.results, "gpu_check.md"), "w") as f:
         f.write(table)
     with open(os.path.join(check.results, "gpu_check.json"), "w") as f:
         json.dump({"rows": check.rows, "benchmarks": check.benchmarks, "facts": check.facts,
                    "peak_disk_gb": check.peak_disk_gb, "projection": projection(check)}, f, indent=1, default=str)
-    print("\n" + table + f"\nResults and logs: {check.results}")
-    return 0 if all(r["exit"] == 0 for r in check.rows) and len(check.rows) >= 6 else 1
+    return table
 
 
 if __name__ == "__main__":

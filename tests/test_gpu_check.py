@@ -101,6 +101,9 @@ def test_a_killed_check_stops_its_stage_drops_the_weights_and_reruns(tmp_path, g
     check.send_signal(signal.SIGTERM)
     assert check.wait(timeout=120) == 143 and "interrupted" in check.stderr.read()
     assert json.loads((tmp_path / "work/results/sft.resources.json").read_text())["exit_code"] == 0
+    # What ended before the kill is in the table; the stage the kill stopped is not.
+    assert "| sft | 0 |" in (tmp_path / "work/results/gpu_check.md").read_text()
+    assert [r["name"] for r in json.loads((tmp_path / "work/results/gpu_check.json").read_text())["rows"]] == ["sft"]
     assert not [p for p in (tmp_path / "work").rglob("*") if p.suffix in (".safetensors", ".bin", ".pt")]
     running = subprocess.run(["pgrep", "-f", str(tmp_path / "work")], capture_output=True, text=True).stdout
     assert running == "", running  # no stage left behind
@@ -108,6 +111,23 @@ def test_a_killed_check_stops_its_stage_drops_the_weights_and_reruns(tmp_path, g
     proc = subprocess.run(argv[:-1] + ["nowhere"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "holds no imdb_train.jsonl" in proc.stderr
     assert (tmp_path / "work/results/sft.log").exists()
+
+
+def test_a_time_limit_runs_no_step_it_cannot_give_time_and_still_writes_the_table(tmp_path, gpt2_tokenizer_dir,
+                                                                                   imdb_sample):
+    argv = [sys.executable, "benchmarks/gpu_check.py", "--work", str(tmp_path / "work"), "--size", "tiny",
+            "--tokenizer", gpt2_tokenizer_dir, "--reviews", os.path.dirname(imdb_sample["train"])]
+    refused = subprocess.run([*argv, "--time_limit", "0"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "--time_limit 0: give a number of seconds > 0" in refused.stderr
+    proc = subprocess.run([*argv, "--time_limit", "20"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "work/results/gpu_check.json").read_text())
+    # Under 30 s left for each: SFT is not run, so no stage after it; the benchmarks are not run either.
+    assert [r["name"] for r in result["rows"]] == ["sft", *BENCHMARKS]
+    assert {r["exit"] for r in result["rows"]} == {"not run (time limit)"}
+    table = (tmp_path / "work/results/gpu_check.md").read_text()
+    assert "| sft | not run (time limit) | 0 |" in table and "--time_limit 20 s left no time for: sft, " in table
+    assert not [p for p in (tmp_path / "work").rglob("*") if p.suffix in (".safetensors", ".bin", ".pt")]
 
 
 def test_missing_inputs_are_refused_before_anything_is_written(tmp_path, gpt2_tokenizer_dir, imdb_sample):
