@@ -47,6 +47,8 @@ class Row:
     seconds: float = 0.0
     notes: list = dataclasses.field(default_factory=list)
     exact: bool = True  # False: counted from the most pairs the settings allow (the pair file does not exist yet)
+    samples: int = 0  # rows a run's Trainer counts (steps x batch x accumulation): with a measured samples/s, its time
+    points: int = 0  # checkpoints of all its runs that the frontier evaluates (while training or in eval.py)
 
 
 def stages_of(name: str):
@@ -210,6 +212,11 @@ def trained_steps(examples: int, training_args) -> int:
                                training_args.max_steps)
 
 
+def trainer_samples(steps: int, training_args) -> int:
+    """What the Trainer's samples/s counts over a run of `steps` steps on one process."""
+    return steps * training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+
+
 def plan_sft(preset: Preset, script_args, training_args, model_args) -> Row:
     shape = preset.shape(model_args.model_name_or_path)
     preset.produces(training_args.output_dir, model_args.model_name_or_path)
@@ -225,7 +232,8 @@ def plan_sft(preset: Preset, script_args, training_args, model_args) -> Row:
                costs.compute_seconds(costs.training_flops(shape, tokens * training_args.max_length,
                                                           training_args.max_length), training_args.bf16),
                [f"{reviews:,} reviews x {training_args.num_train_epochs:g} epoch(s), each row up to max_length "
-                f"{training_args.max_length} tokens (a batch is padded to its longest review)"])
+                f"{training_args.max_length} tokens (a batch is padded to its longest review)"],
+               samples=trainer_samples(steps, training_args))
 
 
 def plan_pairs(preset: Preset, args) -> Row:
@@ -265,6 +273,7 @@ def frontier_row(preset, row: Row, shape, training_args, script_args, steps: int
     models = row.runs * sum(keeps_final_model(script_args, s) for s in seeds) // len(seeds)
     row.steps, row.checkpoints = f"{steps:,}", f"{len(saved)}" + (" evaluated while training" if frontier else
                                                                     " kept for eval.py")
+    row.samples, row.points = trainer_samples(steps, training_args), row.runs * len(saved)
     row.written += row.runs * (len(saved) * (weights + optimizer) + weights)
     if frontier:
         records = row.runs * len(saved) * frontier.num_prompts * frontier.samples_per_prompt * costs.record_bytes(
@@ -449,7 +458,8 @@ def plan_reward_model(preset, script_args, training_args, model_args) -> Row:
     return Row("reward_model", 1, f"{steps:,}", f"{epochs} (one an epoch, for the best)",
                epochs * (weights + optimizer) + weights, weights, 2 * (weights + optimizer),
                costs.reward_model_memory(training_args, shape, tokens), seconds,
-               [f"{bound(int(train), counts['exact'])} training pairs"], exact=counts["exact"])
+               [f"{bound(int(train), counts['exact'])} training pairs"], exact=counts["exact"],
+               samples=trainer_samples(steps, training_args))
 
 
 def plan_eval(preset, args) -> Row:

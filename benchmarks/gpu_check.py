@@ -325,13 +325,6 @@ def drop_weights(path: str) -> None:
                 os.remove(os.path.join(root, name))
 
 
-def read_yaml(path: str) -> dict:
-    import yaml
-
-    with open(path) as f:
-        return yaml.safe_load(f)
-
-
 def read_json(path: str) -> dict:
     with open(path) as f:
         return json.load(f)
@@ -347,58 +340,56 @@ def trainer_throughput(run_dir: str) -> dict:
             "steps": read_json(path).get("global_step")}
 
 
+# A stage the check does not run is projected at the rate of the one with its trainer and shapes.
+RATE_OF = {"rloo_rm": "rloo", "orpo_base": "orpo", "cpo": "simpo"}
+
+
 def projection(check: Check) -> list[tuple[str, str, float | None]]:
-    """GPU hours of the preset at paper scale from the measured rates: (stage, work, seconds). Training rates are the
-    Trainer's (loading excluded); sampling and evaluation rates include loading, so they err on the slow side."""
-    from imdb_dpo.checkpoints import checkpoint_schedule
-    from imdb_dpo.sweep_tasks import tasks as sweep_tasks
+    """GPU time of the gpt2-large preset at paper scale: (stage, work, seconds). Each trained stage's samples are
+    plan.py's (the most the preset's settings allow where its pair file does not exist yet) at the rate the check
+    measured (the Trainer's, loading excluded); stage 2 and the evaluation at their measured rates with loading
+    included, so on the slow side. None: no measured rate (the stage did not run, or the check runs no such stage)."""
+    import plan as planner
 
     rows = {r["name"]: r for r in check.rows}
     pairs = check.facts.get("pairs", {})
-    pairs_per_prompt = pairs.get("num_pairs", 0) / max(pairs.get("num_prompts", 1), 1)
-    full_pairs = round(pairs_per_prompt * PAPER["prompts"])
 
     def rate(name, key="train_samples_per_s"):
-        value = rows.get(name, {}).get(key)
+        value = rows.get(RATE_OF.get(name, name), {}).get(key)
         return value if isinstance(value, (int, float)) and value > 0 else None
 
-    plan = []
-    sft = rate("sft")
-    plan.append(("sft", f"{PAPER['sft_reviews']:,} reviews, 1 epoch", PAPER["sft_reviews"] / sft if sft else None))
-    pp = rows.get("preference_pairs", {})
-    prompts_s = (pairs.get("num_prompts", 0) / pp["wall_s"]) if pp.get("exit") == 0 else None
-    plan.append(("preference_pairs", f"{PAPER['prompts']:,} prompts x 4 samples",
-                 PAPER["prompts"] / prompts_s if prompts_s else None))
-    chosen = round(min(pairs_per_prompt, 3) * PAPER["prompts"])  # distinct chosen completions: at most 3 of 4
-    # (stage, the key of its sweep in the preset, what it trains on, how many of those an epoch)
-    trained = [("dpo", "betas", "pairs (+ one reference pass, not counted)", full_pairs),
-               ("rloo", "kl_coefs", f"completions ({PAPER['prompts']:,} prompts x 4)", PAPER["prompts"] * 4),
-               ("preferred_ft", None, "chosen completions", chosen),
-               ("unlikelihood", "alphas", "pairs", full_pairs)]
-    points = 0
-    for name, sweep, what, count in trained:
-        config = read_yaml(os.path.join(PRESET, f"{name}.yaml"))
-        runs = len(sweep_tasks(os.path.join(PRESET, f"{name}.yaml"), sweep or "-"))  # values x seeds
-        steps = max(1, count // (config["per_device_train_batch_size"] * config.get("gradient_accumulation_steps", 1)))
-        points += runs * len(checkpoint_schedule(config.get("checkpoint_schedule", "log+steps"), steps,
-                                                 config["save_steps"]))
-        speed = rate(name)
-        plan.append((name, f"{runs} run{'s' if runs > 1 else ''} x {count:,} {what}", runs * count / speed if speed else None))
-    ev = rows.get("eval", {})
-    if ev.get("exit") == 0 and full_pairs:
-        # the check evaluated SFT (16 samples a prompt, no KL pass) and one DPO checkpoint (4 samples, KL pass)
-        per_point = ev["wall_s"] / 2 * PAPER["eval_prompts"] / (128 if check.gpu else 16)
-        plan.append(("eval", f"{points} checkpoints + SFT x {PAPER['eval_prompts']} prompts", (points + 1) * per_point))
-    else:
-        plan.append(("eval", "", None))
-    return plan
+    preset = planner.build(PRESET)
+    projected, points = [], 0
+    for row in preset.rows:
+        most = "" if row.exact else "<= "
+        if row.stage == "preference_pairs":
+            pp = rows.get(row.stage, {})
+            prompts_s = pairs.get("num_prompts", 0) / pp["wall_s"] if pp.get("exit") == 0 else None
+            projected.append((row.stage, f"{PAPER['prompts']:,} prompts",
+                              PAPER["prompts"] / prompts_s if prompts_s else None))
+        elif row.stage == "eval":
+            ev = rows.get("eval", {})
+            # the check evaluated SFT (16 samples a prompt, no KL pass) and one DPO checkpoint (4 samples, KL pass)
+            per_point = ev["wall_s"] / 2 * PAPER["eval_prompts"] / (128 if check.gpu else 16) if ev.get("exit") == 0 \
+                else None
+            bounded = "" if all(r.exact for r in preset.rows) else "<= "
+            projected.append((row.stage, f"{bounded}{points:,} checkpoints + SFT x {PAPER['eval_prompts']} prompts",
+                              (points + 1) * per_point if per_point else None))
+        else:
+            points += row.points
+            speed = rate(row.stage)
+            stand_in = f", at {RATE_OF[row.stage]}'s rate" if row.stage in RATE_OF else ""
+            projected.append((row.stage, f"{row.runs} run{'s' if row.runs > 1 else ''} x {most}{row.samples:,} samples"
+                                         f"{stand_in}", row.runs * row.samples / speed if speed else None))
+    return projected
 
 
 def gib(value) -> str:
     return f"{value:.1f}" if isinstance(value, (int, float)) else "-"
 
 
-def render(check: Check) -> str:
+def render(check: Check, plan: list | str) -> str:
+    """The check's tables; `plan` is `projection(check)`, or why it could not be made."""
     import torch
 
     device = torch.cuda.get_device_name(0) if check.gpu else "CPU (dry run: no GPU figures)"
@@ -428,11 +419,13 @@ def render(check: Check) -> str:
     tests = next((r for r in check.rows if r["kind"] == "tests"), None)
     if tests:
         lines += ["", f"GPU-only tests (`pytest -m gpu`): exit {tests['exit']}, {tests.get('summary', '')}"]
-    plan = projection(check)
+    if isinstance(plan, str):
+        return "\n".join(lines + ["", f"No projection of the preset: {plan}"]) + "\n"
     what = ("GPU time" if check.gpu and check.args.size == "gpt2-large"
             else "time at these rates (a dry run: not an estimate for a GPU)")
-    lines += ["", f"Projected {what} of the gpt2-large preset at paper scale (training at the Trainer's rate, "
-              "sampling and evaluation with their loading, so on the slow side):", "",
+    lines += ["", f"Projected {what} of the gpt2-large preset at paper scale: each stage's samples as plan.py counts "
+              "them at the Trainer's measured rate (loading and DPO's and KTO's reference pass not counted), sampling "
+              "and evaluation at their rates with loading (so on the slow side):", "",
               "| stage | work | hours |", "|---|---|---|"]
     lines += [f"| {name} | {work} | {seconds / 3600:.2f} |" if seconds else f"| {name} | {work} | - |"
               for name, work, seconds in plan]
@@ -487,6 +480,7 @@ def main():
     if os.path.isdir(args.work) and os.listdir(args.work) and not os.path.isfile(marker):
         fail(f"--work {args.work!r} holds files that no GPU check wrote: give a new or empty folder (the check "
              "writes models and outputs there and deletes the weights when it ends)")
+    os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")  # the projection's plan too: nothing downloaded
     check = Check(args)
     check.resolve_inputs()
     try:
@@ -523,12 +517,16 @@ def main():
 
 def write_results(check: Check, ending: str) -> str:
     """gpu_check.md (the table, then `ending`) and gpu_check.json in the results folder; returns the table."""
-    table = render(check) + f"\n{ending}\n"
+    try:
+        plan = projection(check)
+    except Exception as error:  # e.g. a pair file under OUTPUT_ROOT that plan.py refuses: the measurements still count
+        plan = f"plan.py's counts failed ({type(error).__name__}: {first_line(error, 300)})"
+    table = render(check, plan) + f"\n{ending}\n"
     with open(os.path.join(check.results, "gpu_check.md"), "w") as f:
         f.write(table)
     with open(os.path.join(check.results, "gpu_check.json"), "w") as f:
         json.dump({"rows": check.rows, "benchmarks": check.benchmarks, "facts": check.facts,
-                   "peak_disk_gb": check.peak_disk_gb, "projection": projection(check)}, f, indent=1, default=str)
+                   "peak_disk_gb": check.peak_disk_gb, "projection": plan}, f, indent=1, default=str)
     return table
 
 

@@ -133,7 +133,8 @@ class RunEvaluation(TrainerCallback):
             except UnreadableCheckpoint as error:
                 raise UserError(f"{path}: the checkpoint was saved completely, but {error}. Delete that folder and run "
                                 "the same command again: training resumes from the checkpoint before it") from error
-        if state.is_main_process:  # every complete checkpoint is evaluated (or a stop's) now: keep the newest and any cut short
+        # Every complete checkpoint is evaluated (or a stop's, never evaluated): keep the newest and any cut short.
+        if state.is_main_process:
             evaluated = {s for s, _ in complete[:-1]}
             drop_checkpoints(run_dir, keep={s for s, _ in checkpoint_steps(run_dir) if s not in evaluated})
         state.wait_for_everyone()

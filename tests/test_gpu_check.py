@@ -51,6 +51,28 @@ def test_every_stage_runs_and_reports_time_memory_and_throughput(dry_run):
     assert "dry run: not an estimate for a GPU" in table and "| total |" in table
 
 
+def test_the_projection_covers_every_stage_of_the_preset_at_plan_scale(dry_run):
+    """Every stage plan.py counts is projected; a stage the check ran (or one sharing its trainer) gets its time from
+    the measured rate and plan.py's samples, the reward model (not run) none."""
+    import plan
+
+    projected = {name: (work, seconds) for name, work, seconds in dry_run["result"]["projection"]}
+    preset = plan.build(os.path.join(REPO, "configs", "gpt2-large"))
+    assert list(projected) == [row.stage for row in preset.rows]
+    rows = {r["name"]: r for r in dry_run["result"]["rows"]}
+    for row in preset.rows:
+        if row.stage in ("preference_pairs", "eval"):
+            continue
+        measured = rows.get({"rloo_rm": "rloo", "cpo": "simpo", "orpo_base": "orpo"}.get(row.stage, row.stage))
+        if measured is None:  # the reward model; orpo, simpo and online DPO run on a GPU only
+            assert projected[row.stage][1] is None, row.stage
+            continue
+        expected = row.runs * row.samples / measured["train_samples_per_s"]
+        assert projected[row.stage][1] == pytest.approx(expected, rel=1e-9), row.stage
+        assert f"{row.samples:,} samples" in projected[row.stage][0]
+    assert projected["eval"][1] > 0 and "checkpoints + SFT x 500 prompts" in projected["eval"][0]
+
+
 def test_the_benchmarks_report_their_figures(dry_run):
     benchmarks = dry_run["result"]["benchmarks"]
     assert sorted(benchmarks) == sorted(BENCHMARKS)
