@@ -31,8 +31,8 @@ from imdb_dpo.modeling import load_tokenizer, set_model_init_kwargs
 from imdb_dpo.pairs import REQUIRED_IDS
 from imdb_dpo.preemption import exit_resumable
 from imdb_dpo.tracking import check_wandb_credentials
-from imdb_dpo.training_runs import (last_logged, pairs_input, read_training_pairs, seed_values, sweep_values,
-                                    train_sweep)
+from imdb_dpo.training_runs import (last_logged, logged_line, pairs_input, read_training_pairs, seed_values,
+                                    sweep_values, train_sweep)
 
 STAGES = (DPOScriptArguments, DPOConfig, ModelConfig)
 
@@ -104,7 +104,7 @@ def main(script_args: DPOScriptArguments, training_args: DPOConfig, model_args: 
                 * trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps}
 
     def finished_line(manifest):
-        return f"last logged preference accuracy {manifest['final_metrics'].get('rewards/accuracies', float('nan')):.3f}"
+        return logged_line(manifest["final_metrics"], [("rewards/accuracies", "preference accuracy", ".3f")])
 
     def name(beta):
         return run_name(training_args, beta, model_args.use_peft)

@@ -37,8 +37,8 @@ from imdb_dpo.reward import VADER, make_reward
 from imdb_dpo.methods.reward_model import LearnedReward
 from imdb_dpo.methods.rloo import RLOO_CURVES, PretokenizedRLOOTrainer, SentimentReward, prompts_of_pairs, run_name
 from imdb_dpo.tracking import check_wandb_credentials
-from imdb_dpo.training_runs import (last_logged, pairs_input, read_training_pairs, seed_values, sweep_values,
-                                    train_sweep)
+from imdb_dpo.training_runs import (last_logged, logged_line, pairs_input, read_training_pairs, seed_values,
+                                    sweep_values, train_sweep)
 
 STAGES = (RLOOScriptArguments, RLOOConfig, ModelConfig)
 
@@ -119,9 +119,7 @@ def main(script_args: RLOOScriptArguments, training_args: RLOOConfig, model_args
         return {"final_metrics": last_logged(trainer, "reward"), "prompts": len(dataset)}
 
     def finished_line(manifest):
-        last = manifest["final_metrics"]
-        return (f"last logged reward {last.get('reward', float('nan')):.3f}, KL per token "
-                f"{last.get('kl', float('nan')):.3f}")
+        return logged_line(manifest["final_metrics"], [("reward", "reward", ".3f"), ("kl", "KL per token", ".3f")])
 
     if not train_sweep(coefs, "beta", lambda coef: run_name(coef, model_args.use_peft, method), method, "RLOO run",
                        {"script": script_args, "training": training_args, "model": model_args}, inputs,

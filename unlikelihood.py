@@ -28,8 +28,8 @@ from imdb_dpo.modeling import load_tokenizer, set_model_init_kwargs
 from imdb_dpo.pairs import REQUIRED_IDS
 from imdb_dpo.preemption import exit_resumable
 from imdb_dpo.tracking import check_wandb_credentials
-from imdb_dpo.training_runs import (last_logged, pairs_input, read_training_pairs, seed_values, sweep_values,
-                                    train_sweep)
+from imdb_dpo.training_runs import (last_logged, logged_line, pairs_input, read_training_pairs, seed_values,
+                                    sweep_values, train_sweep)
 
 STAGES = (UnlikelihoodScriptArguments, UnlikelihoodConfig, ModelConfig)
 
@@ -65,9 +65,8 @@ def main(script_args: UnlikelihoodScriptArguments, training_args: UnlikelihoodCo
         return {"final_metrics": last_logged(trainer, "loss"), "pairs": len(dataset)}
 
     def finished_line(manifest):
-        last = manifest["final_metrics"]
-        return (f"{len(dataset)} pairs; last logged log-prob of chosen {last.get('logps/chosen', float('nan')):.2f}, "
-                f"of rejected {last.get('logps/rejected', float('nan')):.2f}")
+        return f"{len(dataset)} pairs; " + logged_line(manifest["final_metrics"], [
+            ("logps/chosen", "log-prob of chosen", ".2f"), ("logps/rejected", "of rejected", ".2f")])
 
     if not train_sweep(alphas, "alpha", lambda alpha: run_name(alpha, model_args.use_peft), "unlikelihood",
                        "Unlikelihood run", {"script": script_args, "training": training_args, "model": model_args},

@@ -191,6 +191,14 @@ def last_logged(trainer, key: str) -> dict:
     return next((e for e in reversed(trainer.state.log_history) if key in e), {})
 
 
+def logged_line(metrics: dict, figures: list[tuple[str, str, str]]) -> str:
+    """'last logged <what> <value>, ...' of a finished run's `final_metrics` for each (key, what, format), or what a
+    run too short to log says instead of nan."""
+    if not all(key in metrics for key, _, _ in figures):
+        return f"no {' or '.join(what for _, what, _ in figures)} logged (see logging_steps)"
+    return "last logged " + ", ".join(f"{what} {metrics[key]:{form}}" for key, what, form in figures)
+
+
 def train_sweep(values: list, field: str | None, run_name_of: Callable, stage: str, what: str,
                 configs: dict, inputs: dict, overwrite: bool, schedule: str | None, make_trainer: Callable, curves,
                 results: Callable, finished_line: Callable[[dict], str],

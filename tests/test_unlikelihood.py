@@ -72,3 +72,12 @@ def test_a_killed_run_resumes_to_the_preset_runs_weights(tiny_sft, tiny_pairs, t
     assert read_manifest(run_dir)["finished"]
     uninterrupted = load_causal_lm(str(tiny_run["root"] / "outputs/tiny/unlikelihood/unlikelihood_alpha1"))
     assert state_dicts_equal(uninterrupted, load_causal_lm(str(run_dir))) == []
+
+
+def test_a_run_too_short_to_log_says_so_instead_of_nan(tiny_sft, tiny_pairs, tmp_path, capsys):
+    run_in_process("unlikelihood.py", ["--config", os.path.join(REPO, "configs/tiny/unlikelihood.yaml"),
+                                       "--model_name_or_path", tiny_sft, "--pairs_file", tiny_pairs,
+                                       "--output_dir", str(tmp_path), "--max_steps", "1", "--logging_steps", "5",
+                                       *NO_FRONTIER_EVAL])
+    out = capsys.readouterr().out
+    assert "no log-prob of chosen or of rejected logged (see logging_steps)" in out and "nan" not in out

@@ -20,7 +20,7 @@ from ..frontier_eval import frontier_of
 from ..modeling import load_tokenizer, set_model_init_kwargs
 from ..preemption import exit_resumable
 from ..tracking import check_wandb_credentials
-from ..training_runs import last_logged, seed_values, sweep_values, train_sweep
+from ..training_runs import last_logged, logged_line, seed_values, sweep_values, train_sweep
 
 
 @dataclass(frozen=True)
@@ -95,9 +95,7 @@ def run_recipe(recipe: Recipe, script_args, training_args, model_args) -> int:
     examples_are = "examples" if recipe.completion_fields else "prompts"  # a method that samples reads prompts alone
 
     def finished_line(manifest):
-        value = manifest["final_metrics"].get(key)
-        logged = f"last logged {what} {value:.3f}" if value is not None else f"no {what} logged (see logging_steps)"
-        return f"{manifest['examples']} {examples_are}; {logged}"
+        return f"{manifest['examples']} {examples_are}; {logged_line(manifest['final_metrics'], [(key, what, '.3f')])}"
 
     def name(beta):
         return recipe.run_name(training_args, beta) + ("_lora" if model_args.use_peft else "")
