@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import functools
 import json
+import math
 import os
 import shutil
 import signal
@@ -87,7 +88,8 @@ class Check:
         self.results = os.path.join(self.work, "results")
         self.out = os.path.join(self.work, "out")
         self.rows, self.benchmarks, self.facts, self.peak_disk_gb = [], {}, {}, 0.0
-        self.deadline = time.monotonic() + args.time_limit if args.time_limit else None
+        self.started = time.monotonic()
+        self.deadline = self.started + args.time_limit if args.time_limit else None
         self.env = {**os.environ, "OUTPUT_ROOT": self.out, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                     "WANDB_MODE": "disabled", "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1",
                     "TOKENIZERS_PARALLELISM": "false", "TMPDIR": os.path.join(self.work, "tmp"),
@@ -195,6 +197,22 @@ class Check:
         if trained and row["exit"] == 0:
             row.update(trainer_throughput(trained))
         return row["exit"] == 0
+
+    def planned_stages(self) -> list[str]:
+        """The stages `stages` runs, in order."""
+        return ["sft", "preference_pairs", "dpo", "rloo", "preferred_ft", "unlikelihood",
+                *(name for name, *_ in LATER_METHODS[: None if self.gpu else 1]), *(["online_dpo"] if self.gpu else []),
+                "eval"]
+
+    def add_stages_not_run(self) -> None:
+        """A row for each stage that did not start (an earlier one failed, or the time ran out), so the table shows
+        every stage."""
+        ran = {r["name"] for r in self.rows}
+        out_of_time = self.deadline is not None and self.deadline - time.monotonic() < MIN_STEP_SECONDS
+        for name in self.planned_stages():
+            if name not in ran:
+                self.rows.append({"name": name, "kind": "stage", "wall_s": 0.0,
+                                  "exit": NOT_RUN if out_of_time else "not run (an earlier stage failed)"})
 
     def stages(self) -> None:
         gpu, out, d = self.gpu, self.out, self.data
@@ -373,8 +391,11 @@ def projection(check: Check) -> list[tuple[str, str, float | None]]:
             per_point = ev["wall_s"] / 2 * PAPER["eval_prompts"] / (128 if check.gpu else 16) if ev.get("exit") == 0 \
                 else None
             bounded = "" if all(r.exact for r in preset.rows) else "<= "
-            projected.append((row.stage, f"{bounded}{points:,} checkpoints + SFT x {PAPER['eval_prompts']} prompts",
-                              (points + 1) * per_point if per_point else None))
+            base = bool(preset.parse("eval")[0].base_model)  # evaluated beside SFT
+            projected.append((row.stage, f"{bounded}{points:,} checkpoints (evaluated while training or here; plan.py "
+                                         f"counts those in their stage's hours) + SFT{' and base' if base else ''} x "
+                                         f"{PAPER['eval_prompts']} prompts",
+                              (points + 1 + base) * per_point if per_point else None))
         else:
             points += row.points
             speed = rate(row.stage)
@@ -429,8 +450,11 @@ def render(check: Check, plan: list | str) -> str:
               "| stage | work | hours |", "|---|---|---|"]
     lines += [f"| {name} | {work} | {seconds / 3600:.2f} |" if seconds else f"| {name} | {work} | - |"
               for name, work, seconds in plan]
-    known = [s for _, _, s in plan if s]
-    lines.append(f"| total | | {sum(known) / 3600:.2f}{'' if len(known) == len(plan) else ' (stages with a rate)'} |")
+    known, unknown = [s for _, _, s in plan if s], [name for name, _, s in plan if not s]
+    total = f"{sum(known) / 3600:.2f}" if known else "-"
+    if known and unknown:
+        total += f" (without {', '.join(unknown)}: no measured rate)"
+    lines.append(f"| total | | {total} |")
     return "\n".join(lines) + "\n"
 
 
@@ -470,8 +494,8 @@ def main():
                         help="end the check within this many seconds (a short allocation): each step gets at most the "
                              "time left, a step with under 30 s left is not run, and the table shows what ran")
     args = parser.parse_args()
-    if args.time_limit is not None and not args.time_limit > 0:
-        fail(f"--time_limit {args.time_limit:g}: give a number of seconds > 0")
+    if args.time_limit is not None and not 0 < args.time_limit < math.inf:
+        fail(f"--time_limit {args.time_limit:g}: give a number of seconds > 0 (leave it out for no limit)")
     args.work, args.tokenizer, args.reviews = (os.path.abspath(p) if p else p for p in (args.work, args.tokenizer,
                                                                                            args.reviews))
     marker = os.path.join(args.work, MARKER)
@@ -492,25 +516,25 @@ def main():
     except OSError as error:
         fail(f"--work {args.work!r} cannot be written ({error.strerror}): give a folder on writable storage")
     signal.signal(signal.SIGTERM, KILL)  # a plain kill: stop the stage, drop the weights
-    started = time.perf_counter()
     try:
         check.build_stand_ins()
         check.stages()
+        check.add_stages_not_run()
         drop_weights(check.work)  # before the benchmarks, which build their own models
         if not args.skip_benchmarks:
             check.run_benchmarks()
         if check.gpu:
             check.gpu_tests()
+        skipped = [r["name"] for r in check.rows if r["exit"] == NOT_RUN]
+        table = write_results(check, f"Whole check: {time.monotonic() - check.started:.0f} s." + (
+            f" --time_limit {args.time_limit:g} s left no time for: {', '.join(skipped)}." if skipped else ""))
     except (KeyboardInterrupt, SystemExit) as interruption:
         drop_weights(check.work)
-        table = write_results(check, f"Interrupted after {time.perf_counter() - started:.0f} s: the table holds the "
-                                     "steps that had ended; the step running then was stopped.")
+        table = write_results(check, f"Interrupted after {time.monotonic() - check.started:.0f} s: the table holds "
+                                     "the steps that had ended; the step running then was stopped.")
         print(f"\n{table}\ninterrupted: the running step was stopped and the weights deleted; the table and logs are "
               f"in {check.results}. Run the same command again to start over.", file=sys.stderr)
         return 130 if isinstance(interruption, KeyboardInterrupt) else 143
-    skipped = [r["name"] for r in check.rows if r["exit"] == NOT_RUN]
-    table = write_results(check, f"Whole check: {time.perf_counter() - started:.0f} s." + (
-        f" --time_limit {args.time_limit:g} s left no time for: {', '.join(skipped)}." if skipped else ""))
     print("\n" + table + f"\nResults and logs: {check.results}")
     return 0 if all(r["exit"] == 0 for r in check.rows) and len(check.rows) >= 6 else 1
 

@@ -70,7 +70,8 @@ def test_the_projection_covers_every_stage_of_the_preset_at_plan_scale(dry_run):
         expected = row.runs * row.samples / measured["train_samples_per_s"]
         assert projected[row.stage][1] == pytest.approx(expected, rel=1e-9), row.stage
         assert f"{row.samples:,} samples" in projected[row.stage][0]
-    assert projected["eval"][1] > 0 and "checkpoints + SFT x 500 prompts" in projected["eval"][0]
+    assert projected["eval"][1] > 0 and projected["eval"][0].endswith("+ SFT and base x 500 prompts")
+    assert "unlikelihood" not in dry_run["stdout"].split("| total |")[1].split("\n")[0]  # measured: in the total
 
 
 def test_the_benchmarks_report_their_figures(dry_run):
@@ -139,16 +140,19 @@ def test_a_time_limit_runs_no_step_it_cannot_give_time_and_still_writes_the_tabl
                                                                                    imdb_sample):
     argv = [sys.executable, "benchmarks/gpu_check.py", "--work", str(tmp_path / "work"), "--size", "tiny",
             "--tokenizer", gpt2_tokenizer_dir, "--reviews", os.path.dirname(imdb_sample["train"])]
-    refused = subprocess.run([*argv, "--time_limit", "0"], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert refused.returncode == 2 and "--time_limit 0: give a number of seconds > 0" in refused.stderr
+    for bad in ("0", "inf"):
+        refused = subprocess.run([*argv, "--time_limit", bad], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 2 and f"--time_limit {bad}: give a number of seconds > 0" in refused.stderr
+        assert not (tmp_path / "work").exists()
     proc = subprocess.run([*argv, "--time_limit", "20"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((tmp_path / "work/results/gpu_check.json").read_text())
-    # Under 30 s left for each: SFT is not run, so no stage after it; the benchmarks are not run either.
-    assert [r["name"] for r in result["rows"]] == ["sft", *BENCHMARKS]
+    # Under 30 s left for each: every stage and benchmark is in the table, none run.
+    assert [r["name"] for r in result["rows"]] == [*STAGES, *BENCHMARKS]
     assert {r["exit"] for r in result["rows"]} == {"not run (time limit)"}
     table = (tmp_path / "work/results/gpu_check.md").read_text()
-    assert "| sft | not run (time limit) | 0 |" in table and "--time_limit 20 s left no time for: sft, " in table
+    assert "| eval | not run (time limit) | 0 |" in table and "--time_limit 20 s left no time for: sft, " in table
+    assert "| total | | - |" in table  # nothing measured, nothing projected
     assert not [p for p in (tmp_path / "work").rglob("*") if p.suffix in (".safetensors", ".bin", ".pt")]
 
 
