@@ -18,6 +18,15 @@ from .errors import UserError
 NAMES = {"betas": "betas", "kl_coefs": "KL coefficients", "alphas": "alphas"}
 
 
+def check_numbers(values: list, key: str, where: str = "") -> None:
+    """Refuse a sweep entry that is not a number (YAML reads `1e-1` as text, `true` as a bool); `where` prefixes the
+    message (the config's path and a colon)."""
+    odd = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float))]
+    if odd:
+        raise ConfigError(f"{where}{key} entry {odd[0]!r} is not a number; write each as a number with a dot (YAML "
+                          "reads 1e-1 as text: write 1.0e-1 or 0.1)")
+
+
 def listed(config: dict, path: str, key: str) -> list:
     """The config's list `key`; [None] where it is unset or empty (the stage then runs one value)."""
     values = config.get(key)
@@ -25,10 +34,7 @@ def listed(config: dict, path: str, key: str) -> list:
         return [None]
     if not isinstance(values, list):
         raise ConfigError(f"{path}: {key} is {values!r}, not a list; write {key}: [{values}] (the stage refuses it too)")
-    odd = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float))]
-    if odd:
-        raise ConfigError(f"{path}: {key} entry {odd[0]!r} is not a number; write each as a number with a dot (YAML "
-                          "reads 1e-1 as text: write 1.0e-1 or 0.1)")
+    check_numbers(values, key, f"{path}: ")
     if len({repr(v) for v in values}) != len(values):
         raise ConfigError(f"{path}: {key}={values} gives a value twice: two array tasks would train the same run at "
                           "once; give each value once")

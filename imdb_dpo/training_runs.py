@@ -22,7 +22,7 @@ from .locks import main_process_lock
 from .manifests import Manifest, describe_file_input, describe_model_input, read_manifest
 from .outputs import plan_output
 from .settings import run_settings
-from .sweep_tasks import sweep_runs
+from .sweep_tasks import check_numbers, sweep_runs
 from .pairs import REQUIRED_IDS, PairFileError, read_pairs
 from .plots import plot_training_curves
 from .preemption import SaveAndStopOnSignal, StopRequest
@@ -35,10 +35,7 @@ def sweep_values(name: str, values: list[float] | None, single_name: str, single
     if values is not None and not isinstance(values, list):
         raise ConfigError(f"{name}={values!r}: a list, e.g. {name}: [{values}] in the config or --{name} {values} on "
                           "the command line")
-    odd = [v for v in values or [] if isinstance(v, bool) or not isinstance(v, (int, float))]
-    if odd:
-        raise ConfigError(f"{name} entry {odd[0]!r} is not a number; write each as a number with a dot (YAML reads 1e-1 "
-                          "as text: write 1.0e-1 or 0.1)")
+    check_numbers(values or [], name)
     if values:
         if single != default:
             raise ConfigError(f"{single_name}={single} is set, but {name}={values} decides the runs and would ignore it; "
