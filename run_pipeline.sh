@@ -4,21 +4,31 @@
 # Outputs go to $OUTPUT_ROOT/outputs/<preset>/ and pair files to $OUTPUT_ROOT/generations/<preset>/
 # (OUTPUT_ROOT defaults to this repository).
 set -euo pipefail
-usage="usage: ./run_pipeline.sh <preset> [--plan]   (a folder of configs/, e.g. tiny or gpt2-large; --plan prints what it will cost and runs nothing)"
+usage="usage: ./run_pipeline.sh <preset> [--plan] [--gpus N]   (a folder of configs/, e.g. tiny or gpt2-large; --plan prints what it will cost and runs nothing; --gpus N runs N runs at once, one per GPU of this node, each logged to \$OUTPUT_ROOT/outputs/<preset>/logs/)"
 preset=${1:?$usage}
 case "$preset" in -h|--help) echo "$usage"; exit 0 ;; esac
+shift
+plan=0 gpus=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --plan) plan=1 ;;
+    --gpus) gpus=(--gpus "${2:-}"); [ $# -gt 1 ] && shift ;;  # the value is checked by the Python side
+    --gpus=*) gpus=(--gpus "${1#--gpus=}") ;;
+    -h|--help) echo "$usage"; exit 0 ;;
+    *) echo "$usage" >&2; exit 2 ;;
+  esac
+  shift
+done
 repo=$(cd "$(dirname "$0")" && pwd)
 export OUTPUT_ROOT=$(realpath -m "${OUTPUT_ROOT:-$repo}")
 configs=$repo/configs/$preset
 python=${PYTHON:-python}
 [ -d "$configs" ] && folder=$preset || folder=$(realpath -m -- "$preset")  # a preset's name, or a folder
-case "$#:${2:-}" in
-  1:) ;;
-  2:--plan) cd "$repo" && exec "$python" plan.py "$folder" ;;
-  *) echo "$usage" >&2; exit 2 ;;
-esac
+# plan.py takes --gpus N too: the wall-clock time of the runs on N GPUs.
+if [ "$plan" = 1 ]; then cd "$repo" && exec "$python" plan.py "$folder" ${gpus[@]+"${gpus[@]}"}; fi
 [ -d "$configs" ] || [ -d "$folder" ] || { echo "no preset '$preset': $configs does not exist" >&2; exit 2; }
 cd "$repo"
 # Every stage whose config the preset has, in order (imdb_dpo/pipeline.py: sft, pairs, DPO, the paper's baselines,
-# KTO, ORPO, CPO, SimPO, online DPO, eval); on a CPU machine in one process, with a GPU each stage in a fresh one.
-exec "$python" -m imdb_dpo.pipeline "$folder"
+# KTO, ORPO, CPO, SimPO, online DPO, eval); on a CPU machine in one process, with a GPU each stage in a fresh one;
+# with --gpus N, N runs at once, one per GPU (imdb_dpo/gpu_pool.py).
+exec "$python" -m imdb_dpo.pipeline "$folder" ${gpus[@]+"${gpus[@]}"}

@@ -9,6 +9,11 @@ preset's time. With a GPU (or IMDB_DPO_FRESH_PROCESSES=1) each stage runs in a f
 scripts by hand, so every stage starts with the whole GPU to itself; SIGTERM and SIGUSR1 are passed on to it, and a
 Ctrl-C reaches it from the terminal. A stage that fails or is stopped (a signal, the stop file) ends the chain with
 its exit status; running the pipeline again goes on where it stopped.
+
+    python -m imdb_dpo.pipeline gpt2-large --gpus 8
+
+runs the preset's runs on a node's GPUs instead, one run per GPU at a time, each in a process of its own
+(imdb_dpo/gpu_pool.py).
 """
 
 import gc
@@ -19,6 +24,7 @@ import sys
 import time
 
 from .cli import EXIT_USER_ERROR, run_stage
+from .errors import UserError
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -78,16 +84,28 @@ def run_in_fresh_process(command: str, config: str) -> int:
     return child.wait()
 
 
-USAGE = "usage: python -m imdb_dpo.pipeline <preset>   (a folder of configs/, e.g. tiny, or a folder's path)"
+USAGE = ("usage: python -m imdb_dpo.pipeline <preset> [--gpus N]   (a folder of configs/, e.g. tiny, or a folder's "
+         "path; --gpus N runs N runs at once, one per GPU of this node)")
 
 
 def main(argv: list[str]) -> int:
     if argv in (["-h"], ["--help"]):
         print(USAGE)
         return 0
-    if len(argv) != 1:
+    options = [part for option in argv[1:]
+               for part in (option.split("=", 1) if option.startswith("--gpus=") else [option])]  # --gpus=8: --gpus 8
+    if not argv or options[:1] not in ([], ["--gpus"]) or len(options) > 2:
         print(USAGE, file=sys.stderr)
         return EXIT_USER_ERROR
+    gpus = None
+    if options:
+        from .gpu_pool import parse_gpus  # not at the top: gpu_pool imports this module
+
+        try:
+            gpus = parse_gpus(options[1] if len(options) == 2 else "")
+        except UserError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_USER_ERROR
     configs = os.path.join(REPOSITORY, "configs", argv[0])
     configs = configs if os.path.isdir(configs) else os.path.abspath(argv[0])
     if not os.path.isdir(configs):
@@ -98,6 +116,8 @@ def main(argv: list[str]) -> int:
         print(f"{configs} holds no stage config ({', '.join(f'{stage}.yaml' for stage, _ in STAGES)}): it is not a "
               "preset", file=sys.stderr)
         return EXIT_USER_ERROR
+    if gpus is not None:
+        return run_on_gpus(configs, gpus)
     sys.path.insert(0, REPOSITORY)  # the stage scripts
     import torch
 
@@ -126,6 +146,16 @@ def main(argv: list[str]) -> int:
         print(f"== {stage}: {time.monotonic() - stage_started:.0f} s", flush=True)
     print(f"== done in {time.monotonic() - started:.0f} s: outputs under {os.environ.get('OUTPUT_ROOT', REPOSITORY)}")
     return 0
+
+
+def run_on_gpus(configs: str, gpus: int) -> int:
+    from .gpu_pool import run_pool
+
+    try:
+        return run_pool(configs, os.path.basename(os.path.normpath(configs)), gpus)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":
