@@ -41,7 +41,7 @@ def check_inputs(script_args: DPOScriptArguments, training_args: DPOConfig, mode
     """The pairs, once every setting and the pair file are checked."""
     check_training(training_args)
     check_positive(script_args, "max_train_pairs", "total_batch_size")
-    check_schedule(script_args.checkpoint_schedule, training_args)
+    check_schedule(script_args, training_args)
     check_model("model_name_or_path", model_args.model_name_or_path)
     return read_training_pairs(script_args.pairs_file, model_args.model_name_or_path)  # file, line and field of any fault
 

@@ -18,7 +18,7 @@ import math
 import os
 import sys
 
-from imdb_dpo.checkpoints import check_schedule, checkpoint_schedule, save_interval
+from imdb_dpo.checkpoints import check_schedule, save_interval, schedule_of
 from imdb_dpo.checks import check_training
 from imdb_dpo.cli import run_stage
 from imdb_dpo.config import REPOSITORY, ConfigError, EvalArguments, PairsArguments, TinyBaseArguments, parse_config
@@ -49,6 +49,8 @@ class Row:
     exact: bool = True  # False: counted from the most pairs the settings allow (the pair file does not exist yet)
     samples: int = 0  # rows a run's Trainer counts (steps x batch x accumulation): with a measured samples/s, its time
     points: int = 0  # checkpoints of all its runs that the frontier evaluates (while training or in eval.py)
+    read: float = 0.0  # bytes loaded from the disk (models at the start of a run, checkpoints eval.py evaluates)
+    shared: float = 0.0  # seconds of `seconds` spent once for all runs (DPO's cached reference pass)
 
 
 def stages_of(name: str):
@@ -72,7 +74,7 @@ def stages_of(name: str):
 
 
 class Preset:
-    def __init__(self, name: str):
+    def __init__(self, name: str, eval_overrides: dict | None = None):
         # A preset of the repository by name, or any folder of stage configs by its path.
         self.name = name
         self.folder = name if os.sep in name and os.path.isdir(name) else os.path.join(REPOSITORY, "configs", name)
@@ -87,12 +89,16 @@ class Preset:
         self.pair_files: dict[str, dict] = {}  # pair file -> its counts (from stage 2's settings until it exists)
         self.unevaluated = 0  # checkpoints and final models that eval.py evaluates itself
         self.reward_model_dir = None
+        self.flags = dict(eval_overrides or {})  # settings of every evaluation the plan overrides (--eval_precision)
+        self.gpus = 0  # --gpus N: the wall-clock hours on a node with N GPUs
 
     def parse(self, stage: str):
         path = os.path.join(self.folder, f"{stage}.yaml")
         if not os.path.isfile(path):
             return None
         stages, flags = stages_of(stage)
+        if stage == "eval":
+            flags = [*flags, *self.override_flags()]
         parsed = parse_config(stages, ["--config", path, *flags], f"{self.name}/{stage}.yaml")
         try:  # what the stage itself refuses before any work, without looking at its inputs
             if stage == "preference_pairs":
@@ -111,10 +117,13 @@ class Preset:
                     train.RECIPES[stage].check(training_args)
                 check_training(training_args)
                 if hasattr(script_args, "checkpoint_schedule"):
-                    check_schedule(script_args.checkpoint_schedule, training_args)
+                    check_schedule(script_args, training_args)
         except ConfigError as error:
             raise ConfigError(f"{path}: {error}") from None
         return parsed
+
+    def override_flags(self) -> list[str]:
+        return [item for name, value in self.flags.items() for item in (f"--{name}", value)]
 
     # -- models --
     def model_config(self, path: str):
@@ -158,7 +167,7 @@ class Preset:
         from imdb_dpo.model_eval import check_settings
 
         path = resolve_config_path(config)
-        (args,) = parse_config((EvalArguments,), ["--config", path], "eval.yaml")
+        (args,) = parse_config((EvalArguments,), ["--config", path, *self.override_flags()], "eval.yaml")
         try:
             check_settings(args)
         except ConfigError as error:
@@ -233,7 +242,7 @@ def plan_sft(preset: Preset, script_args, training_args, model_args) -> Row:
                                                           training_args.max_length), training_args.bf16),
                [f"{reviews:,} reviews x {training_args.num_train_epochs:g} epoch(s), each row up to max_length "
                 f"{training_args.max_length} tokens (a batch is padded to its longest review)"],
-               samples=trainer_samples(steps, training_args))
+               samples=trainer_samples(steps, training_args), read=weights)
 
 
 def plan_pairs(preset: Preset, args) -> Row:
@@ -260,34 +269,41 @@ def plan_pairs(preset: Preset, args) -> Row:
                                          args.reward_dtype != "float32")
     return Row("preference_pairs", 1, "-", "-", disk, disk, 0, costs.pairs_memory(args, shape, classifier), seconds,
                [f"{prompts:,} prompts x {k} samples, {bound(counts['pairs'], counts['exact'])} pairs"],
-               exact=counts["exact"])
+               exact=counts["exact"], read=shape.fp32_bytes)
 
 
 def frontier_row(preset, row: Row, shape, training_args, script_args, steps: int, lora: bool) -> None:
-    """Checkpoints, disk and the in-training evaluation of the row's runs of `steps` steps each."""
-    saved = checkpoint_schedule(script_args.checkpoint_schedule, steps, save_interval(training_args.save_steps, steps))
+    """Points, checkpoints, disk and the in-training evaluation of the row's runs of `steps` steps each (`row.seconds`
+    holds their training so far)."""
+    points = schedule_of(script_args, training_args)(steps)
     weights, optimizer = costs.checkpoint_bytes(shape, training_args.optim, lora)
     frontier = preset.frontier_args(script_args)
     check_keep_final_model(script_args)
     seeds = seed_values(script_args.seeds)
     models = row.runs * sum(keeps_final_model(script_args, s) for s in seeds) // len(seeds)
-    row.steps, row.checkpoints = f"{steps:,}", f"{len(saved)}" + (" evaluated while training" if frontier else
-                                                                    " kept for eval.py")
-    row.samples, row.points = trainer_samples(steps, training_args), row.runs * len(saved)
-    row.written += row.runs * (len(saved) * (weights + optimizer) + weights)
-    if frontier:
-        records = row.runs * len(saved) * frontier.num_prompts * frontier.samples_per_prompt * costs.record_bytes(
+    row.steps = f"{steps:,}"
+    row.samples, row.points = trainer_samples(steps, training_args), row.runs * len(points)
+    row.read += row.runs * 2 * weights  # each run loads its start and its reference
+    if frontier:  # points evaluated in memory; a checkpoint only every resume_minutes of a run
+        records = row.runs * len(points) * frontier.num_prompts * frontier.samples_per_prompt * costs.record_bytes(
             frontier.max_prompt_tokens + frontier.max_new_tokens)
-        row.written += records
-        row.kept += models * weights + records
-        evaluating = row.runs * len(saved) * costs.evaluation_seconds(
+        evaluating = row.runs * len(points) * costs.evaluation_seconds(
             frontier, shape, costs.classifier_shape(frontier.reward_model), frontier.samples_per_prompt)
         row.seconds += evaluating
-        row.notes.append(f"{evaluating / 3600:.2f} GPU hours of it evaluating {row.runs * len(saved)} checkpoints")
+        minutes = script_args.resume_minutes
+        resumes = math.floor(row.seconds / row.runs / (60 * minutes)) if minutes > 0 else 0
+        row.checkpoints = f"{len(points)} points in memory, {resumes} to resume"
+        row.written += row.runs * (resumes * (weights + optimizer) + weights) + records
+        row.kept += models * weights + records
+        row.notes.append(f"{evaluating / 3600:.2f} GPU hours of it evaluating {row.runs * len(points)} points in memory"
+                         f" ({len(points)} a run)")
+        row.held = 2 * (weights + optimizer) if resumes else 0
     else:
-        row.kept += row.runs * len(saved) * weights  # every checkpoint's weights (optimizer state dropped) and the final model
-        preset.unevaluated += row.runs * len(saved)
-    row.held = 2 * (weights + optimizer)
+        row.checkpoints = f"{len(points)} kept for eval.py"
+        row.written += row.runs * (len(points) * (weights + optimizer) + weights)
+        row.kept += row.runs * len(points) * weights  # every checkpoint's weights (optimizer state dropped) and the final model
+        preset.unevaluated += row.runs * len(points)
+        row.held = 2 * (weights + optimizer)
 
 
 def runs_of(script_args, values: list) -> int:
@@ -325,7 +341,8 @@ def plan_dpo(preset, script_args, training_args, model_args) -> Row:
     row.seconds = row.runs * costs.compute_seconds(costs.training_flops(shape, steps * rows_per_step * tokens, tokens),
                                                    training_args.bf16)
     if training_args.precompute_ref_log_probs:  # once for the sweep: cached
-        row.seconds += costs.compute_seconds(costs.forward_flops(shape, 2 * pairs * tokens, tokens), training_args.bf16)
+        row.shared = costs.compute_seconds(costs.forward_flops(shape, 2 * pairs * tokens, tokens), training_args.bf16)
+        row.seconds += row.shared
     row.notes.append(f"{bound(pairs, counts['exact'])} pairs a run, {sweep_of(betas, 'beta', script_args)}")
     frontier_row(preset, row, shape, training_args, script_args, steps, model_args.use_peft)
     return row
@@ -343,7 +360,7 @@ def sampled_step_seconds(shape, classifier, reward_dtype: str, bf16: bool, compl
         seconds += costs.compute_seconds(costs.forward_flops(classifier, completions * 2 * context, 2 * context),
                                          reward_dtype != "float32")
     return seconds + costs.decode_seconds(shape, prompts, batch_prompts, samples, prompt_tokens, new_tokens, 4,
-                                          2 if bf16 else 4)
+                                          2 if bf16 else 4, autocast=bf16)
 
 
 def plan_rloo(preset, stage, script_args, training_args, model_args) -> Row:
@@ -459,7 +476,7 @@ def plan_reward_model(preset, script_args, training_args, model_args) -> Row:
                epochs * (weights + optimizer) + weights, weights, 2 * (weights + optimizer),
                costs.reward_model_memory(training_args, shape, tokens), seconds,
                [f"{bound(int(train), counts['exact'])} training pairs"], exact=counts["exact"],
-               samples=trainer_samples(steps, training_args))
+               samples=trainer_samples(steps, training_args), read=weights + epochs * weights)
 
 
 def plan_eval(preset, args) -> Row:
@@ -475,11 +492,12 @@ def plan_eval(preset, args) -> Row:
     return Row("eval", 1, "-", f"{preset.unevaluated} evaluated here" if preset.unevaluated else "records gathered",
                disk, disk, 0, costs.evaluation_memory(args, shape, classifier, proxy), seconds,
                [f"the SFT model's {args.best_of_n_samples} samples on {args.num_prompts} prompts"
-                + (f" and {preset.unevaluated} models" if preset.unevaluated else "")])
+                + (f" and {preset.unevaluated} models" if preset.unevaluated else "")],
+               read=(1 + preset.unevaluated) * shape.fp32_bytes)
 
 
-def build(name: str) -> Preset:
-    preset = Preset(name)
+def build(name: str, eval_overrides: dict | None = None) -> Preset:
+    preset = Preset(name, eval_overrides or {})
     for stage in STAGE_ORDER:
         parsed = preset.parse(stage)
         if parsed is None:
@@ -521,51 +539,103 @@ def hours(seconds: float) -> str:
     return "-" if not seconds else f"{seconds / 3600:.2f}" if seconds >= 36 else "< 0.01"
 
 
+def bounded(most: str, cell: str) -> str:
+    """A cell with the '<= ' of a count bounded by the settings, where it is a figure ('-' and '< 0.01' stay)."""
+    return cell if cell == "-" or cell.startswith("<") else most + cell
+
+
+def io_seconds(row: Row) -> float:
+    """The time a run waits for the disk: what it writes and reads, at the storage bandwidth the plan assumes."""
+    return costs.storage_seconds(row.written + row.read)
+
+
 def render(preset: Preset) -> str:
-    lines = [f"Plan of the {preset.name} preset on one GPU (python plan.py {preset.name})", "",
+    flags = "".join(f" --{name} {value}" for name, value in preset.flags.items())
+    lines = [f"Plan of the {preset.name} preset on one GPU (python plan.py {preset.name}{flags})", "",
              "| stage | runs | steps a run | checkpoints a run | disk written | kept when finished | most on disk while "
-             "it runs | peak GPU memory | GPU hours (H100) |", "|---|---|---|---|---|---|---|---|---|"]
-    kept = peak_disk = seconds = written = 0.0
+             "it runs | peak GPU memory | GPU hours (H100) | of it, disk I/O |", "|---|---|---|---|---|---|---|---|---|---|"]
+    kept = peak_disk = seconds = written = io = 0.0
     peak_memory, exact_so_far = 0, True
     for row in preset.rows:
         held_total = kept + row.kept + row.held
         peak_disk = max(peak_disk, held_total)
         kept += row.kept
         written += row.written
-        seconds += row.seconds
+        seconds += row.seconds + io_seconds(row)
+        io += io_seconds(row)
         memory = row.peak.memory.total if row.peak else 0
         peak_memory = max(peak_memory, memory)
         most = "" if row.exact else "<= "  # counted from the most pairs stage 2's settings allow
         exact_so_far = exact_so_far and row.exact
-        cells = [row.stage, str(row.runs), *(most + c if c != "-" else c for c in (
+        cells = [row.stage, str(row.runs), *(bounded(most, c) for c in (
             row.steps, row.checkpoints, gb(row.written), gb(row.kept))),
-            ("" if exact_so_far else "<= ") + gb(held_total), costs.size(memory), most + hours(row.seconds)]
+            bounded("" if exact_so_far else "<= ", gb(held_total)), costs.size(memory),
+            bounded(most, hours(row.seconds + io_seconds(row))), bounded(most, hours(io_seconds(row)))]
         lines.append("| " + " | ".join(cells) + " |")
     most = "" if all(row.exact for row in preset.rows) else "<= "
-    lines.append(f"| **total** | | | | **{most}{gb(written)}** | **{most}{gb(kept)}** | **{most}{gb(peak_disk)}** | "
-                 f"**{costs.size(peak_memory)}** | **{most}{hours(seconds)}** |")
+    lines.append(f"| **total** | | | | **{bounded(most, gb(written))}** | **{bounded(most, gb(kept))}** | "
+                 f"**{bounded(most, gb(peak_disk))}** | **{costs.size(peak_memory)}** | **{bounded(most, hours(seconds))}** "
+                 f"| **{bounded(most, hours(io))}** |")
     lines += ["", "Largest step of each stage (what its memory is made of) and what it counts:", ""]
     for row in preset.rows:
         detail = f"{row.peak.step}: {row.peak.memory.describe()}" if row.peak else "-"
         lines.append(f"- {row.stage}: {detail}; {'; '.join(row.notes)}")
-    bounded = ("<=: counted from the most pairs stage 2's settings allow (the pair file does not exist yet; plan again "
+    footnote = ("<=: counted from the most pairs stage 2's settings allow (the pair file does not exist yet; plan again "
                "once it does). " if most else "")
-    lines += ["", bounded + "\"most on disk while it runs\" counts everything kept by the stages before it. GPU hours: H100 SXM "
+    lines += ["", footnote + "\"most on disk while it runs\" counts everything kept by the stages before it. GPU hours: H100 SXM "
               f"peaks ({costs.H100['bf16_flops'] / 1e12:.0f} TFLOP/s bf16, {costs.H100['fp32_flops'] / 1e12:.0f} fp32, "
               f"{costs.H100['bytes_per_s'] / 1e12:.2f} TB/s), at an assumed {costs.MFU:.0%} of peak FLOP/s and "
-              f"{costs.BANDWIDTH_USE:.0%} of bandwidth for decoding; loading and checkpoint writes not included."]
+              f"{costs.BANDWIDTH_USE:.0%} of bandwidth for decoding, and {costs.LAUNCH_SECONDS * 1e6:.0f} us of CPU time a "
+              "kernel launch (an eager decode step of GPT-2 Large launches 741 kernels a token in fp32, 1,103 under bf16 "
+              "autocast: benchmarks/bench_decode_ops.py); float32 work on CUDA cores, or on TF32 tensor cores "
+              f"({costs.H100['tf32_flops'] / 1e12:.0f} TFLOP/s) where eval_precision is tf32; disk I/O (checkpoints "
+              f"and records written, models loaded) at {costs.STORAGE_BYTES_PER_S / 1e9:.1f} GB/s, counted in the "
+              "GPU hours: the GPU waits for it."]
+    if preset.gpus:
+        lines += ["", wall_clock_line(preset)]
     return "\n".join(lines)
+
+
+def wall_clock_line(preset: Preset) -> str:
+    """The hours from the first start to the last finish with `--gpus N`: each row's runs as jobs of the runner's own
+    list scheduling (imdb_dpo/gpu_pool.py), a run's share of the row's GPU hours each."""
+    from imdb_dpo.gpu_pool import REFERENCE, preset_runs, wall_clock
+
+    rows = {row.stage: row for row in preset.rows}
+    jobs = []
+    for run in preset_runs(preset.folder):
+        row = rows.get(run.stage)
+        if run.stage == REFERENCE:
+            seconds = rows["dpo"].shared
+        else:
+            seconds = (row.seconds - row.shared + io_seconds(row)) / max(row.runs, 1) if row else 0.0
+        jobs.append((run.stage, seconds, run.waits_for))
+    hours_ = wall_clock(jobs, preset.gpus) / 3600
+    return (f"Wall-clock on one node with {preset.gpus} GPU{'s' * (preset.gpus != 1)} (./run_pipeline.sh {preset.name} --gpus {preset.gpus}: "
+            f"one run per GPU at a time, each stage's runs once the stages they read have finished): {hours_:.2f} hours.")
 
 
 @dataclasses.dataclass
 class PlanArguments:
     preset: str = dataclasses.field(default="", metadata={"help": "A folder of configs/, e.g. gpt2-large or tiny."})
+    eval_precision: str = dataclasses.field(
+        default="", metadata={"help": "Plan every evaluation (eval.yaml and each stage's frontier_eval) at this "
+                                      "eval_precision, fp32 or tf32, instead of the configs' own."})
+    gpus: str = dataclasses.field(
+        default="", metadata={"help": "Also print the wall-clock hours on one node with this many GPUs, as "
+                                      "./run_pipeline.sh <preset> --gpus N runs it."})
 
 
 def main(args: PlanArguments) -> int:
     if not args.preset:
         raise ConfigError("name the preset: python plan.py --preset gpt2-large (a folder of configs/)")
-    print(render(build(args.preset)))
+    overrides = {"eval_precision": args.eval_precision} if args.eval_precision else {}
+    preset = build(args.preset, overrides)
+    if args.gpus:
+        from imdb_dpo.gpu_pool import parse_gpus
+
+        preset.gpus = parse_gpus(args.gpus)
+    print(render(preset))
     return 0
 
 

@@ -35,7 +35,7 @@ def main(script_args: PreferredFTScriptArguments, training_args: SFTConfig, mode
     check_wandb_credentials(training_args.report_to)
     check_training(training_args)
     check_positive(script_args, "max_train_examples")
-    check_schedule(script_args.checkpoint_schedule, training_args)
+    check_schedule(script_args, training_args)
     frontier = frontier_of(script_args, "preferred_ft", training_args.output_dir)
     check_model("model_name_or_path", model_args.model_name_or_path)
     pairs = read_training_pairs(script_args.pairs_file, model_args.model_name_or_path, ("prompt_ids", "chosen_ids"))

@@ -48,7 +48,7 @@ def check_inputs(script_args: RLOOScriptArguments, training_args: RLOOConfig, mo
     check_positive(script_args, "max_train_prompts", "reward_batch_size")
     inference_dtype(script_args, "reward_dtype")
     check_positive(training_args, "max_completion_length")
-    check_schedule(script_args.checkpoint_schedule, training_args)
+    check_schedule(script_args, training_args)
     check_policy_sampling(training_args, RLOOConfig, "RLOO")
     check_model("model_name_or_path", model_args.model_name_or_path)
     if script_args.reward_model != VADER:

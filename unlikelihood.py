@@ -43,7 +43,7 @@ def main(script_args: UnlikelihoodScriptArguments, training_args: UnlikelihoodCo
     check_training(training_args)
     check_positive(script_args, "max_train_pairs")
     check_positive(training_args, "max_length")
-    check_schedule(script_args.checkpoint_schedule, training_args)
+    check_schedule(script_args, training_args)
     frontier = frontier_of(script_args, "unlikelihood", training_args.output_dir)
     check_model("model_name_or_path", model_args.model_name_or_path)
     pairs = read_training_pairs(script_args.pairs_file, model_args.model_name_or_path)

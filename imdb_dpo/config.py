@@ -310,17 +310,30 @@ class CheckpointArguments:
 
     checkpoint_schedule: str = field(
         default="log+steps",
-        metadata={"help": "'log+steps': steps 1, 2, 4, ... below save_steps, then every save_steps (the default); "
-                          "'log': 1, 2, 4, 8, ... to the end (fewest checkpoints); 'steps': every save_steps only. "
-                          "The last step is always saved."},
+        metadata={"help": "The steps that are points of the frontier. 'lr-log': where the learning so far (the sum of "
+                          "the learning rates of the steps taken) reaches 1/2, 1/4, ... of the run's, schedule_points "
+                          "of them (a warm-up's first steps, which learn almost nothing, get none); 'log+steps': steps "
+                          "1, 2, 4, ... below save_steps, then every save_steps (the default); 'log': 1, 2, 4, 8, ... to "
+                          "the end; 'steps': every save_steps only. The last step always is one."},
+    )
+    schedule_points: int = field(
+        default=11,
+        metadata={"help": "Points of an lr-log schedule: the first after 1/2^(points-1) of the run's learning."},
     )
     frontier_eval: str = field(
         default="",
-        metadata={"help": "An eval.py config (e.g. configs/gpt2-large/eval.yaml): evaluate each checkpoint as it is "
-                          "saved, under that config's settings, writing the records eval.py gathers, and delete it "
-                          "once evaluated (a finished run keeps only its final model). A relative path not found in "
-                          "the current directory is looked for in the repository. Unset or \"\": every checkpoint is "
-                          "kept for eval.py."},
+        metadata={"help": "An eval.py config (e.g. configs/gpt2-large/eval.yaml): evaluate the policy in memory at each "
+                          "step of checkpoint_schedule, under that config's settings, writing the records eval.py "
+                          "gathers; checkpoints are then written only to resume (every resume_minutes, on a stop, and "
+                          "the final model). A relative path not found in the current directory is looked for in the "
+                          "repository. Unset or \"\": a checkpoint is saved at each step of the schedule and kept for "
+                          "eval.py."},
+    )
+    resume_minutes: float = field(
+        default=30.0,
+        metadata={"help": "With frontier_eval: minutes of a run between the checkpoints that resume it (0: none but a "
+                          "stop's and the final model). A kill loses at most this much work; each checkpoint of GPT-2 "
+                          "Large writes its weights and optimizer state (6-9 GB)."},
     )
     seeds: list[int] | None = field(
         default=None,
@@ -498,7 +511,18 @@ class EvalArguments(SamplingArguments):
     )
     output_dir: str = "${OUTPUT_ROOT}/outputs/gpt2-large/eval"
     best_of_n_samples: int = field(default=16, metadata={"help": "SFT samples per prompt for the best-of-N baseline."})
-    kl_batch_size: int = 32
+    kl_batch_size: int = field(
+        default=32,
+        metadata={"help": "Samples a KL pass takes at once, where sampling_dtype and kl_dtype differ (otherwise the KL "
+                          "is summed while sampling, with no pass of its own). It changes no number."},
+    )
+    eval_precision: str = field(
+        default="fp32",
+        metadata={"help": "How the evaluation's float32 matrix products are computed on a GPU: 'fp32' (IEEE, the "
+                          "default) or 'tf32' (tensor cores, 10 mantissa bits, several times faster). A setting of the "
+                          "results: records made under each are kept apart. Pinned for the evaluation alone, whatever "
+                          "a training stage's tf32 or torch_compile set for its own steps."},
+    )
     report_prompts: int = field(default=3, metadata={"help": "Prompts shown side by side in report.md."})
     kl_dtype: str = field(
         default="float32",

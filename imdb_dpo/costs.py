@@ -40,6 +40,7 @@ FUSED_HEAD_TOKENS = 32_768  # TRL's _CHUNKED_LOGPROB_CHUNK_SIZE: the fused head'
 # sampler's float64 softmax and cumulative sum, and the row of -inf it returns.
 DECODE_BYTES_PER_VOCAB = 4 + 4 + 8 + 8 + 4
 KL_BYTES_PER_VOCAB = 6 * 4  # logits, log p, log q, p, log p - log q and their product, fp32
+LOCKSTEP_BYTES_PER_VOCAB = 5 * 4  # per decode step: the reference's logits, log p, log q, p and their product, fp32
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 # Published configs of the hub models the presets name, so that a plan needs no network and no cache.
@@ -52,9 +53,18 @@ KNOWN_CONFIGS = {
 
 # An H100 SXM: dense bf16 tensor-core and plain fp32 peaks (the evaluation's fp32 passes do not use TF32), and HBM
 # bandwidth. The utilisations are assumptions, not measurements (issue 23 measures them).
-H100 = {"bf16_flops": 989.4e12, "fp32_flops": 66.9e12, "bytes_per_s": 3.35e12}
+H100 = {"bf16_flops": 989.4e12, "tf32_flops": 494.7e12, "fp32_flops": 66.9e12, "bytes_per_s": 3.35e12}
 MFU = 0.40
 BANDWIDTH_USE = 0.60
+# Operators an eager decode step runs a generated token, each at least one kernel launch on a GPU, as (per layer,
+# more): benchmarks/bench_decode_ops.py counted generate() of a GPT-2 on the CPU (2026-12-05): 741 for GPT-2 Large's
+# 36 layers in fp32, 1,103 under bf16 autocast, which casts every weight again at every step (how the Trainer runs
+# RLOO's and online DPO's generate with `bf16: true`).
+DECODE_OPS = {False: (19, 57), True: (29, 59)}
+LAUNCH_SECONDS = 5e-6  # CPU time of one kernel launch in eager PyTorch: an assumption (5-10 us are typical)
+# A cluster's shared filesystem, read or written by one job (1-2 GB/s): the GPU waits while a checkpoint is written
+# or a model loaded. An assumption, stated with the plan.
+STORAGE_BYTES_PER_S = 1.5e9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,12 +305,20 @@ def evaluation_memory(eval_args, policy: Shape, classifier: Shape | None, proxy:
                       with_sft: bool = True) -> Peak:
     """eval.py's peak (`with_sft`: the SFT model's best-of-N samples are drawn in its batches) or one checkpoint's
     evaluation while training."""
-    samples = eval_args.best_of_n_samples if with_sft else eval_args.samples_per_prompt
     context = eval_args.max_prompt_tokens + eval_args.max_new_tokens
-    steps = [Peak(f"sampling {eval_args.batch_size} prompts x {samples}", sampling_batch(
-                 policy, eval_args.batch_size * samples, context, dtype_bytes(eval_args.sampling_dtype)), SAMPLING_FIX),
-             Peak(f"the KL pass over {eval_args.kl_batch_size} samples",
-                  kl_batch(policy, eval_args.kl_batch_size, context), KL_FIX)]
+    rows = eval_args.batch_size * eval_args.samples_per_prompt
+    sampling = sampling_batch(policy, rows, context, dtype_bytes(eval_args.sampling_dtype))
+    steps = [Peak(f"sampling {eval_args.batch_size} prompts x {eval_args.samples_per_prompt}", sampling, SAMPLING_FIX)]
+    if eval_args.sampling_dtype == eval_args.kl_dtype:  # the reference decodes in lockstep: its cache and the KL terms
+        sampling["reference's KV cache"] = sampling["KV cache"]
+        sampling["KL terms"] = rows * policy.vocab * LOCKSTEP_BYTES_PER_VOCAB
+    else:
+        steps.append(Peak(f"the KL pass over {eval_args.kl_batch_size} samples",
+                          kl_batch(policy, eval_args.kl_batch_size, context), KL_FIX))
+    if with_sft:  # the reference's own samples, more of them a prompt and no KL to take
+        steps.append(Peak(f"sampling {eval_args.batch_size} prompts x {eval_args.best_of_n_samples}", sampling_batch(
+            policy, eval_args.batch_size * eval_args.best_of_n_samples, context, dtype_bytes(eval_args.sampling_dtype)),
+            SAMPLING_FIX))
     if classifier:
         steps.append(Peak(f"scoring {eval_args.reward_batch_size} samples", classifier_batch(
             classifier, eval_args.reward_batch_size, 2 * context, dtype_bytes(eval_args.reward_dtype)), REWARD_FIX))
@@ -454,30 +472,47 @@ def forward_flops(shape: Shape, tokens: int, context: int) -> float:
     return tokens * (2 * shape.params + 4 * shape.layers * shape.hidden * context)
 
 
-def compute_seconds(flops: float, bf16: bool) -> float:
-    return flops / ((H100["bf16_flops"] if bf16 else H100["fp32_flops"]) * MFU)
+def compute_seconds(flops: float, bf16: bool, tf32: bool = False) -> float:
+    """On an H100 at MFU: bf16 tensor cores, float32 on TF32 tensor cores (`tf32`), or IEEE float32 on CUDA cores."""
+    peak = H100["bf16_flops"] if bf16 else H100["tf32_flops"] if tf32 else H100["fp32_flops"]
+    return flops / (peak * MFU)
+
+
+def storage_seconds(nbytes: float) -> float:
+    return nbytes / STORAGE_BYTES_PER_S
 
 
 def decode_seconds(shape: Shape, prompts: int, batch_prompts: int, samples: int, prompt_tokens: int,
-                   new_tokens: int, weight_bytes: int, cache_bytes: int) -> float:
+                   new_tokens: int, weight_bytes: int, cache_bytes: int, tf32: bool = False,
+                   autocast: bool = False) -> float:
     """Sampling `samples` completions of `new_tokens` for each of `prompts` prompts, `batch_prompts` at a time: each
-    decode step is bound by compute (2P FLOPs a row) or by reading the weights and the KV cache, whichever is slower."""
+    decode step is bound by compute (2P FLOPs a row), by reading the weights and the KV cache, or by launching its
+    kernels one by one (`autocast`: fp32 weights under bf16 autocast, cast again at every step), whichever is
+    slowest."""
     rows = batch_prompts * samples
-    per_step_compute = compute_seconds(2 * shape.params * rows, weight_bytes == 2)
+    per_step_compute = compute_seconds(2 * shape.params * rows, weight_bytes == 2 or autocast, tf32)
     average_cache = 2 * shape.layers * rows * (prompt_tokens + new_tokens / 2) * shape.hidden * cache_bytes
-    per_step_memory = (shape.params * weight_bytes + average_cache) / (H100["bytes_per_s"] * BANDWIDTH_USE)
-    return math.ceil(prompts / batch_prompts) * new_tokens * max(per_step_compute, per_step_memory)
+    weights = shape.params * (weight_bytes + 2 * 2 if autocast else weight_bytes)  # autocast writes and reads a bf16 copy
+    per_step_memory = (weights + average_cache) / (H100["bytes_per_s"] * BANDWIDTH_USE)
+    per_layer, more = DECODE_OPS[autocast]
+    per_step_launches = (per_layer * shape.layers + more) * LAUNCH_SECONDS
+    return math.ceil(prompts / batch_prompts) * new_tokens * max(per_step_compute, per_step_memory, per_step_launches)
 
 
 def evaluation_seconds(eval_args, policy: Shape, classifier: Shape | None, samples: int, kl: bool = True) -> float:
-    """One model's evaluation: sampling, the classifier and (but for the reference itself) the KL pass."""
+    """One model's evaluation: sampling, the classifier and (but for the reference itself) the KL: the reference
+    decoding in lockstep with the sampler where sampling_dtype is kl_dtype, else a pass of both models."""
     context = eval_args.max_prompt_tokens + eval_args.max_new_tokens
     sampling = dtype_bytes(eval_args.sampling_dtype)
-    seconds = decode_seconds(policy, eval_args.num_prompts, eval_args.batch_size, samples, eval_args.max_prompt_tokens,
-                             eval_args.max_new_tokens, sampling, sampling)
+    tf32 = eval_args.eval_precision == "tf32"
+    decoding = decode_seconds(policy, eval_args.num_prompts, eval_args.batch_size, samples, eval_args.max_prompt_tokens,
+                              eval_args.max_new_tokens, sampling, sampling, tf32)
+    seconds = decoding
     tokens = eval_args.num_prompts * samples * context
-    if kl:
-        seconds += compute_seconds(2 * forward_flops(policy, tokens, context), eval_args.kl_dtype != "float32")
+    if kl and eval_args.sampling_dtype == eval_args.kl_dtype:
+        seconds += decoding
+    elif kl:
+        seconds += compute_seconds(2 * forward_flops(policy, tokens, context), eval_args.kl_dtype != "float32", tf32)
     if classifier:
-        seconds += compute_seconds(forward_flops(classifier, tokens, context), eval_args.reward_dtype != "float32")
+        seconds += compute_seconds(forward_flops(classifier, tokens, context), eval_args.reward_dtype != "float32", tf32)
     return seconds

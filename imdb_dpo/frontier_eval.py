@@ -1,23 +1,30 @@
-"""Evaluating a run's checkpoints while it trains (`frontier_eval`), so that a finished run keeps one model.
+"""Evaluating a run's policy while it trains (`frontier_eval`): the frontier's points without writing checkpoints.
 
-Every checkpoint of a frontier run is a point of the reward-versus-KL frontier, and at GPT-2 Large's size each holds
-3.1 GB of weights: kept for eval.py, the paper-scale preset's runs wrote about 870 GB of them (README, "Disk"). With `frontier_eval`
-naming the evaluation's config, each checkpoint is evaluated as soon as it is saved, by the function eval.py uses
-and under the settings eval.py will use (imdb_dpo/model_eval.py), and deleted once it is evaluated and a newer one
-exists. eval.py later finds the records where it would have written them and only gathers them. A run holds at most
-two checkpoints while it trains (the newest, which resumes it, and the one being saved) and none once finished:
-its final model is in the run folder.
+Every step of a frontier run's `checkpoint_schedule` is a point of the reward-versus-KL frontier. With
+`frontier_eval` naming the evaluation's config, the policy is evaluated at each such step as it stands in memory:
+its weights are copied, device to device, into a resident evaluation model in the evaluation's precision, and the
+function eval.py uses evaluates that model under the settings eval.py will use (imdb_dpo/model_eval.py). The records
+are those eval.py writes for the same weights saved to disk; eval.py later finds them where it would have written
+them and only gathers them. Checkpoints are then written only to resume the run: every `resume_minutes`, on a stop,
+and the final model. (At GPT-2 Large's size each would be 6-9 GB written only to be loaded back: about 7 TB for the
+paper-scale preset.)
+
+A kill during an evaluation leaves that step's records unfinished: the resumed run trains to that step again (a
+resume is bit-equal) and evaluates it anew, discarding what the killed evaluation had written. A stop during an
+evaluation saves a checkpoint at that step, and the resumed run evaluates it before its first step.
 
 The records are then the only trace of the early steps: an evaluation with other settings can evaluate only each
 run's final model, and eval.py names every step it had to leave out.
 """
 
+import copy
 import os
-from collections.abc import Callable
+import shutil
 
+import torch
 from transformers import TrainerCallback
 
-from .checkpoints import checkpoint_steps, drop_checkpoints, is_complete
+from .checkpoints import checkpoint_steps
 from .checks import check_seed_list
 from .config import REPOSITORY, ConfigError, EvalArguments, parse_config
 from .data import prompts_for
@@ -26,8 +33,8 @@ from .errors import UserError
 from .manifests import is_finished
 from .methods import BY_KEY
 from .modeling import load_tokenizer
-from .model_eval import (Evaluator, UnreadableCheckpoint, check_args, evaluated_steps, records_dir, records_root,
-                         run_meta)
+from .model_eval import Evaluator, ModelPair, check_args, evaluated_steps, records_dir, records_root, run_meta
+from .precision import DTYPES
 
 KEEP_ALL = '--frontier_eval ""'
 
@@ -97,55 +104,106 @@ class FrontierEvaluation:
             on_disk.add(manifest.get("global_step"))
         return [s for s in manifest.get("checkpoints", []) if s not in evaluated and s not in on_disk]
 
-    def for_run(self, run_dir: str, manifest_data: dict, stop, off_schedule: Callable[[str], bool]) -> "RunEvaluation":
+    def for_run(self, run_dir: str, manifest_data: dict, stop, schedule) -> "LiveEvaluation":
         run_id = manifest_data["run_id"]
         if process_state().num_processes > 1:  # each rank's Manifest drew its own id; the main process's is written
             from accelerate.utils import broadcast_object_list
             run_id = broadcast_object_list([run_id])[0]
         meta = run_meta(self.method, os.path.basename(run_dir), {**manifest_data, "run_id": run_id})
-        return RunEvaluation(self, meta, stop, off_schedule)
+        return LiveEvaluation(self, meta, run_dir, stop, schedule)
 
 
-class RunEvaluation(TrainerCallback):
-    """Evaluates one run's checkpoints as the Trainer saves them, then deletes each evaluated one but the newest.
-    A stop's checkpoint off the schedule (`off_schedule`) is not evaluated: it only resumes the run."""
+class LiveEvaluation(TrainerCallback):
+    """Evaluates the policy in memory at each step of the run's schedule (`schedule(max_steps)`), where its records
+    are not finished yet. It must come before `SaveAndStopOnSignal` among the callbacks: a stop during an evaluation
+    is then saved at that step."""
 
-    def __init__(self, frontier: FrontierEvaluation, meta: dict, stop, off_schedule: Callable[[str], bool]):
-        self.frontier, self.meta, self.stop, self.off_schedule = frontier, meta, stop, off_schedule
+    def __init__(self, frontier: FrontierEvaluation, meta: dict, run_dir: str, stop, schedule):
+        self.frontier, self.meta, self.run_dir, self.stop, self.schedule = frontier, meta, run_dir, stop, schedule
+        self.steps: set[int] = set()
+        self.copy = None  # the resident evaluation model, made at the first evaluation
 
     def evaluated(self) -> list[int]:
         return evaluated_steps(self.frontier.records_root, self.meta)
 
-    def evaluate_pending(self, run_dir: str) -> bool:
-        """Evaluate every complete checkpoint of `run_dir` not yet evaluated, then delete the evaluated ones but the
-        newest (which resumes the run); False when a stop request cut the evaluation short (its finished batches
-        are kept)."""
-        state = process_state()
-        state.wait_for_everyone()  # the main process wrote the checkpoint
-        complete = [(s, p) for s, p in checkpoint_steps(run_dir) if is_complete(p)]
-        for step, path in complete:
-            unit = {**self.meta, "step": step, "path": path}
-            if is_finished(records_dir(self.frontier.records_root, unit)) or self.off_schedule(path):
-                continue
-            try:
-                if self.frontier.evaluator.evaluate(unit, self.stop) is None:
-                    return False
-            except UnreadableCheckpoint as error:
-                raise UserError(f"{path}: the checkpoint was saved completely, but {error}. Delete that folder and run "
-                                "the same command again: training resumes from the checkpoint before it") from error
-        # Every complete checkpoint is evaluated (or a stop's, never evaluated): keep the newest and any cut short.
-        if state.is_main_process:
-            evaluated = {s for s, _ in complete[:-1]}
-            drop_checkpoints(run_dir, keep={s for s, _ in checkpoint_steps(run_dir) if s not in evaluated})
-        state.wait_for_everyone()
-        return True
+    def unit(self, step: int) -> dict:
+        return {**self.meta, "step": step, "path": self.run_dir, "in_memory": True}
 
-    def on_save(self, args, state, control, **kwargs):
-        if any_process(self.stop.requested):  # the save of a stop: the resumed run evaluates it
-            return control
-        if not self.evaluate_pending(args.output_dir):
+    def evaluate(self, model, step: int) -> bool:
+        """Records of `model` at `step`; False when a stop request cut the evaluation short. The training's random
+        state is left as it was (building the evaluation models draws random initial weights): a run evaluated at
+        other steps, or resumed, trains on the same random numbers."""
+        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_initialized() else []):
+            return self._evaluate(model, step)
+
+    def _evaluate(self, model, step: int) -> bool:
+        unit = self.unit(step)
+        if is_finished(records_dir(self.frontier.records_root, unit)):
+            return True
+        discard_unfinished(records_dir(self.frontier.records_root, unit))
+        evaluator = self.frontier.evaluator
+        if self.copy is None:
+            self.copy = LiveCopy(model, evaluator.args, evaluator.reference.scorer.device)
+        policy = self.copy.update(model)
+        return evaluator.evaluate({**unit, "policy": policy}, self.stop) is not None
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.steps = set(self.schedule(state.max_steps))
+        # A stop during the evaluation of the step a resumed run starts from: that step is evaluated first.
+        if state.global_step in self.steps and not self.evaluate(model, state.global_step):
             control.should_training_stop = True
         return control
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step not in self.steps or any_process(self.stop.requested):
+            return control  # a stop saves this step; the resumed run evaluates it
+        self.evaluate(model, state.global_step)  # a stop during it: SaveAndStopOnSignal saves this step and stops
+        return control
+
+
+def discard_unfinished(directory: str) -> None:
+    """Remove what an evaluation cut short by a kill left in `directory` (its batch logs), on the main process."""
+    state = process_state()
+    if state.is_main_process and os.path.isdir(directory):
+        shutil.rmtree(directory)
+    state.wait_for_everyone()
+
+
+def merged_lora_model(model):
+    """A copy of a PEFT model with its adapter merged into the base weights, as `load_causal_lm` merges a saved
+    adapter (the same sums, so the same numbers)."""
+    return copy.deepcopy(model).merge_and_unload()
+
+
+class LiveCopy:
+    """The resident evaluation model of a run: the policy's weights copied into it, device to device, at each
+    evaluation, in sampling_dtype and (where it differs) kl_dtype. Each process copies its own replica (one process,
+    or DDP); FSDP and DeepSpeed ZeRO-3, which hold a shard of the weights on each process, are refused up front."""
+
+    def __init__(self, model, args, device):
+        self.args, self.device = args, device
+        self.models = {}
+
+    def update(self, model) -> ModelPair:
+        source = merged_lora_model(model) if hasattr(model, "peft_config") else model
+        state = source.state_dict()
+        for name in {self.args.kl_dtype, self.args.sampling_dtype}:
+            if name not in self.models:
+                self.models[name] = self.build(source, DTYPES[name])
+            self.models[name].load_state_dict(state)
+        return ModelPair.of(self.models[self.args.kl_dtype], self.models[self.args.sampling_dtype])
+
+    def build(self, source, dtype):
+        """A model of the policy's architecture, built from its config rather than copied: a copy would keep the
+        forward that accelerate wraps in bf16 autocast for training."""
+        from transformers import AutoModelForCausalLM
+
+        with torch.device(self.device):
+            model = AutoModelForCausalLM.from_config(source.config, dtype=dtype)
+        model.generation_config = copy.deepcopy(source.generation_config)
+        # Parameters that require grad, as a loaded model's do: on the CPU, PyTorch multiplies by a frozen weight along
+        # another path, whose rounding moved the KL in the eighth digit.
+        return model.eval()
 
 
 def keeps_final_model(script_args, seed: int | None) -> bool:
@@ -173,4 +231,22 @@ def frontier_of(script_args, method: str, root: str) -> FrontierEvaluation | Non
     if seeds and not any(keeps_final_model(script_args, s) for s in seeds):  # a SLURM task of a later seed, say
         print(f"note: keep_final_model_seeds={keep} holds none of seeds {seeds}: their runs keep their records alone, "
               "not their final model")
-    return FrontierEvaluation(script_args.frontier_eval, method, root) if script_args.frontier_eval else None
+    if not script_args.frontier_eval:
+        return None
+    sharded = sharded_launch()
+    if sharded:
+        raise ConfigError(f"frontier_eval evaluates the policy in memory, on each process from the whole model it holds; "
+                          f"under {sharded} a process holds a shard of it (or, with bf16, bf16 weights). Launch with "
+                          "configs/accelerate/ddp.yaml (GPT-2 Large fits one GPU), or pass "
+                          f"{KEEP_ALL} to save a checkpoint at each point and evaluate them with eval.py")
+    return FrontierEvaluation(script_args.frontier_eval, method, root)
+
+
+def sharded_launch() -> str:
+    """The launcher's sharding of the model ("FSDP", "DeepSpeed"), "" for one process or DDP (accelerate's settings,
+    read from the environment `accelerate launch` sets)."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        return "FSDP"
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        return "DeepSpeed"
+    return ""

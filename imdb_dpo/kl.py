@@ -48,3 +48,48 @@ def sequence_kls(policy, reference, prompt_ids: list[list[int]], completion_ids:
         exact += (per_token_exact * mask).sum(-1).tolist()
         log_ratio += (per_token_ratio * mask).sum(-1).tolist()
     return exact, log_ratio
+
+
+class LockstepKL:
+    """Both estimates of each row that `sample_batch` samples, summed while it samples: no second pass of the policy.
+
+    generate() has already computed the policy's next-token logits at every sampled position (in float32); here the
+    reference decodes the same tokens in lockstep, with a KV cache of its own and the positions generate() gives a
+    left-padded row, and each step's per-token terms are added for the rows that have not yet ended (EOS). The sums
+    are those of `sequence_kls` over the same tokens, but for the rounding of cached against full-sequence attention.
+    It needs the policy's logits in the KL's precision: the evaluation uses it only where sampling_dtype is kl_dtype.
+    """
+
+    def __init__(self, reference, input_ids: torch.Tensor, attention_mask: torch.Tensor, eos_token_id: int):
+        from .modeling import padded_positions
+
+        self.reference, self.eos = reference, eos_token_id
+        self.prompt_width = input_ids.size(1)
+        self.mask, self.positions = attention_mask, padded_positions(attention_mask)
+        self.cache = None
+        rows = input_ids.size(0)
+        self.alive = torch.ones(rows, dtype=torch.bool, device=input_ids.device)
+        self.exact = torch.zeros(rows, dtype=torch.float64, device=input_ids.device)
+        self.log_ratio = torch.zeros(rows, dtype=torch.float64, device=input_ids.device)
+
+    def step(self, input_ids: torch.Tensor, policy_logits: torch.Tensor, tokens: torch.Tensor) -> None:
+        """One decode step: `policy_logits` predicted `tokens` (one a row) after `input_ids`."""
+        if input_ids.size(1) == self.prompt_width:  # the prompt, whole
+            ids, positions = input_ids, self.positions
+        else:  # the token sampled at the step before, as generate() attends to it
+            self.mask = torch.cat([self.mask, self.mask.new_ones((self.mask.size(0), 1))], dim=1)
+            self.positions = self.positions[:, -1:] + 1
+            ids, positions = input_ids[:, -1:], self.positions
+        output = self.reference(input_ids=ids, attention_mask=self.mask, position_ids=positions,
+                                past_key_values=self.cache, use_cache=True)
+        self.cache = output.past_key_values
+        logp = torch.log_softmax(policy_logits.float(), -1)
+        logq = torch.log_softmax(output.logits[:, -1].float(), -1)
+        exact = (logp.exp() * (logp - logq)).sum(-1).clamp_min(0.0)
+        ratio = (logp - logq).gather(-1, tokens)[:, 0]
+        self.exact += torch.where(self.alive, exact, 0.0).double()
+        self.log_ratio += torch.where(self.alive, ratio, 0.0).double()
+        self.alive &= tokens[:, 0] != self.eos
+
+    def result(self) -> tuple[list[float], list[float]]:
+        return self.exact.tolist(), self.log_ratio.tolist()

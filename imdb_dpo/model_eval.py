@@ -25,7 +25,7 @@ from .memory import OutOfMemory, naming_the_fix
 from .methods import BY_KEY, TRAINED
 from .methods.reward_model import LearnedReward
 from .modeling import load_causal_lm
-from .precision import inference_dtype
+from .precision import check_eval_precision, evaluation_precision, inference_dtype
 from .reward import VADER, make_reward
 from .sampling import SAMPLER, remaining_batches, sample_batch
 
@@ -39,7 +39,14 @@ def settings_of(args: EvalArguments) -> dict:
     The reference is named by its run id; the data files by their paths, as they always were (a records key made
     before must stay the same)."""
     return {**settings.settings_of(json.loads(json.dumps(vars(args)))), "train_file": args.train_file,
-            "test_file": args.test_file, "reference": describe_model_input(args.sft_model), "sampler": SAMPLER}
+            "test_file": args.test_file, "reference": describe_model_input(args.sft_model), "sampler": SAMPLER,
+            "kl": "while sampling, the reference in lockstep" if kl_in_sampling(args) else "a second pass"}
+
+
+def kl_in_sampling(args: EvalArguments) -> bool:
+    """Whether the KL is summed while sampling (the sampler's logits are in the KL's precision: imdb_dpo/kl.py,
+    LockstepKL) rather than by a second pass of both models over the samples."""
+    return args.sampling_dtype == args.kl_dtype
 
 
 def records_key(evaluation_settings: dict) -> str:
@@ -112,6 +119,7 @@ def check_settings(args: EvalArguments) -> None:
     check_sampling(args)
     check_positive(args, "best_of_n_samples", "kl_batch_size")
     inference_dtype(args, "kl_dtype")
+    check_eval_precision(args)
     if args.report_prompts < 0:
         raise ConfigError(f"report_prompts={args.report_prompts}: must be >= 0")
     if args.best_of_n_samples < args.samples_per_prompt:
@@ -148,6 +156,13 @@ class ModelPair:
         self.scorer = load_causal_lm(path, inference_dtype(args, "kl_dtype"), device)
         same = args.sampling_dtype == args.kl_dtype
         self.sampler = self.scorer if same else load_causal_lm(path, inference_dtype(args, "sampling_dtype"), device)
+
+    @classmethod
+    def of(cls, scorer, sampler) -> "ModelPair":
+        """Models already at hand (a training run's policy copied in memory: imdb_dpo/frontier_eval.py)."""
+        pair = cls.__new__(cls)
+        pair.scorer, pair.sampler = scorer, sampler
+        return pair
 
 
 def load_policy(unit: dict, args: EvalArguments, device) -> ModelPair:
@@ -196,8 +211,9 @@ class Evaluator:
         self.proxies = ProxyRewards(args, device)
 
     def evaluate(self, unit: dict, stop) -> list[dict] | None:
-        return evaluate(unit, self.prompts, self.args, self.tokenizer, self.reference, self.reward, self.proxies,
-                        self.records_root, stop)
+        with evaluation_precision(self.args.eval_precision):
+            return evaluate(unit, self.prompts, self.args, self.tokenizer, self.reference, self.reward, self.proxies,
+                            self.records_root, stop)
 
 
 def evaluate(unit, prompts, args, tokenizer, reference: ModelPair, reward, proxies: ProxyRewards, records_root,
@@ -215,16 +231,21 @@ def evaluate(unit, prompts, args, tokenizer, reference: ModelPair, reward, proxi
     if is_finished(directory):
         return read_finished(merged, read_manifest(directory)["n"])
     num_samples = args.best_of_n_samples if unit["run"] == "sft" else args.samples_per_prompt
-    manifest = Manifest(directory, "eval", {"unit": unit}, {"model": describe_model_input(unit["path"])})
+    lockstep = kl_in_sampling(args)
+    live = unit.pop("policy", None)  # a training run's policy at unit["step"], in memory
+    model = ({"path": os.path.abspath(unit["path"]), "run_id": unit["run_id"], "step": unit["step"], "in_memory": True}
+             if live else describe_model_input(unit["path"]))
+    manifest = Manifest(directory, "eval", {"unit": unit}, {"model": model})
     log = BatchLog(merged if world == 1 else os.path.join(directory, f"records.rank{rank}-of-{world}.jsonl"))
     batches = remaining_batches(log, prompts, "prompt_id", args.batch_size, rank, world)
     if batches:
-        policy = reference if unit["run"] == "sft" else load_policy(unit, args, reference.scorer.device)
+        policy = reference if unit["run"] == "sft" else live or load_policy(unit, args, reference.scorer.device)
     for b, batch in tqdm(batches, desc=f"eval {unit['run']} step {unit['step']}", unit="batch"):
         with naming_the_fix(f"sampling {len(batch)} prompts x {num_samples} samples from {unit['path']}",
                             SAMPLING_FIX):
             samples = sample_batch(policy.sampler, tokenizer, batch, num_samples, args.max_new_tokens,
-                                   args.seed, args.temperature, args.top_k, args.top_p)
+                                   args.seed, args.temperature, args.top_k, args.top_p,
+                                   kl_reference=reference.scorer if policy is not reference and lockstep else None)
         flat = [(p, i, c) for p, cs in zip(batch, samples) for i, c in enumerate(cs)]
         with naming_the_fix(f"scoring {len(flat)} samples with {args.reward_model}", "Lower reward_batch_size"):
             rewards = reward([p["prompt"] + c["text"] for p, _, c in flat])
@@ -232,10 +253,14 @@ def evaluate(unit, prompts, args, tokenizer, reference: ModelPair, reward, proxi
             if unit.get("proxy_model"):
                 proxy = proxies(unit["proxy_model"]).score([p["prompt_ids"] for p, _, _ in flat],
                                                            [c["ids"] for _, _, c in flat])
-        with naming_the_fix(f"the KL pass over {len(flat)} samples of {unit['path']}", "Lower kl_batch_size"):
-            exact, ratio = sequence_kls(policy.scorer, None if policy is reference else reference.scorer,
-                                        [p["prompt_ids"] for p, _, _ in flat],
-                                        [c["ids"] for _, _, c in flat], tokenizer.pad_token_id, args.kl_batch_size)
+        if policy is reference:  # KL(pi || pi) = 0 exactly
+            exact = ratio = [0.0] * len(flat)
+        elif lockstep:
+            exact, ratio = [c["kl_exact"] for _, _, c in flat], [c["kl_logratio"] for _, _, c in flat]
+        else:
+            with naming_the_fix(f"the KL pass over {len(flat)} samples of {unit['path']}", "Lower kl_batch_size"):
+                exact, ratio = sequence_kls(policy.scorer, reference.scorer, [p["prompt_ids"] for p, _, _ in flat],
+                                            [c["ids"] for _, _, c in flat], tokenizer.pad_token_id, args.kl_batch_size)
         log.append_batch(b, [
             {"run": unit["run"], "loss_type": unit["loss_type"], "beta": unit["beta"], "step": unit["step"],
              "prompt_id": p["prompt_id"], "prompt": p["prompt"], "prompt_ids": p["prompt_ids"], "sample": i,

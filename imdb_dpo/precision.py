@@ -10,6 +10,8 @@
   looks at whether a GPU exists somewhere.
 """
 
+import contextlib
+
 import torch
 
 from .config import ConfigError
@@ -24,3 +26,25 @@ def inference_dtype(args, field: str) -> torch.dtype:
         raise ConfigError(f"{field}={name!r}: use one of {sorted(DTYPES)} (float32 unless you mean otherwise: "
                           "README, 'Precision'); fix it in the config or on the command line")
     return DTYPES[name]
+
+
+EVAL_PRECISIONS = {"fp32": "ieee", "tf32": "tf32"}  # eval_precision -> torch's fp32_precision of CUDA matmuls
+
+
+def check_eval_precision(args) -> None:
+    if args.eval_precision not in EVAL_PRECISIONS:
+        raise ConfigError(f"eval_precision={args.eval_precision!r}: use 'fp32' (IEEE float32, the default) or 'tf32' "
+                          "(tensor cores); fix it in the config or on the command line")
+
+
+@contextlib.contextmanager
+def evaluation_precision(name: str):
+    """Float32 matrix products as `eval_precision` names them while the evaluation runs, then as they were: a training
+    stage's `tf32: true` (or torch_compile) turns TF32 on for its whole process, and must not decide the numbers of
+    the evaluation it runs between steps."""
+    before = torch.backends.cuda.matmul.fp32_precision
+    torch.backends.cuda.matmul.fp32_precision = EVAL_PRECISIONS[name]
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.fp32_precision = before

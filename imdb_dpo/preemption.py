@@ -61,13 +61,17 @@ class StopRequest:
         return self.reason is not None
 
     def requested_on_any_rank(self) -> bool:
-        local = self.requested
-        if not (dist.is_available() and dist.is_initialized()):
-            return local
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-        flag = torch.tensor([int(local)], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+        return on_any_rank(self.requested)
+
+
+def on_any_rank(local: bool) -> bool:
+    """True on every process when `local` is true on any (where all processes meet, e.g. at a step's end)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return local
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    flag = torch.tensor([int(local)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
 
 
 class SaveAndStopOnSignal(TrainerCallback):

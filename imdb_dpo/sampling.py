@@ -60,8 +60,9 @@ class InverseCDFSampling(LogitsProcessor):
     """Picks each row's next token by its own uniform and leaves only that token possible, so that greedy decoding
     emits it. Runs after the model's own processors, applying temperature, top-k and top-p as sampling would."""
 
-    def __init__(self, uniforms: torch.Tensor, prompt_width: int, temperature: float, top_k: int, top_p: float):
-        self.uniforms, self.prompt_width = uniforms, prompt_width
+    def __init__(self, uniforms: torch.Tensor, prompt_width: int, temperature: float, top_k: int, top_p: float,
+                 kl=None):
+        self.uniforms, self.prompt_width, self.kl = uniforms, prompt_width, kl
         self.warpers = LogitsProcessorList(
             ([TemperatureLogitsWarper(temperature)] if temperature != 1.0 else [])
             + ([TopKLogitsWarper(top_k)] if top_k > 0 else []) + ([TopPLogitsWarper(top_p)] if top_p < 1.0 else []))
@@ -74,6 +75,8 @@ class InverseCDFSampling(LogitsProcessor):
         token = torch.searchsorted(cdf, target, right=True)  # the first token whose CDF passes the target
         # The target is below the total but for rounding; then take the mode, which has mass for sure.
         token = torch.where(token < cdf.size(1), token, warped.argmax(dim=-1, keepdim=True))
+        if self.kl is not None:  # the policy's own distribution, before temperature, top-k and top-p
+            self.kl.step(input_ids, scores, token)
         return torch.full_like(scores, float("-inf")).scatter_(1, token, 0.0)
 
 
@@ -86,24 +89,34 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
 
 @torch.no_grad()
 def sample_batch(model, tokenizer, batch: list[dict], num_samples: int, max_new_tokens: int, seed: int,
-                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> list[list[dict]]:
+                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, kl_reference=None) -> list[list[dict]]:
     """`num_samples` completions for each prompt of `batch` (each prompt needs `prompt_id` and `prompt_ids`): token
     ids (cut after the first EOS), text and `finish` ('eos' when the model ended the text, 'length' when it hit
-    `max_new_tokens`). Sample `s` of a prompt is the same in any batch: see the module's docstring."""
+    `max_new_tokens`). Sample `s` of a prompt is the same in any batch: see the module's docstring.
+
+    With `kl_reference`, each completion also has `kl_exact` and `kl_logratio` against that model, summed as it is
+    sampled (imdb_dpo/kl.py, LockstepKL)."""
     # Each prompt repeated once per sample (greedy decoding has no num_return_sequences), prompt-major like the streams.
     input_ids, attention_mask = left_pad([p["prompt_ids"] for p in batch for _ in range(num_samples)],
                                          tokenizer.pad_token_id)
     device = model.device
     uniforms = torch.stack([sample_stream(seed, p, s, max_new_tokens) for p in batch for s in range(num_samples)])
-    sampler = InverseCDFSampling(uniforms.to(device), input_ids.size(1), temperature, top_k, top_p)
+    kl = None
+    if kl_reference is not None:
+        from .kl import LockstepKL
+
+        kl = LockstepKL(kl_reference, input_ids.to(device), attention_mask.to(device), tokenizer.eos_token_id)
+    sampler = InverseCDFSampling(uniforms.to(device), input_ids.size(1), temperature, top_k, top_p, kl)
     output = model.generate(
         input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), do_sample=False,
         logits_processor=LogitsProcessorList([sampler]), max_new_tokens=max_new_tokens,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, temperature=None, top_k=None, top_p=None,
     )
-    generated = output[:, input_ids.size(1) :].tolist()
-    return [[completion(row, tokenizer) for row in generated[p * num_samples : (p + 1) * num_samples]]
-            for p in range(len(batch))]
+    rows = [completion(row, tokenizer) for row in output[:, input_ids.size(1) :].tolist()]
+    if kl is not None:
+        for row, exact, ratio in zip(rows, *kl.result()):
+            row.update(kl_exact=exact, kl_logratio=ratio)
+    return [rows[p * num_samples : (p + 1) * num_samples] for p in range(len(batch))]
 
 
 def completion(generated: list[int], tokenizer) -> dict:

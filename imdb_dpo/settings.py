@@ -20,7 +20,7 @@ NOT_SETTINGS = frozenset({
     # How the work is driven: a sweep's list (each run holds its own value), shards, merges, the device.
     "betas", "kl_coefs", "alphas", "seeds", "reference_only", "merge", "shard_index", "allow_fewer_prompts", "use_cpu",
     # When the frontier's checkpoints are evaluated (during training or after): the same records either way.
-    "frontier_eval",
+    "frontier_eval", "resume_minutes",
     # Which finished runs keep their final model: what is kept, not what is computed.
     "keep_final_model_seeds",
     # How much is loaded, sampled or scored at once, where no random number depends on it (every sample has a

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from transformers import AutoConfig
 
 from .checks import check_seed_list
-from .checkpoints import (DropOptimizerFromOldCheckpoints, ScheduledCheckpoints, checkpoint_steps, off_schedule,
-                          drop_checkpoints, drop_weights, is_complete, resumable_checkpoint)
+from .checkpoints import (DropOptimizerFromOldCheckpoints, ResumeCheckpoints, ScheduledCheckpoints, checkpoint_steps,
+                          drop_checkpoints, drop_weights, is_complete, off_schedule, resumable_checkpoint, schedule_of)
 from .config import ConfigError
 from .frontier_eval import FrontierEvaluation, keeps_final_model
 from .locks import main_process_lock
@@ -116,8 +116,9 @@ def train_run(run_dir: str, stage: str, what: str, configs: dict, inputs: dict, 
     builds the trainer; `results(trainer)` adds to the finished manifest; `curves` are the logged metrics that
     `training_curves.png` shows. `schedule` is the checkpoint_schedule of a run the frontier evaluates; None keeps
     the Trainer's own save_strategy (the reward model saves where it evaluates, to keep its best epoch), and a
-    finished run then keeps no checkpoint. `frontier` evaluates each checkpoint as it is saved (frontier_eval.py);
-    the finished run then keeps no checkpoint either, and without it every checkpoint but the last (the run folder's
+    finished run then keeps no checkpoint. `frontier` evaluates the policy in memory at each step of the schedule
+    (frontier_eval.py), checkpoints then only resume the run (every `resume_minutes`) and the finished run keeps
+    none; without it a checkpoint is saved at each step of the schedule and every one but the last (the run folder's
     final model) stays for eval.py. `keep_final` False (a frontier run only) deletes the final model's weights too
     once its records are written: the manifest says `final_model_kept: false`."""
     args = configs["training"]
@@ -145,14 +146,16 @@ def train_run(run_dir: str, stage: str, what: str, configs: dict, inputs: dict, 
             return True
         args.output_dir = plan.directory
         manifest = Manifest(plan.directory, stage, configs, inputs)
-        stop_save = functools.partial(off_schedule, kind=schedule, save_steps=args.save_steps)
-        evaluation = frontier.for_run(run_dir, manifest.data, stop, stop_save) if frontier else None
-        if evaluation and not evaluation.evaluate_pending(plan.directory):  # saved, then killed before evaluated
-            return False
+        steps_of = schedule_of(configs["script"], args) if schedule else None
+        stop_save = functools.partial(off_schedule, schedule=steps_of)
+        evaluation = frontier.for_run(run_dir, manifest.data, stop, steps_of) if frontier else None
         with own_wandb_run(args, manifest.run_id):
-            scheduled = [ScheduledCheckpoints(schedule)] if schedule else []
-            trainer = make_trainer(args, scheduled + [SaveAndStopOnSignal(stop), DropOptimizerFromOldCheckpoints()]
-                                   + ([evaluation] if evaluation else []))
+            if evaluation:  # points evaluated in memory; checkpoints only resume the run
+                savers = [evaluation, ResumeCheckpoints(configs["script"].resume_minutes), SaveAndStopOnSignal(stop)]
+            else:
+                savers = ([ScheduledCheckpoints(steps_of)] if steps_of else []) + [
+                    SaveAndStopOnSignal(stop), DropOptimizerFromOldCheckpoints()]
+            trainer = make_trainer(args, savers)
             trainer.train(resume_from_checkpoint=resumable_checkpoint(plan.directory))
         if stop.requested:
             return False
@@ -167,7 +170,7 @@ def train_run(run_dir: str, stage: str, what: str, configs: dict, inputs: dict, 
         saved = [s for s, path in checkpoint_steps(plan.directory) if is_complete(path) and not stop_save(path)]
         if evaluation:
             kept, frontier_record = [], {"frontier_eval": frontier.describe()}
-            saved = sorted(set(saved) | set(evaluation.evaluated()))
+            saved = evaluation.evaluated()
             # The last step's records stand in for the final model only once they are written.
             frontier_record["final_model_kept"] = keep_final or final not in evaluation.evaluated()
         else:

@@ -17,7 +17,7 @@ import eval as eval_stage
 from imdb_dpo import model_eval
 from conftest import REPO
 from imdb_dpo.config import PairsArguments, parse_config
-from imdb_dpo.data import load_reviews, make_prompts
+from imdb_dpo.data import load_reviews, make_prompts, prompts_for
 from imdb_dpo.evaluation import best_of_n_kl_bound, distinct_n, win_rate
 from imdb_dpo.kl import sequence_kls
 from imdb_dpo.manifests import read_manifest
@@ -73,6 +73,28 @@ def test_exact_kl_equals_an_independent_per_position_kl(samples):
             total += kl_divergence(Categorical(logits=p), Categorical(logits=q)).item()
         assert exact[i] == pytest.approx(total, rel=1e-4, abs=1e-4)
     assert min(exact) > 0
+
+
+def test_the_kl_summed_while_sampling_equals_the_second_pass_per_sample(samples, tiny_base, tiny_sft):
+    """The evaluation's KL comes from the sampler's own logits and a reference decoding in lockstep; it must equal
+    the KL pass over the same tokens (policy and reference over whole sequences) within a relative 1e-4 per sample,
+    at uneven prompt lengths (left padding), and the samples must be those sampled without it."""
+    tokenizer = load_tokenizer(tiny_sft)
+    args = PairsArguments(train_file=tiny_base["train"], test_file=tiny_base["test"])
+    prompts = make_prompts(load_reviews(args, "test"), tokenizer, 24, "test")
+    assert len({len(p["prompt_ids"]) for p in prompts[:12]}) > 1  # a batch with padding
+    batch = prompts[:12]
+    plain = sample_batch(samples["policy"], tokenizer, batch, 4, 32, seed=3)
+    measured = sample_batch(samples["policy"], tokenizer, batch, 4, 32, seed=3, kl_reference=samples["reference"])
+    assert [[c["ids"] for c in cs] for cs in plain] == [[c["ids"] for c in cs] for cs in measured]
+    flat = [(p, c) for p, cs in zip(batch, measured) for c in cs]
+    exact, ratio = sequence_kls(samples["policy"], samples["reference"], [p["prompt_ids"] for p, _ in flat],
+                                [c["ids"] for _, c in flat], samples["pad"])
+    assert sum(c["finish"] == "eos" for _, c in flat) and sum(c["finish"] == "length" for _, c in flat)
+    for (_, c), e, r in zip(flat, exact, ratio):
+        assert c["kl_exact"] == pytest.approx(e, rel=1e-4, abs=1e-6)
+        assert c["kl_logratio"] == pytest.approx(r, rel=1e-4, abs=1e-5)
+    assert np.mean(exact) > 1.0
 
 
 def test_kl_is_zero_when_the_policy_is_the_reference(samples, tiny_sft):
@@ -136,7 +158,7 @@ def test_summary_has_every_checkpoint_and_intervals_contain_their_means(evaluate
         assert float(r["reward_lo"]) <= float(r["reward_mean"]) <= float(r["reward_hi"])
         assert float(r["kl_lo"]) <= float(r["kl_mean"]) <= float(r["kl_hi"])
     steps = sorted(int(r["step"]) for r in rows if r["run"] == evaluated["run"])
-    assert steps == read_manifest(evaluated["dpo_root"] / evaluated["run"])["checkpoints"] == [1, 2, 4, 6]
+    assert steps == read_manifest(evaluated["dpo_root"] / evaluated["run"])["checkpoints"] == [2, 3, 4, 5, 6]
     sft = next(r for r in rows if r["run"] == "sft")
     assert float(sft["kl_mean"]) == 0.0 and int(sft["n"]) == 24 * 4  # like every checkpoint, not all 16 samples
     final = next(r for r in rows if r["run"] == evaluated["run"] and int(r["step"]) == steps[-1])
@@ -198,7 +220,8 @@ def test_another_batch_size_gives_the_same_records(evaluated, tiny_base, tiny_sf
             if a["completion_ids"] != b["completion_ids"]:
                 moved += 1
                 continue
-            assert a["reward"] == b["reward"] and a["kl_exact"] == pytest.approx(b["kl_exact"], rel=1e-5, abs=1e-6)
+            # The KL is summed as sampled: padded otherwise, a token's log p - log q rounds otherwise (~1e-7).
+            assert a["reward"] == b["reward"] and a["kl_exact"] == pytest.approx(b["kl_exact"], rel=1e-5, abs=1e-5)
     assert moved <= total // 200, (moved, total)
     old = {(r["run"], r["step"]): r for r in read_csv(evaluated["out"] / "summary.csv")}
     for row in read_csv(tmp_path / "out" / "summary.csv"):
@@ -234,3 +257,51 @@ def test_a_run_replaced_under_its_name_is_evaluated_afresh(tiny_base, tiny_sft, 
     alone = evaluate("sigmoid_beta5", tmp_path / "dpo_alone", tmp_path / "out_alone")
     assert (replaced["reward_mean"], replaced["kl_mean"]) != (first["reward_mean"], first["kl_mean"])
     assert (replaced["reward_mean"], replaced["kl_mean"]) == (alone["reward_mean"], alone["kl_mean"])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "tf32"])
+def test_the_evaluation_runs_in_its_own_precision_whatever_training_turned_on(precision, tiny_base, tiny_sft, tmp_path,
+                                                                             monkeypatch):
+    """A training stage with `tf32: true` turns TF32 on for its whole process (transformers' enable_tf32); the
+    evaluation it runs between steps must still compute as eval_precision says, and leave the process as it was."""
+    from transformers.utils.import_utils import enable_tf32
+
+    from imdb_dpo.preemption import StopRequest
+
+    (args,) = parse_config((model_eval.EvalArguments,), eval_argv(
+        tiny_base, tiny_sft, tmp_path / "dpo", tmp_path / "out", "--num_prompts", "4", "--eval_precision", precision))
+    model_eval.check_args(args)
+    tokenizer = load_tokenizer(tiny_sft)
+    evaluator = model_eval.Evaluator(args, tokenizer, prompts_for(args, tokenizer, "test"))
+    seen, sample = [], model_eval.sample_batch
+
+    def sample_and_look(*a, **k):
+        seen.append(torch.backends.cuda.matmul.fp32_precision)
+        return sample(*a, **k)
+
+    monkeypatch.setattr(model_eval, "sample_batch", sample_and_look)
+    before = torch.backends.cuda.matmul.fp32_precision
+    enable_tf32.cache_clear()
+    enable_tf32(True)
+    try:
+        records = evaluator.evaluate({"run": "sft", "step": 0, "path": tiny_sft, "loss_type": "", "beta": ""},
+                                     StopRequest(signals=()))
+        assert torch.backends.cuda.matmul.fp32_precision == "tf32"  # as training left it
+    finally:
+        torch.backends.fp32_precision = "none"
+        torch.backends.cuda.matmul.fp32_precision = before
+        enable_tf32.cache_clear()
+    assert len(records) == 4 * args.best_of_n_samples
+    assert seen and set(seen) == {"ieee" if precision == "fp32" else "tf32"}
+    # A setting of the results: each precision's records are kept apart.
+    other = parse_config((model_eval.EvalArguments,), eval_argv(
+        tiny_base, tiny_sft, tmp_path / "dpo", tmp_path / "out", "--num_prompts", "4",
+        "--eval_precision", "tf32" if precision == "fp32" else "fp32"))[0]
+    assert model_eval.records_root(args) != model_eval.records_root(other)
+
+
+def test_an_eval_precision_other_than_fp32_or_tf32_is_refused(tiny_base, tiny_sft, tmp_path):
+    (args,) = parse_config((model_eval.EvalArguments,), eval_argv(tiny_base, tiny_sft, tmp_path, tmp_path / "out",
+                                                                  "--eval_precision", "bf16"))
+    with pytest.raises(model_eval.ConfigError, match="eval_precision='bf16': use 'fp32'"):
+        model_eval.check_settings(args)

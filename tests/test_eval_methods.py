@@ -281,7 +281,8 @@ def test_settings_of_ignores_the_new_fields(roots):
     assert set(base) == {"dataset_name", "train_file", "test_file", "text_column", "num_prompts", "min_prompt_tokens",
                          "max_prompt_tokens", "min_review_chars", "samples_per_prompt", "best_of_n_samples",
                          "max_new_tokens", "temperature", "top_k", "top_p", "sampler", "reward_model",
-                         "reward_positive_label", "seed", "sampling_dtype", "kl_dtype", "reward_dtype", "reference"}
+                         "reward_positive_label", "seed", "sampling_dtype", "kl_dtype", "reward_dtype", "reference",
+                         "eval_precision", "kl"}  # kl: summed while sampling, or by a second pass
 
 
 # ---------------------------------------------------------------- summary.csv, frontier_budget.csv and report.md

@@ -24,8 +24,8 @@ from imdb_dpo.cli import run_stage
 from imdb_dpo.manifests import read_manifest
 from imdb_dpo.preemption import EXIT_RESUMABLE, STOP_FILE_VARIABLE
 
-# 192 pairs at 32 a step: 6 steps, saved at 1, 2, 4 and 6 on the log+steps schedule (save_steps 25).
-STEPS = [1, 2, 4, 6]
+# 192 pairs at 32 a step: 6 steps, points at 2, 3, 4, 5 and 6 on the preset's lr-log schedule (warm-up 10 steps).
+STEPS = [2, 3, 4, 5, 6]
 RUN = "sigmoid_beta0.1"
 
 
@@ -142,7 +142,9 @@ def test_a_kill_during_an_in_training_evaluation_resumes_to_the_same_records(run
                 continue
             drop = ("batch", "batch_size", "kl_exact", "kl_logratio")
             assert {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
-            assert a["kl_exact"] == pytest.approx(b["kl_exact"], rel=1e-5, abs=1e-6)
+            # Summed as sampled: in a batch of other prompts, padded otherwise, each token's log p - log q carries
+            # rounding of ~1e-7, which a sample's near-zero KL shows (1.8e-6 of 0.0095 seen).
+            assert a["kl_exact"] == pytest.approx(b["kl_exact"], rel=1e-5, abs=1e-5)
     assert moved <= 2, moved
     assert checkpoint_steps(tmp / "killed/dpo" / RUN) == []
 
@@ -262,3 +264,64 @@ def test_a_stops_checkpoint_off_the_schedule_only_resumes_the_run(evaluated_whil
         assert sorted(records(config)) == [4, 6]
     run_in_process("eval.py", ["--config", config])
     assert sorted(summary(config)) == [4, 6]
+
+
+def test_checkpoints_only_resume_and_a_kill_after_one_resumes_to_the_same_weights_and_records(runs, tiny_base,
+                                                                                             tiny_sft, tiny_pairs):
+    """With frontier_eval a checkpoint is written every resume_minutes (here after every step), each replacing the
+    one before; a kill then loses only the steps since, and the resumed run ends with the uninterrupted run's weights
+    and records."""
+    from helpers import state_dicts_equal
+    from imdb_dpo.checkpoints import is_complete
+    from imdb_dpo.modeling import load_causal_lm
+
+    tmp = runs["tmp"]
+    config = eval_config(tmp, tiny_base, tiny_sft, "timed")
+    argv = dpo(tiny_sft, tiny_pairs, tmp, "timed", config) + ["--resume_minutes", "0.00001"]
+    run_dir = tmp / "timed/dpo" / RUN
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "dpo.py"), *argv], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seen = []
+
+    def resumable_from_step_4():
+        seen.append(len(checkpoint_steps(run_dir)))
+        return any(step >= 4 and is_complete(path) for step, path in checkpoint_steps(run_dir))
+
+    wait_until(resumable_from_step_4, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert max(seen) <= 2  # the newest complete one, and the one being written
+    assert not read_manifest(run_dir).get("finished")
+
+    run_in_process("dpo.py", argv)
+    manifest = read_manifest(run_dir)
+    assert manifest["checkpoints"] == STEPS and checkpoint_steps(run_dir) == []
+    assert records(config) == runs["in_training"]
+    assert state_dicts_equal(load_causal_lm(str(run_dir)), load_causal_lm(str(tmp / "during/dpo" / RUN))) == []
+
+
+def test_a_stop_during_an_evaluation_saves_that_step_and_the_resumed_run_evaluates_it_first(runs, tiny_base, tiny_sft,
+                                                                                           tiny_pairs):
+    tmp = runs["tmp"]
+    config = eval_config(tmp, tiny_base, tiny_sft, "stopped", batch_size=1)  # 12 batches: time to land the stop
+    argv = dpo(tiny_sft, tiny_pairs, tmp, "stopped", config)
+    stop_file = tmp / "stop_during_evaluation"
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "dpo.py"), *argv], cwd=REPO,
+                            env={**os.environ, STOP_FILE_VARIABLE: str(stop_file)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pattern = str(tmp / "stopped/eval/records/*" / RUN / "*/step-3/records.jsonl")
+    wait_until(lambda: glob.glob(pattern) and os.path.getsize(glob.glob(pattern)[0]) > 0, proc)
+    stop_file.write_text("")
+    assert proc.wait() == EXIT_RESUMABLE
+    run_dir = tmp / "stopped/dpo" / RUN
+    assert [s for s, _ in checkpoint_steps(run_dir)] == [3]
+    assert not read_manifest(os.path.dirname(glob.glob(pattern)[0])).get("finished")
+
+    run_in_process("dpo.py", argv)
+    assert read_manifest(run_dir)["checkpoints"] == STEPS and checkpoint_steps(run_dir) == []
+    resumed, whole = records(config), runs["in_training"]
+    assert sorted(resumed) == STEPS
+    # In batches of 1 prompt, not 4: the same samples but where rounding moves one (see the kill's test).
+    moved = sum(a["completion_ids"] != b["completion_ids"] or a["reward"] != b["reward"]
+                for step in STEPS for a, b in zip(resumed[step], whole[step], strict=True))
+    assert moved <= 2, moved

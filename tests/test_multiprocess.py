@@ -81,7 +81,7 @@ def test_two_process_dpo_sees_the_same_pairs_per_optimizer_step(tiny_base, tiny_
     # One run id on both ranks: the records of every checkpoint lie in one folder, whole and in prompt order.
     runs = glob.glob(str(tmp_path / "eval" / "eval" / "records" / "*" / "sigmoid_beta0.1" / "*"))
     assert [os.path.basename(r) for r in runs] == [two["run_id"]]
-    assert two["checkpoints"] == [1, 2, 4] and checkpoint_steps(tmp_path / "two" / "sigmoid_beta0.1") == []
+    assert two["checkpoints"] == [2, 3, 4] and checkpoint_steps(tmp_path / "two" / "sigmoid_beta0.1") == []
     for step in two["checkpoints"]:
         records = [json.loads(line) for line in open(os.path.join(runs[0], f"step-{step}", "records.jsonl"))]
         ids = [(r["prompt_id"], r["sample"]) for r in records]

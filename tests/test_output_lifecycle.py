@@ -95,7 +95,7 @@ def test_dpo_overwrite_keeps_the_finished_run_until_the_new_one_has_finished(tin
     assert run_stage(dpo.main, dpo.STAGES, redo) == 0  # a requeued job resumes the replacement, then swaps it in
     manifest = read_manifest(run_dir)
     assert manifest["run_id"] != first_id and manifest["config"]["training"]["learning_rate"] == 1e-4
-    assert manifest["checkpoints"] == [1, 2] and not (out / ".sigmoid_beta0.1.new").exists()
+    assert manifest["checkpoints"] == [2] and not (out / ".sigmoid_beta0.1.new").exists()
 
 
 def test_eval_reports_unfinished_runs_and_unloadable_checkpoints_and_goes_on(tiny_base, tiny_sft, dpo_with_checkpoints,
@@ -169,7 +169,7 @@ def test_a_checkpoint_cut_short_by_a_kill_or_a_full_disk_is_passed_over_on_resum
     shutil.copy(run_dir / "checkpoint-1" / "config.json", torn)
     assert run_stage(dpo.main, dpo.STAGES, argv) == 0
     manifest = read_manifest(run_dir)
-    assert manifest["global_step"] == 3 and manifest["checkpoints"] == [1, 2, 3]
+    assert manifest["global_step"] == 3 and manifest["checkpoints"] == [2, 3]  # lr-log: no step 1 (warm-up)
     assert (torn / "trainer_state.json").is_file() and (torn / "model.safetensors").is_file()
 
 

@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainingArguments
 from trl import RLOOConfig
 
 from conftest import CPU_FLAGS, NO_FRONTIER_EVAL, REPO, kill_once_saved, refused_in_process, run_in_process
@@ -100,7 +100,10 @@ def test_tiny_rloo_raises_the_reward_and_a_smaller_kl_coefficient_gives_a_larger
         assert read_manifest(run)["finished"]
         assert mean_reward(load_causal_lm(str(run))) > sft_reward + 0.1, run
         steps = read_manifest(run)["checkpoints"]  # evaluated while training (frontier_eval), then deleted
-        assert steps == checkpoint_schedule("log+steps", read_manifest(run)["global_step"], 10) and len(steps) >= 5
+        training = read_manifest(run)["config"]["training"]
+        args = TrainingArguments(output_dir="unused", lr_scheduler_type=training["lr_scheduler_type"],
+                                 warmup_steps=training["warmup_steps"], use_cpu=True, report_to=[])
+        assert steps == checkpoint_schedule("lr-log", read_manifest(run)["global_step"], 10, args, 8) and len(steps) >= 5
         assert checkpoint_steps(str(run)) == []
     with open(tiny_run["root"] / "outputs/tiny/eval/summary.csv") as f:
         finals = {}
@@ -126,7 +129,38 @@ def test_killed_rloo_resumes_to_the_same_weights(tiny_sft, tiny_pairs, tmp_path)
     assert manifest["finished"] and manifest["global_step"] == 8
     straight = AutoModelForCausalLM.from_pretrained(tmp_path / "straight" / "rloo_kl0.1")
     assert state_dicts_equal(straight, AutoModelForCausalLM.from_pretrained(run_dir)) == []
-    assert [s for s, _ in checkpoint_steps(str(run_dir))] == [1, 2, 4] and manifest["checkpoints"] == [1, 2, 4, 8]
+    assert [s for s, _ in checkpoint_steps(str(run_dir))] == [2, 3, 4, 5, 6] and manifest["checkpoints"] == [2, 3, 4, 5, 6, 8]
+
+
+def test_rloo_evaluated_in_memory_and_killed_after_a_resume_checkpoint_ends_with_the_same_weights(tiny_base, tiny_sft,
+                                                                                                    tiny_pairs, tmp_path):
+    """RLOO samples from the global random state, which nothing the evaluation does in memory may touch (building
+    the evaluation model draws random weights): killed after a resume checkpoint (one a step here) and resumed, the
+    run ends with the weights of one that ran straight through, every point evaluated."""
+    import yaml
+
+    extra = ["--kl_coefs", "0.1", "--max_train_prompts", "64", "--max_steps", "8", "--per_device_train_batch_size", "16",
+             "--resume_minutes", "0.00001"]
+    with open(os.path.join(REPO, "configs/tiny/eval.yaml")) as f:
+        evaluation = yaml.safe_load(f)
+
+    def argv(name):
+        config = tmp_path / f"{name}_eval.yaml"
+        config.write_text(yaml.safe_dump({**evaluation, "sft_model": tiny_sft, "base_model": "", "num_prompts": 4,
+                                          "rloo_dir": str(tmp_path / name), "output_dir": str(tmp_path / f"{name}_eval"),
+                                          "train_file": tiny_base["train"], "test_file": tiny_base["test"]}))
+        return [*rloo_argv(tiny_sft, tiny_pairs, tmp_path / name, *extra), "--frontier_eval", str(config)]
+
+    run_in_process("rloo.py", argv("straight"))
+    kill_once_saved("rloo.py", argv("killed"), tmp_path / "killed" / "rloo_kl0.1" / "checkpoint-5", settle=0.2)
+    run_dir = tmp_path / "killed" / "rloo_kl0.1"
+    assert not read_manifest(run_dir)["finished"]
+    run_in_process("rloo.py", argv("killed"))
+    straight = AutoModelForCausalLM.from_pretrained(tmp_path / "straight" / "rloo_kl0.1")
+    assert state_dicts_equal(straight, AutoModelForCausalLM.from_pretrained(run_dir)) == []
+    assert read_manifest(run_dir)["checkpoints"] == read_manifest(tmp_path / "straight" / "rloo_kl0.1")["checkpoints"] == [
+        2, 3, 4, 5, 6, 8]
+    assert checkpoint_steps(str(run_dir)) == []
 
 
 @pytest.mark.parametrize("extra, expected", [

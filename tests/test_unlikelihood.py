@@ -40,7 +40,7 @@ def mean_log_probs(model, pairs):
 def test_unlikelihood_pushes_the_rejected_down_and_a_larger_alpha_further(tiny_sft, tiny_pairs, tiny_run, tmp_path):
     preset_run = tiny_run["root"] / "outputs/tiny/unlikelihood/unlikelihood_alpha1"
     manifest = read_manifest(preset_run)
-    assert manifest["finished"] and manifest["global_step"] == 25 and manifest["checkpoints"] == [1, 2, 4, 8, 16, 25]
+    assert manifest["finished"] and manifest["global_step"] == 25 and manifest["checkpoints"] == [2, 3, 4, 5, 6, 9, 14, 25]
     strong = tmp_path / "unlikelihood_alpha4"
     run_in_process("unlikelihood.py", ["--config", os.path.join(REPO, "configs/tiny/unlikelihood.yaml"),
                                    "--model_name_or_path", tiny_sft, "--pairs_file", tiny_pairs,
@@ -59,14 +59,14 @@ def test_the_evaluation_draws_the_unlikelihood_run(tiny_run):
     with open(tiny_run["root"] / "outputs/tiny/eval/summary.csv") as f:
         rows = [r for r in csv.DictReader(f) if r["method"] == "unlikelihood"]
     assert {r["run"] for r in rows} == {"unlikelihood_alpha1"} and {r["beta"] for r in rows} == {"1.0"}
-    assert sorted(int(r["step"]) for r in rows) == [1, 2, 4, 8, 16, 25]
+    assert sorted(int(r["step"]) for r in rows) == [2, 3, 4, 5, 6, 9, 14, 25]
 
 
 def test_a_killed_run_resumes_to_the_preset_runs_weights(tiny_sft, tiny_pairs, tiny_run, tmp_path):
     argv = ["--config", os.path.join(REPO, "configs/tiny/unlikelihood.yaml"), "--model_name_or_path", tiny_sft,
             "--pairs_file", tiny_pairs, "--output_dir", str(tmp_path), *NO_FRONTIER_EVAL]
     run_dir = tmp_path / "unlikelihood_alpha1"
-    kill_once_saved("unlikelihood.py", argv, run_dir / "checkpoint-8", settle=0.3)  # between two checkpoints
+    kill_once_saved("unlikelihood.py", argv, run_dir / "checkpoint-6", settle=0.3)  # between two checkpoints
     assert not read_manifest(run_dir)["finished"]
     run_in_process("unlikelihood.py", argv)
     assert read_manifest(run_dir)["finished"]

@@ -69,7 +69,7 @@ def run_recipe(recipe: Recipe, script_args, training_args, model_args) -> int:
     check_training(training_args)
     check_positive(script_args, recipe.limit_field)
     check_positive(training_args, "max_length")
-    check_schedule(script_args.checkpoint_schedule, training_args)
+    check_schedule(script_args, training_args)
     frontier = frontier_of(script_args, recipe.key, training_args.output_dir)
     check_model("model_name_or_path", model_args.model_name_or_path)
     rows, inputs = recipe.examples(script_args, model_args)
