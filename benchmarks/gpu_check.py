@@ -263,7 +263,7 @@ class Check:
         reviews = self.args.reviews or ""
         runs = [("bench_sampling", ["--plain_prompts", "8"] if self.gpu else []),
                 ("bench_dpo", ["--steps", "5", "--warmup", "2"] if self.gpu else ["--steps", "2", "--warmup", "1"]),
-                ("bench_eval", [])]
+                ("bench_eval", []), ("bench_decode_ops", [])]  # RL sampling's decode step: launches and ms a token
         if reviews:
             classifier = ["--classifier", HUB_CLASSIFIER] if self.classifier == HUB_CLASSIFIER else tokenizer
             runs.append(("bench_reward_precision", ["--reviews", reviews, *classifier]))
@@ -473,6 +473,11 @@ def benchmark_figures(result: dict | None) -> str:
     if name == "eval_one_checkpoint":
         return (f"sampling {result['sampling_s']:.1f} s, reward {result['reward_s']:.1f} s, KL {result['kl_s']:.1f} s for "
                 f"{result['prompts_timed']} prompts; 500 prompts in {result['projected_500_prompts_s']:.0f} s")
+    if name == "decode_ops":
+        timed = {k.split(":")[0]: v for k, v in result.items() if ": ms a token" in k}
+        return (f"{result['fp32: operators a token']} operators a token in fp32, {result['bf16 autocast: operators a token']}"
+                f" under bf16 autocast; generate() of {result['rows']} rows: " +
+                ", ".join(f"{name} {ms:.2f} ms a token" for name, ms in timed.items()))
     if name == "reward_precision":
         return (f"abs(bf16 - fp32) mean {result['mean_abs_diff']:.2g}, max {result['max_abs_diff']:.2g} over "
                 f"{result['texts']} reviews (reward std {result['reward_std_fp32']:.2g}); "

@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO
 
 STAGES = ["sft", "preference_pairs", "dpo", "rloo", "preferred_ft", "unlikelihood", "kto", "eval"]  # kto: train.py
-BENCHMARKS = ["bench_sampling", "bench_dpo", "bench_eval", "bench_reward_precision"]
+BENCHMARKS = ["bench_sampling", "bench_dpo", "bench_eval", "bench_decode_ops", "bench_reward_precision"]
 
 
 def repository_outputs() -> dict:
@@ -85,6 +85,10 @@ def test_the_benchmarks_report_their_figures(dry_run):
     assert benchmarks["bench_sampling"]["speedup"] > 0
     assert all(r["prompts_per_s"] > 0 and r["projected_25k_prompts_min"] > 0 for r in benchmarks["bench_sampling"]["results"])
     assert all(benchmarks["bench_eval"][k] > 0 for k in ("sampling_s", "reward_s", "kl_s", "projected_500_prompts_s"))
+    decode = benchmarks["bench_decode_ops"]  # counted at GPT-2 Large's 36 layers whatever --size (the count is exact)
+    assert decode["fp32: operators a token"] < decode["bf16 autocast: operators a token"]
+    timed = [v for k, v in decode.items() if ": ms a token" in k]
+    assert len(timed) == 2 and all(v > 0 for v in timed)
     precision = benchmarks["bench_reward_precision"]
     assert precision["texts"] == 64 and 0 <= precision["mean_abs_diff"] <= precision["max_abs_diff"] < 1
 
