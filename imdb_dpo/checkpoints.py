@@ -8,6 +8,7 @@ early steps (1, 2, 4, ...) so each run's curve starts near KL 0.
 import bisect
 import glob
 import json
+import math
 import os
 import re
 import shutil
@@ -103,9 +104,23 @@ def check_schedule(script_args, training_args) -> None:
     points = getattr(script_args, "schedule_points", 11)
     if isinstance(points, bool) or not isinstance(points, int) or points < 1:
         raise ConfigError(f"schedule_points={points!r}: a whole number >= 1 (the points of an lr-log schedule)")
+    check_resume_minutes(script_args)
     if training_args.save_strategy != "steps":
         raise ConfigError(f"checkpoint_schedule={kind!r} needs save_strategy: steps (got {training_args.save_strategy!r}); "
                           "the frontier is traced by the checkpoints")
+
+
+def check_resume_minutes(script_args) -> None:
+    """resume_minutes: a number of minutes >= 0, and only where it does something (with frontier_eval)."""
+    minutes = script_args.resume_minutes
+    if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not (math.isfinite(minutes) and minutes >= 0):
+        raise ConfigError(f"resume_minutes={minutes!r}: the minutes between the checkpoints that resume a run, a number "
+                          ">= 0 (0: none but a stop's); fix it in the config or on the command line")
+    default = type(script_args).__dataclass_fields__["resume_minutes"].default
+    if minutes != default and not script_args.frontier_eval:
+        raise ConfigError(f"resume_minutes={minutes:g} does nothing without frontier_eval: a checkpoint is then saved at "
+                          "each point of checkpoint_schedule (and on a stop) and kept for eval.py. Set frontier_eval "
+                          "to the evaluation's config, or leave resume_minutes out")
 
 
 class ScheduledCheckpoints(TrainerCallback):

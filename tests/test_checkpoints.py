@@ -76,3 +76,23 @@ def test_a_real_trainer_saves_exactly_the_scheduled_steps(tmp_path, kind):
     saved = [step for step, _ in checkpoint_steps(str(tmp_path))]
     assert saved == checkpoint_schedule(kind, 20, 6)
     assert saved == {"log+steps": [1, 2, 4, 6, 12, 18, 20], "log": [1, 2, 4, 8, 16, 20]}[kind]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--resume_minutes", "-1"], "resume_minutes=-1.0: the minutes between"),
+    (["--resume_minutes", "nan"], "resume_minutes=nan: the minutes between"),
+    (["--resume_minutes", "5", "--frontier_eval", ""], "resume_minutes=5 does nothing without frontier_eval"),
+    (["--schedule_points", "0"], "schedule_points=0: a whole number >= 1"),
+])
+def test_resume_minutes_and_schedule_points_are_refused_where_they_cannot_work(flags, message):
+    import os
+
+    import dpo
+    from conftest import CPU_FLAGS, REPO
+    from imdb_dpo.checkpoints import check_schedule
+    from imdb_dpo.config import parse_config
+
+    script_args, training_args, _ = parse_config(dpo.STAGES, ["--config", os.path.join(REPO, "configs/tiny/dpo.yaml"),
+                                                              *CPU_FLAGS, *flags])
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        check_schedule(script_args, training_args)
