@@ -3,9 +3,9 @@
     python dpo.py --config configs/gpt2-large/dpo.yaml                 # the config's sweep (--betas)
     python dpo.py --config configs/gpt2-large/dpo.yaml --betas 0.1     # one run (a SLURM array task)
 
-Each run goes to <output_dir>/<loss>_beta<beta>/ with checkpoints on checkpoint_schedule (log-spaced early steps,
-then every save_steps), each evaluated as it is saved and then deleted where frontier_eval names the evaluation's
-config (the presets do), resumes by itself, and is skipped once finished with the same settings (--overwrite true
+Each run goes to <output_dir>/<loss>_beta<beta>/ with the frontier's points on checkpoint_schedule (the presets:
+lr-log), each evaluated in memory where frontier_eval names the evaluation's config (the presets do; checkpoints are
+then written only to resume) or else saved as a checkpoint for eval.py, resumes by itself, and is skipped once finished with the same settings (--overwrite true
 replaces it once the new run has finished). Reference log-probs are computed once and cached (TRL's
 precompute_ref_log_probs), so every beta of the sweep reuses them.
 """

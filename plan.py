@@ -610,9 +610,10 @@ def wall_clock_line(preset: Preset) -> str:
         else:
             seconds = (row.seconds - row.shared + io_seconds(row)) / max(row.runs, 1) if row else 0.0
         jobs.append((run.stage, seconds, run.waits_for))
-    hours_ = wall_clock(jobs, preset.gpus) / 3600
+    seconds = wall_clock(jobs, preset.gpus)
     return (f"Wall-clock on one node with {preset.gpus} GPU{'s' * (preset.gpus != 1)} (./run_pipeline.sh {preset.name} --gpus {preset.gpus}: "
-            f"one run per GPU at a time, each stage's runs once the stages they read have finished): {hours_:.2f} hours.")
+            f"one run per GPU at a time, each stage's runs once the stages they read have finished): {hours(seconds)} "
+            "hours.")
 
 
 @dataclasses.dataclass
@@ -629,6 +630,12 @@ class PlanArguments:
 def main(args: PlanArguments) -> int:
     if not args.preset:
         raise ConfigError("name the preset: python plan.py --preset gpt2-large (a folder of configs/)")
+    if args.eval_precision:
+        from imdb_dpo.precision import EVAL_PRECISIONS
+
+        if args.eval_precision not in EVAL_PRECISIONS:
+            raise ConfigError(f"--eval_precision {args.eval_precision!r}: plan every evaluation at fp32 or tf32, or "
+                              "leave the flag out for the configs' own eval_precision")
     overrides = {"eval_precision": args.eval_precision} if args.eval_precision else {}
     preset = build(args.preset, overrides)
     if args.gpus:

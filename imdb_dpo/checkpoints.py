@@ -1,8 +1,11 @@
 """Checkpoints of the runs that the frontier evaluates: where they are, which one resumes, which steps to save.
 
-The reward-versus-KL frontier is traced by evaluating checkpoints, so their steps decide where its points lie.
-Saving every `save_steps` puts the first point far from the SFT model; the default schedule adds log-spaced
-early steps (1, 2, 4, ...) so each run's curve starts near KL 0.
+The reward-versus-KL frontier is traced by evaluating the policy at the steps of `checkpoint_schedule` (in memory
+with frontier_eval, else from checkpoints saved there), so they decide where its points lie. Saving every
+`save_steps` puts the first point far from the SFT model; 'log+steps' (the default) adds log-spaced early steps
+(1, 2, 4, ...), but under a warm-up those learn almost nothing; 'lr-log' (the presets) places the points where
+the learning so far, the sum of the learning rates, doubles. With frontier_eval, checkpoints only resume a run
+(`ResumeCheckpoints`, every resume_minutes).
 """
 
 import bisect
