@@ -2,8 +2,8 @@
 written as per-sample records under the evaluation's settings key.
 
 eval.py runs it for the SFT model and every checkpoint it finds; a training stage with `frontier_eval` runs the
-very same function on each checkpoint as it is saved (imdb_dpo/frontier_eval.py), so that both write, and read, the
-same records.
+very same function on its policy in memory at each point of its schedule (imdb_dpo/frontier_eval.py), so that both
+write, and read, the same records.
 """
 
 import hashlib
