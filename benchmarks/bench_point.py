@@ -64,7 +64,7 @@ def main():
         times["saved: KL pass"] = t.seconds
 
         with Timer() as t:
-            copy = LiveCopy(live, EvalArguments(), device)
+            copy = LiveCopy(EvalArguments(), device)
             copy.update(live)  # builds the resident model once (a run's first point)
         times["in memory: build the resident model (once a run)"] = t.seconds
         with Timer() as t:

@@ -143,7 +143,7 @@ class LiveEvaluation(TrainerCallback):
         discard_unfinished(records_dir(self.frontier.records_root, unit))
         evaluator = self.frontier.evaluator
         if self.copy is None:
-            self.copy = LiveCopy(model, evaluator.args, evaluator.reference.scorer.device)
+            self.copy = LiveCopy(evaluator.args, evaluator.reference.scorer.device)
         policy = self.copy.update(model)
         return evaluator.evaluate({**unit, "policy": policy}, self.stop) is not None
 
@@ -180,7 +180,7 @@ class LiveCopy:
     evaluation, in sampling_dtype and (where it differs) kl_dtype. Each process copies its own replica (one process,
     or DDP); FSDP and DeepSpeed ZeRO-3, which hold a shard of the weights on each process, are refused up front."""
 
-    def __init__(self, model, args, device):
+    def __init__(self, args, device):
         self.args, self.device = args, device
         self.models = {}
 
