@@ -301,6 +301,12 @@ def evaluation_models(eval_args, policy: Shape, classifier: Shape | None, proxy:
     return memory
 
 
+def kl_in_sampling(eval_args) -> bool:
+    from .model_eval import kl_in_sampling as summed_while_sampling
+
+    return summed_while_sampling(eval_args)
+
+
 def evaluation_memory(eval_args, policy: Shape, classifier: Shape | None, proxy: Shape | None = None,
                       with_sft: bool = True) -> Peak:
     """eval.py's peak (`with_sft`: the SFT model's best-of-N samples are drawn in its batches) or one checkpoint's
@@ -309,7 +315,7 @@ def evaluation_memory(eval_args, policy: Shape, classifier: Shape | None, proxy:
     rows = eval_args.batch_size * eval_args.samples_per_prompt
     sampling = sampling_batch(policy, rows, context, dtype_bytes(eval_args.sampling_dtype))
     steps = [Peak(f"sampling {eval_args.batch_size} prompts x {eval_args.samples_per_prompt}", sampling, SAMPLING_FIX)]
-    if eval_args.sampling_dtype == eval_args.kl_dtype:  # the reference decodes in lockstep: its cache and the KL terms
+    if kl_in_sampling(eval_args):  # the reference decodes in lockstep: its cache and the KL terms
         sampling["reference's KV cache"] = sampling["KV cache"]
         sampling["KL terms"] = rows * policy.vocab * LOCKSTEP_BYTES_PER_VOCAB
     else:
@@ -509,7 +515,7 @@ def evaluation_seconds(eval_args, policy: Shape, classifier: Shape | None, sampl
                               eval_args.max_new_tokens, sampling, sampling, tf32)
     seconds = decoding
     tokens = eval_args.num_prompts * samples * context
-    if kl and eval_args.sampling_dtype == eval_args.kl_dtype:
+    if kl and kl_in_sampling(eval_args):
         seconds += decoding
     elif kl:
         seconds += compute_seconds(2 * forward_flops(policy, tokens, context), eval_args.kl_dtype != "float32", tf32)

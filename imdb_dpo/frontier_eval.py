@@ -145,7 +145,7 @@ class LiveEvaluation(TrainerCallback):
         if self.copy is None:
             self.copy = LiveCopy(evaluator.args, evaluator.reference.scorer.device)
         policy = self.copy.update(model)
-        return evaluator.evaluate({**unit, "policy": policy}, self.stop) is not None
+        return evaluator.evaluate(unit, self.stop, live=policy) is not None
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.steps = set(self.schedule(state.max_steps))

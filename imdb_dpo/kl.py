@@ -28,6 +28,15 @@ def _pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: 
     return ids, attention, completion
 
 
+def token_kls(policy_logits: torch.Tensor, reference_logits: torch.Tensor, targets: torch.Tensor):
+    """Per position: the exact KL of the two next-token distributions (clamped at 0: see above) and the log-ratio at
+    the token that followed (`targets`, the logits' shape without the vocabulary)."""
+    logp = torch.log_softmax(policy_logits.float(), -1)
+    logq = torch.log_softmax(reference_logits.float(), -1)
+    exact = (logp.exp() * (logp - logq)).sum(-1).clamp_min(0.0)
+    return exact, (logp - logq).gather(-1, targets[..., None])[..., 0]
+
+
 @torch.no_grad()
 def sequence_kls(policy, reference, prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int,
                  batch_size: int = 32) -> tuple[list[float], list[float]]:
@@ -41,10 +50,9 @@ def sequence_kls(policy, reference, prompt_ids: list[list[int]], completion_ids:
         ids, attention = ids.to(policy.device), attention.to(policy.device)
         # Position t-1 predicts token t: shift so each generated token lines up with its distribution.
         targets, mask = ids[:, 1:], completion[:, 1:].to(policy.device)
-        logp = torch.log_softmax(policy(input_ids=ids, attention_mask=attention).logits[:, :-1].float(), -1)
-        logq = torch.log_softmax(reference(input_ids=ids, attention_mask=attention).logits[:, :-1].float(), -1)
-        per_token_exact = (logp.exp() * (logp - logq)).sum(-1).clamp_min(0.0)
-        per_token_ratio = (logp - logq).gather(-1, targets[..., None])[..., 0]
+        per_token_exact, per_token_ratio = token_kls(policy(input_ids=ids, attention_mask=attention).logits[:, :-1],
+                                                     reference(input_ids=ids, attention_mask=attention).logits[:, :-1],
+                                                     targets)
         exact += (per_token_exact * mask).sum(-1).tolist()
         log_ratio += (per_token_ratio * mask).sum(-1).tolist()
     return exact, log_ratio
@@ -83,10 +91,7 @@ class LockstepKL:
         output = self.reference(input_ids=ids, attention_mask=self.mask, position_ids=positions,
                                 past_key_values=self.cache, use_cache=True)
         self.cache = output.past_key_values
-        logp = torch.log_softmax(policy_logits.float(), -1)
-        logq = torch.log_softmax(output.logits[:, -1].float(), -1)
-        exact = (logp.exp() * (logp - logq)).sum(-1).clamp_min(0.0)
-        ratio = (logp - logq).gather(-1, tokens)[:, 0]
+        exact, ratio = token_kls(policy_logits, output.logits[:, -1], tokens[:, 0])
         self.exact += torch.where(self.alive, exact, 0.0).double()
         self.log_ratio += torch.where(self.alive, ratio, 0.0).double()
         self.alive &= tokens[:, 0] != self.eos

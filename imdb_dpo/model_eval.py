@@ -210,14 +210,15 @@ class Evaluator:
                                       inference_dtype(args, "reward_dtype"))
         self.proxies = ProxyRewards(args, device)
 
-    def evaluate(self, unit: dict, stop) -> list[dict] | None:
+    def evaluate(self, unit: dict, stop, live: ModelPair | None = None) -> list[dict] | None:
+        """`live`: the model itself, a training run's policy in memory at unit["step"] (else it is loaded)."""
         with evaluation_precision(self.args.eval_precision):
             return evaluate(unit, self.prompts, self.args, self.tokenizer, self.reference, self.reward, self.proxies,
-                            self.records_root, stop)
+                            self.records_root, stop, live)
 
 
 def evaluate(unit, prompts, args, tokenizer, reference: ModelPair, reward, proxies: ProxyRewards, records_root,
-             stop) -> list[dict] | None:
+             stop, live: ModelPair | None = None) -> list[dict] | None:
     """Per-sample records of one model, in prompt order; None when stopped by a signal (the finished batches are
     kept, and a rerun goes on from them at any batch size).
 
@@ -232,7 +233,6 @@ def evaluate(unit, prompts, args, tokenizer, reference: ModelPair, reward, proxi
         return read_finished(merged, read_manifest(directory)["n"])
     num_samples = args.best_of_n_samples if unit["run"] == "sft" else args.samples_per_prompt
     lockstep = kl_in_sampling(args)
-    live = unit.pop("policy", None)  # a training run's policy at unit["step"], in memory
     model = ({"path": os.path.abspath(unit["path"]), "run_id": unit["run_id"], "step": unit["step"], "in_memory": True}
              if live else describe_model_input(unit["path"]))
     manifest = Manifest(directory, "eval", {"unit": unit}, {"model": model})
