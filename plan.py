@@ -348,17 +348,22 @@ def plan_dpo(preset, script_args, training_args, model_args) -> Row:
     return row
 
 
-def sampled_step_seconds(shape, classifier, reward_dtype: str, bf16: bool, completions: int, prompt_tokens: int,
+def sampled_step_seconds(shape, classifier, script_args, bf16: bool, completions: int, prompt_tokens: int,
                          new_tokens: int, prompts: int, batch_prompts: int, samples: int) -> float:
     """One step of a method that samples as it trains (RLOO, online DPO): sampling `samples` completions of `prompts`
-    prompts (`batch_prompts` at a time), the reward model on them, and the policy's training pass and the reference's
-    forward pass over `completions` rows."""
+    prompts (`batch_prompts` at a time), from the training model or from its generation copy (refreshed first), the
+    reward model on them, and the policy's training pass and the reference's forward pass over `completions` rows."""
     context = prompt_tokens + new_tokens
     seconds = costs.compute_seconds(costs.training_flops(shape, completions * context, context), bf16)
     seconds += costs.compute_seconds(costs.forward_flops(shape, completions * context, context), bf16)  # reference
     if classifier:
         seconds += costs.compute_seconds(costs.forward_flops(classifier, completions * 2 * context, 2 * context),
-                                         reward_dtype != "float32")
+                                         script_args.reward_dtype != "float32")
+    copy = script_args.generation_dtype
+    if copy:  # the refresh reads the fp32 weights and writes the copy's
+        seconds += costs.memory_seconds(shape.params * (4 + costs.dtype_bytes(copy)))
+        return seconds + costs.decode_seconds(shape, prompts, batch_prompts, samples, prompt_tokens, new_tokens,
+                                              costs.dtype_bytes(copy), costs.dtype_bytes(copy))
     return seconds + costs.decode_seconds(shape, prompts, batch_prompts, samples, prompt_tokens, new_tokens, 4,
                                           2 if bf16 else 4, autocast=bf16)
 
@@ -374,11 +379,12 @@ def plan_rloo(preset, stage, script_args, training_args, model_args) -> Row:
     coefs = script_args.kl_coefs or [training_args.beta]
     row = Row(stage, runs_of(script_args, coefs), exact=counts["exact"],
               peak=costs.rloo_memory(training_args, shape, counts["prompt_tokens"], classifier, script_args.reward_dtype,
-                                     *frontier_classifier(preset, script_args), lora=model_args.use_peft))
+                                     *frontier_classifier(preset, script_args), lora=model_args.use_peft,
+                                     generation_dtype=script_args.generation_dtype))
     per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
     generation_prompts = max(per_step // training_args.num_generations, 1)
     row.seconds = row.runs * steps * sampled_step_seconds(
-        shape, classifier, script_args.reward_dtype, bool(training_args.bf16), per_step, counts["prompt_tokens"],
+        shape, classifier, script_args, bool(training_args.bf16), per_step, counts["prompt_tokens"],
         training_args.max_completion_length, generation_prompts, generation_prompts, training_args.num_generations)
     row.notes.append(f"{bound(int(prompts), counts['exact'])} prompts x {training_args.num_generations} completions a run, "
                      f"{sweep_of(coefs, 'KL coefficient', script_args)}")
@@ -398,10 +404,10 @@ def plan_online_dpo(preset, script_args, training_args, model_args) -> Row:
     row = Row("online_dpo", runs_of(script_args, betas), exact=counts["exact"],
               peak=costs.online_dpo_memory(training_args, shape, counts["prompt_tokens"], classifier,
                                            script_args.reward_dtype, *frontier_classifier(preset, script_args),
-                                           lora=model_args.use_peft))
+                                           lora=model_args.use_peft, generation_dtype=script_args.generation_dtype))
     per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
     row.seconds = row.runs * steps * sampled_step_seconds(
-        shape, classifier, script_args.reward_dtype, bool(training_args.bf16), 2 * per_step, counts["prompt_tokens"],
+        shape, classifier, script_args, bool(training_args.bf16), 2 * per_step, counts["prompt_tokens"],
         training_args.max_new_tokens, per_step, training_args.per_device_train_batch_size, 2)
     row.notes.append(f"{bound(int(prompts), counts['exact'])} prompts x 2 completions a run, "
                      f"{sweep_of(betas, 'beta', script_args)}")

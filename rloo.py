@@ -29,6 +29,7 @@ from imdb_dpo.checks import check_model, check_policy_sampling, check_positive, 
 from imdb_dpo.cli import run_stage
 from imdb_dpo.config import ConfigError, RLOOScriptArguments
 from imdb_dpo.costs import check_memory, classifier_shape, frontier_inputs, model_shape, rloo_memory
+from imdb_dpo.generation_copy import check_generation_dtype, make_generation_copy
 from imdb_dpo.manifests import describe_model_input, read_manifest
 from imdb_dpo.modeling import load_tokenizer, same_tokenizer, set_model_init_kwargs
 from imdb_dpo.precision import inference_dtype
@@ -50,6 +51,7 @@ def check_inputs(script_args: RLOOScriptArguments, training_args: RLOOConfig, mo
     check_positive(training_args, "max_completion_length")
     check_schedule(script_args, training_args)
     check_policy_sampling(training_args, RLOOConfig, "RLOO")
+    check_generation_dtype(script_args, model_args.use_peft)
     check_model("model_name_or_path", model_args.model_name_or_path)
     if script_args.reward_model != VADER:
         learned_reward_manifest(script_args.reward_model)  # an unfinished one holds no model yet: say so first
@@ -100,7 +102,8 @@ def main(script_args: RLOOScriptArguments, training_args: RLOOConfig, model_args
     frontier = frontier_of(script_args, method, training_args.output_dir)
     check_memory("RLOO", rloo_memory(training_args, model_shape(model_args.model_name_or_path),
                                      max(len(p["prompt_ids"]) for p in pairs), classifier_shape(script_args.reward_model),
-                                     script_args.reward_dtype, *frontier_inputs(frontier), lora=model_args.use_peft),
+                                     script_args.reward_dtype, *frontier_inputs(frontier), lora=model_args.use_peft,
+                                     generation_dtype=script_args.generation_dtype),
                  state.device)
     if method == "rloo_rm":
         inputs["reward_model"] = describe_model_input(script_args.reward_model)
@@ -109,11 +112,14 @@ def main(script_args: RLOOScriptArguments, training_args: RLOOConfig, model_args
         reward = SentimentReward(make_reward(script_args.reward_model, script_args.reward_batch_size,
                                              script_args.reward_positive_label, state.device, dtype))
 
+    copy = make_generation_copy(script_args)
+
     def make_trainer(args, callbacks):
         set_seed(args.seed)
         return PretokenizedRLOOTrainer(model=model_args.model_name_or_path, reward_funcs=reward, args=args,
                                        train_dataset=dataset, processing_class=tokenizer,
-                                       peft_config=get_peft_config(model_args), callbacks=callbacks)
+                                       peft_config=get_peft_config(model_args), callbacks=callbacks,
+                                       generation_copy=copy)
 
     def results(trainer):
         return {"final_metrics": last_logged(trainer, "reward"), "prompts": len(dataset)}

@@ -372,7 +372,19 @@ class DPOScriptArguments(CheckpointArguments):
 
 
 @dataclass
-class RLOOScriptArguments(RewardArguments, CheckpointArguments):
+class PolicySamplingArguments(RewardArguments):
+    """What a method that samples from its policy as it trains (RLOO, online DPO) samples with."""
+
+    generation_dtype: str | None = field(
+        default=None,
+        metadata={"help": "Sample from a copy of the policy in this dtype (bfloat16), refreshed from its weights before "
+                          "every generation, instead of from the training model under bf16 autocast, which casts every "
+                          "weight again at each token (imdb_dpo/generation_copy.py). Unset: the training model."},
+    )
+
+
+@dataclass
+class RLOOScriptArguments(PolicySamplingArguments, CheckpointArguments):
     """Online RL (TRL's RLOOTrainer) from the SFT model on the pair file's prompts, rewarded by the sentiment model."""
 
     pairs_file: str = field(
@@ -446,7 +458,7 @@ class KTOScriptArguments(CheckpointArguments):
 
 
 @dataclass
-class OnlineDPOScriptArguments(RewardArguments, CheckpointArguments):
+class OnlineDPOScriptArguments(PolicySamplingArguments, CheckpointArguments):
     """Online DPO (train.py online_dpo): each step samples two completions of each prompt from the current policy, ranks
     them by stage 2's reward and takes a DPO step on them against the SFT model (imdb_dpo/methods/online_dpo.py)."""
 

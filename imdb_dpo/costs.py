@@ -386,13 +386,24 @@ def dpo_memory(training_args, policy: Shape, tokens: int, frontier_args=None, fr
     return with_frontier(largest(*candidates), training_args, policy, frontier_args, frontier_classifier, lora)
 
 
+def generation_copy_memory(policy: Shape, generation_dtype: str | None) -> Memory:
+    """The copy of the policy a method that samples as it trains samples from (`generation_dtype`), resident."""
+    return Memory({"generation copy": policy.params * dtype_bytes(generation_dtype)} if generation_dtype else {})
+
+
+def sampling_bytes(training_args, generation_dtype: str | None) -> int:
+    """Bytes a value of the KV cache of the policy's sampling: the copy's dtype, else the training's autocast."""
+    return dtype_bytes(generation_dtype) if generation_dtype else 2 if training_args.bf16 else 4
+
+
 def rloo_memory(training_args, policy: Shape, prompt_tokens: int, classifier: Shape | None, reward_dtype: str,
-                frontier_args=None, frontier_classifier: Shape | None = None, lora: bool = False) -> Peak:
-    """RLOO holds the policy's training state, the reference (unless the KL coefficient is 0) and the reward model;
-    its largest step is a training step or the sampling of a generation batch."""
+                frontier_args=None, frontier_classifier: Shape | None = None, lora: bool = False,
+                generation_dtype: str | None = None) -> Peak:
+    """RLOO holds the policy's training state, the reference (unless the KL coefficient is 0), the reward model and
+    the generation copy; its largest step is a training step or the sampling of a generation batch."""
     tokens = prompt_tokens + training_args.max_completion_length
     rows = training_args.per_device_train_batch_size
-    others = Memory()
+    others = generation_copy_memory(policy, generation_dtype)
     if training_args.beta and not lora:
         others["reference model"] = policy.fp32_bytes
     if classifier:
@@ -402,18 +413,22 @@ def rloo_memory(training_args, policy: Shape, prompt_tokens: int, classifier: Sh
                     merge(trainer_memory(policy, training_args, rows, tokens, lora=lora), others), TRAINING_FIX)
     sampling = Peak(f"sampling {generation_rows} completions",
                     merge(resident_training_state(policy, training_args, lora), others,
-                          sampling_batch(policy, generation_rows, tokens, 2 if training_args.bf16 else 4)),
+                          sampling_batch(policy, generation_rows, tokens, sampling_bytes(training_args, generation_dtype))),
                     "Lower per_device_train_batch_size (or steps_per_generation)")
     return with_frontier(largest(training, sampling), training_args, policy, frontier_args, frontier_classifier, lora)
 
 
 def online_dpo_memory(training_args, policy: Shape, prompt_tokens: int, classifier: Shape | None, reward_dtype: str,
-                      frontier_args=None, frontier_classifier: Shape | None = None, lora: bool = False) -> Peak:
-    """Online DPO holds the policy's training state, the reference (a copy of the start, unless LoRA) and the reward
-    model; each step samples two completions a prompt, then scores both with every position's logits materialised."""
+                      frontier_args=None, frontier_classifier: Shape | None = None, lora: bool = False,
+                      generation_dtype: str | None = None) -> Peak:
+    """Online DPO holds the policy's training state, the reference (a copy of the start, unless LoRA), the reward
+    model and the generation copy; each step samples two completions a prompt, then scores both with every position's
+    logits materialised."""
     tokens = prompt_tokens + training_args.max_new_tokens
     rows = 2 * training_args.per_device_train_batch_size
-    others = Memory({"reward model": classifier.params * dtype_bytes(reward_dtype)} if classifier else {})
+    others = generation_copy_memory(policy, generation_dtype)
+    if classifier:
+        others["reward model"] = classifier.params * dtype_bytes(reward_dtype)
     if not lora:
         others["reference model"] = policy.fp32_bytes
     training = Peak(f"a training step of {rows} completions x {tokens} tokens",
@@ -421,7 +436,7 @@ def online_dpo_memory(training_args, policy: Shape, prompt_tokens: int, classifi
                     TRAINING_FIX)
     sampling = Peak(f"sampling {rows} completions",
                     merge(resident_training_state(policy, training_args, lora), others,
-                          sampling_batch(policy, rows, tokens, 2 if training_args.bf16 else 4)),
+                          sampling_batch(policy, rows, tokens, sampling_bytes(training_args, generation_dtype))),
                     "Lower per_device_train_batch_size")
     return with_frontier(largest(training, sampling), training_args, policy, frontier_args, frontier_classifier, lora)
 
@@ -484,6 +499,11 @@ def compute_seconds(flops: float, bf16: bool, tf32: bool = False) -> float:
     return flops / (peak * MFU)
 
 
+def memory_seconds(nbytes: float) -> float:
+    """Reading or writing `nbytes` of GPU memory at the assumed share of its bandwidth."""
+    return nbytes / (H100["bytes_per_s"] * BANDWIDTH_USE)
+
+
 def storage_seconds(nbytes: float) -> float:
     return nbytes / STORAGE_BYTES_PER_S
 
@@ -499,7 +519,7 @@ def decode_seconds(shape: Shape, prompts: int, batch_prompts: int, samples: int,
     per_step_compute = compute_seconds(2 * shape.params * rows, weight_bytes == 2 or autocast, tf32)
     average_cache = 2 * shape.layers * rows * (prompt_tokens + new_tokens / 2) * shape.hidden * cache_bytes
     weights = shape.params * (weight_bytes + 2 * 2 if autocast else weight_bytes)  # autocast writes and reads a bf16 copy
-    per_step_memory = (weights + average_cache) / (H100["bytes_per_s"] * BANDWIDTH_USE)
+    per_step_memory = memory_seconds(weights + average_cache)
     per_layer, more = DECODE_OPS[autocast]
     per_step_launches = (per_layer * shape.layers + more) * LAUNCH_SECONDS
     return math.ceil(prompts / batch_prompts) * new_tokens * max(per_step_compute, per_step_memory, per_step_launches)

@@ -1,5 +1,7 @@
 """Process layout under `accelerate launch` / `torchrun` (one process per GPU, or gloo on CPU)."""
 
+import os
+
 import torch
 from accelerate import PartialState
 
@@ -24,3 +26,13 @@ def any_process(flag: bool) -> bool:
 
     state = process_state()
     return any(gather_object([flag])) if state.num_processes > 1 else flag
+
+
+def sharded_launch() -> str:
+    """The launcher's sharding of the model ("FSDP", "DeepSpeed"), "" for one process or DDP (accelerate's settings,
+    read from the environment `accelerate launch` sets)."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        return "FSDP"
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        return "DeepSpeed"
+    return ""

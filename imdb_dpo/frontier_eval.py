@@ -28,11 +28,11 @@ from .checkpoints import checkpoint_steps
 from .checks import check_seed_list
 from .config import REPOSITORY, ConfigError, EvalArguments, parse_config
 from .data import prompts_for
-from .distributed import any_process, process_state
+from .distributed import any_process, process_state, sharded_launch
 from .errors import UserError
 from .manifests import is_finished
 from .methods import BY_KEY
-from .modeling import load_tokenizer
+from .modeling import load_tokenizer, model_like
 from .model_eval import Evaluator, ModelPair, check_args, evaluated_steps, records_dir, records_root, run_meta
 from .precision import DTYPES
 
@@ -189,21 +189,9 @@ class LiveCopy:
         state = source.state_dict()
         for name in {self.args.kl_dtype, self.args.sampling_dtype}:
             if name not in self.models:
-                self.models[name] = self.build(source, DTYPES[name])
+                self.models[name] = model_like(source, DTYPES[name], self.device)
             self.models[name].load_state_dict(state)
         return ModelPair.of(self.models[self.args.kl_dtype], self.models[self.args.sampling_dtype])
-
-    def build(self, source, dtype):
-        """A model of the policy's architecture, built from its config rather than copied: a copy would keep the
-        forward that accelerate wraps in bf16 autocast for training."""
-        from transformers import AutoModelForCausalLM
-
-        with torch.device(self.device):
-            model = AutoModelForCausalLM.from_config(source.config, dtype=dtype)
-        model.generation_config = copy.deepcopy(source.generation_config)
-        # Parameters that require grad, as a loaded model's do: on the CPU, PyTorch multiplies by a frozen weight along
-        # another path, whose rounding moved the KL in the eighth digit.
-        return model.eval()
 
 
 def keeps_final_model(script_args, seed: int | None) -> bool:
@@ -240,13 +228,3 @@ def frontier_of(script_args, method: str, root: str) -> FrontierEvaluation | Non
                           "configs/accelerate/ddp.yaml (GPT-2 Large fits one GPU), or pass "
                           f"{KEEP_ALL} to save a checkpoint at each point and evaluate them with eval.py")
     return FrontierEvaluation(script_args.frontier_eval, method, root)
-
-
-def sharded_launch() -> str:
-    """The launcher's sharding of the model ("FSDP", "DeepSpeed"), "" for one process or DDP (accelerate's settings,
-    read from the environment `accelerate launch` sets)."""
-    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
-        return "FSDP"
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-        return "DeepSpeed"
-    return ""

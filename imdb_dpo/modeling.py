@@ -56,3 +56,17 @@ def load_causal_lm(path: str, dtype: torch.dtype = torch.float32, device: str | 
         model = model.merge_and_unload()
     return model.to(device).eval()
 
+
+def model_like(source, dtype: torch.dtype, device) -> torch.nn.Module:
+    """A resident model of `source`'s architecture in `dtype` on `device`, in eval mode, for its weights to be copied
+    into. Built from the config rather than copied: a copy would keep the forward that accelerate wraps in bf16
+    autocast for training. Building draws random initial weights from the global generator: a caller that must not
+    move it forks it."""
+    import copy
+
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(source.config, dtype=dtype)
+    model.generation_config = copy.deepcopy(source.generation_config)
+    # Parameters that require grad, as a loaded model's do: on the CPU, PyTorch multiplies by a frozen weight along
+    # another path, whose rounding moved the KL in the eighth digit.
+    return model.eval()

@@ -11,10 +11,12 @@ from datasets import Dataset
 
 from conftest import NO_FRONTIER_EVAL, kill_once_saved, refused_in_process, run_in_process
 from helpers import state_dicts_equal
+from imdb_dpo.generation_copy import GenerationCopy
 from imdb_dpo.manifests import read_manifest
 from imdb_dpo.methods.online_dpo import PretokenizedOnlineDPOTrainer
 from imdb_dpo.modeling import load_causal_lm, load_tokenizer
 from imdb_dpo.pairs import read_pairs
+from imdb_dpo.precision import DTYPES
 from test_methods_family import method_argv
 
 RUN = "online_sigmoid_beta0.1"
@@ -33,7 +35,9 @@ class RecordingTrainer(PretokenizedOnlineDPOTrainer):
         return out
 
 
-def test_each_round_samples_the_current_policy_on_the_pair_files_prompt_ids(tiny_run, tmp_path):
+@pytest.mark.parametrize("generation_dtype", [None, "bfloat16"])
+def test_each_round_samples_the_current_policy_on_the_pair_files_prompt_ids(generation_dtype, tiny_run, tmp_path):
+    """... and with a generation copy (the gpt2-large preset), the current policy rounded to bf16."""
     from trl.experimental.online_dpo import OnlineDPOConfig
 
     from imdb_dpo.methods.rloo import SentimentReward
@@ -43,28 +47,32 @@ def test_each_round_samples_the_current_policy_on_the_pair_files_prompt_ids(tiny
     sft = str(root / "outputs/tiny/sft")
     pairs = read_pairs(str(root / "generations/tiny/pairs.jsonl"))
     prompts = list({tuple(p["prompt_ids"]): {"prompt": p["prompt"], "prompt_ids": p["prompt_ids"]} for p in pairs}
-                   .values())[:12]
-    args = OnlineDPOConfig(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4, max_new_tokens=12,
-                           learning_rate=1e-3, temperature=1.0, top_k=0, use_cpu=True, report_to="none",
+                   .values())[:24]
+    args = OnlineDPOConfig(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=8, max_new_tokens=24,
+                           learning_rate=1e-3, temperature=1.0, top_k=0, use_cpu=True, bf16=False, report_to="none",
                            save_strategy="no", remove_unused_columns=False, model_init_kwargs={"device_map": None},
                            logging_steps=1, seed=0)
     trainer = RecordingTrainer(model=sft, reward_funcs=SentimentReward(make_reward("vader", 8, "POSITIVE", "cpu",
                                                                                    torch.float32)),
                                args=args, train_dataset=Dataset.from_list(prompts),
-                               processing_class=load_tokenizer(sft, padding_side="right"))
+                               processing_class=load_tokenizer(sft, padding_side="right"),
+                               generation_copy=GenerationCopy(generation_dtype) if generation_dtype else None)
     trainer.rounds = []
     trainer.train()
     assert len(trainer.rounds) == 3
     prompt_sets = {tuple(p["prompt_ids"]) for p in prompts}
     policy, start = load_causal_lm(sft), load_causal_lm(sft)
-    config = trainer.generation_config
+    config, unrounded = trainer.generation_config, []
     for step, seen in enumerate(trainer.rounds):
         assert {tuple(p) for p in seen["prompt_ids"]} <= prompt_sets  # the exact ids of the file, not re-tokenised
         policy.load_state_dict(seen["weights"])
         assert step == 0 or state_dicts_equal(policy, start)  # the policy had moved by the second round
-        assert sample(policy, seen, config, trainer) == seen["completion_ids"]
+        dtype = DTYPES[generation_dtype or "float32"]
+        assert sample(copy.deepcopy(policy).to(dtype), seen, config, trainer) == seen["completion_ids"]
         if step:
-            assert sample(start, seen, config, trainer) != seen["completion_ids"]  # not the SFT model's samples
+            assert sample(copy.deepcopy(start).to(dtype), seen, config, trainer) != seen["completion_ids"]  # not the SFT model's
+        unrounded.append(sample(policy, seen, config, trainer) != seen["completion_ids"])
+    assert any(unrounded) == bool(generation_dtype)  # the fp32 policy itself would have drawn other samples
 
 
 def sample(model, seen, config, trainer) -> list:

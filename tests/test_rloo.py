@@ -1,5 +1,6 @@
 """The RLOO baseline: its reward is stage 2's, it learns, its KL coefficient orders the KL, and it resumes exactly."""
 
+import copy
 import csv
 import os
 
@@ -13,12 +14,13 @@ from helpers import state_dicts_equal
 from imdb_dpo.checkpoints import checkpoint_schedule, checkpoint_steps
 from imdb_dpo.config import PairsArguments
 from imdb_dpo.data import load_reviews, make_prompts
+from imdb_dpo.generation_copy import GenerationCopy
 from imdb_dpo.manifests import read_manifest
 from imdb_dpo.modeling import load_causal_lm, load_tokenizer
 from imdb_dpo.pairs import read_pairs
 from imdb_dpo.reward import VaderReward, make_reward
 from imdb_dpo.methods.rloo import PretokenizedRLOOTrainer, SentimentReward, prompts_of_pairs
-from imdb_dpo.sampling import plan_batches, sample_batch
+from imdb_dpo.sampling import left_pad, plan_batches, sample_batch
 
 
 def rloo_argv(tiny_sft, tiny_pairs, output_dir, *extra):
@@ -70,6 +72,56 @@ def test_a_left_padded_completion_is_scored_at_the_positions_it_was_sampled_at(t
     torch.testing.assert_close(batch[0], alone[0], rtol=0, atol=1e-5)
 
 
+class RecordingRLOOTrainer(PretokenizedRLOOTrainer):
+    """The real trainer, keeping what each generation sampled from: the policy's weights, the random state and the
+    prompt ids."""
+
+    rounds: list
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields):
+        seen = {"weights": copy.deepcopy(self.accelerator.unwrap_model(self.model).state_dict()),
+                "rng": torch.get_rng_state(), "prompt_ids": [list(p) for p in prompt_ids]}
+        completions = super()._generate_single_turn(prompt_ids, images, multimodal_fields)
+        self.rounds.append({**seen, "completion_ids": completions})
+        return completions
+
+
+def test_with_a_generation_copy_each_step_samples_the_current_policy_rounded_to_bf16(tiny_sft, tiny_pairs, tmp_path):
+    """`generation_dtype: bfloat16` (the gpt2-large preset): each generation samples from the policy's weights of
+    that moment rounded to bf16, drawing what a bf16 model of them draws from the same random state."""
+    args = RLOOConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, num_generations=4, max_steps=3,
+                      max_completion_length=12, learning_rate=1e-3, disable_dropout=True, report_to=[], use_cpu=True,
+                      bf16=False, activation_checkpointing=False, save_strategy="no", logging_steps=1)
+    trainer = RecordingRLOOTrainer(model=tiny_sft, reward_funcs=SentimentReward(VaderReward()), args=args,
+                                   train_dataset=prompts_of_pairs(read_pairs(tiny_pairs), 24),
+                                   processing_class=load_tokenizer(tiny_sft), generation_copy=GenerationCopy("bfloat16"))
+    trainer.rounds = []
+    trainer.train()
+    assert len(trainer.rounds) == 3
+    start = load_causal_lm(tiny_sft)
+    for step, seen in enumerate(trainer.rounds):
+        policy = load_causal_lm(tiny_sft)
+        policy.load_state_dict(seen["weights"])
+        assert step == 0 or state_dicts_equal(policy, start)  # the policy had moved by the second step
+        assert replay(policy.to(torch.bfloat16), seen, trainer) == seen["completion_ids"]
+        if step:
+            assert replay(start.to(torch.bfloat16), seen, trainer) != seen["completion_ids"]  # not the start's samples
+    assert trainer.generation_copy.model.dtype == torch.bfloat16
+
+
+def replay(model, seen, trainer) -> list:
+    """`model`'s completions of a generation's prompts from its random state, cut after the first EOS as TRL cuts them."""
+    ids, mask = left_pad(seen["prompt_ids"], trainer._tokenizer.pad_token_id)
+    torch.set_rng_state(seen["rng"])
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=trainer.generation_config)
+    completions = []
+    for row in out[:, ids.size(1):].tolist():
+        ends = [i for i, token in enumerate(row) if token in trainer.eos_token_ids]
+        completions.append(row[:ends[0] + 1] if ends else row)
+    return completions
+
+
 def test_the_prompts_are_the_pair_files_own_token_ids(tiny_pairs):
     pairs = read_pairs(tiny_pairs)
     dataset = prompts_of_pairs(pairs)
@@ -113,9 +165,10 @@ def test_tiny_rloo_raises_the_reward_and_a_smaller_kl_coefficient_gives_a_larger
     assert float(finals[low.name]["kl_mean"]) > float(finals[high.name]["kl_mean"]), finals
 
 
-def test_killed_rloo_resumes_to_the_same_weights(tiny_sft, tiny_pairs, tmp_path):
+@pytest.mark.parametrize("copy_args", [[], ["--generation_dtype", "bfloat16"]])
+def test_killed_rloo_resumes_to_the_same_weights(copy_args, tiny_sft, tiny_pairs, tmp_path):
     extra = ["--kl_coefs", "0.1", "--max_train_prompts", "64", "--max_steps", "8", "--save_steps", "4",
-             "--per_device_train_batch_size", "16"]
+             "--per_device_train_batch_size", "16", *copy_args]
     run_in_process("rloo.py", rloo_argv(tiny_sft, tiny_pairs, tmp_path / "straight", *extra))
 
     killed = tmp_path / "killed"
@@ -169,6 +222,8 @@ def test_rloo_evaluated_in_memory_and_killed_after_a_resume_checkpoint_ends_with
     (["--temperature", "0"], "temperature=0.0: must be > 0 (RLOO samples)"),
     (["--use_vllm", "true"], "remove use_vllm"),
     (["--vllm_gpu_memory_utilization", "0.5"], "vllm_gpu_memory_utilization setting would do nothing"),
+    (["--generation_dtype", "float8"], "generation_dtype='float8': use one of"),
+    (["--generation_dtype", "bfloat16", "--use_peft", "true"], "leave generation_dtype unset for a LoRA run"),
 ])
 def test_sampling_settings_it_would_ignore_or_fail_on_are_refused_before_any_folder(extra, expected, tiny_sft,
                                                                                      tiny_pairs, tmp_path, capsys):

@@ -19,6 +19,7 @@ from trl.models.utils import unwrap_model_for_generation
 from ..checks import check_model, check_policy_sampling, check_positive
 from ..config import OnlineDPOScriptArguments
 from ..costs import classifier_shape, online_dpo_memory
+from ..generation_copy import GenerationCopy, check_generation_dtype, make_generation_copy
 from ..errors import ConfigError
 from ..manifests import describe_model_input
 from ..modeling import padded_positions
@@ -54,6 +55,7 @@ def check(args: OnlineDPOConfig) -> None:
 def examples(script_args: OnlineDPOScriptArguments, model_args: ModelConfig) -> tuple[list[dict], dict]:
     """Each prompt of the pair file once, in file order (the same prompts as RLOO's)."""
     check_positive(script_args, "max_train_prompts", "reward_batch_size")
+    check_generation_dtype(script_args, model_args.use_peft)
     inference_dtype(script_args, "reward_dtype")
     if script_args.reward_model != VADER:
         check_model("reward_model", script_args.reward_model)
@@ -70,15 +72,16 @@ def memory(script_args, training_args, policy, prompt_tokens, *frontier, lora=Fa
                           f"max_new_tokens ({training_args.max_new_tokens}): TRL would cut the prompt and score the "
                           "completion at other positions than it was sampled at; raise max_length")
     return online_dpo_memory(training_args, policy, prompt_tokens, classifier_shape(script_args.reward_model),
-                             script_args.reward_dtype, *frontier, lora=lora)
+                             script_args.reward_dtype, *frontier, lora=lora,
+                             generation_dtype=script_args.generation_dtype)
 
 
 def reward_function(script_args: OnlineDPOScriptArguments, training_args) -> dict:
-    """The trainer's reward, loaded once for the sweep on this process's device."""
+    """The trainer's reward, loaded once for the sweep on this process's device, and its generation copy."""
     device = training_args.distributed_state.device
     return {"reward_funcs": SentimentReward(make_reward(
         script_args.reward_model, script_args.reward_batch_size, script_args.reward_positive_label, device,
-        inference_dtype(script_args, "reward_dtype")))}
+        inference_dtype(script_args, "reward_dtype"))), "generation_copy": make_generation_copy(script_args)}
 
 
 def run_name(args, beta: float) -> str:
@@ -91,7 +94,13 @@ class PretokenizedOnlineDPOTrainer(OnlineDPOTrainer):
 
     TRL tokenises the prompt text again (a prompt's text does not always tokenise back to its ids), and its forward
     pass gives left-padded rows no position ids: GPT-2's learned positions would then be shifted by the padding, so
-    a short prompt's completion would be scored (and trained) at other positions than the ones it was sampled at."""
+    a short prompt's completion would be scored (and trained) at other positions than the ones it was sampled at.
+
+    With a `generation_copy` it samples from that copy of the policy, refreshed before each generation."""
+
+    def __init__(self, *args, generation_copy: GenerationCopy | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.generation_copy = generation_copy
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self._batch_prompt_ids = [list(ids) for ids in inputs["prompt_ids"]]
@@ -102,6 +111,8 @@ class PretokenizedOnlineDPOTrainer(OnlineDPOTrainer):
         device = next(model.parameters()).device
         prompt_ids, prompt_mask = (t.to(device).repeat(2, 1)
                                    for t in left_pad(self._batch_prompt_ids, self._tokenizer.pad_token_id))
+        if self.generation_copy is not None:
+            model = self.generation_copy.refresh(self.accelerator.unwrap_model(model))
         with unwrap_model_for_generation(model, self.accelerator, generation_kwargs=self.generation_kwargs) as unwrapped, \
                 torch.no_grad():
             output = unwrapped.generate(input_ids=prompt_ids, attention_mask=prompt_mask,

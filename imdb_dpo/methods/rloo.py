@@ -7,6 +7,7 @@ the DPO paper's IMDb experiment; PPO itself is gone from TRL.
 from datasets import Dataset
 from trl import RLOOTrainer
 
+from ..generation_copy import GenerationCopy
 from ..modeling import padded_positions
 
 # What training_curves.png shows for an RLOO run: (logged key or keys, panel title).
@@ -68,7 +69,25 @@ class PretokenizedRLOOTrainer(RLOOTrainer):
 
     TRL tokenises the prompt text again (a prompt's text does not always tokenise back to its ids), and its log-prob
     pass gives the left-padded rows no position ids: GPT-2 would score (and train) a short prompt's completion shifted
-    by the padding, away from where generate() sampled it."""
+    by the padding, away from where generate() sampled it.
+
+    With a `generation_copy` it samples from that copy of the policy, refreshed before each generation."""
+
+    def __init__(self, *args, generation_copy: GenerationCopy | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.generation_copy = generation_copy
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields):
+        if self.generation_copy is None:
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields)
+        # TRL's own generation path, handed the copy where it unwraps the training model: the same padding, generation
+        # config and end-of-sequence handling.
+        wrapped = self.model_wrapped
+        self.model_wrapped = self.generation_copy.refresh(self.accelerator.unwrap_model(wrapped))
+        try:
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields)
+        finally:
+            self.model_wrapped = wrapped
 
     def _get_per_token_logps_and_entropies(self, model, *args, **kwargs):
         return super()._get_per_token_logps_and_entropies(PositionedModel(model), *args, **kwargs)

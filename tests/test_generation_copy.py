@@ -1,0 +1,56 @@
+"""The generation copy RLOO and online DPO sample from (`generation_dtype`): the policy's current weights in the
+copy's dtype, built without moving the sampling's random state, counted in the memory check, refused where it
+cannot work. That the trainers sample from it: test_rloo.py and test_online_dpo.py."""
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+from trl import RLOOConfig
+
+from imdb_dpo.config import RLOOScriptArguments
+from imdb_dpo.costs import Shape, rloo_memory
+from imdb_dpo.errors import ConfigError
+from imdb_dpo.generation_copy import GenerationCopy, check_generation_dtype
+
+
+def tiny_policy():
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=64))
+
+
+def test_the_copy_holds_the_policys_current_weights_and_building_it_draws_no_random_numbers():
+    policy, copy = tiny_policy(), GenerationCopy("bfloat16")
+    torch.manual_seed(1)
+    model = copy.refresh(policy)
+    assert torch.equal(torch.rand(3), (torch.manual_seed(1), torch.rand(3))[1])  # the global generator did not move
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.01)
+    assert copy.refresh(policy) is model  # built once, refreshed in place
+    state = model.state_dict()
+    for name, value in policy.state_dict().items():
+        assert state[name].dtype == torch.bfloat16 and torch.equal(state[name], value.to(torch.bfloat16)), name
+    assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()  # still tied, as the policy's
+
+
+@pytest.mark.parametrize("setting, use_peft, env, expected", [
+    ("float8", False, {}, "generation_dtype='float8': use one of float32, bfloat16, float16"),
+    ("bfloat16", True, {}, "leave generation_dtype unset for a LoRA run"),
+    ("bfloat16", False, {"ACCELERATE_USE_FSDP": "true"}, "generation_dtype=bfloat16 under FSDP"),
+    ("bfloat16", False, {"ACCELERATE_USE_DEEPSPEED": "true"}, "generation_dtype=bfloat16 under DeepSpeed"),
+])
+def test_settings_it_cannot_serve_are_refused(setting, use_peft, env, expected, monkeypatch):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        check_generation_dtype(RLOOScriptArguments(generation_dtype=setting), use_peft)
+    check_generation_dtype(RLOOScriptArguments(), use_peft)  # unset: the training model samples, always allowed
+
+
+def test_the_memory_check_counts_the_copy_and_its_bf16_cache():
+    shape = Shape(params=774_030_080, layers=36, hidden=1280, heads=20, vocab=50257, dropout=True)
+    args = RLOOConfig(output_dir="unused", per_device_train_batch_size=64, num_generations=4, bf16=False,
+                      max_completion_length=64, use_cpu=True, report_to=[])
+    without, with_copy = (rloo_memory(args, shape, 8, None, "float32", generation_dtype=d) for d in (None, "bfloat16"))
+    assert "generation copy" not in without.memory
+    assert with_copy.memory["generation copy"] == 2 * shape.params
