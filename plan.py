@@ -363,9 +363,16 @@ def sampled_step_seconds(shape, classifier, script_args, bf16: bool, completions
     if copy:  # the refresh reads the fp32 weights and writes the copy's
         seconds += costs.memory_seconds(shape.params * (4 + costs.dtype_bytes(copy)))
         return seconds + costs.decode_seconds(shape, prompts, batch_prompts, samples, prompt_tokens, new_tokens,
-                                              costs.dtype_bytes(copy), costs.dtype_bytes(copy))
+                                              costs.dtype_bytes(copy), costs.dtype_bytes(copy),
+                                              compiled=script_args.generation_compile)
     return seconds + costs.decode_seconds(shape, prompts, batch_prompts, samples, prompt_tokens, new_tokens, 4,
                                           2 if bf16 else 4, autocast=bf16)
+
+
+def compile_seconds(script_args) -> float:
+    """Compiling the generation copy's decode step (generation_compile), counted once a run: each run is a process
+    of its own under --gpus N or a SLURM array."""
+    return costs.COMPILE_SECONDS if script_args.generation_dtype and script_args.generation_compile else 0
 
 
 def plan_rloo(preset, stage, script_args, training_args, model_args) -> Row:
@@ -380,12 +387,14 @@ def plan_rloo(preset, stage, script_args, training_args, model_args) -> Row:
     row = Row(stage, runs_of(script_args, coefs), exact=counts["exact"],
               peak=costs.rloo_memory(training_args, shape, counts["prompt_tokens"], classifier, script_args.reward_dtype,
                                      *frontier_classifier(preset, script_args), lora=model_args.use_peft,
-                                     generation_dtype=script_args.generation_dtype))
+                                     generation_dtype=script_args.generation_dtype,
+                                     generation_compile=script_args.generation_compile))
     per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
     generation_prompts = max(per_step // training_args.num_generations, 1)
     row.seconds = row.runs * steps * sampled_step_seconds(
         shape, classifier, script_args, bool(training_args.bf16), per_step, counts["prompt_tokens"],
         training_args.max_completion_length, generation_prompts, generation_prompts, training_args.num_generations)
+    row.seconds += row.runs * compile_seconds(script_args)
     row.notes.append(f"{bound(int(prompts), counts['exact'])} prompts x {training_args.num_generations} completions a run, "
                      f"{sweep_of(coefs, 'KL coefficient', script_args)}")
     frontier_row(preset, row, shape, training_args, script_args, steps, model_args.use_peft)
@@ -404,11 +413,13 @@ def plan_online_dpo(preset, script_args, training_args, model_args) -> Row:
     row = Row("online_dpo", runs_of(script_args, betas), exact=counts["exact"],
               peak=costs.online_dpo_memory(training_args, shape, counts["prompt_tokens"], classifier,
                                            script_args.reward_dtype, *frontier_classifier(preset, script_args),
-                                           lora=model_args.use_peft, generation_dtype=script_args.generation_dtype))
+                                           lora=model_args.use_peft, generation_dtype=script_args.generation_dtype,
+                                           generation_compile=script_args.generation_compile))
     per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
     row.seconds = row.runs * steps * sampled_step_seconds(
         shape, classifier, script_args, bool(training_args.bf16), 2 * per_step, counts["prompt_tokens"],
         training_args.max_new_tokens, per_step, training_args.per_device_train_batch_size, 2)
+    row.seconds += row.runs * compile_seconds(script_args)
     row.notes.append(f"{bound(int(prompts), counts['exact'])} prompts x 2 completions a run, "
                      f"{sweep_of(betas, 'beta', script_args)}")
     frontier_row(preset, row, shape, training_args, script_args, steps, model_args.use_peft)
@@ -593,7 +604,9 @@ def render(preset: Preset) -> str:
               f"{costs.H100['bytes_per_s'] / 1e12:.2f} TB/s), at an assumed {costs.MFU:.0%} of peak FLOP/s and "
               f"{costs.BANDWIDTH_USE:.0%} of bandwidth for decoding, and {costs.LAUNCH_SECONDS * 1e6:.0f} us of CPU time a "
               "kernel launch (an eager decode step of GPT-2 Large launches 741 kernels a token in fp32, 1,103 under bf16 "
-              "autocast: benchmarks/bench_decode_ops.py); float32 work on CUDA cores, or on TF32 tensor cores "
+              "autocast: benchmarks/bench_decode_ops.py; a compiled one, generation_compile, replays them from a CUDA "
+              f"graph at an assumed {costs.GRAPH_KERNEL_SECONDS * 1e6:.0f} us a kernel after an assumed "
+              f"{costs.COMPILE_SECONDS} s of compiling a run); float32 work on CUDA cores, or on TF32 tensor cores "
               f"({costs.H100['tf32_flops'] / 1e12:.0f} TFLOP/s) where eval_precision is tf32; disk I/O (checkpoints "
               f"and records written, models loaded) at {costs.STORAGE_BYTES_PER_S / 1e9:.1f} GB/s, counted in the "
               "GPU hours: the GPU waits for it."]

@@ -381,6 +381,11 @@ class PolicySamplingArguments(RewardArguments):
                           "every generation, instead of from the training model under bf16 autocast, which casts every "
                           "weight again at each token (imdb_dpo/generation_copy.py). Unset: the training model."},
     )
+    generation_compile: bool = field(
+        default=False,
+        metadata={"help": "Compile the generation copy's decode step (static cache; one CUDA graph a step on a GPU) "
+                          "instead of launching its kernels one by one; needs generation_dtype."},
+    )
 
 
 @dataclass

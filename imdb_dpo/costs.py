@@ -62,6 +62,11 @@ BANDWIDTH_USE = 0.60
 # RLOO's and online DPO's generate with `bf16: true`).
 DECODE_OPS = {False: (19, 57), True: (29, 59)}
 LAUNCH_SECONDS = 5e-6  # CPU time of one kernel launch in eager PyTorch: an assumption (5-10 us are typical)
+# A compiled decode step (generation_compile) replays its kernels from one CUDA graph: the GPU still starts them one
+# after another, at an assumed 1 us each (as many as eager runs: a bound, compilation fuses some), and the sampling
+# around it stays eager. Compiling it costs minutes once a process: an assumed 60 s a run.
+GRAPH_KERNEL_SECONDS = 1e-6
+COMPILE_SECONDS = 60
 # A cluster's shared filesystem, read or written by one job (1-2 GB/s): the GPU waits while a checkpoint is written
 # or a model loaded. An assumption, stated with the plan.
 STORAGE_BYTES_PER_S = 1.5e9
@@ -386,47 +391,68 @@ def dpo_memory(training_args, policy: Shape, tokens: int, frontier_args=None, fr
     return with_frontier(largest(*candidates), training_args, policy, frontier_args, frontier_classifier, lora)
 
 
-def generation_copy_memory(policy: Shape, generation_dtype: str | None) -> Memory:
-    """The copy of the policy a method that samples as it trains samples from (`generation_dtype`), resident."""
-    return Memory({"generation copy": policy.params * dtype_bytes(generation_dtype)} if generation_dtype else {})
+def static_cache_tokens(tokens: int) -> int:
+    """The length of the generation copy's static KV cache for prompts and completions of `tokens`: rounded up to 32,
+    so that a longer prompt rarely outgrows it (imdb_dpo/generation_copy.py)."""
+    return -(-tokens // 32) * 32
 
 
-def sampling_bytes(training_args, generation_dtype: str | None) -> int:
-    """Bytes a value of the KV cache of the policy's sampling: the copy's dtype, else the training's autocast."""
-    return dtype_bytes(generation_dtype) if generation_dtype else 2 if training_args.bf16 else 4
+def generation_copy_memory(policy: Shape, generation_dtype: str | None, compiled: bool, rows: int,
+                           tokens: int) -> Memory:
+    """The copy of the policy a method that samples as it trains samples from (`generation_dtype`) and, where its
+    decode step is compiled, its static KV cache: both resident."""
+    if not generation_dtype:
+        return Memory()
+    memory = Memory({"generation copy": policy.params * dtype_bytes(generation_dtype)})
+    if compiled:
+        memory["its static KV cache"] = sampling_batch(policy, rows, static_cache_tokens(tokens),
+                                                       dtype_bytes(generation_dtype))["KV cache"]
+    return memory
+
+
+def policy_sampling(policy: Shape, training_args, rows: int, tokens: int, generation_dtype: str | None,
+                    compiled: bool) -> Memory:
+    """The working memory of sampling `rows` completions from the policy: its KV cache (in the copy's dtype, else in
+    the training's autocast; a compiled copy's is resident instead) and next-token distributions."""
+    working = sampling_batch(policy, rows, tokens, dtype_bytes(generation_dtype) if generation_dtype else
+                             2 if training_args.bf16 else 4)
+    if generation_dtype and compiled:
+        del working["KV cache"]
+    return working
 
 
 def rloo_memory(training_args, policy: Shape, prompt_tokens: int, classifier: Shape | None, reward_dtype: str,
                 frontier_args=None, frontier_classifier: Shape | None = None, lora: bool = False,
-                generation_dtype: str | None = None) -> Peak:
+                generation_dtype: str | None = None, generation_compile: bool = False) -> Peak:
     """RLOO holds the policy's training state, the reference (unless the KL coefficient is 0), the reward model and
     the generation copy; its largest step is a training step or the sampling of a generation batch."""
     tokens = prompt_tokens + training_args.max_completion_length
     rows = training_args.per_device_train_batch_size
-    others = generation_copy_memory(policy, generation_dtype)
+    generation_rows = rows * (training_args.steps_per_generation or training_args.gradient_accumulation_steps)
+    others = generation_copy_memory(policy, generation_dtype, generation_compile, generation_rows, tokens)
     if training_args.beta and not lora:
         others["reference model"] = policy.fp32_bytes
     if classifier:
         others["reward model"] = classifier.params * dtype_bytes(reward_dtype)
-    generation_rows = rows * (training_args.steps_per_generation or training_args.gradient_accumulation_steps)
     training = Peak(f"a training step of {rows} completions x {tokens} tokens",
                     merge(trainer_memory(policy, training_args, rows, tokens, lora=lora), others), TRAINING_FIX)
     sampling = Peak(f"sampling {generation_rows} completions",
                     merge(resident_training_state(policy, training_args, lora), others,
-                          sampling_batch(policy, generation_rows, tokens, sampling_bytes(training_args, generation_dtype))),
+                          policy_sampling(policy, training_args, generation_rows, tokens, generation_dtype,
+                                          generation_compile)),
                     "Lower per_device_train_batch_size (or steps_per_generation)")
     return with_frontier(largest(training, sampling), training_args, policy, frontier_args, frontier_classifier, lora)
 
 
 def online_dpo_memory(training_args, policy: Shape, prompt_tokens: int, classifier: Shape | None, reward_dtype: str,
                       frontier_args=None, frontier_classifier: Shape | None = None, lora: bool = False,
-                      generation_dtype: str | None = None) -> Peak:
+                      generation_dtype: str | None = None, generation_compile: bool = False) -> Peak:
     """Online DPO holds the policy's training state, the reference (a copy of the start, unless LoRA), the reward
     model and the generation copy; each step samples two completions a prompt, then scores both with every position's
     logits materialised."""
     tokens = prompt_tokens + training_args.max_new_tokens
     rows = 2 * training_args.per_device_train_batch_size
-    others = generation_copy_memory(policy, generation_dtype)
+    others = generation_copy_memory(policy, generation_dtype, generation_compile, rows, tokens)
     if classifier:
         others["reward model"] = classifier.params * dtype_bytes(reward_dtype)
     if not lora:
@@ -436,7 +462,7 @@ def online_dpo_memory(training_args, policy: Shape, prompt_tokens: int, classifi
                     TRAINING_FIX)
     sampling = Peak(f"sampling {rows} completions",
                     merge(resident_training_state(policy, training_args, lora), others,
-                          sampling_batch(policy, rows, tokens, sampling_bytes(training_args, generation_dtype))),
+                          policy_sampling(policy, training_args, rows, tokens, generation_dtype, generation_compile)),
                     "Lower per_device_train_batch_size")
     return with_frontier(largest(training, sampling), training_args, policy, frontier_args, frontier_classifier, lora)
 
@@ -510,18 +536,20 @@ def storage_seconds(nbytes: float) -> float:
 
 def decode_seconds(shape: Shape, prompts: int, batch_prompts: int, samples: int, prompt_tokens: int,
                    new_tokens: int, weight_bytes: int, cache_bytes: int, tf32: bool = False,
-                   autocast: bool = False) -> float:
+                   autocast: bool = False, compiled: bool = False) -> float:
     """Sampling `samples` completions of `new_tokens` for each of `prompts` prompts, `batch_prompts` at a time: each
     decode step is bound by compute (2P FLOPs a row), by reading the weights and the KV cache, or by launching its
-    kernels one by one (`autocast`: fp32 weights under bf16 autocast, cast again at every step), whichever is
-    slowest."""
+    kernels one by one (`autocast`: fp32 weights under bf16 autocast, cast again at every step; `compiled`: one CUDA
+    graph a step, whose static cache is read whole), whichever is slowest."""
     rows = batch_prompts * samples
     per_step_compute = compute_seconds(2 * shape.params * rows, weight_bytes == 2 or autocast, tf32)
-    average_cache = 2 * shape.layers * rows * (prompt_tokens + new_tokens / 2) * shape.hidden * cache_bytes
+    cached = static_cache_tokens(prompt_tokens + new_tokens) if compiled else prompt_tokens + new_tokens / 2
+    average_cache = 2 * shape.layers * rows * cached * shape.hidden * cache_bytes
     weights = shape.params * (weight_bytes + 2 * 2 if autocast else weight_bytes)  # autocast writes and reads a bf16 copy
     per_step_memory = memory_seconds(weights + average_cache)
     per_layer, more = DECODE_OPS[autocast]
-    per_step_launches = (per_layer * shape.layers + more) * LAUNCH_SECONDS
+    per_step_launches = (per_layer * shape.layers * (GRAPH_KERNEL_SECONDS if compiled else LAUNCH_SECONDS)
+                         + more * LAUNCH_SECONDS)
     return math.ceil(prompts / batch_prompts) * new_tokens * max(per_step_compute, per_step_memory, per_step_launches)
 
 

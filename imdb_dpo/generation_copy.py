@@ -6,11 +6,20 @@ a token instead of 741 (GPT-2 Large, benchmarks/bench_decode_ops.py). A resident
 from the policy's weights before every generation, samples from the current policy with the same bf16 matrix
 products, without the casts. Unlike autocast, its layer norms, softmax and residual stream are bf16 too: the samples
 are a training signal, not a measurement, and the evaluation samples in its own sampling_dtype.
+
+`generation_compile` compiles the copy's decode step (transformers' static cache and CompileConfig; on a GPU,
+torch.compile's "reduce-overhead" replays it as one CUDA graph): an eager step of GPT-2 Large launches its 741 kernels
+one by one from the CPU, a few milliseconds a token whatever the GPU's speed. The copy is refreshed in place, so the
+graph reads the current weights at the addresses it captured. It compiles on any device (the CPU too, with no
+graphs), once a process: a sweep's later runs reuse it.
 """
+
+import copy
 
 import torch
 
-from .errors import ConfigError
+from .costs import static_cache_tokens
+from .errors import ConfigError, UserError, first_line
 from .distributed import sharded_launch
 from .modeling import model_like
 from .precision import DTYPES
@@ -19,6 +28,9 @@ from .precision import DTYPES
 def check_generation_dtype(script_args, use_peft: bool) -> None:
     name = script_args.generation_dtype
     if name is None:
+        if script_args.generation_compile:
+            raise ConfigError("generation_compile: true compiles the generation copy's decode step, and there is no copy: "
+                              "set generation_dtype (bfloat16), or remove generation_compile")
         return
     if name not in DTYPES:
         raise ConfigError(f"generation_dtype={name!r}: use one of {', '.join(DTYPES)}, or leave it unset to sample with "
@@ -34,11 +46,63 @@ def check_generation_dtype(script_args, use_peft: bool) -> None:
 
 
 class GenerationCopy:
-    """One process's resident copy of its policy replica, in `dtype`."""
+    """One process's resident copy of its policy replica, in `dtype`, its decode step compiled where `compile`."""
 
-    def __init__(self, dtype_name: str):
+    def __init__(self, dtype_name: str, compile: bool = False):
         self.dtype = DTYPES[dtype_name]
+        self.compile = compile
         self.model = None
+        self.caches = {}
+
+    def generation_config(self, config):
+        """The trainer's generation config as the copy samples with it: with its KV cache (TRL turns the cache off
+        where the training model checkpoints its activations, which the copy does not), and a compiled decode step
+        where it compiles (TRL's own config disables compilation; the static cache is the copy's, `static_cache`)."""
+        from transformers import CompileConfig
+
+        config = copy.deepcopy(config)
+        config.use_cache = True
+        if not self.compile:
+            return config
+        config.disable_compile = False
+        config.compile_config = CompileConfig(fullgraph=True)
+        config.compile_config._compile_all_devices = True  # the CPU compiles too: the flag does what it says anywhere
+        return config
+
+    @torch.no_grad()
+    def generate(self, policy, prompt_ids: list[list[int]], config, pad_id: int) -> tuple[torch.Tensor, ...]:
+        """The copy, refreshed from `policy`, samples the left-padded `prompt_ids` with `config` (from the global random
+        state, as TRL's generate would): the padded prompts (their mask too) and the prompts followed by completions."""
+        from .sampling import left_pad
+
+        model = self.refresh(policy)
+        ids, mask = (t.to(model.device) for t in left_pad(prompt_ids, pad_id))
+        if not self.compile:
+            return ids, mask, model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+        cache = self.static_cache(len(prompt_ids), ids.size(1) + config.max_new_tokens)
+        try:
+            return ids, mask, model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+                                             past_key_values=cache)
+        except torch._dynamo.exc.TorchDynamoException as error:  # InductorError and compiler failures among them
+            raise UserError(f"generation_compile: true: torch.compile could not compile the generation copy's decode "
+                            f"step on this machine ({first_line(error)}). Run again with --generation_compile false "
+                            "--overwrite true (eager decoding, slower where kernel launches bound it; a setting of the "
+                            "run, since its samples differ, so --overwrite true starts its runs again)") \
+                from error
+
+    def static_cache(self, rows: int, tokens: int):
+        """One static KV cache a batch size, kept from generation to generation: transformers would allocate a new one
+        at each, and a CUDA graph that reads a cache at other addresses is recorded again (torch gives up on graphs
+        after 128 such recordings)."""
+        from transformers import StaticCache
+
+        length, cache = self.caches.get(rows, (0, None))
+        if length < tokens:
+            length = static_cache_tokens(tokens)
+            cache = StaticCache(config=self.model.config, max_cache_len=length)
+            self.caches[rows] = length, cache
+        cache.reset()
+        return cache
 
     @torch.no_grad()
     def refresh(self, policy) -> torch.nn.Module:
@@ -54,4 +118,6 @@ class GenerationCopy:
 
 
 def make_generation_copy(script_args) -> GenerationCopy | None:
-    return GenerationCopy(script_args.generation_dtype) if script_args.generation_dtype else None
+    if not script_args.generation_dtype:
+        return None
+    return GenerationCopy(script_args.generation_dtype, script_args.generation_compile)

@@ -9,13 +9,14 @@ from trl import RLOOConfig
 
 from imdb_dpo.config import RLOOScriptArguments
 from imdb_dpo.costs import Shape, rloo_memory
-from imdb_dpo.errors import ConfigError
+from imdb_dpo.errors import ConfigError, UserError
 from imdb_dpo.generation_copy import GenerationCopy, check_generation_dtype
 
 
 def tiny_policy():
     torch.manual_seed(0)
-    return GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=64))
+    return GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=64, bos_token_id=0,
+                                      eos_token_id=0))
 
 
 def test_the_copy_holds_the_policys_current_weights_and_building_it_draws_no_random_numbers():
@@ -38,12 +39,13 @@ def test_the_copy_holds_the_policys_current_weights_and_building_it_draws_no_ran
     ("bfloat16", True, {}, "leave generation_dtype unset for a LoRA run"),
     ("bfloat16", False, {"ACCELERATE_USE_FSDP": "true"}, "generation_dtype=bfloat16 under FSDP"),
     ("bfloat16", False, {"ACCELERATE_USE_DEEPSPEED": "true"}, "generation_dtype=bfloat16 under DeepSpeed"),
+    (None, False, {}, "generation_compile: true compiles the generation copy's decode step, and there is no copy"),
 ])
 def test_settings_it_cannot_serve_are_refused(setting, use_peft, env, expected, monkeypatch):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError, match=expected.replace("(", r"\(").replace(")", r"\)")):
-        check_generation_dtype(RLOOScriptArguments(generation_dtype=setting), use_peft)
+        check_generation_dtype(RLOOScriptArguments(generation_dtype=setting, generation_compile=True), use_peft)
     check_generation_dtype(RLOOScriptArguments(), use_peft)  # unset: the training model samples, always allowed
 
 
@@ -54,3 +56,20 @@ def test_the_memory_check_counts_the_copy_and_its_bf16_cache():
     without, with_copy = (rloo_memory(args, shape, 8, None, "float32", generation_dtype=d) for d in (None, "bfloat16"))
     assert "generation copy" not in without.memory
     assert with_copy.memory["generation copy"] == 2 * shape.params
+
+
+def test_a_decode_step_that_cannot_compile_is_one_message_naming_the_setting(monkeypatch):
+    """A node without a working compiler: the run stops with what to change, not inductor's traceback."""
+    import torch._inductor.config as inductor
+    from transformers import GenerationConfig
+
+    monkeypatch.setattr(inductor, "fx_graph_cache", False)
+    monkeypatch.setattr(inductor.cpp, "cxx", ("/nonexistent/c++",))
+    torch._dynamo.reset()
+    copy = GenerationCopy("bfloat16", compile=True)
+    config = copy.generation_config(GenerationConfig(max_new_tokens=4, do_sample=True, pad_token_id=0, eos_token_id=0))
+    try:
+        with pytest.raises(UserError, match="Run again with --generation_compile false --overwrite true"):
+            copy.generate(tiny_policy(), [[1, 2, 3], [4, 5]], config, 0)
+    finally:
+        torch._dynamo.reset()

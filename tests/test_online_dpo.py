@@ -35,9 +35,11 @@ class RecordingTrainer(PretokenizedOnlineDPOTrainer):
         return out
 
 
-@pytest.mark.parametrize("generation_dtype", [None, "bfloat16"])
-def test_each_round_samples_the_current_policy_on_the_pair_files_prompt_ids(generation_dtype, tiny_run, tmp_path):
-    """... and with a generation copy (the gpt2-large preset), the current policy rounded to bf16."""
+@pytest.mark.parametrize("generation_dtype, compile", [(None, False), ("bfloat16", False), ("bfloat16", True)])
+def test_each_round_samples_the_current_policy_on_the_pair_files_prompt_ids(generation_dtype, compile, tiny_run,
+                                                                           tmp_path):
+    """... and with a generation copy (the gpt2-large preset), the current policy rounded to bf16, its decode step
+    compiled or not."""
     from trl.experimental.online_dpo import OnlineDPOConfig
 
     from imdb_dpo.methods.rloo import SentimentReward
@@ -56,7 +58,7 @@ def test_each_round_samples_the_current_policy_on_the_pair_files_prompt_ids(gene
                                                                                    torch.float32)),
                                args=args, train_dataset=Dataset.from_list(prompts),
                                processing_class=load_tokenizer(sft, padding_side="right"),
-                               generation_copy=GenerationCopy(generation_dtype) if generation_dtype else None)
+                               generation_copy=GenerationCopy(generation_dtype, compile) if generation_dtype else None)
     trainer.rounds = []
     trainer.train()
     assert len(trainer.rounds) == 3
@@ -68,11 +70,21 @@ def test_each_round_samples_the_current_policy_on_the_pair_files_prompt_ids(gene
         policy.load_state_dict(seen["weights"])
         assert step == 0 or state_dicts_equal(policy, start)  # the policy had moved by the second round
         dtype = DTYPES[generation_dtype or "float32"]
-        assert sample(copy.deepcopy(policy).to(dtype), seen, config, trainer) == seen["completion_ids"]
+        draw = sample_copy if compile else lambda model, *args: sample(copy.deepcopy(model).to(dtype), *args)
+        assert draw(policy, seen, config, trainer) == seen["completion_ids"]
         if step:
-            assert sample(copy.deepcopy(start).to(dtype), seen, config, trainer) != seen["completion_ids"]  # not the SFT model's
+            assert draw(start, seen, config, trainer) != seen["completion_ids"]  # not the SFT model's samples
         unrounded.append(sample(policy, seen, config, trainer) != seen["completion_ids"])
     assert any(unrounded) == bool(generation_dtype)  # the fp32 policy itself would have drawn other samples
+
+
+def sample_copy(model, seen, config, trainer) -> list:
+    """The trainer's generation copy, refreshed from `model`, through its compiled decode step."""
+    from trl.experimental.utils import truncate_right
+
+    torch.set_rng_state(seen["rng"])
+    ids, _, out = trainer.generation_copy.generate(model, seen["prompt_ids"] * 2, config, trainer._tokenizer.pad_token_id)
+    return truncate_right(out[:, ids.size(1):], trainer.eos_token_ids, trainer._tokenizer.pad_token_id)[0].tolist()
 
 
 def sample(model, seen, config, trainer) -> list:

@@ -86,27 +86,47 @@ class RecordingRLOOTrainer(PretokenizedRLOOTrainer):
         return completions
 
 
-def test_with_a_generation_copy_each_step_samples_the_current_policy_rounded_to_bf16(tiny_sft, tiny_pairs, tmp_path):
+@pytest.mark.parametrize("compile", [False, True])
+def test_with_a_generation_copy_each_step_samples_the_current_policy_rounded_to_bf16(compile, tiny_sft, tiny_pairs,
+                                                                                     tmp_path):
     """`generation_dtype: bfloat16` (the gpt2-large preset): each generation samples from the policy's weights of
-    that moment rounded to bf16, drawing what a bf16 model of them draws from the same random state."""
+    that moment rounded to bf16, drawing what a bf16 model of them draws from the same random state; with
+    `generation_compile`, through the compiled decode step and its static cache."""
+    from torch._dynamo.utils import counters
+
+    counters.clear()
     args = RLOOConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, num_generations=4, max_steps=3,
                       max_completion_length=12, learning_rate=1e-3, disable_dropout=True, report_to=[], use_cpu=True,
                       bf16=False, activation_checkpointing=False, save_strategy="no", logging_steps=1)
     trainer = RecordingRLOOTrainer(model=tiny_sft, reward_funcs=SentimentReward(VaderReward()), args=args,
                                    train_dataset=prompts_of_pairs(read_pairs(tiny_pairs), 24),
-                                   processing_class=load_tokenizer(tiny_sft), generation_copy=GenerationCopy("bfloat16"))
+                                   processing_class=load_tokenizer(tiny_sft),
+                                   generation_copy=GenerationCopy("bfloat16", compile=compile))
     trainer.rounds = []
     trainer.train()
-    assert len(trainer.rounds) == 3
-    start = load_causal_lm(tiny_sft)
+    assert len(trainer.rounds) == 3 and (counters["stats"]["unique_graphs"] > 0) == compile
+    start, copy_model = load_causal_lm(tiny_sft), trainer.generation_copy.model
+    assert copy_model.dtype == torch.bfloat16
     for step, seen in enumerate(trainer.rounds):
         policy = load_causal_lm(tiny_sft)
         policy.load_state_dict(seen["weights"])
         assert step == 0 or state_dicts_equal(policy, start)  # the policy had moved by the second step
-        assert replay(policy.to(torch.bfloat16), seen, trainer) == seen["completion_ids"]
+        # The copy refreshed from these weights, through its own path (compiled where it compiles), draws the samples
+        assert replay_copy(trainer, policy, seen) == seen["completion_ids"]
+        if not compile:  # eager: what any bf16 model of these weights draws
+            assert replay(copy.deepcopy(policy).to(torch.bfloat16), seen, trainer) == seen["completion_ids"]
         if step:
-            assert replay(start.to(torch.bfloat16), seen, trainer) != seen["completion_ids"]  # not the start's samples
-    assert trainer.generation_copy.model.dtype == torch.bfloat16
+            assert replay_copy(trainer, start, seen) != seen["completion_ids"]  # not the start's samples
+    assert trainer.generation_copy.model is copy_model  # built once
+    assert hasattr(copy_model, "_compiled_call") == compile
+    assert [type(c).__name__ for _, c in trainer.generation_copy.caches.values()] == (["StaticCache"] if compile else [])
+
+
+def replay_copy(trainer, policy, seen) -> list:
+    torch.set_rng_state(seen["rng"])
+    ids, _, out = trainer.generation_copy.generate(policy, seen["prompt_ids"], trainer.generation_config,
+                                                   trainer._tokenizer.pad_token_id)
+    return cut_after_eos(out[:, ids.size(1):].tolist(), trainer.eos_token_ids)
 
 
 def replay(model, seen, trainer) -> list:
@@ -115,9 +135,13 @@ def replay(model, seen, trainer) -> list:
     torch.set_rng_state(seen["rng"])
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=mask, generation_config=trainer.generation_config)
+    return cut_after_eos(out[:, ids.size(1):].tolist(), trainer.eos_token_ids)
+
+
+def cut_after_eos(rows: list[list[int]], eos: list[int]) -> list[list[int]]:
     completions = []
-    for row in out[:, ids.size(1):].tolist():
-        ends = [i for i, token in enumerate(row) if token in trainer.eos_token_ids]
+    for row in rows:
+        ends = [i for i, token in enumerate(row) if token in eos]
         completions.append(row[:ends[0] + 1] if ends else row)
     return completions
 
@@ -165,7 +189,8 @@ def test_tiny_rloo_raises_the_reward_and_a_smaller_kl_coefficient_gives_a_larger
     assert float(finals[low.name]["kl_mean"]) > float(finals[high.name]["kl_mean"]), finals
 
 
-@pytest.mark.parametrize("copy_args", [[], ["--generation_dtype", "bfloat16"]])
+@pytest.mark.parametrize("copy_args", [[], ["--generation_dtype", "bfloat16"],
+                                       ["--generation_dtype", "bfloat16", "--generation_compile", "true"]])
 def test_killed_rloo_resumes_to_the_same_weights(copy_args, tiny_sft, tiny_pairs, tmp_path):
     extra = ["--kl_coefs", "0.1", "--max_train_prompts", "64", "--max_steps", "8", "--save_steps", "4",
              "--per_device_train_batch_size", "16", *copy_args]

@@ -73,7 +73,8 @@ def memory(script_args, training_args, policy, prompt_tokens, *frontier, lora=Fa
                           "completion at other positions than it was sampled at; raise max_length")
     return online_dpo_memory(training_args, policy, prompt_tokens, classifier_shape(script_args.reward_model),
                              script_args.reward_dtype, *frontier, lora=lora,
-                             generation_dtype=script_args.generation_dtype)
+                             generation_dtype=script_args.generation_dtype,
+                             generation_compile=script_args.generation_compile)
 
 
 def reward_function(script_args: OnlineDPOScriptArguments, training_args) -> dict:
@@ -101,6 +102,8 @@ class PretokenizedOnlineDPOTrainer(OnlineDPOTrainer):
     def __init__(self, *args, generation_copy: GenerationCopy | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.generation_copy = generation_copy
+        if generation_copy is not None:  # only the copy samples: the config is the copy's
+            self.generation_config = generation_copy.generation_config(self.generation_config)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self._batch_prompt_ids = [list(ids) for ids in inputs["prompt_ids"]]
@@ -108,15 +111,18 @@ class PretokenizedOnlineDPOTrainer(OnlineDPOTrainer):
 
     def _generate(self, model, prompts, images=None):
         assert len(prompts) == len(self._batch_prompt_ids) and images is None
-        device = next(model.parameters()).device
-        prompt_ids, prompt_mask = (t.to(device).repeat(2, 1)
-                                   for t in left_pad(self._batch_prompt_ids, self._tokenizer.pad_token_id))
         if self.generation_copy is not None:
-            model = self.generation_copy.refresh(self.accelerator.unwrap_model(model))
-        with unwrap_model_for_generation(model, self.accelerator, generation_kwargs=self.generation_kwargs) as unwrapped, \
-                torch.no_grad():
-            output = unwrapped.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
-                                        generation_config=self.generation_config)
+            prompt_ids, prompt_mask, output = self.generation_copy.generate(
+                self.accelerator.unwrap_model(model), self._batch_prompt_ids * 2, self.generation_config,
+                self._tokenizer.pad_token_id)
+        else:
+            device = next(model.parameters()).device
+            prompt_ids, prompt_mask = (t.to(device).repeat(2, 1)
+                                       for t in left_pad(self._batch_prompt_ids, self._tokenizer.pad_token_id))
+            with unwrap_model_for_generation(model, self.accelerator, generation_kwargs=self.generation_kwargs) as \
+                    unwrapped, torch.no_grad():
+                output = unwrapped.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
+                                            generation_config=self.generation_config)
         completion_ids, completion_mask = truncate_right(output[:, prompt_ids.size(1):], self.eos_token_ids,
                                                          self._tokenizer.pad_token_id)
         return prompt_ids, prompt_mask, completion_ids, completion_mask, None

@@ -76,18 +76,19 @@ class PretokenizedRLOOTrainer(RLOOTrainer):
     def __init__(self, *args, generation_copy: GenerationCopy | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.generation_copy = generation_copy
+        if generation_copy is not None:  # only the copy samples: the config is the copy's
+            self.generation_config = generation_copy.generation_config(self.generation_config)
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields):
         if self.generation_copy is None:
             return super()._generate_single_turn(prompt_ids, images, multimodal_fields)
-        # TRL's own generation path, handed the copy where it unwraps the training model: the same padding, generation
-        # config and end-of-sequence handling.
-        wrapped = self.model_wrapped
-        self.model_wrapped = self.generation_copy.refresh(self.accelerator.unwrap_model(wrapped))
-        try:
-            return super()._generate_single_turn(prompt_ids, images, multimodal_fields)
-        finally:
-            self.model_wrapped = wrapped
+        ids, _, output = self.generation_copy.generate(self.accelerator.unwrap_model(self.model), prompt_ids,
+                                                       self.generation_config, self._tokenizer.pad_token_id)
+        completions = []  # each cut after its first end of sequence, as TRL cuts them
+        for row in output[:, ids.size(1):].tolist():
+            ends = [i for i, token in enumerate(row) if token in self.eos_token_ids]
+            completions.append(row[:ends[0] + 1] if ends else row)
+        return completions
 
     def _get_per_token_logps_and_entropies(self, model, *args, **kwargs):
         return super()._get_per_token_logps_and_entropies(PositionedModel(model), *args, **kwargs)
