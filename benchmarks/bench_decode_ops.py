@@ -7,7 +7,8 @@ generate(), fp32 and under bf16 autocast (how the Trainer runs RLOO's generate w
 the model's forward), divided by the tokens decoded. The launch-bound floor uses 5 and 10 us a launch.
 
 It also times generate() at the given `--size` on this machine's device (GPT-2 Large's shape on a GPU: the GPU
-check's row for RL sampling), in ms a decoded token of all rows, both ways.
+check's row for RL sampling), in ms a decoded token of all rows, both ways, and RLOO's bf16 generation copy
+(`generation_dtype`), eager and with its decode step compiled (`generation_compile`).
 
     python benchmarks/bench_decode_ops.py [--size gpt2-large] [--rows 64] [--new_tokens 64] [--output ops.json]
 """
@@ -88,6 +89,28 @@ def ms_a_token(size: str, rows: int, new_tokens: int, autocast: bool) -> float:
     return 1000 * timer.seconds / new_tokens
 
 
+def copy_ms_a_token(size: str, rows: int, new_tokens: int, compile: bool) -> float:
+    """Wall time of a generation from RLOO's bf16 generation copy (imdb_dpo/generation_copy.py: refreshed from the fp32
+    policy, then sampled; its decode step compiled where `compile`), a decoded token (all rows), after a warm-up
+    generation (which compiles)."""
+    from transformers import GenerationConfig
+
+    from imdb_dpo.generation_copy import GenerationCopy
+
+    device = build_device()
+    torch.manual_seed(0)
+    with torch.device(device):
+        policy = GPT2LMHeadModel(GPT2Config(**SIZES[size], bos_token_id=0, eos_token_id=0, pad_token_id=0)).eval()
+    copy = GenerationCopy("bfloat16", compile)
+    config = copy.generation_config(GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                                     do_sample=True, pad_token_id=0, eos_token_id=0))
+    prompts = torch.randint(1, policy.config.vocab_size, (rows, 6)).tolist()
+    copy.generate(policy, prompts, config, 0)  # warm up (and compile)
+    with Timer() as timer:
+        copy.generate(policy, prompts, config, 0)
+    return 1000 * timer.seconds / new_tokens
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=64)
@@ -107,6 +130,9 @@ def main():
                                                                          round(per_token * 10e-3, 1)]
         result[f"{name}: ms a token at {args.size}'s shape on {build_device()}"] = round(
             ms_a_token(args.size, args.rows, args.new_tokens, autocast), 2)
+    for name, compile in (("bf16 copy", False), ("bf16 copy compiled", True)):
+        result[f"{name}: ms a token at {args.size}'s shape on {build_device()}"] = round(
+            copy_ms_a_token(args.size, args.rows, args.new_tokens, compile), 2)
     emit({"benchmark": "decode_ops", **result}, args.output)
 
 
