@@ -213,6 +213,9 @@ class Check:
             if name not in ran:
                 self.rows.append({"name": name, "kind": "stage", "wall_s": 0.0,
                                   "exit": NOT_RUN if out_of_time else "not run (an earlier stage failed)"})
+        if "bench_eval_precision" not in ran and not self.args.skip_benchmarks:  # it needs the trained DPO run
+            self.rows.append({"name": "bench_eval_precision", "kind": "benchmark", "wall_s": 0.0,
+                              "exit": NOT_RUN if out_of_time else "not run (no trained DPO run)"})
 
     def stages(self) -> None:
         gpu, out, d = self.gpu, self.out, self.data
@@ -256,6 +259,22 @@ class Check:
             path = os.path.join(out, "outputs", "gpt2-large", "eval", name)
             if os.path.isfile(path):
                 shutil.copy(path, os.path.join(self.results, f"eval_{name}"))
+        self.eval_precision(f"{out}/outputs/gpt2-large/dpo/sigmoid_beta0.1_seed0", sft_dir)
+
+    def eval_precision(self, trained: str, reference: str) -> None:
+        """eval_precision tf32 against fp32 on the trained DPO checkpoint, per sample (README, "Precision"): before the
+        weights are dropped, so among the stages' rows rather than the benchmarks'."""
+        if self.args.skip_benchmarks:
+            return
+        if not os.path.isdir(trained):  # add_stages_not_run says why
+            return
+        output = os.path.join(self.results, "bench_eval_precision.json")
+        test = ["--test_file", self.data[self.data.index("--test_file") + 1]] if "--test_file" in self.data else []
+        row = self.run("bench_eval_precision", [sys.executable, "benchmarks/bench_eval_precision.py", "--policy", trained,
+                                                "--reference", reference, "--reward_model", self.classifier, *test,
+                                                "--output", output], 600, kind="benchmark")
+        if row["exit"] == 0:
+            self.benchmarks["bench_eval_precision"] = read_json(output)
 
     def run_benchmarks(self) -> None:
         size = self.args.size
@@ -478,6 +497,15 @@ def benchmark_figures(result: dict | None) -> str:
         return (f"{result['fp32: operators a token']} operators a token in fp32, {result['bf16 autocast: operators a token']}"
                 f" under bf16 autocast; generate() of {result['rows']} rows: " +
                 ", ".join(f"{name} {ms:.2f} ms a token" for name, ms in timed.items()))
+    if name == "eval_precision":
+        if result["same_tokens"] == 0:
+            return f"no sample of {result['samples']} kept its tokens under tf32"
+        return (f"{result['same_tokens']} of {result['samples']} samples keep their tokens under tf32; on those "
+                f"abs(KL tf32 - fp32) mean {result['kl_abs_diff_mean']:.2g}, max {result['kl_abs_diff_max']:.2g} nats "
+                f"(relative max {result['kl_rel_diff_max']:.2g}), reward mean {result['reward_abs_diff_mean']:.2g}, "
+                f"max {result['reward_abs_diff_max']:.2g}; mean KL {result['kl_mean_fp32']:.3f} vs "
+                f"{result['kl_mean_tf32']:.3f} (stderr {result['kl_stderr_fp32']:.2g})"
+                + ("" if result["tf32_available"] else " (CPU: no TF32, both fp32)"))
     if name == "reward_precision":
         return (f"abs(bf16 - fp32) mean {result['mean_abs_diff']:.2g}, max {result['max_abs_diff']:.2g} over "
                 f"{result['texts']} reviews (reward std {result['reward_std_fp32']:.2g}); "

@@ -12,7 +12,8 @@ import pytest
 from conftest import REPO
 
 STAGES = ["sft", "preference_pairs", "dpo", "rloo", "preferred_ft", "unlikelihood", "kto", "eval"]  # kto: train.py
-BENCHMARKS = ["bench_sampling", "bench_dpo", "bench_eval", "bench_decode_ops", "bench_reward_precision"]
+BENCHMARKS = ["bench_eval_precision", "bench_sampling", "bench_dpo", "bench_eval", "bench_decode_ops",
+              "bench_reward_precision"]
 
 
 def repository_outputs() -> dict:
@@ -89,6 +90,9 @@ def test_the_benchmarks_report_their_figures(dry_run):
     assert decode["fp32: operators a token"] < decode["bf16 autocast: operators a token"]
     timed = [v for k, v in decode.items() if ": ms a token" in k]
     assert len(timed) == 4 and all(v > 0 for v in timed)  # fp32, autocast, the bf16 copy eager and compiled
+    evaluation = benchmarks["bench_eval_precision"]  # on the CPU both passes are fp32: the same samples, no difference
+    assert not evaluation["tf32_available"] and evaluation["same_tokens"] == evaluation["samples"] > 0
+    assert evaluation["kl_abs_diff_max"] == evaluation["reward_abs_diff_max"] == 0 and evaluation["kl_mean_fp32"] > 0
     precision = benchmarks["bench_reward_precision"]
     assert precision["texts"] == 64 and 0 <= precision["mean_abs_diff"] <= precision["max_abs_diff"] < 1
 
