@@ -10,6 +10,8 @@ replaces it once the new run has finished). Reference log-probs are computed onc
 precompute_ref_log_probs), so every beta of the sweep reuses them.
 """
 
+import imdb_dpo.one_gpu  # noqa: F401  first: one GPU a stage without a launcher (before CUDA is touched)
+
 import dataclasses
 import os
 import shutil

@@ -15,6 +15,8 @@ An interrupted evaluation resumes from its last finished batch. Run again with t
 models, it changes nothing; with other settings it needs --overwrite true.
 """
 
+import imdb_dpo.one_gpu  # noqa: F401  first: one GPU a stage without a launcher (before CUDA is touched)
+
 import csv
 import io
 import json

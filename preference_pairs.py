@@ -8,6 +8,8 @@ Writes to output_dir: shards/<i>-of-<n>/completions.jsonl (appended a batch at a
 then completions.jsonl (one object per prompt, with its ranked samples), pairs.jsonl and manifest.json.
 """
 
+import imdb_dpo.one_gpu  # noqa: F401  first: one GPU a stage without a launcher (before CUDA is touched)
+
 import dataclasses
 import json
 import os

@@ -9,6 +9,8 @@ by itself, and is skipped once finished with the same settings (--overwrite true
 finished).
 """
 
+import imdb_dpo.one_gpu  # noqa: F401  first: one GPU a stage without a launcher (before CUDA is touched)
+
 import sys
 
 from transformers import set_seed

@@ -10,6 +10,8 @@ optimises it when its reward_model names that folder. Like every training stage 
 skipped once finished with the same settings (--overwrite true replaces it once the new run has finished).
 """
 
+import imdb_dpo.one_gpu  # noqa: F401  first: one GPU a stage without a launcher (before CUDA is touched)
+
 import os
 import sys
 

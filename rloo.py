@@ -17,6 +17,8 @@ Each run checkpoints on checkpoint_schedule, resumes by itself, and is skipped o
 (--overwrite true replaces it once the new run has finished).
 """
 
+import imdb_dpo.one_gpu  # noqa: F401  first: one GPU a stage without a launcher (before CUDA is touched)
+
 import os
 import sys
 

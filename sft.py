@@ -7,6 +7,8 @@ is replaced with --overwrite true only once the new one has finished), and write
 weights, LoRA merged) that the later stages load; a finished run keeps no checkpoint.
 """
 
+import imdb_dpo.one_gpu  # noqa: F401  first: one GPU a stage without a launcher (before CUDA is touched)
+
 import os
 import sys
 

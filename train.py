@@ -9,6 +9,8 @@ imdb_dpo/methods as recipes over one stage (imdb_dpo/methods/recipe.py). README.
 optimises and from what data.
 """
 
+import imdb_dpo.one_gpu  # noqa: F401  first: one GPU a stage without a launcher (before CUDA is touched)
+
 import importlib
 import sys
 

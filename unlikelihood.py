@@ -10,6 +10,8 @@ stage 2's pair file by its exact token ids, with no reference model. Each run go
 finished with the same settings (--overwrite true replaces it once the new run has finished).
 """
 
+import imdb_dpo.one_gpu  # noqa: F401  first: one GPU a stage without a launcher (before CUDA is touched)
+
 import sys
 
 from datasets import Dataset

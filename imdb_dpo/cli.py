@@ -9,6 +9,7 @@ import time
 
 import torch
 
+from . import one_gpu
 from .config import parse_config
 from .errors import UserError, first_line
 
@@ -79,6 +80,9 @@ def run_stage(main, stages, argv: list[str] | None = None, program: str | None =
         program = program or os.path.basename(getattr(sys.modules.get(main.__module__), "__file__", None)
                                               or "this stage")
         parsed = parse_config(stages, argv, program)
+        gpu = one_gpu.first_line(any(getattr(p, "use_cpu", False) for p in parsed))
+        if gpu:
+            print(gpu, flush=True)
         code = main(*parsed)
         return code
     except KeyboardInterrupt:  # a second Ctrl-C (the first asks for a save: preemption.StopRequest)

@@ -39,9 +39,12 @@ def padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def set_model_init_kwargs(training_args, model_args) -> None:
     """How the trainer loads the model from its path: ModelConfig's dtype (fp32 weights: the precision rule) and
-    attention implementation, under any model_init_kwargs the config gives explicitly."""
+    attention implementation, and on no device map (the Trainer places it on this process's device), under any
+    model_init_kwargs the config gives explicitly. TRL would pick device_map="auto" on any CUDA machine (ORPO and CPO
+    under a launcher too): each process would spread its model over every GPU of the node, and accelerate refuses to
+    train such a model in any distributed mode."""
     training_args.model_init_kwargs = {"dtype": model_args.dtype, "attn_implementation": model_args.attn_implementation,
-                                       **(training_args.model_init_kwargs or {})}
+                                       "device_map": None, **(training_args.model_init_kwargs or {})}
 
 
 def load_causal_lm(path: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):

@@ -105,3 +105,72 @@ def test_an_unset_model_is_a_message(capsys, tmp_path):
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert "model_name_or_path is not set" in err and "--model_name_or_path" in err
+
+
+@pytest.mark.parametrize("visible, launched, expected", [
+    ("3,5", False, "3"),  # plain python on a node showing two GPUs: the first
+    (None, False, "0"),  # nothing set: the node's first
+    ("GPU-a1b2,GPU-c3d4", False, "GPU-a1b2"),
+    ("3,5", True, "3,5"),  # under a launcher each process takes its rank's GPU from what is visible
+])
+def test_a_stage_without_a_launcher_sees_one_gpu(visible, launched, expected):
+    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "LOCAL_RANK", "WORLD_SIZE")}
+    env.update({"CUDA_VISIBLE_DEVICES": visible} if visible is not None else {})
+    env.update({"LOCAL_RANK": "0", "WORLD_SIZE": "2"} if launched else {})
+    proc = subprocess.run([sys.executable, "-c", "import imdb_dpo.one_gpu, os; print(os.environ['CUDA_VISIBLE_DEVICES'])"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == expected, proc.stderr
+
+
+def test_every_stage_script_pins_its_gpu_before_anything_else_is_imported():
+    """CUDA reads CUDA_VISIBLE_DEVICES once, and imports may touch CUDA: the pin must come first."""
+    import ast
+
+    for script in ("sft.py", "preference_pairs.py", "dpo.py", "rloo.py", "preferred_ft.py", "unlikelihood.py",
+                   "reward_model.py", "train.py", "eval.py"):
+        with open(os.path.join(REPO, script)) as f:
+            imports = [node for node in ast.parse(f.read()).body if isinstance(node, (ast.Import, ast.ImportFrom))]
+        assert isinstance(imports[0], ast.Import) and imports[0].names[0].name == "imdb_dpo.one_gpu", script
+
+
+@pytest.mark.parametrize("trainer", ["sft", "orpo"])
+def test_every_trained_model_loads_without_a_device_map_where_a_gpu_is_seen(trainer, tiny_sft, tmp_path, monkeypatch):
+    """TRL picks device_map="auto" on a CUDA machine (ORPO and CPO even under a launcher): every process would spread
+    its model over all the node's GPUs. The project loads each on no device map, for the Trainer to place."""
+    from transformers import PreTrainedModel
+    from trl import ModelConfig
+
+    from imdb_dpo.modeling import set_model_init_kwargs
+
+    asked = []
+    real = PreTrainedModel.from_pretrained.__func__
+
+    def from_pretrained(cls, *args, **kwargs):
+        asked.append(kwargs.get("device_map", "(unset)"))
+        kwargs.pop("device_map", None)  # there is no GPU to place it on
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(from_pretrained))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    if trainer == "sft":
+        import trl.trainer.utils as trl_utils
+
+        class CudaState:  # what TRL asks of the process state to choose its device map
+            device = torch.device("cuda")
+
+        monkeypatch.setattr(trl_utils, "PartialState", CudaState)
+        from trl import SFTConfig
+        args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+        set_model_init_kwargs(args, ModelConfig(model_name_or_path=tiny_sft, dtype="float32"))
+        trl_utils.create_model_from_path(tiny_sft, **args.model_init_kwargs)
+    else:
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+        from datasets import Dataset
+
+        from imdb_dpo.modeling import load_tokenizer
+
+        args = ORPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], bf16=False)
+        set_model_init_kwargs(args, ModelConfig(model_name_or_path=tiny_sft, dtype="float32"))
+        ORPOTrainer(model=tiny_sft, args=args, processing_class=load_tokenizer(tiny_sft, padding_side="right"),
+                    train_dataset=Dataset.from_list([{"prompt": "a", "chosen": " b", "rejected": " c"}]))
+    assert asked and all(device_map is None for device_map in asked), asked

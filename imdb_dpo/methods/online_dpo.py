@@ -47,9 +47,6 @@ def check(args: OnlineDPOConfig) -> None:
     check_policy_sampling(args, OnlineDPOConfig, "online DPO")
     check_positive(args, "max_new_tokens")
     args.remove_unused_columns = False  # the rows' columns are not the model's arguments
-    # The Trainer places the model on this process's device; TRL's own default ("auto") would spread it over every
-    # GPU of the node, under each process of a multi-GPU launch.
-    args.model_init_kwargs = {"device_map": None, **(args.model_init_kwargs or {})}
 
 
 def examples(script_args: OnlineDPOScriptArguments, model_args: ModelConfig) -> tuple[list[dict], dict]:
