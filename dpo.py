@@ -29,6 +29,7 @@ from imdb_dpo.checkpoints import check_schedule
 from imdb_dpo.frontier_eval import frontier_of
 from imdb_dpo.methods.dpo import DPO_CURVES, PretokenizedDPOTrainer, check_losses, run_name
 from imdb_dpo.manifests import describe_model_input
+from imdb_dpo.distributed import main_process_first
 from imdb_dpo.modeling import load_tokenizer, set_model_init_kwargs
 from imdb_dpo.pairs import REQUIRED_IDS
 from imdb_dpo.preemption import exit_resumable
@@ -51,7 +52,8 @@ def check_inputs(script_args: DPOScriptArguments, training_args: DPOConfig, mode
 def load_pairs_dataset(script_args: DPOScriptArguments, cache_dir: str):
     # The datasets cache sits beside the runs, on persistent storage, so a requeued job finds the cached
     # reference log-probs (they are keyed on this data set's fingerprint and the reference model's hash).
-    dataset = load_dataset("json", data_files=script_args.pairs_file, split="train", cache_dir=cache_dir)
+    with main_process_first():  # one process fills the datasets cache; the others read it
+        dataset = load_dataset("json", data_files=script_args.pairs_file, split="train", cache_dir=cache_dir)
     dataset = dataset.select_columns(list(REQUIRED_IDS))
     if script_args.max_train_pairs:
         dataset = dataset.select(range(min(script_args.max_train_pairs, len(dataset))))

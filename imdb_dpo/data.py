@@ -6,6 +6,7 @@ import re
 
 from datasets import Dataset, load_dataset
 
+from .distributed import main_process_first
 from .errors import UserError, first_line
 
 _BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -47,29 +48,30 @@ def load_reviews(data_args, split: str) -> Dataset:
     """
     field_name = f"{split}_file"
     path = getattr(data_args, field_name)
-    if path:
-        dataset, source = _load_local(path, field_name, split), f"{field_name}={path!r}"
-    elif data_args.train_file or data_args.test_file:
+    if not path and (data_args.train_file or data_args.test_file):
         raise DataError(f"{field_name} is not set but the other split is a local file: set {field_name} as well")
-    else:
-        dataset, source = load_dataset(data_args.dataset_name, split=split), f"dataset_name={data_args.dataset_name!r}"
+    with main_process_first():  # one process fills the datasets cache; the others read it
+        if path:
+            dataset, source = _load_local(path, field_name, split), f"{field_name}={path!r}"
+        else:
+            dataset, source = load_dataset(data_args.dataset_name, split=split), f"dataset_name={data_args.dataset_name!r}"
 
-    column = data_args.text_column
-    if column not in dataset.column_names:
-        raise DataError(
-            f"{source}: no column {column!r} (found {dataset.column_names}); set text_column to the review column"
-        )
-    if len(dataset) == 0:
-        raise DataError(f"{source}: the {split} split has no rows")
-    keep = [column] + (["label"] if "label" in dataset.column_names else [])
-    dataset = dataset.select_columns(keep)
-    if column != "text":
-        dataset = dataset.rename_column(column, "text")
-    dataset = dataset.map(lambda row: {"text": normalise_review(row["text"] or "")}, desc=f"Cleaning {split} reviews")
-    dataset = dataset.filter(lambda row: len(row["text"]) > 0)
-    if len(dataset) == 0:
-        raise DataError(f"{source}: every {split} review is empty after cleaning")
-    return dataset
+        column = data_args.text_column
+        if column not in dataset.column_names:
+            raise DataError(
+                f"{source}: no column {column!r} (found {dataset.column_names}); set text_column to the review column"
+            )
+        if len(dataset) == 0:
+            raise DataError(f"{source}: the {split} split has no rows")
+        keep = [column] + (["label"] if "label" in dataset.column_names else [])
+        dataset = dataset.select_columns(keep)
+        if column != "text":
+            dataset = dataset.rename_column(column, "text")
+        dataset = dataset.map(lambda row: {"text": normalise_review(row["text"] or "")}, desc=f"Cleaning {split} reviews")
+        dataset = dataset.filter(lambda row: len(row["text"]) > 0)
+        if len(dataset) == 0:
+            raise DataError(f"{source}: every {split} review is empty after cleaning")
+        return dataset
 
 
 def make_prompts(

@@ -1,5 +1,6 @@
 """Process layout under `accelerate launch` / `torchrun` (one process per GPU, or gloo on CPU)."""
 
+import contextlib
 import os
 
 import torch
@@ -36,3 +37,21 @@ def sharded_launch() -> str:
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
         return "DeepSpeed"
     return ""
+
+
+@contextlib.contextmanager
+def main_process_first():
+    """The main process runs the block first (a data set it loads into the shared cache, which the others then read
+    ready-made), then the others. Unlike accelerate's, a main process that raises inside still releases the others,
+    which then meet the same error themselves instead of waiting at a barrier until NCCL's timeout."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # one process: nothing to order (and no state to create here,
+        yield  # whose first creation would decide the device before the stage's use_cpu does)
+        return
+    state = process_state()
+    if not state.is_main_process:
+        state.wait_for_everyone()
+    try:
+        yield
+    finally:
+        if state.is_main_process:
+            state.wait_for_everyone()

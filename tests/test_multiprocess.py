@@ -134,3 +134,33 @@ def test_two_process_dpo_stops_together_on_the_stop_file_and_resumes(tiny_sft, t
     assert read_manifest(run_dir)["global_step"] == 40
     logged = [e["step"] for e in json.load(open(run_dir / "trainer_state.json"))["log_history"] if "loss" in e]
     assert logged == list(range(1, 41))
+
+
+MAIN_FIRST = """
+import os, sys, time
+from imdb_dpo.distributed import main_process_first, process_state
+log, fail = sys.argv[1], sys.argv[2] == "fail"
+state = process_state(True)
+try:
+    with main_process_first():
+        if state.is_main_process:
+            time.sleep(1.5)  # a slow download: the other process must still wait for it
+        with open(log, "a") as f:
+            f.write(f"{state.process_index} ")
+        if fail:
+            raise ValueError("no such file")
+except ValueError:
+    pass
+state.wait_for_everyone()
+"""
+
+
+def test_the_main_process_fills_the_datasets_cache_first_and_a_failure_there_hangs_no_one(tmp_path):
+    """Every rank loads the reviews into one datasets cache: the main process first (load_reviews, DPO's pair file);
+    where it raises, the others are released to meet the error themselves, not left at a barrier for NCCL's 30 min."""
+    script = tmp_path / "main_first.py"
+    script.write_text(f"import sys; sys.path.insert(0, {REPO!r})\n" + MAIN_FIRST)
+    for fail in ("ok", "fail"):
+        log = tmp_path / f"{fail}.log"
+        launch_two(str(script), [str(log), fail])
+        assert log.read_text().split() == ["0", "1"], fail
