@@ -150,7 +150,10 @@ def _read_yaml_config(path: str, dataclass_types) -> dict:
                           "configs/tiny/dpo.yaml")
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} does not exist (passed with --config)")
-    config = strict_yaml(path) or {}
+    config = strict_yaml(path)
+    if config is None or config == {}:
+        raise ConfigError(f"{path}: the config is empty (passed with --config); give the stage's settings as key: value "
+                          "lines, or start from the preset's (configs/tiny/ or configs/gpt2-large/)")
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: the file must be a YAML mapping of key: value")
     not_names = [k for k in config if not isinstance(k, str)]

@@ -11,7 +11,7 @@ import dpo
 import eval as eval_stage
 import preference_pairs
 import sft
-from conftest import CPU_FLAGS, REPO, dpo_argv
+from conftest import CPU_FLAGS, REPO, dpo_argv, refused_in_process
 from imdb_dpo.cli import run_stage
 from imdb_dpo.errors import ConfigError
 from imdb_dpo.config import EvalArguments, PairsArguments, parse_config
@@ -282,3 +282,12 @@ def test_a_sweep_entry_that_is_not_a_number_is_named(values, message):
 
     with pytest.raises(ConfigError, match=message):
         sweep_values("betas", values, "beta", 0.1, 0.1)
+
+
+@pytest.mark.parametrize("script", ["sft.py", "preference_pairs.py", "dpo.py", "rloo.py", "eval.py"])
+@pytest.mark.parametrize("text", ["", "# settings to come\n"])
+def test_an_empty_config_is_refused_naming_the_file(script, text, capsys, tmp_path):
+    config = tmp_path / "stage.yaml"
+    config.write_text(text)
+    err = refused_in_process(script, ["--config", str(config), "--output_dir", str(tmp_path / "out")], capsys)
+    assert f"{config}: the config is empty" in err and not (tmp_path / "out").exists()
