@@ -10,7 +10,7 @@ import time
 import torch
 
 from . import one_gpu
-from .config import parse_config
+from .config import ConfigError, parse_config
 from .errors import UserError, first_line
 
 DEBUG_VARIABLE = "IMDB_DPO_DEBUG"
@@ -80,6 +80,7 @@ def run_stage(main, stages, argv: list[str] | None = None, program: str | None =
         program = program or os.path.basename(getattr(sys.modules.get(main.__module__), "__file__", None)
                                               or "this stage")
         parsed = parse_config(stages, argv, program)
+        check_output_dirs(parsed)
         gpu = one_gpu.first_line(any(getattr(p, "use_cpu", False) for p in parsed))
         if gpu:
             print(gpu, flush=True)
@@ -102,6 +103,16 @@ def run_stage(main, stages, argv: list[str] | None = None, program: str | None =
     finally:
         if os.environ.get(RESOURCE_REPORT) and os.environ.get("RANK", "0") == "0":
             write_resource_report(os.environ[RESOURCE_REPORT], time.perf_counter() - started, code)
+
+
+def check_output_dirs(parsed) -> None:
+    """An output_dir that exists as something other than a folder is named before any work (a later makedirs would
+    end in NotADirectoryError)."""
+    for args in parsed:
+        path = getattr(args, "output_dir", None)
+        if path and os.path.exists(path) and not os.path.isdir(path):
+            raise ConfigError(f"output_dir={path!r} is a file, not a folder: name a folder (new or one this stage "
+                              "wrote); nothing was written")
 
 
 def write_resource_report(path: str, seconds: float, code: int | None) -> None:

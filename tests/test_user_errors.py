@@ -291,3 +291,14 @@ def test_an_empty_config_is_refused_naming_the_file(script, text, capsys, tmp_pa
     config.write_text(text)
     err = refused_in_process(script, ["--config", str(config), "--output_dir", str(tmp_path / "out")], capsys)
     assert f"{config}: the config is empty" in err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("script", ["sft.py", "preference_pairs.py", "dpo.py", "rloo.py", "eval.py",
+                                    "train.py kto"])
+def test_an_output_dir_that_is_a_file_is_refused_before_any_work(script, capsys, tmp_path):
+    taken = tmp_path / "results.txt"
+    taken.write_text("a user's file")
+    name, *method = script.split()
+    config = os.path.join(REPO, "configs", "tiny", f"{method[0] if method else name[:-3]}.yaml")
+    err = refused_in_process(name, [*method, "--config", config, "--output_dir", str(taken)], capsys)
+    assert f"output_dir={str(taken)!r} is a file, not a folder" in err and taken.read_text() == "a user's file"
