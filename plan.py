@@ -19,6 +19,7 @@ import os
 import sys
 
 from imdb_dpo.checkpoints import check_schedule, save_interval, schedule_of
+from imdb_dpo.generation_copy import check_generation_dtype
 from imdb_dpo.checks import check_training
 from imdb_dpo.cli import run_stage
 from imdb_dpo.config import REPOSITORY, ConfigError, EvalArguments, PairsArguments, TinyBaseArguments, parse_config
@@ -376,6 +377,7 @@ def compile_seconds(script_args) -> float:
 
 
 def plan_rloo(preset, stage, script_args, training_args, model_args) -> Row:
+    check_generation_dtype(script_args, model_args.use_peft)
     shape = preset.shape(model_args.model_name_or_path)
     learned = os.path.realpath(script_args.reward_model) in preset.configs
     classifier = (preset.shape(script_args.reward_model, classifier=True) if learned else
@@ -404,6 +406,7 @@ def plan_rloo(preset, stage, script_args, training_args, model_args) -> Row:
 def plan_online_dpo(preset, script_args, training_args, model_args) -> Row:
     """Each step samples two completions of each of its prompts, scores them with the reward model, and trains on
     them with every position's logits (policy and reference)."""
+    check_generation_dtype(script_args, model_args.use_peft)
     shape = preset.shape(model_args.model_name_or_path)
     classifier = costs.classifier_shape(script_args.reward_model)
     counts = preset.pairs(script_args.pairs_file)

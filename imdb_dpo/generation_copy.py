@@ -26,6 +26,8 @@ from .precision import DTYPES
 
 
 def check_generation_dtype(script_args, use_peft: bool) -> None:
+    if script_args.generation_dtype in ("", "none"):  # how a command line unsets what a config sets
+        script_args.generation_dtype = None
     name = script_args.generation_dtype
     if name is None:
         if script_args.generation_compile:
@@ -33,15 +35,15 @@ def check_generation_dtype(script_args, use_peft: bool) -> None:
                               "set generation_dtype (bfloat16), or remove generation_compile")
         return
     if name not in DTYPES:
-        raise ConfigError(f"generation_dtype={name!r}: use one of {', '.join(DTYPES)}, or leave it unset to sample with "
-                          "the training model itself")
+        raise ConfigError(f"generation_dtype={name!r}: use one of {', '.join(DTYPES)}, or none to sample with the "
+                          "training model itself")
     if use_peft:
         raise ConfigError(f"generation_dtype={name} with use_peft: the copy would merge the adapter into a copy of the "
-                          "whole model at every step; leave generation_dtype unset for a LoRA run")
+                          "whole model at every step; pass --generation_dtype none --generation_compile false for a LoRA run")
     sharded = sharded_launch()
     if sharded:
         raise ConfigError(f"generation_dtype={name} under {sharded}: each process copies the whole model it holds, and "
-                          f"{sharded} holds a shard; leave generation_dtype unset, or launch with "
+                          f"{sharded} holds a shard; pass --generation_dtype none --generation_compile false, or launch with "
                           "configs/accelerate/ddp.yaml")
 
 

@@ -151,6 +151,8 @@ def test_a_stage_that_would_not_fit_stops_before_loading_with_the_numbers_and_th
     ("eval.yaml", ("num_prompts: 64", "num_prompts: 0"), "num_prompts=0: must be a finite number > 0"),
     ("preference_pairs.yaml", None, "no preference_pairs.yaml of this preset writes it"),
     ("rloo.yaml", ("seed: 0", "seed: 0\nseeds: [0, 1]\nkeep_final_model_seeds: [-1]"), "keep_final_model_seeds=[-1]"),
+    ("rloo.yaml", ("seed: 0", "seed: 0\ngeneration_compile: true"), "generation_compile: true compiles the generation"),
+    ("online_dpo.yaml", ("seed: 0", "seed: 0\ngeneration_dtype: float8"), "generation_dtype='float8'"),
 ])
 def test_the_plan_refuses_what_the_stages_refuse(config, change, message, tmp_path):
     """Settings a stage would refuse are refused by the plan too, naming the file, never planned as 0 or 1 steps."""

@@ -36,7 +36,7 @@ def test_the_copy_holds_the_policys_current_weights_and_building_it_draws_no_ran
 
 @pytest.mark.parametrize("setting, use_peft, env, expected", [
     ("float8", False, {}, "generation_dtype='float8': use one of float32, bfloat16, float16"),
-    ("bfloat16", True, {}, "leave generation_dtype unset for a LoRA run"),
+    ("bfloat16", True, {}, "pass --generation_dtype none --generation_compile false for a LoRA run"),
     ("bfloat16", False, {"ACCELERATE_USE_FSDP": "true"}, "generation_dtype=bfloat16 under FSDP"),
     ("bfloat16", False, {"ACCELERATE_USE_DEEPSPEED": "true"}, "generation_dtype=bfloat16 under DeepSpeed"),
     (None, False, {}, "generation_compile: true compiles the generation copy's decode step, and there is no copy"),
@@ -58,18 +58,25 @@ def test_the_memory_check_counts_the_copy_and_its_bf16_cache():
     assert with_copy.memory["generation copy"] == 2 * shape.params
 
 
-def test_a_decode_step_that_cannot_compile_is_one_message_naming_the_setting(monkeypatch):
+def test_a_decode_step_that_cannot_compile_is_one_message_naming_the_setting():
     """A node without a working compiler: the run stops with what to change, not inductor's traceback."""
     import torch._inductor.config as inductor
     from transformers import GenerationConfig
 
-    monkeypatch.setattr(inductor, "fx_graph_cache", False)
-    monkeypatch.setattr(inductor.cpp, "cxx", ("/nonexistent/c++",))
     torch._dynamo.reset()
     copy = GenerationCopy("bfloat16", compile=True)
     config = copy.generation_config(GenerationConfig(max_new_tokens=4, do_sample=True, pad_token_id=0, eos_token_id=0))
-    try:
-        with pytest.raises(UserError, match="Run again with --generation_compile false --overwrite true"):
+    try:  # inductor's own patch: monkeypatch would delete its settings on the way out, for every later test
+        with inductor.patch({"fx_graph_cache": False, "cpp.cxx": ("/nonexistent/c++",)}), \
+                pytest.raises(UserError, match="Run again with --generation_compile false --overwrite true"):
             copy.generate(tiny_policy(), [[1, 2, 3], [4, 5]], config, 0)
     finally:
         torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("unset", ["", "none"])
+def test_a_command_line_unsets_the_copy_a_config_sets(unset):
+    """The gpt2-large preset sets generation_dtype; a LoRA run must go without it, from the command line."""
+    args = RLOOScriptArguments(generation_dtype=unset)
+    check_generation_dtype(args, use_peft=True)
+    assert args.generation_dtype is None

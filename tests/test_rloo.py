@@ -248,7 +248,7 @@ def test_rloo_evaluated_in_memory_and_killed_after_a_resume_checkpoint_ends_with
     (["--use_vllm", "true"], "remove use_vllm"),
     (["--vllm_gpu_memory_utilization", "0.5"], "vllm_gpu_memory_utilization setting would do nothing"),
     (["--generation_dtype", "float8"], "generation_dtype='float8': use one of"),
-    (["--generation_dtype", "bfloat16", "--use_peft", "true"], "leave generation_dtype unset for a LoRA run"),
+    (["--generation_dtype", "bfloat16", "--use_peft", "true"], "pass --generation_dtype none --generation_compile false for a LoRA run"),
 ])
 def test_sampling_settings_it_would_ignore_or_fail_on_are_refused_before_any_folder(extra, expected, tiny_sft,
                                                                                      tiny_pairs, tmp_path, capsys):
