@@ -163,7 +163,7 @@ def test_config_flag_without_a_value_and_no_config_at_all(capsys, tiny_base, tin
     assert pairs.output_dir == os.path.join(REPO, "generations/gpt2-large")
     assert pairs.model_name_or_path == os.path.join(REPO, "outputs/gpt2-large/sft")
     empty = tmp_path / "empty.yaml"
-    empty.write_text("# nothing set\n")
+    empty.write_text("seed: 0  # nothing else set\n")
     assert parse_config([EvalArguments], ["--config", str(empty)])[0].dpo_dir == os.path.join(REPO, "outputs/gpt2-large/dpo")
 
 
@@ -173,7 +173,7 @@ def test_flags_a_stage_has_no_use_for_are_refused(capsys, tmp_path):
     refused(capsys, dpo, ["--config", os.path.join(REPO, "configs/tiny/dpo.yaml"), "--learnin_rate", "1e-4"],
             "--learnin_rate (did you mean --learning_rate?) is not a setting of dpo.py")
     empty = tmp_path / "empty.yaml"
-    empty.write_text("")  # TrainingArguments' defaults ask for bf16, which this machine cannot do
+    empty.write_text("seed: 42\n")  # TrainingArguments' defaults ask for bf16, which this machine cannot do
     refused(capsys, sft, ["--config", str(empty)], "sft.py: Your setup doesn't support bf16")
 
 
