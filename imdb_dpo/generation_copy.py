@@ -119,6 +119,17 @@ class GenerationCopy:
         return self.model
 
 
+class SamplesFromCopy:
+    """A trainer mixin: `generation_copy=` (None: TRL's own sampling), and the generation config the copy samples with
+    (only the copy samples, so the trainer's config becomes the copy's)."""
+
+    def __init__(self, *args, generation_copy: GenerationCopy | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.generation_copy = generation_copy
+        if generation_copy is not None:
+            self.generation_config = generation_copy.generation_config(self.generation_config)
+
+
 def make_generation_copy(script_args) -> GenerationCopy | None:
     if not script_args.generation_dtype:
         return None

@@ -19,7 +19,7 @@ from trl.models.utils import unwrap_model_for_generation
 from ..checks import check_model, check_policy_sampling, check_positive
 from ..config import OnlineDPOScriptArguments
 from ..costs import classifier_shape, online_dpo_memory
-from ..generation_copy import GenerationCopy, check_generation_dtype, make_generation_copy
+from ..generation_copy import SamplesFromCopy, check_generation_dtype, make_generation_copy
 from ..errors import ConfigError
 from ..manifests import describe_model_input
 from ..modeling import padded_positions
@@ -87,7 +87,7 @@ def run_name(args, beta: float) -> str:
     return f"online_{args.loss_type}_beta{beta:g}"
 
 
-class PretokenizedOnlineDPOTrainer(OnlineDPOTrainer):
+class PretokenizedOnlineDPOTrainer(SamplesFromCopy, OnlineDPOTrainer):
     """OnlineDPOTrainer that samples from the pair file's prompt ids and scores them at the positions it sampled.
 
     TRL tokenises the prompt text again (a prompt's text does not always tokenise back to its ids), and its forward
@@ -95,12 +95,6 @@ class PretokenizedOnlineDPOTrainer(OnlineDPOTrainer):
     a short prompt's completion would be scored (and trained) at other positions than the ones it was sampled at.
 
     With a `generation_copy` it samples from that copy of the policy, refreshed before each generation."""
-
-    def __init__(self, *args, generation_copy: GenerationCopy | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.generation_copy = generation_copy
-        if generation_copy is not None:  # only the copy samples: the config is the copy's
-            self.generation_config = generation_copy.generation_config(self.generation_config)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self._batch_prompt_ids = [list(ids) for ids in inputs["prompt_ids"]]

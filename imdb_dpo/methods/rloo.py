@@ -7,7 +7,7 @@ the DPO paper's IMDb experiment; PPO itself is gone from TRL.
 from datasets import Dataset
 from trl import RLOOTrainer
 
-from ..generation_copy import GenerationCopy
+from ..generation_copy import SamplesFromCopy
 from ..modeling import padded_positions
 
 # What training_curves.png shows for an RLOO run: (logged key or keys, panel title).
@@ -63,7 +63,7 @@ class PositionedModel:
         return self.model(*args, **kwargs)
 
 
-class PretokenizedRLOOTrainer(RLOOTrainer):
+class PretokenizedRLOOTrainer(SamplesFromCopy, RLOOTrainer):
     """RLOOTrainer that samples from the prompt ids of the pair file, as stage 2 and the evaluation do, and scores the
     completions at the positions they were sampled at.
 
@@ -72,12 +72,6 @@ class PretokenizedRLOOTrainer(RLOOTrainer):
     by the padding, away from where generate() sampled it.
 
     With a `generation_copy` it samples from that copy of the policy, refreshed before each generation."""
-
-    def __init__(self, *args, generation_copy: GenerationCopy | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.generation_copy = generation_copy
-        if generation_copy is not None:  # only the copy samples: the config is the copy's
-            self.generation_config = generation_copy.generation_config(self.generation_config)
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields):
         if self.generation_copy is None:
