@@ -43,7 +43,7 @@ STAGES = (DPOScriptArguments, DPOConfig, ModelConfig)
 def check_inputs(script_args: DPOScriptArguments, training_args: DPOConfig, model_args: ModelConfig) -> list[dict]:
     """The pairs, once every setting and the pair file are checked."""
     check_training(training_args)
-    check_positive(script_args, "max_train_pairs", "total_batch_size")
+    check_positive(script_args, "max_train_pairs")
     check_schedule(script_args, training_args)
     check_model("model_name_or_path", model_args.model_name_or_path)
     return read_training_pairs(script_args.pairs_file, model_args.model_name_or_path)  # file, line and field of any fault
@@ -67,24 +67,12 @@ def new_trainer(args, model_args, dataset, tokenizer, callbacks=()):
                                   callbacks=list(callbacks))
 
 
-def set_total_batch_size(script_args: DPOScriptArguments, training_args: DPOConfig) -> None:
-    if not script_args.total_batch_size:
-        return
-    per_step = training_args.world_size * training_args.gradient_accumulation_steps
-    if script_args.total_batch_size % per_step:
-        raise ConfigError(f"total_batch_size={script_args.total_batch_size} is not divisible by processes "
-                         f"({training_args.world_size}) x gradient_accumulation_steps "
-                         f"({training_args.gradient_accumulation_steps})")
-    training_args.per_device_train_batch_size = script_args.total_batch_size // per_step
-
-
 def main(script_args: DPOScriptArguments, training_args: DPOConfig, model_args: ModelConfig) -> int:
     state = training_args.distributed_state  # first, so the process group follows use_cpu as the Trainer will
     check_wandb_credentials(training_args.report_to)
     betas = sweep_values("betas", script_args.betas, "beta", training_args.beta, DPOConfig.__dataclass_fields__["beta"].default)
     seeds = seed_values(script_args.seeds)
     check_losses(training_args, betas)
-    set_total_batch_size(script_args, training_args)
     pair_list = check_inputs(script_args, training_args, model_args)
     frontier = frontier_of(script_args, "dpo", training_args.output_dir)
     check_memory("DPO", dpo_memory(training_args, model_shape(model_args.model_name_or_path), longest_pair(pair_list),
@@ -104,8 +92,7 @@ def main(script_args: DPOScriptArguments, training_args: DPOConfig, model_args: 
         print(f"reference log-probs cached in {training_args.output_dir}/.datasets_cache")
         return 0
     def results(trainer):
-        return {"final_metrics": last_logged(trainer, "rewards/accuracies"), "pairs_per_step": trainer.args.world_size
-                * trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps}
+        return {"final_metrics": last_logged(trainer, "rewards/accuracies")}
 
     def finished_line(manifest):
         return logged_line(manifest["final_metrics"], [("rewards/accuracies", "preference accuracy", ".3f")])

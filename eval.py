@@ -67,7 +67,7 @@ def models_to_evaluate(args: EvalArguments) -> tuple[list[dict], list[dict]]:
     records under `args`'s settings.
 
     Every run folder under a method's root (dpo_dir, rloo_dir, ...: methods.TRAINED) whose manifest's stage is that
-    method counts (a root that does not exist: the method was not run). Records are kept by run name, so a name found
+    method counts (a root that is "" or does not exist: the method was not run; imdb_dpo/model_eval.check_runs_root). Records are kept by run name, so a name found
     in two roots is an error."""
     units = [{"method": "sft", "run": "sft", "loss_type": "", "beta": "", "step": 0, "path": args.sft_model}]
     if args.base_model:
@@ -76,7 +76,7 @@ def models_to_evaluate(args: EvalArguments) -> tuple[list[dict], list[dict]]:
     for method in TRAINED:
         root = getattr(args, method.root_field)
         # A leading dot marks work in progress beside a finished run (e.g. `.sigmoid_beta0.1.new` of an --overwrite).
-        runs = sorted(n for n in os.listdir(root) if not n.startswith(".")) if os.path.isdir(root) else []
+        runs = sorted(n for n in os.listdir(root) if not n.startswith(".")) if root and os.path.isdir(root) else []
         seeded = {setting_of(n) for n in runs if setting_of(n) != n}
         for name in runs:
             run_dir = os.path.join(root, name)

@@ -325,12 +325,9 @@ def frontier_classifier(preset, script_args):
 
 
 def plan_dpo(preset, script_args, training_args, model_args) -> Row:
-    import dpo
-
     shape = preset.shape(model_args.model_name_or_path)
     counts = preset.pairs(script_args.pairs_file)
     pairs = min(counts["pairs"], script_args.max_train_pairs or math.inf)
-    dpo.set_total_batch_size(script_args, training_args)
     steps = trained_steps(pairs, training_args)
     tokens = min(counts["tokens"], training_args.max_length or math.inf)
     betas = script_args.betas or [training_args.beta]
@@ -390,7 +387,7 @@ def plan_rloo(preset, stage, script_args, training_args, model_args) -> Row:
               peak=costs.rloo_memory(training_args, shape, counts["prompt_tokens"], classifier, script_args.reward_dtype,
                                      *frontier_classifier(preset, script_args), lora=model_args.use_peft,
                                      generation_dtype=script_args.generation_dtype,
-                                     generation_compile=script_args.generation_compile))
+                                     generation_compile=script_args.generation_compile, learned_reward=learned))
     per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
     generation_prompts = max(per_step // training_args.num_generations, 1)
     row.seconds = row.runs * steps * sampled_step_seconds(
@@ -602,7 +599,11 @@ def render(preset: Preset) -> str:
         lines.append(f"- {row.stage}: {detail}; {'; '.join(row.notes)}")
     footnote = ("<=: counted from the most pairs stage 2's settings allow (the pair file does not exist yet; plan again "
                "once it does). " if most else "")
-    lines += ["", footnote + "\"most on disk while it runs\" counts everything kept by the stages before it. GPU hours: H100 SXM "
+    lines += ["", footnote + "\"most on disk while it runs\" counts everything kept by the stages before it. \"peak GPU memory\": "
+              "what PyTorch allocates at the stage's largest step on one process, everything resident counted (an "
+              "in-memory evaluation's models stay from its first point on; under a DDP launch add one fp32 copy of the "
+              f"weights for its gradient buckets); a stage starts only where {costs.ALLOCATOR_MARGIN:.0%} more is free, "
+              "for what the allocator caches. GPU hours: H100 SXM "
               f"peaks ({costs.H100['bf16_flops'] / 1e12:.0f} TFLOP/s bf16, {costs.H100['fp32_flops'] / 1e12:.0f} fp32, "
               f"{costs.H100['bytes_per_s'] / 1e12:.2f} TB/s), at an assumed {costs.MFU:.0%} of peak FLOP/s and "
               f"{costs.BANDWIDTH_USE:.0%} of bandwidth for decoding, and {costs.LAUNCH_SECONDS * 1e6:.0f} us of CPU time a "

@@ -106,7 +106,8 @@ def main(script_args: RLOOScriptArguments, training_args: RLOOConfig, model_args
                                      max(len(p["prompt_ids"]) for p in pairs), classifier_shape(script_args.reward_model),
                                      script_args.reward_dtype, *frontier_inputs(frontier), lora=model_args.use_peft,
                                      generation_dtype=script_args.generation_dtype,
-                                     generation_compile=script_args.generation_compile),
+                                     generation_compile=script_args.generation_compile,
+                                     learned_reward=method == "rloo_rm"),
                  state.device)
     if method == "rloo_rm":
         inputs["reward_model"] = describe_model_input(script_args.reward_model)

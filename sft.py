@@ -28,6 +28,7 @@ from imdb_dpo.settings import run_settings
 from imdb_dpo.modeling import load_tokenizer, set_model_init_kwargs
 from imdb_dpo.preemption import SaveAndStopOnSignal, StopRequest, exit_resumable
 from imdb_dpo.tracking import check_wandb_credentials
+from imdb_dpo.training_runs import examples_per_step
 
 STAGES = (SFTScriptArguments, SFTConfig, ModelConfig)
 
@@ -99,7 +100,8 @@ def train(training_args: SFTConfig, model_args: ModelConfig, train_rows, held_ou
         tokenizer.save_pretrained(output_dir)
         trainer.state.save_to_json(os.path.join(output_dir, "trainer_state.json"))  # loss and throughput, for people
     trainer.accelerator.wait_for_everyone()
-    manifest.finish(eval_loss=eval_metrics["eval_loss"], global_step=trainer.state.global_step, train_rows=len(train_rows))
+    manifest.finish(eval_loss=eval_metrics["eval_loss"], global_step=trainer.state.global_step, train_rows=len(train_rows),
+                    processes=trainer.args.world_size, examples_per_step=examples_per_step(trainer.args))
     if trainer.accelerator.is_main_process:
         # Its checkpoints were for resuming only (weights and AdamW state: 9.3 GB each at GPT-2 Large's size); the
         # later stages read the model in output_dir.

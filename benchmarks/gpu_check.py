@@ -253,7 +253,7 @@ class Check:
         self.facts["eval_samples"] = (128 if gpu else 16) * (16 + 4)  # SFT: best_of_n_samples; DPO: samples_per_prompt
         self.stage("eval", "eval.py", *d, "--num_prompts", "128" if gpu else "16", "--base_model", "",
                    "--reward_model", self.classifier, *(flag for m in TRAINED if m.key != "dpo"
-                                                        for flag in (f"--{m.root_field}", f"{out}/none")), *short,
+                                                        for flag in (f"--{m.root_field}", "")), *short,
                    *([] if gpu else ["--use_cpu", "true", "--batch_size", "16", "--kl_batch_size", "16"]))
         for name in ("summary.csv", "report.md", "reward_vs_kl.png"):
             path = os.path.join(out, "outputs", "gpt2-large", "eval", name)

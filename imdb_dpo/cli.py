@@ -36,9 +36,9 @@ def user_message(error: BaseException, output_dirs: list[str]) -> str | None:
     for cause in _chain(error):
         if isinstance(cause, torch.OutOfMemoryError):  # a training step; sampling and evaluation name their own fix
             return (f"out of memory while training ({first_line(cause, default='out of memory')}). Lower "
-                    "per_device_train_batch_size and raise gradient_accumulation_steps by the same factor (the pairs "
-                    "per optimizer step stay the same; dpo.py's total_batch_size does this for you), or lower precompute_ref_batch_size if DPO's "
-                    "reference pass ran out. The newest checkpoint is kept: the same command resumes from it.")
+                    "per_device_train_batch_size (the most rows a pass holds: gradient accumulation makes up "
+                    "examples_per_step, which stays), or lower precompute_ref_batch_size if DPO's reference pass ran "
+                    "out. The newest checkpoint is kept: the same command resumes from it.")
         number = cause.errno if isinstance(cause, OSError) else None
         if number in _DISK_FULL or f"os error {errno.ENOSPC})" in str(cause):
             number = number or errno.ENOSPC

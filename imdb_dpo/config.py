@@ -17,8 +17,10 @@ import typing
 from dataclasses import dataclass, field
 
 import yaml
+from transformers import TrainingArguments
 from trl import TrlParser
 
+from .batch_size import BatchArguments, derived_batch
 from .errors import ConfigError, first_line
 
 
@@ -42,7 +44,7 @@ class DataArguments:
 
 
 @dataclass
-class SFTScriptArguments(DataArguments):
+class SFTScriptArguments(BatchArguments, DataArguments):
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training reviews."})
     max_eval_samples: int | None = field(default=500, metadata={"help": "Held-out reviews for the eval loss."})
     overwrite: bool = field(default=False, metadata={"help": "Delete a finished run in output_dir and train again."})
@@ -230,7 +232,10 @@ def parse_config(dataclass_types, argv=None, program: str = "this stage"):
         # The configs' own validation, e.g. bf16 (TrainingArguments' default) on a machine without a GPU.
         raise ConfigError(f"{program}: {error} (set it in the config or on the command line; the presets in "
                           "configs/ set every such option)") from None
+    given = {arg[2:].split("=", 1)[0].replace("-", "_") for arg in argv if arg.startswith("--")}
     for obj in parsed:
+        # What the user typed, apart from the config's values: an input named there must exist (`given_on_command_line`).
+        obj.given_on_command_line = sorted(given & {f.name for f in dataclasses.fields(obj)})
         # The project's own defaults name paths as ${OUTPUT_ROOT}/...; expand them as the YAML values are.
         for f in dataclasses.fields(obj):
             if f.type in (str, str | None) and isinstance(getattr(obj, f.name), str) and "$" in getattr(obj, f.name):
@@ -240,7 +245,25 @@ def parse_config(dataclass_types, argv=None, program: str = "this stage"):
         modules = getattr(obj, "lora_target_modules", None)
         if isinstance(modules, str) and modules != "all-linear":
             obj.lora_target_modules = [modules]
-    return parsed
+    return _with_derived_batch(parsed, program)
+
+
+def _with_derived_batch(parsed, program: str):
+    """A training stage's TrainingArguments with the batch split its examples_per_step needs on this many processes
+    (imdb_dpo/batch_size.py)."""
+    script = next((p for p in parsed if isinstance(p, BatchArguments)), None)
+    i = next((i for i, p in enumerate(parsed) if isinstance(p, TrainingArguments)), None)
+    if script is None or i is None:
+        return parsed
+    parsed = list(parsed)
+    derived = derived_batch(script, parsed[i])
+    if any(getattr(parsed[i], key) != value for key, value in derived.items()):
+        try:
+            parsed[i] = dataclasses.replace(parsed[i], **derived)  # __post_init__ again, on the derived batch
+        except ValueError as error:
+            raise ConfigError(f"{program}: {error} (with examples_per_step={script.examples_per_step} on "
+                              f"{parsed[i].world_size} processes)") from None
+    return tuple(parsed)
 
 
 @dataclass
@@ -308,7 +331,7 @@ class PairsArguments(SamplingArguments):
 
 
 @dataclass
-class CheckpointArguments:
+class CheckpointArguments(BatchArguments):
     """When the runs that the frontier evaluates save their checkpoints (see imdb_dpo/checkpoints.py)."""
 
     checkpoint_schedule: str = field(
@@ -363,11 +386,6 @@ class DPOScriptArguments(CheckpointArguments):
     )
     max_train_pairs: int | None = None
     overwrite: bool = field(default=False, metadata={"help": "Delete finished runs of this sweep and train again."})
-    total_batch_size: int | None = field(
-        default=None,
-        metadata={"help": "Pairs per optimizer step over all processes; sets per_device_train_batch_size from the "
-                          "process count and gradient_accumulation_steps, so a run means the same on 1 or 8 GPUs."},
-    )
     reference_only: bool = field(
         default=False,
         metadata={"help": "Only compute and cache the reference log-probs (a job before the SLURM array of DPO runs)."},
@@ -483,7 +501,7 @@ class OnlineDPOScriptArguments(PolicySamplingArguments, CheckpointArguments):
 
 
 @dataclass
-class RewardModelScriptArguments:
+class RewardModelScriptArguments(BatchArguments):
     """A learned reward model (TRL's RewardTrainer, Bradley-Terry) on the pair file: the paper's PPO row optimises it."""
 
     pairs_file: str = field(
@@ -501,20 +519,22 @@ class RewardModelScriptArguments:
 def runs_root(method: str, what: str):
     """An EvalArguments field: the folder holding a method's runs."""
     return field(default=f"${{OUTPUT_ROOT}}/outputs/gpt2-large/{method}",
-                 metadata={"help": f"Root of the {what} runs; a folder that does not exist means none were run."})
+                 metadata={"help": f"Root of the {what} runs; \"\" for none. A config's folder that does not exist "
+                                   "means none were run; one given on the command line must exist."})
 
 
 @dataclass
 class EvalArguments(SamplingArguments):
     sft_model: str = field(default="${OUTPUT_ROOT}/outputs/gpt2-large/sft", metadata={"help": "Also the KL reference."})
     base_model: str | None = field(default=None, metadata={"help": "Pre-SFT model, shown as a point when set."})
-    dpo_dir: str = field(default="${OUTPUT_ROOT}/outputs/gpt2-large/dpo", metadata={"help": "Root of the DPO runs."})
+    dpo_dir: str = runs_root("dpo", "DPO (dpo.py)")
     rloo_dir: str = runs_root("rloo", "RLOO (rloo.py)")
     preferred_ft_dir: str = runs_root("preferred_ft", "Preferred-FT (preferred_ft.py)")
     rloo_rm_dir: str = field(
         default="${OUTPUT_ROOT}/outputs/gpt2-large/rloo_rm",
         metadata={"help": "Root of the RLOO runs on a learned reward model (rloo.py with rloo_rm.yaml); their records "
-                          "also hold the learned model's score. A folder that does not exist means none were run."},
+                          "also hold the learned model's score. \"\" for none; a config's folder that does not exist "
+                          "means none were run; one given on the command line must exist."},
     )
     unlikelihood_dir: str = runs_root("unlikelihood", "Unlikelihood (unlikelihood.py)")
     kto_dir: str = runs_root("kto", "KTO (train.py kto)")

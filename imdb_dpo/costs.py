@@ -226,30 +226,35 @@ class NotEnoughMemory(UserError, RuntimeError):
 
 
 SKIP_VARIABLE = "IMDB_DPO_SKIP_MEMORY_CHECK"
+# What PyTorch's caching allocator reserves beyond what it hands out (blocks split and cached between steps of
+# changing shapes): an assumption, which the GPU check sets beside torch.cuda.max_memory_reserved. The CUDA context
+# needs no share: free memory is measured after this process made it.
+ALLOCATOR_MARGIN = 0.10
 CHECKED: list[dict] = []  # the estimates this process checked, for the GPU check's resource report
 
 
 def check_memory(what: str, peak: Peak, device) -> None:
-    """Stop before loading anything when `peak` (the largest step's estimate) exceeds the CUDA device's free memory,
-    with the numbers and the setting to lower. On the CPU nothing is checked."""
+    """Stop before loading anything when `peak` (the largest step's estimate) and the allocator's margin exceed the
+    CUDA device's free memory, with the numbers and the setting to lower. On the CPU nothing is checked."""
     CHECKED.append({"what": what, "step": peak.step, "gib": peak.memory.total / GiB})
     device = torch.device(device)
     if device.type != "cuda" or os.environ.get(SKIP_VARIABLE, "") not in ("", "0"):
         return
     free, total = torch.cuda.mem_get_info(device)
-    if peak.memory.total <= free:
+    needed = peak.memory.total * (1 + ALLOCATOR_MARGIN)
+    if needed <= free:
         return
     raise NotEnoughMemory(
-        f"{what} needs about {size(peak.memory.total)} of GPU memory at its largest step ({peak.step}: "
-        f"{peak.memory.describe()}), but {torch.cuda.get_device_name(device)} has {free / GiB:.1f} GiB free of "
+        f"{what} needs about {size(needed)} of GPU memory at its largest step ({peak.step}: "
+        f"{peak.memory.describe()}; and {ALLOCATOR_MARGIN:.0%} for what the allocator caches), but {torch.cuda.get_device_name(device)} has {free / GiB:.1f} GiB free of "
         f"{total / GiB:.1f} GiB. {peak.fix}. Nothing was loaded or written. (The estimate is imdb_dpo/costs.py's; "
         f"where you know better, {SKIP_VARIABLE}=1 skips this check.)")
 
 
 SAMPLING_FIX = ("Lower batch_size (it changes no sample: each has its own random stream) or set sampling_dtype "
                 "bfloat16 (half the KV cache; it is a setting of the results)")
-TRAINING_FIX = ("Lower per_device_train_batch_size and raise gradient_accumulation_steps by the same factor (the "
-                "examples per optimizer step stay the same), or set activation_checkpointing: true")
+TRAINING_FIX = ("Lower per_device_train_batch_size (the most rows a pass holds: gradient accumulation makes up "
+                "examples_per_step, which stays), or set activation_checkpointing: true")
 KL_FIX = "Lower kl_batch_size (it changes no number)"
 REWARD_FIX = "Lower reward_batch_size"
 
@@ -282,14 +287,25 @@ def trainer_memory(shape: Shape, training_args, rows: int, tokens_per_row: int, 
     """A training step of a TRL or transformers trainer configured by `training_args`."""
     dropout = shape.dropout and not getattr(training_args, "disable_dropout", False)
     checkpointing = getattr(training_args, "activation_checkpointing", training_args.gradient_checkpointing)
-    return training_step(shape, rows, tokens_per_row, training_args.optim, bool(training_args.bf16), dropout,
-                         bool(checkpointing), full_logits, lora)
+    return merge(training_step(shape, rows, tokens_per_row, training_args.optim, bool(training_args.bf16), dropout,
+                               bool(checkpointing), full_logits, lora), ddp_buckets(shape, training_args, lora))
+
+
+def ddp_buckets(shape: Shape, training_args, lora: bool = False) -> Memory:
+    """DDP's gradient buckets: one more fp32 copy of the trained weights' gradients on each process, from the first
+    backward pass to the end (one process, FSDP and DeepSpeed have none)."""
+    from .distributed import sharded_launch
+
+    if training_args.world_size == 1 or lora or sharded_launch():
+        return Memory()
+    return Memory({"DDP gradient buckets": shape.fp32_bytes})
 
 
 def resident_training_state(shape: Shape, training_args, lora: bool = False) -> Memory:
-    """What stays on the device between steps: the weights and the optimizer state."""
+    """What stays on the device between steps: the weights, the optimizer state and DDP's gradient buckets."""
     slots = 0 if lora else optimizer_slots(training_args.optim)
-    return Memory({"weights": shape.fp32_bytes, "optimizer state": shape.fp32_bytes * slots})
+    return Memory({"weights": shape.fp32_bytes, "optimizer state": shape.fp32_bytes * slots,
+                   **ddp_buckets(shape, training_args, lora)})
 
 
 def evaluation_models(eval_args, policy: Shape, classifier: Shape | None, proxy: Shape | None = None) -> Memory:
@@ -361,14 +377,19 @@ def pairs_memory(args, policy: Shape, classifier: Shape | None) -> Peak:
 
 
 def with_frontier(training: Peak, training_args, policy: Shape, frontier_args, frontier_classifier: Shape | None,
-                  lora: bool = False) -> Peak:
-    """A trained run's peak when it also evaluates its checkpoints as it saves them (the weights and the optimizer
-    state stay on the device meanwhile)."""
+                  lora: bool = False, resident: Memory | None = None, proxy: Shape | None = None) -> Peak:
+    """A trained run's peak when it also evaluates its policy in memory (frontier_eval). The evaluation's models (the
+    reference, the evaluated copy, the classifier and, for rloo_rm, the learned reward model in the evaluation's
+    reward_dtype: `proxy`) are loaded at the first evaluation and stay for every later training step; an evaluation
+    runs beside the training state and whatever the method keeps on the device (`resident`: its own reference, reward
+    model, generation copy)."""
     if frontier_args is None:
         return training
-    peak = evaluation_memory(frontier_args, policy, frontier_classifier, with_sft=False)
+    models = evaluation_models(frontier_args, policy, frontier_classifier, proxy)
+    training = Peak(training.step, merge(training.memory, models), training.fix)
+    peak = evaluation_memory(frontier_args, policy, frontier_classifier, proxy, with_sft=False)
     evaluating = Peak(f"evaluating a checkpoint while training ({peak.step})",
-                      merge(resident_training_state(policy, training_args, lora), peak.memory),
+                      merge(resident_training_state(policy, training_args, lora), resident or Memory(), peak.memory),
                       f"{peak.fix} in the evaluation config frontier_eval names")
     return largest(training, evaluating)
 
@@ -385,10 +406,13 @@ def dpo_memory(training_args, policy: Shape, tokens: int, frontier_args=None, fr
                                merge(Memory({"weights": policy.fp32_bytes}), forward_pass(
                                    policy, 2 * ref_pairs, tokens, 2 if training_args.bf16 else 4, weights=False)),
                                "Lower precompute_ref_batch_size"))
-    elif not lora:  # a LoRA run's reference is its base model with the adapter off
-        step["reference model"] = policy.fp32_bytes
-    candidates.append(Peak(f"a training step of {rows // 2} pairs x {tokens} tokens", step, TRAINING_FIX))
-    return with_frontier(largest(*candidates), training_args, policy, frontier_args, frontier_classifier, lora)
+    resident = Memory()
+    if not training_args.precompute_ref_log_probs and not lora:  # a LoRA run's reference: its base, adapter off
+        resident["reference model"] = policy.fp32_bytes
+    candidates.append(Peak(f"a training step of {rows // 2} pairs x {tokens} tokens", merge(step, resident),
+                           TRAINING_FIX))
+    return with_frontier(largest(*candidates), training_args, policy, frontier_args, frontier_classifier, lora,
+                         resident)
 
 
 def static_cache_tokens(tokens: int) -> int:
@@ -423,9 +447,11 @@ def policy_sampling(policy: Shape, training_args, rows: int, tokens: int, genera
 
 def rloo_memory(training_args, policy: Shape, prompt_tokens: int, classifier: Shape | None, reward_dtype: str,
                 frontier_args=None, frontier_classifier: Shape | None = None, lora: bool = False,
-                generation_dtype: str | None = None, generation_compile: bool = False) -> Peak:
+                generation_dtype: str | None = None, generation_compile: bool = False,
+                learned_reward: bool = False) -> Peak:
     """RLOO holds the policy's training state, the reference (unless the KL coefficient is 0), the reward model and
-    the generation copy; its largest step is a training step or the sampling of a generation batch."""
+    the generation copy; its largest step is a training step or the sampling of a generation batch. With a
+    `learned_reward` (rloo_rm) the in-training evaluation loads that model once more, to score with it too."""
     tokens = prompt_tokens + training_args.max_completion_length
     rows = training_args.per_device_train_batch_size
     generation_rows = rows * (training_args.steps_per_generation or training_args.gradient_accumulation_steps)
@@ -441,7 +467,8 @@ def rloo_memory(training_args, policy: Shape, prompt_tokens: int, classifier: Sh
                           policy_sampling(policy, training_args, generation_rows, tokens, generation_dtype,
                                           generation_compile)),
                     "Lower per_device_train_batch_size (or steps_per_generation)")
-    return with_frontier(largest(training, sampling), training_args, policy, frontier_args, frontier_classifier, lora)
+    return with_frontier(largest(training, sampling), training_args, policy, frontier_args, frontier_classifier, lora,
+                         others, classifier if learned_reward else None)
 
 
 def online_dpo_memory(training_args, policy: Shape, prompt_tokens: int, classifier: Shape | None, reward_dtype: str,
@@ -464,7 +491,8 @@ def online_dpo_memory(training_args, policy: Shape, prompt_tokens: int, classifi
                     merge(resident_training_state(policy, training_args, lora), others,
                           policy_sampling(policy, training_args, rows, tokens, generation_dtype, generation_compile)),
                     "Lower per_device_train_batch_size")
-    return with_frontier(largest(training, sampling), training_args, policy, frontier_args, frontier_classifier, lora)
+    return with_frontier(largest(training, sampling), training_args, policy, frontier_args, frontier_classifier, lora,
+                         others)
 
 
 def supervised_memory(training_args, policy: Shape, tokens: int, pairs: bool, frontier_args=None,

@@ -128,14 +128,26 @@ def check_settings(args: EvalArguments) -> None:
     args.kl_budgets = check_kl_budgets(args.kl_budgets)
 
 
+def check_runs_root(args: EvalArguments, method) -> None:
+    """A method's folder of runs: "" for none; one the config names may be absent (that method was not run), one
+    given on the command line must exist; either must be a folder."""
+    field, root = method.root_field, getattr(args, method.root_field)
+    if not root:
+        return
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise ConfigError(f"{field}={root} is a file, not a folder: it names the folder that holds the {method.title} "
+                          f"runs (one subfolder per run). Point {field} at that folder, or pass --{field} \"\" to "
+                          f"evaluate without {method.title}")
+    if not os.path.exists(root) and field in getattr(args, "given_on_command_line", ()):
+        raise ConfigError(f"--{field} {root}: no such folder. Name the folder holding the {method.title} runs (the "
+                          f"output_dir {method.script} wrote), or pass --{field} \"\" to evaluate without "
+                          f"{method.title}")
+
+
 def check_args(args: EvalArguments) -> None:
     check_settings(args)
     for method in TRAINED:
-        root = getattr(args, method.root_field)
-        if os.path.exists(root) and not os.path.isdir(root):
-            raise ConfigError(f"{method.root_field}={root} is a file, not a folder: it names the folder that holds the "
-                              f"{method.title} runs (one subfolder per run). Point {method.root_field} at that folder, "
-                              f"or at a path that does not exist to evaluate without {method.title}")
+        check_runs_root(args, method)
     check_model("sft_model", args.sft_model)
     if args.base_model:
         check_model("base_model", args.base_model, tokenizer=False)
@@ -178,6 +190,21 @@ def load_policy(unit: dict, args: EvalArguments, device) -> ModelPair:
             raise
         detail = first_line(error, 200, type(error).__name__)
         raise UnreadableCheckpoint(f"it does not load ({type(error).__name__}: {detail})") from error
+
+
+def load_on_every_process(unit: dict, args: EvalArguments, batches: list, reference: ModelPair) -> ModelPair | None:
+    """The checkpoint of `unit`, loaded by each process with batches to sample; the processes then agree whether it
+    loaded. A checkpoint that does not load on one of them is unreadable on all (each skips it, and the collectives
+    that follow stay in step); a process left without batches (more processes than batches) loads nothing."""
+    policy, failure = None, None
+    if batches:
+        try:
+            policy = load_policy(unit, args, reference.scorer.device)
+        except UnreadableCheckpoint as error:
+            failure = error
+    if any_process(failure is not None):
+        raise failure or UnreadableCheckpoint("it does not load on another process of this launch")
+    return policy
 
 
 class ProxyRewards:
@@ -238,8 +265,7 @@ def evaluate(unit, prompts, args, tokenizer, reference: ModelPair, reward, proxi
     manifest = Manifest(directory, "eval", {"unit": unit}, {"model": model})
     log = BatchLog(merged if world == 1 else os.path.join(directory, f"records.rank{rank}-of-{world}.jsonl"))
     batches = remaining_batches(log, prompts, "prompt_id", args.batch_size, rank, world)
-    if batches:
-        policy = reference if unit["run"] == "sft" else live or load_policy(unit, args, reference.scorer.device)
+    policy = reference if unit["run"] == "sft" else live or load_on_every_process(unit, args, batches, reference)
     for b, batch in tqdm(batches, desc=f"eval {unit['run']} step {unit['step']}", unit="batch"):
         with naming_the_fix(f"sampling {len(batch)} prompts x {num_samples} samples from {unit['path']}",
                             SAMPLING_FIX):

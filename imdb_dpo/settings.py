@@ -19,7 +19,7 @@ NOT_SETTINGS = frozenset({
     "hub_always_push", "hub_revision", "preset",
     # How the work is driven: a sweep's list (each run holds its own value), shards, merges, the device.
     "betas", "kl_coefs", "alphas", "seeds", "reference_only", "merge", "shard_index", "allow_fewer_prompts", "use_cpu",
-    "device_map",
+    "device_map", "given_on_command_line",
     # When the frontier's checkpoints are evaluated (during training or after): the same records either way.
     "frontier_eval", "resume_minutes",
     # Which finished runs keep their final model: what is kept, not what is computed.

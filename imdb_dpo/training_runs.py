@@ -176,6 +176,7 @@ def train_run(run_dir: str, stage: str, what: str, configs: dict, inputs: dict, 
         else:
             kept, frontier_record = ([s for s in saved if s != final] if schedule else []), {}
         manifest.finish(global_step=final, checkpoints=saved, kept_checkpoints=kept, processes=args.world_size,
+                        examples_per_step=examples_per_step(args),
                         **frontier_record, **results(trainer))
         if trainer.accelerator.is_main_process:
             drop_checkpoints(plan.directory, keep=kept)
@@ -184,6 +185,11 @@ def train_run(run_dir: str, stage: str, what: str, configs: dict, inputs: dict, 
             plan.finish()
         trainer.accelerator.wait_for_everyone()
     return True
+
+
+def examples_per_step(args) -> int:
+    """What the run's optimizer steps took, as the trainer was set up (imdb_dpo/batch_size.py derives it)."""
+    return args.world_size * args.per_device_train_batch_size * args.gradient_accumulation_steps
 
 
 def last_logged(trainer, key: str) -> dict:

@@ -12,9 +12,42 @@ cd "${SLURM_SUBMIT_DIR:-.}"                       # sbatch copies this script aw
 [ -f .venv/bin/activate ] && . .venv/bin/activate
 export OUTPUT_ROOT=${OUTPUT_ROOT:-$PWD}
 export PYTHONUNBUFFERED=1
-LAUNCH=${LAUNCH:-python}                          # e.g. LAUNCH="accelerate launch --config_file configs/accelerate/ddp.yaml"
 STOP_DIR=$OUTPUT_ROOT/.slurm_stop
 export IMDB_DPO_STOP_FILE=$STOP_DIR/${SLURM_JOB_ID:-local}
+
+# The GPUs this job has on this node: SLURM's count, else CUDA_VISIBLE_DEVICES's entries, else nvidia-smi's list.
+allocated_gpus() {
+  if [ -n "${SLURM_GPUS_ON_NODE:-}" ]; then echo "$SLURM_GPUS_ON_NODE"
+  elif [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then echo "$CUDA_VISIBLE_DEVICES" | tr ',' '\n' | grep -c .
+  else nvidia-smi -L 2>/dev/null | grep -c GPU
+  fi
+}
+
+# How a stage starts, from LAUNCH: "python" (the default: one process, one GPU), "accelerate" (one process per GPU
+# of this allocation, configs/accelerate/ddp.yaml or $ACCELERATE_CONFIG), "multinode" (that on every node of the
+# job, through srun), or a command of your own. An `accelerate launch` is given the allocation's process count and
+# an srun --kill-on-bad-exit, so that one failed process ends the job instead of leaving the others waiting in NCCL.
+launch_command() {
+  local launch=${LAUNCH:-python}
+  case "$launch" in
+    accelerate) launch="accelerate launch --config_file ${ACCELERATE_CONFIG:-configs/accelerate/ddp.yaml}" ;;
+    multinode) launch="srun --ntasks-per-node=1 slurm/multinode_launch.sh" ;;
+  esac
+  if [[ "$launch" == "accelerate launch"* && "$launch" != *--num_processes* ]]; then
+    local gpus
+    gpus=$(allocated_gpus)
+    if [ "${gpus:-0}" -lt 1 ]; then
+      echo "error: LAUNCH=${LAUNCH} starts one process per GPU, but this job has no GPU: submit it with --gres=gpu:N" >&2
+      return 2
+    fi
+    launch="$launch --num_processes $gpus"
+  fi
+  if [[ "$launch" == srun* && "$launch" != *kill-on-bad-exit* ]]; then
+    launch="srun --kill-on-bad-exit=1${launch#srun}"
+  fi
+  echo "$launch"
+}
+LAUNCH=$(launch_command) || exit 2
 
 # Runs the stage "$@" in the background with $1 as the USR1/TERM handler, and waits until it has really exited
 # (`wait` returns early when a trapped signal arrives); its exit status is left in $stage_status. The handler

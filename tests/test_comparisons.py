@@ -48,8 +48,7 @@ def test_a_copy_of_the_sft_model_gets_the_sft_rows_numbers_exactly(tiny_base, ti
     """Common random numbers: a model equal to the SFT model draws the very same samples, so every number of its
     row equals the SFT row's, and its KL is exactly 0."""
     shutil.copytree(tiny_sft, tmp_path / "copy")
-    empty = tmp_path / "no_runs"
-    assert run_eval(eval_argv(tiny_base, tiny_sft, empty, tmp_path / "eval", "--base_model", str(tmp_path / "copy"))) == 0
+    assert run_eval(eval_argv(tiny_base, tiny_sft, "", tmp_path / "eval", "--base_model", str(tmp_path / "copy"))) == 0
     rows = {r["run"]: r for r in read_csv(tmp_path / "eval" / "summary.csv")}
     for column in ("reward_mean", "reward_lo", "reward_hi", "kl_mean", "mean_length", "distinct_2"):
         assert rows["base"][column] == rows["sft"][column], column

@@ -133,9 +133,12 @@ def test_a_stage_that_would_not_fit_stops_before_loading_with_the_numbers_and_th
     with pytest.raises(costs.NotEnoughMemory) as refused:
         costs.check_memory("DPO", peak, "cuda")
     message = str(refused.value)
-    assert f"needs about {costs.size(peak.memory.total)}" in message
+    assert f"needs about {costs.size(peak.memory.total * 1.1)}" in message and "10% for what the allocator" in message
     assert "a busy GPU has 20.0 GiB free of 80.0 GiB" in message
     assert "Lower per_device_train_batch_size" in message and "activations" in message
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (peak.memory.total * 1.05, 80 * 2**30))
+    with pytest.raises(costs.NotEnoughMemory):  # the estimate alone would fit; the allocator's margin does not
+        costs.check_memory("DPO", peak, "cuda")
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (79 * 2**30, 80 * 2**30))
     costs.check_memory("DPO", peak, "cuda")  # fits
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (20 * 2**30, 80 * 2**30))
@@ -171,3 +174,69 @@ def test_the_plan_refuses_what_the_stages_refuse(config, change, message, tmp_pa
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert "| stage |" not in proc.stdout  # no table
+
+
+def gpt2_large(config: str, *flags: str):
+    import rloo
+
+    return parse_config(rloo.STAGES, ["--config", os.path.join(REPO, "configs/gpt2-large", config), "--use_cpu",
+                                      "true", *flags])
+
+
+def rloo_rm_peak(world: int = 1) -> costs.Peak:
+    """rloo_rm's estimate with configs/gpt2-large/eval.yaml evaluating it in memory, from a learned reward model of
+    GPT-2 Large's shape (what reward_model.py trains)."""
+    script_args, training_args, _ = gpt2_large("rloo_rm.yaml")
+    (eval_args,) = parse_config(costs_eval_stages(), ["--config", os.path.join(REPO, "configs/gpt2-large/eval.yaml")])
+    policy = costs.model_shape("gpt2-large")
+    learned = costs.model_shape("gpt2-large", classifier=True)
+    return costs.rloo_memory(training_args, policy, 8, learned, script_args.reward_dtype, eval_args,
+                             costs.classifier_shape(eval_args.reward_model), generation_dtype=script_args.generation_dtype,
+                             generation_compile=script_args.generation_compile, learned_reward=True)
+
+
+def costs_eval_stages():
+    from imdb_dpo.config import EvalArguments
+
+    return (EvalArguments,)
+
+
+def test_the_estimate_counts_everything_resident_at_each_step(monkeypatch):
+    """After its first in-memory evaluation a run keeps the evaluation's models through every later step, and an
+    evaluation runs beside everything the method keeps: RLOO's reference, its reward model, the generation copy and
+    its static cache, and for rloo_rm the learned reward model loaded once more by the evaluation."""
+    peak = rloo_rm_peak()
+    assert peak.step.startswith("evaluating a checkpoint while training")
+    parts = peak.memory
+    policy = costs.model_shape("gpt2-large")
+    for name in ("reference model", "reward model", "generation copy", "its static KV cache",
+                 "reference and evaluated model", "classifier", "learned reward model", "optimizer state"):
+        assert parts.get(name, 0) > 0, name
+    assert parts["reference model"] == policy.fp32_bytes
+    assert parts["learned reward model"] == pytest.approx(policy.fp32_bytes, rel=0.01)
+    assert 44 * 2**30 < parts.total < 50 * 2**30  # 39.3 GiB before these were counted
+    # A training step counts the evaluation's models too: they stay loaded after the first evaluation.
+    script_args, training_args, _ = gpt2_large("rloo_rm.yaml")
+    alone = costs.rloo_memory(training_args, policy, 8, costs.model_shape("gpt2-large", classifier=True),
+                              script_args.reward_dtype, generation_dtype=script_args.generation_dtype,
+                              generation_compile=script_args.generation_compile, learned_reward=True)
+    (eval_args,) = parse_config(costs_eval_stages(), ["--config", os.path.join(REPO, "configs/gpt2-large/eval.yaml")])
+    with_eval = costs.with_frontier(alone, training_args, policy, eval_args, costs.classifier_shape(eval_args.reward_model),
+                                    proxy=costs.model_shape("gpt2-large", classifier=True))
+    models = costs.evaluation_models(eval_args, policy, costs.classifier_shape(eval_args.reward_model),
+                                     costs.model_shape("gpt2-large", classifier=True))
+    assert with_eval.memory.total >= alone.memory.total + models.total
+
+
+def test_ddp_counts_its_gradient_buckets_on_every_process(monkeypatch):
+    from transformers import TrainingArguments
+
+    _, training_args, _ = gpt2_large("rloo.yaml")
+    policy = costs.model_shape("gpt2-large")
+    assert "DDP gradient buckets" not in costs.resident_training_state(policy, training_args)
+    assert "DDP gradient buckets" not in rloo_rm_peak().memory
+    monkeypatch.setattr(TrainingArguments, "world_size", property(lambda self: 2))
+    assert costs.resident_training_state(policy, training_args)["DDP gradient buckets"] == policy.fp32_bytes
+    assert costs.trainer_memory(policy, training_args, 8, 72)["DDP gradient buckets"] == policy.fp32_bytes
+    assert rloo_rm_peak().memory["DDP gradient buckets"] == policy.fp32_bytes
+    assert "DDP gradient buckets" not in costs.resident_training_state(policy, training_args, lora=True)

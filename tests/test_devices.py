@@ -49,7 +49,7 @@ def test_use_cpu_keeps_a_stage_on_the_cpu_where_a_gpu_is_seen(script, gpt2_stand
             "--batch_size", "4", "--max_new_tokens", "8", "--reward_model", gpt2_classifier,
             "--output_dir", str(tmp_path / "out")]
     if script == "eval.py":
-        argv += ["--base_model", "", "--best_of_n_samples", "4", "--dpo_dir", str(tmp_path / "none")]
+        argv += ["--base_model", "", "--best_of_n_samples", "4", "--dpo_dir", ""]
     proc, report = run_seeing_a_gpu(script, argv + ["--use_cpu", "true"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert '"device": "cpu"' in report.read_text()  # CUDA was never initialised

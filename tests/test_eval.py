@@ -29,7 +29,7 @@ def eval_argv(tiny_base, tiny_sft, dpo_root, output_dir, *extra):
     return ["--config", os.path.join(REPO, "configs/tiny/eval.yaml"), "--sft_model", tiny_sft,
             "--base_model", tiny_base["model"], "--dpo_dir", str(dpo_root), "--output_dir", str(output_dir),
             # Only the runs a test puts under dpo_root: no baseline runs from elsewhere.
-            "--rloo_dir", str(output_dir) + ".no_rloo", "--preferred_ft_dir", str(output_dir) + ".no_preferred_ft",
+            "--rloo_dir", "", "--preferred_ft_dir", "",
             "--train_file", tiny_base["train"], "--test_file", tiny_base["test"], "--num_prompts", "24",
             "--batch_size", "12", *extra]
 
@@ -269,7 +269,7 @@ def test_the_evaluation_runs_in_its_own_precision_whatever_training_turned_on(pr
     from imdb_dpo.preemption import StopRequest
 
     (args,) = parse_config((model_eval.EvalArguments,), eval_argv(
-        tiny_base, tiny_sft, tmp_path / "dpo", tmp_path / "out", "--num_prompts", "4", "--eval_precision", precision))
+        tiny_base, tiny_sft, "", tmp_path / "out", "--num_prompts", "4", "--eval_precision", precision))
     model_eval.check_args(args)
     tokenizer = load_tokenizer(tiny_sft)
     evaluator = model_eval.Evaluator(args, tokenizer, prompts_for(args, tokenizer, "test"))
@@ -295,7 +295,7 @@ def test_the_evaluation_runs_in_its_own_precision_whatever_training_turned_on(pr
     assert seen and set(seen) == {"ieee" if precision == "fp32" else "tf32"}
     # A setting of the results: each precision's records are kept apart.
     other = parse_config((model_eval.EvalArguments,), eval_argv(
-        tiny_base, tiny_sft, tmp_path / "dpo", tmp_path / "out", "--num_prompts", "4",
+        tiny_base, tiny_sft, "", tmp_path / "out", "--num_prompts", "4",
         "--eval_precision", "tf32" if precision == "fp32" else "fp32"))[0]
     assert model_eval.records_root(args) != model_eval.records_root(other)
 

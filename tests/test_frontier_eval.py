@@ -37,7 +37,7 @@ def eval_config(tmp_path, tiny_base, tiny_sft, name: str, dpo_dir=None, batch_si
         config = yaml.safe_load(f)
     config.update(sft_model=tiny_sft, base_model="", dpo_dir=str(dpo_dir or root / "dpo"), output_dir=str(root / "eval"),
                   train_file=tiny_base["train"], test_file=tiny_base["test"], num_prompts=12, batch_size=batch_size,
-                  **{field: str(root / "none") for field in ("rloo_dir", "rloo_rm_dir", "preferred_ft_dir",
+                  **{field: "" for field in ("rloo_dir", "rloo_rm_dir", "preferred_ft_dir",
                                                              "unlikelihood_dir")})
     path = tmp_path / f"{name}_eval.yaml"
     path.write_text(yaml.safe_dump(config))

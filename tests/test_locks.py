@@ -51,8 +51,8 @@ def test_dpo_on_a_run_folder_in_use_fails_before_touching_it(tiny_sft, tiny_pair
 
 def test_a_second_evaluation_of_one_folder_is_refused_and_the_first_writes_each_record_once(tiny_base, tiny_sft,
                                                                                              tmp_path):
-    out, no_runs = tmp_path / "eval", tmp_path / "no_dpo_runs"
-    argv = eval_argv(tiny_base, tiny_sft, no_runs, out, "--num_prompts", "12")
+    out = tmp_path / "eval"
+    argv = eval_argv(tiny_base, tiny_sft, "", out, "--num_prompts", "12")
     first = subprocess.Popen([sys.executable, "eval.py", *argv], cwd=REPO, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
     wait_until(lambda: os.path.isfile(lock_path(out)) and os.path.getsize(lock_path(out)) > 0, first)

@@ -2,6 +2,7 @@
 SFT trains, pair sampling splits the prompts and merges them into the one-process files, and DPO keeps
 the same number of pairs per optimizer step."""
 
+import csv
 import glob
 import json
 import os
@@ -65,7 +66,7 @@ def test_two_process_sampling_merges_into_the_one_process_files(tiny_base, tiny_
 
 
 def test_two_process_dpo_sees_the_same_pairs_per_optimizer_step(tiny_base, tiny_sft, tiny_pairs, tmp_path):
-    extra = ["--betas", "0.1", "--max_train_pairs", "128", "--total_batch_size", "32", "--save_steps", "100"]
+    extra = ["--betas", "0.1", "--max_train_pairs", "128", "--examples_per_step", "32", "--save_steps", "100"]
     subprocess.run([sys.executable, "dpo.py", *dpo_argv(tiny_sft, tiny_pairs, tmp_path / "one", *extra)], cwd=REPO,
                    check=True, capture_output=True)
     # The two processes also evaluate each checkpoint as it is saved, each sampling every other batch.
@@ -74,7 +75,7 @@ def test_two_process_dpo_sees_the_same_pairs_per_optimizer_step(tiny_base, tiny_
     one = read_manifest(tmp_path / "one" / "sigmoid_beta0.1")
     two = read_manifest(tmp_path / "two" / "sigmoid_beta0.1")
     assert (one["processes"], two["processes"]) == (1, 2)
-    assert one["pairs_per_step"] == two["pairs_per_step"] == 32
+    assert one["examples_per_step"] == two["examples_per_step"] == 32
     assert one["global_step"] == two["global_step"] == 4
     assert two["config"]["training"]["per_device_train_batch_size"] == 16
 
@@ -164,3 +165,24 @@ def test_the_main_process_fills_the_datasets_cache_first_and_a_failure_there_han
         log = tmp_path / f"{fail}.log"
         launch_two(str(script), [str(log), fail])
         assert log.read_text().split() == ["0", "1"], fail
+
+
+def test_two_processes_with_one_batch_agree_that_a_damaged_checkpoint_is_not_evaluated(tiny_base, tiny_sft,
+                                                                                       dpo_with_checkpoints, tmp_path):
+    """One batch for two processes: the second samples nothing and loads nothing, yet it must skip the checkpoint the
+    first could not load, or their collectives go out of step (a hang, or a crash) instead of "Not evaluated"."""
+    from test_eval import eval_argv
+
+    run = tmp_path / "runs" / "sigmoid_beta0.1"
+    shutil.copytree(dpo_with_checkpoints, run)
+    steps = read_manifest(run)["checkpoints"]
+    with open(run / f"checkpoint-{steps[0]}" / "model.safetensors", "r+b") as f:
+        f.truncate(1000)
+    out = tmp_path / "eval"
+    launch_two("eval.py", eval_argv(tiny_base, tiny_sft, tmp_path / "runs", out, "--num_prompts", "8", "--batch_size",
+                                    "8", "--best_of_n_samples", "4", "--max_new_tokens", "16"))
+    report = (out / "report.md").read_text()
+    assert f"`{run / f'checkpoint-{steps[0]}'}`: it does not load" in report
+    rows = list(csv.DictReader(open(out / "summary.csv")))
+    evaluated = {int(r["step"]) for r in rows if r["run"] == "sigmoid_beta0.1"}
+    assert evaluated == set(steps[1:]) | {read_manifest(run)["global_step"]}

@@ -175,7 +175,7 @@ def test_a_checkpoint_cut_short_by_a_kill_or_a_full_disk_is_passed_over_on_resum
 
 def test_eval_rerun_changes_nothing_and_other_settings_need_overwrite(capsys, tiny_base, tiny_sft, tmp_path):
     out = tmp_path / "eval"
-    argv = eval_argv(tiny_base, tiny_sft, tmp_path / "no_runs", out, "--num_prompts", "8", "--batch_size", "8",
+    argv = eval_argv(tiny_base, tiny_sft, "", out, "--num_prompts", "8", "--batch_size", "8",
                      "--best_of_n_samples", "4", "--max_new_tokens", "16")
     assert run_stage(eval_stage.main, eval_stage.STAGES, argv) == 0
     finished = digest(out)
@@ -187,3 +187,17 @@ def test_eval_rerun_changes_nothing_and_other_settings_need_overwrite(capsys, ti
     assert digest(out) == finished
     assert run_stage(eval_stage.main, eval_stage.STAGES, [*argv, "--seed", "1", "--overwrite", "true"]) == 0
     assert len(os.listdir(out / "records")) == 2  # the first evaluation's records are kept
+
+
+def test_a_method_folder_given_on_the_command_line_must_exist(tiny_base, tiny_sft, dpo_with_checkpoints, tmp_path,
+                                                              capsys):
+    """A misspelt --dpo_dir would evaluate without DPO and exit 0; \"\" says \"none\" on purpose, and a config's
+    folder may be absent (that method was not run)."""
+    runs = tmp_path / "dpo"
+    shutil.copytree(dpo_with_checkpoints, runs / "sigmoid_beta0.1")
+    out = tmp_path / "eval"
+    argv = eval_argv(tiny_base, tiny_sft, tmp_path / "dpoo", out, "--num_prompts", "8", "--batch_size", "8")
+    assert run_stage(eval_stage.main, eval_stage.STAGES, argv) == 2
+    err = capsys.readouterr().err
+    assert f"--dpo_dir {tmp_path / 'dpoo'}: no such folder" in err and '--dpo_dir ""' in err
+    assert "Traceback" not in err and not out.exists()

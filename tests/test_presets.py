@@ -46,4 +46,5 @@ def test_accelerate_configs_are_valid_launch_configs(path):
     from accelerate.commands.config.config_args import load_config_from_file
 
     config = load_config_from_file(path)
-    assert config.num_processes >= 1 and config.mixed_precision == "bf16"
+    # accelerate's "pass --num_processes": a fixed count crashes its extra ranks on a node with fewer GPUs.
+    assert config.num_processes == -1 and config.mixed_precision == "bf16"
