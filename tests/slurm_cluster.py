@@ -1,5 +1,7 @@
 """A real single-node SLURM cluster on localhost for the tests: munged, slurmctld and slurmd, started from
-a configuration written to a temporary directory, and stopped by pid."""
+a configuration written to a temporary directory, and stopped by pid. Its node offers two GPUs as generic resources
+(two device files that are not GPUs), so that the job scripts' per-GPU requests and SLURM's GPU variables
+(SLURM_GPUS_ON_NODE, CUDA_VISIBLE_DEVICES) are exercised as on a GPU cluster; nothing uses CUDA."""
 
 import os
 import shutil
@@ -38,9 +40,16 @@ InactiveLimit=0
 KillWait=30
 MinJobAge=600
 OverTimeLimit=1
-NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=2000 State=UNKNOWN
+GresTypes=gpu
+NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=2000 Gres=gpu:2 State=UNKNOWN
 PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
 """
+GRES_CONF = """\
+AutoDetect=off
+Name=gpu File=/dev/null
+Name=gpu File=/dev/zero
+"""
+GPUS = 2
 
 
 def _free_port() -> int:
@@ -70,6 +79,8 @@ class SlurmCluster:
                         f"--seed-file={munge_dir}/munged.seed"], check=True)
         self.pids["munged"] = self._read_pid(f"{munge_dir}/munged.pid")
         host = socket.gethostname().split(".")[0]
+        with open(os.path.join(self.root, "gres.conf"), "w") as f:  # read from beside slurm.conf
+            f.write(GRES_CONF)
         with open(self.env["SLURM_CONF"], "w") as f:
             f.write(SLURM_CONF.format(host=host, root=self.root, ctld_port=_free_port(), slurmd_port=_free_port(),
                                       munge_socket=socket_path, cpus=os.cpu_count()))

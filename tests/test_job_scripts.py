@@ -71,3 +71,35 @@ def test_submit_preset_checks_its_numbers_before_submitting_anything(tmp_path):
     assert not calls.exists()
     proc = subprocess.run(["bash", "slurm/dpo.sbatch"], cwd=REPO, env=env, capture_output=True, text=True)
     assert proc.returncode != 0 and "usage: sbatch --array" in proc.stderr
+
+
+def launch_of(tmp_path, **env) -> subprocess.CompletedProcess:
+    """The stage command slurm/common.sh makes of LAUNCH in a job with `env`."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k != "CUDA_VISIBLE_DEVICES"}
+    return subprocess.run(["bash", "-c", 'source slurm/common.sh; echo "$LAUNCH"'], cwd=REPO, capture_output=True,
+                          text=True, env={**clean, "SLURM_SUBMIT_DIR": REPO, "OUTPUT_ROOT": str(tmp_path),
+                                          "PATH": f"{tmp_path}/no_nvidia_smi:/usr/bin:/bin", **env})
+
+
+def test_launch_takes_its_process_count_from_the_allocation_and_kills_on_a_bad_exit(tmp_path):
+    ddp = "accelerate launch --config_file configs/accelerate/ddp.yaml"
+    assert launch_of(tmp_path).stdout.strip() == "python"
+    assert launch_of(tmp_path, LAUNCH="accelerate", SLURM_GPUS_ON_NODE="4").stdout.strip() == f"{ddp} --num_processes 4"
+    assert launch_of(tmp_path, LAUNCH="accelerate", CUDA_VISIBLE_DEVICES="2,5").stdout.strip() == f"{ddp} --num_processes 2"
+    own = launch_of(tmp_path, LAUNCH="accelerate launch --config_file my.yaml", SLURM_GPUS_ON_NODE="2")
+    assert own.stdout.strip() == "accelerate launch --config_file my.yaml --num_processes 2"
+    given = launch_of(tmp_path, LAUNCH=f"{ddp} --num_processes 3", SLURM_GPUS_ON_NODE="8")
+    assert given.stdout.strip() == f"{ddp} --num_processes 3"  # the user's count stands
+    assert launch_of(tmp_path, LAUNCH="multinode").stdout.strip() == (
+        "srun --kill-on-bad-exit=1 --ntasks-per-node=1 slurm/multinode_launch.sh")
+    assert launch_of(tmp_path, LAUNCH="srun --ntasks=2").stdout.strip() == "srun --kill-on-bad-exit=1 --ntasks=2"
+    refused = launch_of(tmp_path, LAUNCH="accelerate")
+    assert refused.returncode == 2 and "this job has no GPU: submit it with --gres=gpu:N" in refused.stderr
+
+
+def test_every_job_script_asks_for_cpus_and_memory_per_gpu():
+    for name in os.listdir(os.path.join(REPO, "slurm")):
+        text = open(os.path.join(REPO, "slurm", name)).read()
+        if name.endswith(".sbatch") and "--gres=gpu" in text:
+            assert "#SBATCH --cpus-per-gpu=" in text and "#SBATCH --mem-per-gpu=" in text, name
+            assert "--cpus-per-task" not in text and "#SBATCH --mem=" not in text, name

@@ -28,7 +28,7 @@ if not slurm_installed():
 # batch shell alone (`scancel --batch`), sent by the test once the stage has saved something. Waiting out a real time
 # limit instead (one minute, SLURM's shortest, warned 10-40 s in) needs a job longer than 40 s on the fastest machine,
 # hence minutes of requeues on a slow one; the limit here is long enough never to be reached.
-JOB_LIMITS = ["--time=15", "--gres=none", "--mem=1G", "--cpus-per-task=1"]
+JOB_LIMITS = ["--time=15", "--gres=gpu:1", "--mem-per-gpu=1G", "--cpus-per-gpu=1"]
 ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
 
 
@@ -164,7 +164,7 @@ def test_submit_preset_chains_every_stage_with_afterok(cluster, tmp_path):
         f.write("seeds: [0, 1]\n")
     with open(repo / "configs/tiny/preferred_ft.yaml", "a") as f:
         f.write("seeds: [4, 5, 6]\n")
-    env = {**cluster.env, "SBATCH_EXTRA": "--hold --gres=none --mem=1G --cpus-per-task=1", "OUTPUT_ROOT": str(tmp_path),
+    env = {**cluster.env, "SBATCH_EXTRA": "--hold --gres=gpu:1 --mem-per-gpu=1G --cpus-per-gpu=1", "OUTPUT_ROOT": str(tmp_path),
            "ARRAY_LIMIT": "2"}
     proc = subprocess.run(["slurm/submit_preset.sh", "tiny", "3"], cwd=repo, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
@@ -204,3 +204,29 @@ def test_submit_preset_chains_every_stage_with_afterok(cluster, tmp_path):
         assert "(1 run: alphas 1.0)" in proc.stdout and "(3 runs: seeds 4 5 6)" in proc.stdout
     finally:
         cluster.run("scancel", *ids.values())
+
+
+TWO_TASKS = """#!/bin/bash
+source slurm/common.sh
+echo "accelerate: $(LAUNCH=accelerate bash -c 'source slurm/common.sh; echo "$LAUNCH"')"
+# Task 1 fails at once; task 0 would wait for it for ten minutes, as a rank waits for a dead node in NCCL.
+run_requeueable $LAUNCH bash -c 'if [ "$SLURM_PROCID" = 1 ]; then exit 3; fi; sleep 600'
+"""
+
+
+def test_a_two_task_job_ends_when_one_task_fails(cluster, tmp_path):
+    """LAUNCH=srun gains --kill-on-bad-exit: the surviving task is killed and the job fails at once, instead of
+    holding its GPUs until the time limit; an `accelerate` launch in the same job is given its 2 GPUs."""
+    script, log = tmp_path / "two_tasks.sbatch", tmp_path / "two_tasks.out"
+    script.write_text(TWO_TASKS)
+    started = time.time()
+    job = cluster.submit("--time=15", "--ntasks=2", "--gres=gpu:2", "--mem-per-gpu=100M", "--cpus-per-gpu=1",
+                         f"--output={log}", str(script), env=job_env(tmp_path, LAUNCH="srun --ntasks=2"))
+    try:
+        assert cluster.wait(job, timeout=180) == "FAILED", log.read_text() if log.exists() else cluster.logs()
+    finally:
+        cluster.run("scancel", job)
+    assert time.time() - started < 180
+    text = log.read_text()
+    assert "accelerate: accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 2" in text
+    assert "srun --kill-on-bad-exit=1 --ntasks=2 bash -c" in text  # the command line the job logged
