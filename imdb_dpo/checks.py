@@ -44,6 +44,23 @@ def check_training(training_args) -> None:
     if training_args.save_strategy == "steps" and not training_args.save_steps > 0:
         raise ConfigError(f"save_steps={training_args.save_steps}: must be > 0 (a number of steps, or below 1 a "
                           "fraction of the run)")
+    check_saved_precision(training_args)
+
+
+def check_saved_precision(training_args) -> None:
+    """DeepSpeed with bf16 or fp16 holds the model's weights in that dtype (its fp32 master copy is the optimizer's),
+    and the Trainer saves the model's: every checkpoint and the final model would be rounded, and the evaluation
+    would measure the rounding as KL, while the manifest says float32."""
+    from .distributed import sharded_launch
+
+    half = training_args.bf16 or training_args.fp16 or os.environ.get("ACCELERATE_MIXED_PRECISION", "no") in (
+        "bf16", "fp16")
+    if sharded_launch() == "DeepSpeed" and half:
+        raise ConfigError("DeepSpeed with bf16 (or fp16) trains and saves the model's weights in that dtype, so every "
+                          "checkpoint and the final model would be rounded to it; launch with "
+                          "configs/accelerate/ddp.yaml instead (fp32 weights under bf16 autocast; GPT-2 Large fits one "
+                          "GPU), or with fsdp.yaml, or set bf16: false (and mixed_precision: no in the accelerate "
+                          "config) to train in fp32 under DeepSpeed")
 
 
 def check_sampling(args) -> None:

@@ -212,6 +212,10 @@ def parse_config(dataclass_types, argv=None, program: str = "this stage"):
         parsed = parser.parse_args_into_dataclasses(args=argv)
     except ConfigError:
         raise
+    except ImportError as error:  # e.g. a launch with configs/accelerate/deepspeed_zero2.yaml where DeepSpeed is absent
+        raise ConfigError(f"{program}: {first_line(error).rstrip('.')}. Install it (the launcher's config asks for it: `pip "
+                          "install deepspeed` for deepspeed_zero2.yaml), or launch with configs/accelerate/ddp.yaml") \
+            from None
     except ValueError as error:
         known = _known_keys(dataclass_types)
         unknown = [a for a in argv if a.startswith("--") and a[2:].split("=")[0].replace("-", "_") not in known]

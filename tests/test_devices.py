@@ -174,3 +174,43 @@ def test_every_trained_model_loads_without_a_device_map_where_a_gpu_is_seen(trai
         ORPOTrainer(model=tiny_sft, args=args, processing_class=load_tokenizer(tiny_sft, padding_side="right"),
                     train_dataset=Dataset.from_list([{"prompt": "a", "chosen": " b", "rejected": " c"}]))
     assert asked and all(device_map is None for device_map in asked), asked
+
+
+def saved_dtypes(run_dir) -> set[str]:
+    from safetensors import safe_open
+
+    with safe_open(os.path.join(run_dir, "model.safetensors"), "pt") as f:
+        return {str(f.get_slice(name).get_dtype()) for name in f.keys()}
+
+
+def test_a_model_trained_under_bf16_autocast_is_saved_in_the_dtype_its_manifest_states(tiny_sft, tiny_pairs, tmp_path):
+    """The presets train in bf16 autocast over fp32 weights: what is saved must be those fp32 weights, as the manifest
+    says, or the evaluation would measure bf16's rounding as KL."""
+    from conftest import dpo_argv, run_in_process
+    from imdb_dpo.manifests import read_manifest
+
+    run_in_process("dpo.py", dpo_argv(tiny_sft, tiny_pairs, tmp_path, "--betas", "0.1", "--max_steps", "2",
+                                      "--bf16", "true"))
+    run = tmp_path / "sigmoid_beta0.1"
+    manifest = read_manifest(run)
+    assert manifest["config"]["training"]["bf16"] and manifest["config"]["model"]["dtype"] == "float32"
+    assert saved_dtypes(run) == {"F32"}
+
+
+def test_deepspeed_with_bf16_is_refused_before_anything_loads(monkeypatch):
+    """DeepSpeed holds the model's weights in bf16 under bf16 and the Trainer saves those: refused, naming DDP."""
+    import dpo
+    from conftest import CPU_FLAGS
+    from imdb_dpo.checks import check_training
+    from imdb_dpo.config import ConfigError, parse_config
+
+    _, training_args, _ = parse_config(dpo.STAGES, ["--config", os.path.join(REPO, "configs/tiny/dpo.yaml"),
+                                                    *CPU_FLAGS])
+    check_training(training_args)
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    check_training(training_args)  # fp32 under DeepSpeed saves fp32
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    with pytest.raises(ConfigError, match="DeepSpeed with bf16.*configs/accelerate/ddp.yaml"):
+        check_training(training_args)
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "false")
+    check_training(training_args)  # DDP under bf16 autocast keeps fp32 weights
