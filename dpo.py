@@ -79,7 +79,12 @@ def main(script_args: DPOScriptArguments, training_args: DPOConfig, model_args: 
                                    *frontier_inputs(frontier), lora=model_args.use_peft), state.device)
     pairs = pairs_input(script_args.pairs_file, model_args.model_name_or_path, "DPO's reference")
     set_model_init_kwargs(training_args, model_args)
-    dataset = load_pairs_dataset(script_args, os.path.join(training_args.output_dir, ".datasets_cache"))
+    cache = os.path.join(training_args.output_dir, ".datasets_cache")
+    if script_args.reference_only and script_args.overwrite:  # the cached log-probs are what it names: made again
+        if state.is_main_process:
+            shutil.rmtree(cache, ignore_errors=True)
+        state.wait_for_everyone()
+    dataset = load_pairs_dataset(script_args, cache)
     tokenizer = load_tokenizer(model_args.model_name_or_path, padding_side="right")
     if script_args.reference_only:
         if not training_args.precompute_ref_log_probs:

@@ -306,8 +306,14 @@ def evaluate_all(args: EvalArguments, tokenizer, prompts: list[dict]) -> int:
         # kl_budgets decide only the tables: other budgets re-write them from the finished records.
         same_budgets = previous.get("config", {}).get("eval", {}).get("kl_budgets") == args.kl_budgets
         if previous["settings_key"] == key and previous["planned"] == planned and same_budgets:
-            print(f"the evaluation in {args.output_dir} is finished with these settings and models; skipping")
-            return 0
+            if not args.overwrite:
+                print(f"the evaluation in {args.output_dir} is finished with these settings and models; skipping "
+                      "(--overwrite true writes its summary, plots and report again)")
+                return 0
+            print(f"--overwrite true: the records of these settings are kept (those of points evaluated while training "
+                  "cannot be made again, and the others would come out the same: delete "
+                  f"{os.path.join(args.output_dir, 'records', key)} to sample them anew); summary, plots and report are "
+                  "written again from them")
     proxies = sorted({u["proxy_model"] for u in units if u.get("proxy_model")})
     check_memory("The evaluation", evaluation_memory(
         args, model_shape(args.sft_model), classifier_shape(args.reward_model),

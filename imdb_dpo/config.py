@@ -577,5 +577,6 @@ class EvalArguments(SamplingArguments):
     overwrite: bool = field(
         default=False,
         metadata={"help": "Evaluate with other settings than the finished evaluation in output_dir (its records are "
-                          "kept; summary, plot and report are replaced once the new evaluation has finished)."},
+                          "kept; summary, plot and report are replaced once the new evaluation has finished); with the "
+                          "same settings, write summary, plots and report again from the records."},
     )

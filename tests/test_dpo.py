@@ -252,3 +252,23 @@ def test_the_log_schedule_bounds_the_checkpoints_of_a_dpo_run(tiny_sft, tiny_pai
         assert [s for s, _ in checkpoint_steps(str(run_dir))] == expected[:-1]
         assert read_manifest(run_dir)["checkpoints"] == expected
         assert not glob.glob(str(run_dir / "checkpoint-*" / "optimizer.pt"))
+
+
+def test_reference_only_with_overwrite_computes_the_log_probs_again(tiny_sft, tiny_pairs, tmp_path, capsys):
+    """A second --reference_only reuses the cached log-probs; --overwrite true makes them again (never exit 0
+    having done nothing it was asked to)."""
+    argv = dpo_argv(tiny_sft, tiny_pairs, tmp_path, "--max_train_pairs", "64", "--reference_only", "true")
+    run_in_process("dpo.py", argv)
+
+    def cached():
+        return {p: os.stat(p).st_mtime_ns for p in glob.glob(str(tmp_path / ".datasets_cache" / "**" / "cache-*.arrow"),
+                                                              recursive=True)}
+
+    first = cached()
+    assert first
+    run_in_process("dpo.py", argv)
+    assert cached() == first  # reused
+    run_in_process("dpo.py", [*argv, "--overwrite", "true"])
+    again = cached()
+    assert again and all(again.get(p, 0) > t for p, t in first.items() if p in again)
+    assert set(again) == set(first)  # the same computation, made anew

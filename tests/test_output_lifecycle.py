@@ -187,6 +187,12 @@ def test_eval_rerun_changes_nothing_and_other_settings_need_overwrite(capsys, ti
     assert digest(out) == finished
     assert run_stage(eval_stage.main, eval_stage.STAGES, [*argv, "--seed", "1", "--overwrite", "true"]) == 0
     assert len(os.listdir(out / "records")) == 2  # the first evaluation's records are kept
+    # --overwrite true with the same settings does not exit 0 having done nothing: it writes the outputs again.
+    (out / "summary.csv").write_text("damaged\n")
+    capsys.readouterr()
+    assert run_stage(eval_stage.main, eval_stage.STAGES, [*argv, "--seed", "1", "--overwrite", "true"]) == 0
+    assert "summary, plots and report are written again" in capsys.readouterr().out
+    assert (out / "summary.csv").read_text().startswith("method,run,")
 
 
 def test_a_method_folder_given_on_the_command_line_must_exist(tiny_base, tiny_sft, dpo_with_checkpoints, tmp_path,
