@@ -200,7 +200,7 @@ class Check:
 
     def planned_stages(self) -> list[str]:
         """The stages `stages` runs, in order."""
-        return ["sft", "preference_pairs", "dpo", "rloo", "preferred_ft", "unlikelihood",
+        return ["sft", "preference_pairs", "dpo", "reward_model", "rloo_rm", "rloo", "preferred_ft", "unlikelihood",
                 *(name for name, *_ in LATER_METHODS[: None if self.gpu else 1]), *(["online_dpo"] if self.gpu else []),
                 "eval"]
 
@@ -220,7 +220,7 @@ class Check:
     def stages(self) -> None:
         gpu, out, d = self.gpu, self.out, self.data
         cpu = [] if gpu else ["--bf16", "false", "--use_cpu", "true"]
-        small = [] if gpu else ["--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1"]
+        small = [] if gpu else ["--per_device_train_batch_size", "4", "--examples_per_step", "4"]
         keep_one = ["--checkpoint_schedule", "steps", "--save_steps", "100000", "--report_to", "none",
                     "--frontier_eval", "", "--seeds", "0"]  # one seed of the preset's three
         sft_dir, pairs_dir = f"{out}/outputs/gpt2-large/sft", f"{out}/generations/gpt2-large"
@@ -239,6 +239,7 @@ class Check:
                    "512" if gpu else "24", *keep_one, *cpu, *small,
                    *([] if gpu else ["--precompute_ref_batch_size", "8", "--dataloader_num_workers", "0"]),
                    trained=f"{out}/outputs/gpt2-large/dpo/sigmoid_beta0.1_seed0")
+        self.learned_reward(keep_one, cpu)
         for name, script, flags, run in (
                 ("rloo", "rloo.py", ["--kl_coefs", "0.05", "--reward_model", self.classifier], "rloo/rloo_kl0.05_seed0"),
                 ("preferred_ft", "preferred_ft.py", [], "preferred_ft/preferred_ft_seed0"),
@@ -247,7 +248,8 @@ class Check:
                 *([("online_dpo", "train.py online_dpo", ["--betas", "0.1", "--reward_model", self.classifier],
                     "online_dpo/online_sigmoid_beta0.1_seed0")] if gpu else [])):
             self.stage(name, script, *flags, "--max_steps", "3" if gpu else "2", *keep_one, *cpu,
-                       *([] if gpu else ["--per_device_train_batch_size", "8", "--dataloader_num_workers", "0"]),
+                       *([] if gpu else ["--per_device_train_batch_size", "8", "--examples_per_step", "8",
+                                         "--dataloader_num_workers", "0"]),
                        trained=f"{out}/outputs/gpt2-large/{run}")
             drop_weights(os.path.join(out, "outputs", "gpt2-large", name))  # the evaluation covers DPO's run only
         self.facts["eval_samples"] = (128 if gpu else 16) * (16 + 4)  # SFT: best_of_n_samples; DPO: samples_per_prompt
@@ -260,6 +262,38 @@ class Check:
             if os.path.isfile(path):
                 shutil.copy(path, os.path.join(self.results, f"eval_{name}"))
         self.eval_precision(f"{out}/outputs/gpt2-large/dpo/sigmoid_beta0.1_seed0", sft_dir)
+
+    def learned_reward(self, keep_one: list[str], cpu: list[str]) -> None:
+        """The reward model, then RLOO on it with its points evaluated in memory (frontier_eval): the stage that holds
+        the most models at once, whose measured peak tests/test_gpu.py holds against its estimate."""
+        gpu, out = self.gpu, self.out
+        small = [] if gpu else ["--per_device_train_batch_size", "8", "--examples_per_step", "8",
+                                "--dataloader_num_workers", "0"]
+        reward_model = f"{out}/outputs/gpt2-large/reward_model"
+        if not self.stage("reward_model", "reward_model.py", "--max_train_pairs", "96" if gpu else "48",
+                          "--num_train_epochs", "1", "--report_to", "none", *cpu, *small,
+                          *([] if gpu else ["--per_device_eval_batch_size", "8"]), trained=reward_model):
+            return
+        evaluation = self.frontier_eval_config()
+        self.stage("rloo_rm", "rloo.py", "--reward_model", reward_model, "--kl_coefs", "0.05", "--max_steps",
+                   "3" if gpu else "2", *keep_one, "--checkpoint_schedule", "steps", "--save_steps", "2",
+                   "--frontier_eval", evaluation, *cpu, *small, trained=f"{out}/outputs/gpt2-large/rloo_rm/rloo_rm_kl0.05_seed0")
+        drop_weights(os.path.join(out, "outputs", "gpt2-large", "rloo_rm"))
+
+    def frontier_eval_config(self) -> str:
+        """configs/gpt2-large/eval.yaml on a few prompts, the check's models and reviews: evaluates rloo_rm's points."""
+        import yaml
+
+        with open(os.path.join(PRESET, "eval.yaml")) as f:
+            config = yaml.safe_load(f)
+        data = dict(zip(self.data[::2], self.data[1::2]))
+        config.update(base_model="", reward_model=self.classifier, num_prompts=32 if self.gpu else 8,
+                      batch_size=32 if self.gpu else 8, **{flag[2:]: path for flag, path in data.items()},
+                      **({} if self.gpu else {"max_new_tokens": 16, "use_cpu": True}))
+        path = os.path.join(self.work, "frontier_eval.yaml")
+        with open(path, "w") as f:
+            yaml.safe_dump(config, f)
+        return path
 
     def eval_precision(self, trained: str, reference: str) -> None:
         """eval_precision tf32 against fp32 on the trained DPO checkpoint, per sample (README, "Precision"): before the
@@ -295,7 +329,8 @@ class Check:
 
     def gpu_tests(self) -> None:
         tokenizer = self.args.tokenizer or os.path.dirname(cached_file(HUB_POLICY, "vocab.json") or "")
-        self.env.update(IMDB_DPO_TEST_DEVICE="cuda", GPT2_TOKENIZER_DIR=tokenizer)
+        # IMDB_DPO_GPU_CHECK_RESULTS: the stages' resource reports, which tests/test_gpu.py sets against the estimates.
+        self.env.update(IMDB_DPO_TEST_DEVICE="cuda", GPT2_TOKENIZER_DIR=tokenizer, IMDB_DPO_GPU_CHECK_RESULTS=self.results)
         row = self.run("gpu_tests", [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
                                      "tests"], 600, kind="tests")
         if row["exit"] == NOT_RUN:

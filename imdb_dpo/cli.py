@@ -129,7 +129,8 @@ def write_resource_report(path: str, seconds: float, code: int | None) -> None:
               "estimated_peak_gib": max((c["gib"] for c in CHECKED), default=None),
               "estimated_step": max(CHECKED, key=lambda c: c["gib"])["step"] if CHECKED else None}
     if torch.cuda.is_initialized():
-        report.update(device=torch.cuda.get_device_name(), peak_gpu_allocated_gib=torch.cuda.max_memory_allocated() / 2**30,
+        report.update(device=torch.cuda.get_device_name(), visible_gpus=torch.cuda.device_count(),
+                      peak_gpu_allocated_gib=torch.cuda.max_memory_allocated() / 2**30,
                       peak_gpu_reserved_gib=torch.cuda.max_memory_reserved() / 2**30)
     with open(path, "w") as f:
         json.dump(report, f, indent=1)

@@ -61,3 +61,72 @@ def test_a_stage_uses_the_gpu_unless_use_cpu(use_cpu, gpt2_stand_in, gpt2_classi
         assert used["device"] == "cpu"
     else:
         assert used["device"] != "cpu" and used["peak_gpu_allocated_gib"] > 0
+
+
+def test_a_plain_stage_on_a_node_with_several_gpus_uses_one(gpt2_stand_in, gpt2_classifier, tmp_path):
+    """Without a launcher a stage pins the first visible GPU (imdb_dpo/one_gpu.py): TRL would otherwise spread the
+    model over every GPU, or wrap it in DataParallel."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs a node with 2 or more GPUs")
+    reviews = tmp_path / "reviews.jsonl"
+    reviews.write_text("".join(json.dumps({"text": f"{t} " * 8, "label": 1}) + "\n" for t in TEXTS * 4))
+    report = tmp_path / "resources.json"
+    argv = ["--config", os.path.join(REPO, "configs/gpt2-large/preference_pairs.yaml"), "--model_name_or_path",
+            gpt2_stand_in, "--train_file", str(reviews), "--test_file", str(reviews), "--num_prompts", "8",
+            "--reward_model", gpt2_classifier, "--output_dir", str(tmp_path / "pairs")]
+    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "LOCAL_RANK", "WORLD_SIZE")}
+    proc = subprocess.run([sys.executable, "preference_pairs.py", *argv], cwd=REPO, capture_output=True, text=True,
+                          timeout=600, env={**env, "IMDB_DPO_RESOURCE_REPORT": str(report)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(report.read_text())["visible_gpus"] == 1
+    assert proc.stdout.startswith("GPU: ") and "CUDA_VISIBLE_DEVICES=0)" in proc.stdout.splitlines()[0]
+
+
+def test_a_model_trained_in_bf16_on_the_gpu_is_saved_in_the_dtype_its_manifest_states(gpt2_stand_in, gpt2_classifier,
+                                                                                      tmp_path):
+    """The presets' bf16 autocast keeps fp32 weights, and those are saved (under DeepSpeed, whose bf16 would save
+    bf16 weights, the stages refuse bf16: tests/test_devices.py)."""
+    from conftest import NO_FRONTIER_EVAL
+    from imdb_dpo.manifests import read_manifest
+    from test_devices import saved_dtypes
+
+    cpu = [] if torch.cuda.is_available() else ["--use_cpu", "true"]
+    reviews = tmp_path / "reviews.jsonl"
+    reviews.write_text("".join(json.dumps({"text": f"{t} " * 8, "label": 1}) + "\n" for t in TEXTS * 4))
+    pairs = ["--config", os.path.join(REPO, "configs/gpt2-large/preference_pairs.yaml"), "--model_name_or_path",
+             gpt2_stand_in, "--train_file", str(reviews), "--test_file", str(reviews), "--num_prompts", "8",
+             "--max_new_tokens", "16", "--reward_model", gpt2_classifier, "--output_dir", str(tmp_path / "pairs"), *cpu]
+    dpo = ["--config", os.path.join(REPO, "configs/gpt2-large/dpo.yaml"), "--model_name_or_path", gpt2_stand_in,
+           "--pairs_file", str(tmp_path / "pairs" / "pairs.jsonl"), "--output_dir", str(tmp_path / "dpo"), "--betas",
+           "0.1", "--seeds", "0", "--max_steps", "2", "--per_device_train_batch_size", "4", "--examples_per_step", "4",
+           "--report_to", "none", *NO_FRONTIER_EVAL, *cpu]
+    for script, argv in (("preference_pairs.py", pairs), ("dpo.py", dpo)):
+        proc = subprocess.run([sys.executable, script, *argv], cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "dpo" / "sigmoid_beta0.1_seed0"
+    manifest = read_manifest(run)
+    assert manifest["config"]["training"]["bf16"] and manifest["config"]["model"]["dtype"] == "float32"
+    assert saved_dtypes(run) == {"F32"}
+
+
+GPU_CHECK_RESULTS = "IMDB_DPO_GPU_CHECK_RESULTS"
+
+
+def test_every_stage_of_the_gpu_check_peaks_within_15_percent_of_its_estimate():
+    """The memory check's estimate (imdb_dpo/costs.py) against torch.cuda.max_memory_allocated, for every stage the
+    GPU check ran at GPT-2 Large's shape, rloo_rm with its points evaluated in memory included."""
+    results = os.environ.get(GPU_CHECK_RESULTS)
+    if not results:
+        pytest.skip(f"reads the resource reports of benchmarks/gpu_check.py's stages ({GPU_CHECK_RESULTS}), which "
+                    "runs this test after them")
+    reports = {}
+    for name in sorted(os.listdir(results)):
+        if name.endswith(".resources.json"):
+            with open(os.path.join(results, name)) as f:
+                report = json.load(f)
+            if report.get("exit_code") == 0 and report.get("estimated_peak_gib") and report.get("peak_gpu_allocated_gib"):
+                reports[name.split(".")[0]] = report
+    assert "rloo_rm" in reports and "dpo" in reports, sorted(reports)
+    off = {name: (r["estimated_peak_gib"], r["peak_gpu_allocated_gib"]) for name, r in reports.items()
+           if abs(r["estimated_peak_gib"] / r["peak_gpu_allocated_gib"] - 1) > 0.15}
+    assert not off, off
