@@ -568,7 +568,9 @@ def io_seconds(row: Row) -> float:
 
 def render(preset: Preset) -> str:
     flags = "".join(f" --{name} {value}" for name, value in preset.flags.items())
-    lines = [f"Plan of the {preset.name} preset on one GPU (python plan.py {preset.name}{flags})", "",
+    gpus = f" --gpus {preset.gpus}" if preset.gpus else ""
+    lines = [f"Plan of the {preset.name} preset, each run on one GPU (python plan.py {preset.name}{flags}{gpus}); GPU "
+             "hours summed over the runs" + (", the wall-clock on the node's GPUs below" if preset.gpus else ""), "",
              "| stage | runs | steps a run | checkpoints a run | disk written | kept when finished | most on disk while "
              "it runs | peak GPU memory | GPU hours (H100) | of it, disk I/O |", "|---|---|---|---|---|---|---|---|---|---|"]
     kept = peak_disk = seconds = written = io = 0.0

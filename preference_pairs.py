@@ -77,7 +77,7 @@ def settings_now(args: PairsArguments) -> dict:
 
 def inputs_of(args: PairsArguments) -> dict:
     return {"model": describe_model_input(args.model_name_or_path),
-            "train": describe_file_input(args.train_file) if args.train_file else args.dataset_name}
+            "train": describe_file_input(args.train_file, "train_file") if args.train_file else args.dataset_name}
 
 
 def has_batches(directory: str) -> bool:

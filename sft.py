@@ -43,7 +43,7 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
     inputs = {"model": describe_model_input(model_args.model_name_or_path)}
     for split in ("train", "test"):
         path = getattr(script_args, f"{split}_file")
-        inputs[split] = describe_file_input(path) if path else script_args.dataset_name
+        inputs[split] = describe_file_input(path, f"{split}_file") if path else script_args.dataset_name
     configs = {"script": script_args, "training": training_args, "model": model_args}
     with main_process_lock(training_args.output_dir, "sft.py"):
         plan = plan_output(training_args.output_dir, run_settings(configs, inputs),

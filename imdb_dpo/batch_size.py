@@ -41,6 +41,8 @@ def derived_batch(script_args, training_args: TrainingArguments) -> dict:
     processes (and, for a trainer that samples one generation batch per step, its steps_per_generation), or a
     ConfigError naming what to change. Sets script_args.examples_per_step to the value it resolves to."""
     rows, accumulation = training_args.per_device_train_batch_size, training_args.gradient_accumulation_steps
+    if accumulation < 1:
+        raise ConfigError(f"gradient_accumulation_steps={accumulation}: must be a finite number > 0")
     examples = script_args.examples_per_step
     if examples is None:
         examples = rows * accumulation
@@ -48,14 +50,22 @@ def derived_batch(script_args, training_args: TrainingArguments) -> dict:
         raise ConfigError(f"examples_per_step={examples} and gradient_accumulation_steps={accumulation} are both set: "
                           "accumulation is derived from examples_per_step and the number of processes; remove "
                           "gradient_accumulation_steps (per_device_train_batch_size is the most rows a pass holds)")
-    if examples < 1 or rows < 1:
-        raise ConfigError(f"examples_per_step={examples} and per_device_train_batch_size={rows} must be positive")
+    if rows < 1:
+        raise ConfigError(f"per_device_train_batch_size={rows}: must be a finite number > 0 (the most rows a pass "
+                          "holds)")
+    if examples < 1:
+        raise ConfigError(f"examples_per_step={examples}: must be a finite number > 0 (examples per optimizer step)")
     processes = training_args.world_size
     if examples % processes:
-        raise ConfigError(f"examples_per_step={examples} does not divide among {processes} processes: choose a "
+        raise ConfigError(f"examples_per_step={examples} does not divide among {processes} process(es): choose a "
                           f"multiple of {processes}, or launch a number of processes that divides {examples}")
     script_args.examples_per_step = examples
+    most = rows
     rows, accumulation = per_process_batch(examples, processes, rows)
+    if accumulation > 1 and rows < most // 2:  # e.g. a prime share: many small passes, slow
+        print(f"note: examples_per_step={examples} on {processes} process(es) splits evenly only into {accumulation} "
+              f"passes of {rows} rows (per_device_train_batch_size allows {most}); a share with a divisor near "
+              f"{most} runs faster")
     derived = {"per_device_train_batch_size": rows, "gradient_accumulation_steps": accumulation}
     # RLOO and GRPO sample one generation batch per optimizer step unless told otherwise; their __post_init__ set
     # steps_per_generation from the accumulation it saw.

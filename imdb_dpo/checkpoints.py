@@ -209,6 +209,8 @@ def resumable_checkpoint(run_dir: str) -> str | None:
     short (a kill or a full disk during the save) and is passed over; resuming rewrites it when training reaches that
     step again."""
     complete = [path for _, path in checkpoint_steps(run_dir) if is_complete(path)]
+    if complete and int(os.environ.get("RANK", "0")) == 0:
+        print(f"resuming {run_dir} from {os.path.basename(complete[-1])}", flush=True)
     return complete[-1] if complete else None
 
 

@@ -24,10 +24,10 @@ def normalise_review(text: str) -> str:
 
 def _load_local(path: str, field_name: str, split: str) -> Dataset:
     extension = os.path.splitext(path)[1].lower()
-    if extension not in _BUILDERS:
-        raise DataError(f"{field_name}={path!r}: unsupported file type {extension!r}; use one of {sorted(_BUILDERS)}")
     if not os.path.isfile(path):
         raise DataError(f"{field_name}={path!r}: file not found; check the path (relative paths start at {os.getcwd()})")
+    if extension not in _BUILDERS:
+        raise DataError(f"{field_name}={path!r}: unsupported file type {extension!r}; use one of {sorted(_BUILDERS)}")
     if os.path.getsize(path) == 0:
         raise DataError(f"{field_name}={path!r}: the file is empty; it needs one review per row")
     try:

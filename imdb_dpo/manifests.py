@@ -112,7 +112,12 @@ def describe_model_input(path: str) -> dict:
     }
 
 
-def describe_file_input(path: str) -> dict:
+def describe_file_input(path: str, field: str = "an input file") -> dict:
+    """An input file as a manifest records it: by content (its SHA-256), with where it was."""
+    if not os.path.isfile(path):
+        from .errors import ConfigError
+
+        raise ConfigError(f"{field}={path!r}: file not found; check the path (relative paths start at {os.getcwd()})")
     return {"path": os.path.abspath(path), "sha256": file_sha256(path)}
 
 

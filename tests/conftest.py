@@ -89,8 +89,7 @@ def tiny_run(tmp_path_factory):
     folder). The stage fixtures below are its folders: tests read them and never change them.
 
     IMDB_DPO_TINY_RUN=<OUTPUT_ROOT of a finished `./run_pipeline.sh tiny` by this checkout> uses that run in place
-    instead, to iterate on one test in seconds (in place: its inputs are named by path, so a copy would be "other
-    settings"); CI never sets it."""
+    instead, to iterate on one test in seconds; CI never sets it."""
     if os.environ.get("IMDB_DPO_TINY_RUN"):
         import pathlib
 

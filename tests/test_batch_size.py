@@ -46,7 +46,7 @@ def test_a_config_takes_the_same_examples_a_step_on_any_number_of_processes(path
     one, _, most_rows = step_of(parse(path))
     processes(monkeypatch, n)
     if one % n:
-        with pytest.raises(ConfigError, match=f"does not divide among {n} processes"):
+        with pytest.raises(ConfigError, match=f"does not divide among {n} process"):
             parse(path)
         return
     parsed = parse(path)
@@ -86,7 +86,7 @@ def test_conflicting_or_indivisible_batches_are_refused(monkeypatch):
     with pytest.raises(ConfigError, match="gradient_accumulation_steps=2 are both set"):
         parse(path, "--examples_per_step", "64", "--gradient_accumulation_steps", "2")
     processes(monkeypatch, 3)
-    with pytest.raises(ConfigError, match="examples_per_step=64 does not divide among 3 processes"):
+    with pytest.raises(ConfigError, match="examples_per_step=64 does not divide among 3 process"):
         parse(path)
 
 
@@ -99,3 +99,17 @@ def test_a_process_share_is_split_into_the_fewest_passes_that_fit():
                 rows, passes = per_process_batch(examples, n, most)
                 assert rows <= most and rows * passes * n == examples
                 assert all((examples // n) % p or (examples // n) // p > most for p in range(1, passes))
+
+
+def test_kto_is_refused_a_split_of_one_row_a_pass_before_anything_loads():
+    """KTO's KL term pairs each row with another of its pass: TRL refuses 1 row only once the models are loaded."""
+    from imdb_dpo.methods.kto import check
+
+    (_, training, _) = parse(os.path.join(REPO, "configs", "tiny", "kto.yaml"), "--examples_per_step", "5",
+                             "--per_device_train_batch_size", "2")
+    assert (training.per_device_train_batch_size, training.gradient_accumulation_steps) == (1, 5)
+    with pytest.raises(ConfigError, match="KTO needs at least 2 rows a pass"):
+        check(training)
+    (_, training, _) = parse(os.path.join(REPO, "configs", "tiny", "kto.yaml"), "--examples_per_step", "4",
+                             "--per_device_train_batch_size", "2")
+    check(training)

@@ -207,3 +207,21 @@ def test_a_method_folder_given_on_the_command_line_must_exist(tiny_base, tiny_sf
     err = capsys.readouterr().err
     assert f"--dpo_dir {tmp_path / 'dpoo'}: no such folder" in err and '--dpo_dir ""' in err
     assert "Traceback" not in err and not out.exists()
+
+
+def test_a_moved_output_root_keeps_its_records_those_evaluated_while_training_included(tiny_run, tmp_path):
+    """The tiny run copied to another OUTPUT_ROOT: its data files (by content), reference (by run id) and runs are the
+    same, so eval.py finds every record, the in-memory points whose checkpoints were deleted too, and samples
+    nothing (a key that named the files by path lost 75 points here)."""
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_run["root"], moved)
+    proc = subprocess.run([sys.executable, "eval.py", "--config", "configs/tiny/eval.yaml"], cwd=REPO,
+                          capture_output=True, text=True, timeout=900, env={**os.environ, "OUTPUT_ROOT": str(moved)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "not evaluated" not in proc.stdout
+    records = lambda root: sorted(str(p.relative_to(root)) for p in root.rglob("records.jsonl"))  # noqa: E731
+    assert records(moved / "outputs/tiny/eval/records") == records(tiny_run["root"] / "outputs/tiny/eval/records")
+    before = list(csv.DictReader(open(tiny_run["root"] / "outputs/tiny/eval/summary.csv")))
+    after = list(csv.DictReader(open(moved / "outputs/tiny/eval/summary.csv")))
+    assert [(r["run"], r["step"], r["reward_mean"], r["kl_mean"]) for r in after] == [
+        (r["run"], r["step"], r["reward_mean"], r["kl_mean"]) for r in before]

@@ -114,6 +114,11 @@ def check(args) -> None:
         if not (math.isfinite(value) and value > 0):
             raise ConfigError(f"{name}={value}: each KTO term's weight must be a number > 0 (KTO's paper keeps "
                               "desirable x count / (undesirable x count) in [1, 4/3]); fix it")
+    if args.per_device_train_batch_size < 2:  # its KL term pairs each row with another row of the same pass
+        raise ConfigError(f"KTO needs at least 2 rows a pass, and examples_per_step on {args.world_size} process(es) "
+                          f"with per_device_train_batch_size as the most a pass holds leaves "
+                          f"{args.per_device_train_batch_size}: choose examples_per_step with an even share a process "
+                          "(e.g. a multiple of 2 x the processes) and per_device_train_batch_size >= 2")
 
 
 def kto_name(args, beta: float) -> str:
