@@ -138,7 +138,7 @@ def generate_locked(args: PairsArguments, directory: str, tokenizer, prompts: li
     return True
 
 
-def merge_shards(args: PairsArguments) -> None:
+def merge_shards(args: PairsArguments) -> str:
     records = []
     for index in range(args.num_shards):
         directory = shard_dir(args, index)
@@ -168,8 +168,7 @@ def merge_shards(args: PairsArguments) -> None:
                     pairs_sha256=file_sha256(os.path.join(args.output_dir, "pairs.jsonl")),
                     mean_reward=sum(rewards) / len(rewards),
                     eos_fraction=sum(finished) / len(finished))
-    print(f"{len(pairs)} pairs from {len(records)} prompts (mean reward {sum(rewards) / len(rewards):.3f}) "
-          f"written to {args.output_dir}/pairs.jsonl")
+    return f"{len(pairs)} pairs from {len(records)} prompts (mean reward {sum(rewards) / len(rewards):.3f})"
 
 
 def split_across_processes(args: PairsArguments, rank: int, world: int) -> PairsArguments:
@@ -203,8 +202,9 @@ def main(args: PairsArguments) -> int:
             return 0
     if state.is_main_process:
         with folder_lock(plan.final, "preference_pairs.py --merge"):
-            merge_shards(args)
-            plan.finish()
+            merged = merge_shards(args)
+            plan.finish()  # an --overwrite's new folder takes the finished one's place
+        print(f"{merged} written to {plan.final}/pairs.jsonl")
     state.wait_for_everyone()
     return 0
 

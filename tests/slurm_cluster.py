@@ -1,7 +1,9 @@
 """A real single-node SLURM cluster on localhost for the tests: munged, slurmctld and slurmd, started from
 a configuration written to a temporary directory, and stopped by pid. Its node offers two GPUs as generic resources
 (two device files that are not GPUs), so that the job scripts' per-GPU requests and SLURM's GPU variables
-(SLURM_GPUS_ON_NODE, CUDA_VISIBLE_DEVICES) are exercised as on a GPU cluster; nothing uses CUDA."""
+(SLURM_GPUS_ON_NODE, CUDA_VISIBLE_DEVICES) are exercised as on a GPU cluster; nothing uses CUDA. It also claims
+16 cores and 1 TB of memory (config_overrides: slurmd reports the configured node), so that the job scripts' own
+requests (8 cores and 64 GB a GPU) are accepted as a GPU node would accept them; nothing enforces them here."""
 
 import os
 import shutil
@@ -41,7 +43,8 @@ KillWait=30
 MinJobAge=600
 OverTimeLimit=1
 GresTypes=gpu
-NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=2000 Gres=gpu:2 State=UNKNOWN
+SlurmdParameters=config_overrides
+NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=1000000 Gres=gpu:2 State=UNKNOWN
 PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
 """
 GRES_CONF = """\
@@ -83,7 +86,7 @@ class SlurmCluster:
             f.write(GRES_CONF)
         with open(self.env["SLURM_CONF"], "w") as f:
             f.write(SLURM_CONF.format(host=host, root=self.root, ctld_port=_free_port(), slurmd_port=_free_port(),
-                                      munge_socket=socket_path, cpus=os.cpu_count()))
+                                      munge_socket=socket_path, cpus=16))
         subprocess.run(["slurmctld", "-f", self.env["SLURM_CONF"]], check=True, env=self.env)
         self.pids["slurmctld"] = self._read_pid(f"{self.root}/slurmctld.pid")
         subprocess.run(["slurmd", "-f", self.env["SLURM_CONF"]], check=True, env=self.env)

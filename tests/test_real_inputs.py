@@ -116,7 +116,7 @@ def test_gpt2_large_preset_runs_every_stage_with_gpt2s_tokenizer_on_real_reviews
     import sft
 
     argv = ["--config", f"{GPT2_LARGE}/sft.yaml", "--model_name_or_path", gpt2_stand_in, *data, "--max_steps", "2",
-            "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1", "--max_eval_samples", "4",
+            "--per_device_train_batch_size", "2", "--examples_per_step", "2", "--gradient_accumulation_steps", "1", "--max_eval_samples", "4",
             "--max_train_samples", "200", *CPU_FLAGS]
     assert sft.main(*parse_config(sft.STAGES, argv)) == 0
     sft_dir = tmp_path / "outputs/gpt2-large/sft"
@@ -141,7 +141,7 @@ def test_gpt2_large_preset_runs_every_stage_with_gpt2s_tokenizer_on_real_reviews
     eval_config.write_text(yaml.safe_dump(evaluation))
     # Two of the preset's three seeds: seed 0's runs keep their final model (keep_final_model_seeds), seed 1's not.
     argv = ["--config", f"{GPT2_LARGE}/dpo.yaml", "--frontier_eval", str(eval_config), "--max_steps", "2",
-            "--per_device_train_batch_size", "4", "--save_steps", "1", "--seeds", "0", "1", *CPU_FLAGS]
+            "--per_device_train_batch_size", "4", "--examples_per_step", "4", "--save_steps", "1", "--seeds", "0", "1", *CPU_FLAGS]
     assert dpo.main(*parse_config(dpo.STAGES, argv)) == 0
     runs = sorted(r for r in os.listdir(tmp_path / "outputs/gpt2-large/dpo") if not r.startswith("."))
     assert runs == [f"sigmoid_beta{b}_seed{s}" for b in ("0.05", "0.1", "1", "5") for s in (0, 1)]
@@ -157,27 +157,27 @@ def test_gpt2_large_preset_runs_every_stage_with_gpt2s_tokenizer_on_real_reviews
 
     one_seed = ["--seeds", "0"]  # without frontier_eval, a run that dropped its final model would lose its last point
     argv = ["--config", f"{GPT2_LARGE}/rloo.yaml", *NO_FRONTIER_EVAL, *one_seed, "--kl_coefs", "0.05", "--max_steps", "2",
-            "--per_device_train_batch_size", "8", "--max_completion_length", "8", "--save_steps", "1",
+            "--per_device_train_batch_size", "8", "--examples_per_step", "8", "--max_completion_length", "8", "--save_steps", "1",
             "--reward_model", gpt2_classifier, *CPU_FLAGS]
     assert rloo.main(*parse_config(rloo.STAGES, argv)) == 0
     assert read_manifest(tmp_path / "outputs/gpt2-large/rloo/rloo_kl0.05_seed0")["checkpoints"] == [2]
-    argv = ["--config", f"{GPT2_LARGE}/preferred_ft.yaml", *NO_FRONTIER_EVAL, *one_seed, "--max_steps", "2", "--per_device_train_batch_size", "4",
+    argv = ["--config", f"{GPT2_LARGE}/preferred_ft.yaml", *NO_FRONTIER_EVAL, *one_seed, "--max_steps", "2", "--per_device_train_batch_size", "4", "--examples_per_step", "4",
             "--save_steps", "1", *CPU_FLAGS]
     assert preferred_ft.main(*parse_config(preferred_ft.STAGES, argv)) == 0
     argv = ["--config", f"{GPT2_LARGE}/unlikelihood.yaml", *NO_FRONTIER_EVAL, *one_seed, "--alphas", "1", "--max_steps", "2",
-            "--per_device_train_batch_size", "4", *CPU_FLAGS]
+            "--per_device_train_batch_size", "4", "--examples_per_step", "4", *CPU_FLAGS]
     assert unlikelihood.main(*parse_config(unlikelihood.STAGES, argv)) == 0
     assert read_manifest(tmp_path / "outputs/gpt2-large/unlikelihood/unlikelihood_alpha1_seed0")["checkpoints"] == [2]
 
     import reward_model
 
     argv = ["--config", f"{GPT2_LARGE}/reward_model.yaml", "--num_train_epochs", "2", "--validation_fraction", "0.25",
-            "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "16", *CPU_FLAGS]
+            "--per_device_train_batch_size", "16", "--examples_per_step", "16", "--per_device_eval_batch_size", "16", *CPU_FLAGS]
     assert reward_model.main(*parse_config(reward_model.STAGES, argv)) == 0
     manifest = read_manifest(tmp_path / "outputs/gpt2-large/reward_model")
     assert manifest["prompts"]["validation"] == 2 and len(manifest["validation_accuracy"]) == 2
     argv = ["--config", f"{GPT2_LARGE}/rloo_rm.yaml", *NO_FRONTIER_EVAL, *one_seed, "--kl_coefs", "0.05", "--max_steps", "2",
-            "--per_device_train_batch_size", "8", "--max_completion_length", "8", *CPU_FLAGS]
+            "--per_device_train_batch_size", "8", "--examples_per_step", "8", "--max_completion_length", "8", *CPU_FLAGS]
     assert rloo.main(*parse_config(rloo.STAGES, argv)) == 0
     assert read_manifest(tmp_path / "outputs/gpt2-large/rloo_rm/rloo_rm_kl0.05_seed0")["checkpoints"] == [2]
 
@@ -190,7 +190,7 @@ def test_gpt2_large_preset_runs_every_stage_with_gpt2s_tokenizer_on_real_reviews
     for method, run in (("kto", "kto_beta0.1"), ("orpo_base", "orpo_base_beta0.1"), ("simpo", "simpo_beta2_gamma1"),
                         ("online_dpo", "online_sigmoid_beta0.1")):
         argv = [method, "--config", f"{GPT2_LARGE}/{method}.yaml", *NO_FRONTIER_EVAL, "--betas", run.split("beta")[1]
-                .split("_")[0], "--max_steps", "2", "--per_device_train_batch_size", "4", "--save_steps", "1",
+                .split("_")[0], "--max_steps", "2", "--per_device_train_batch_size", "4", "--examples_per_step", "4", "--save_steps", "1",
                 *own.get(method, []), *CPU_FLAGS]
         assert train.main(argv) == 0, method
         assert read_manifest(tmp_path / f"outputs/gpt2-large/{method}/{run}")["checkpoints"] == [2], method
@@ -227,7 +227,7 @@ def test_a_model_that_often_stops_at_once_runs_through_pairs_dpo_and_eval(eos_he
     assert any(p["chosen"] == "" or p["rejected"] == "" for p in pairs)
 
     argv = ["--config", f"{GPT2_LARGE}/dpo.yaml", *NO_FRONTIER_EVAL, "--seeds", "0", "--model_name_or_path", eos_heavy_model, "--betas", "0.1",
-            "--max_steps", "2", "--per_device_train_batch_size", "8", "--save_steps", "1", *CPU_FLAGS]
+            "--max_steps", "2", "--per_device_train_batch_size", "8", "--examples_per_step", "8", "--save_steps", "1", *CPU_FLAGS]
     assert dpo.main(*parse_config(dpo.STAGES, argv)) == 0
     assert read_manifest(tmp_path / "outputs/gpt2-large/dpo/sigmoid_beta0.1_seed0")["finished"]
 

@@ -164,7 +164,7 @@ def test_submit_preset_chains_every_stage_with_afterok(cluster, tmp_path):
         f.write("seeds: [0, 1]\n")
     with open(repo / "configs/tiny/preferred_ft.yaml", "a") as f:
         f.write("seeds: [4, 5, 6]\n")
-    env = {**cluster.env, "SBATCH_EXTRA": "--hold --gres=gpu:1 --mem-per-gpu=1G --cpus-per-gpu=1", "OUTPUT_ROOT": str(tmp_path),
+    env = {**cluster.env, "SBATCH_EXTRA": "--hold", "OUTPUT_ROOT": str(tmp_path),
            "ARRAY_LIMIT": "2"}
     proc = subprocess.run(["slurm/submit_preset.sh", "tiny", "3"], cwd=repo, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
