@@ -11,8 +11,8 @@ import pytest
 
 from conftest import REPO
 
-STAGES = ["sft", "preference_pairs", "dpo", "reward_model", "rloo_rm", "rloo", "preferred_ft", "unlikelihood", "kto",
-          "eval"]  # kto: train.py
+STAGES = ["sft", "preference_pairs", "dpo", "rloo", "preferred_ft", "unlikelihood", "kto", "eval"]  # kto: train.py
+# On a GPU the check also runs reward_model and rloo_rm (with frontier_eval) after dpo, and every later method.
 BENCHMARKS = ["bench_eval_precision", "bench_sampling", "bench_dpo", "bench_eval", "bench_decode_ops",
               "bench_reward_precision"]
 
@@ -45,11 +45,8 @@ def test_every_stage_runs_and_reports_time_memory_and_throughput(dry_run):
     assert [r["name"] for r in dry_run["result"]["rows"] if r["kind"] == "stage"] == STAGES
     for name in STAGES:
         assert rows[name]["exit"] == 0 and rows[name]["wall_s"] > 0 and rows[name]["peak_rss_gib"] > 0
-    for name in ("sft", "dpo", "reward_model", "rloo_rm", "rloo", "preferred_ft", "unlikelihood", "kto"):
+    for name in ("sft", "dpo", "rloo", "preferred_ft", "unlikelihood", "kto"):
         assert rows[name]["train_samples_per_s"] > 0 and rows[name]["steps"] >= 2, name
-    # rloo_rm evaluated its points in memory (the stage tests/test_gpu.py holds to its memory estimate on a GPU).
-    records = dry_run["work"] / "out/outputs/gpt2-large/eval/records"
-    assert list(records.glob("*/rloo_rm_kl0.05_seed0/*/step-2/records.jsonl"))
     table = dry_run["stdout"]
     for name in STAGES + BENCHMARKS:
         assert f"| {name} | 0 |" in table, name
