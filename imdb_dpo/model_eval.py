@@ -20,7 +20,8 @@ from .config import ConfigError, EvalArguments
 from .distributed import any_process, process_state
 from .errors import first_line
 from .kl import sequence_kls
-from .manifests import Manifest, describe_model_input, file_sha256, is_finished, read_manifest, write_text_atomic
+from .manifests import (Manifest, describe_file_input, describe_model_input, is_finished, read_manifest,
+                        write_text_atomic)
 from .memory import OutOfMemory, naming_the_fix
 from .methods import BY_KEY, TRAINED
 from .methods.reward_model import LearnedReward
@@ -38,15 +39,15 @@ def settings_of(args: EvalArguments) -> dict:
     """What decides an evaluation's numbers (imdb_dpo/settings.py); records made under other settings are kept apart.
     The reference is named by its run id and the data files by their content, so that moved outputs (another
     OUTPUT_ROOT, a copy of the tiny run) keep their records, those evaluated while training included."""
-    return {**settings.settings_of(json.loads(json.dumps(vars(args)))), "train_file": data_identity(args.train_file),
-            "test_file": data_identity(args.test_file), "reference": settings.identity(describe_model_input(args.sft_model)),
+    return {**settings.settings_of(json.loads(json.dumps(vars(args)))), "train_file": data_identity(args.train_file, "train_file"),
+            "test_file": data_identity(args.test_file, "test_file"), "reference": settings.identity(describe_model_input(args.sft_model)),
             "sampler": SAMPLER,
             "kl": "while sampling, the reference in lockstep" if kl_in_sampling(args) else "a second pass"}
 
 
-def data_identity(path: str | None) -> str | None:
-    """A review file by its SHA-256 (its path where it does not exist: loading it then names the problem)."""
-    return f"sha256:{file_sha256(path)}" if path and os.path.isfile(path) else path
+def data_identity(path: str | None, field: str) -> str | None:
+    """A review file by its SHA-256, as every stage names its inputs (a missing one is refused, naming `field`)."""
+    return settings.identity(describe_file_input(path, field)) if path else None
 
 
 def kl_in_sampling(args: EvalArguments) -> bool:
@@ -153,10 +154,7 @@ def check_runs_root(args: EvalArguments, method) -> None:
 def check_args(args: EvalArguments) -> None:
     check_settings(args)
     for field in ("train_file", "test_file"):  # both decide the records' key, even the split not sampled
-        path = getattr(args, field)
-        if path and not os.path.isfile(path):
-            raise ConfigError(f"{field}={path!r}: file not found; check the path (relative paths start at "
-                              f"{os.getcwd()})")
+        data_identity(getattr(args, field), field)
     for method in TRAINED:
         check_runs_root(args, method)
     check_model("sft_model", args.sft_model)
