@@ -39,9 +39,9 @@ from imdb_dpo.frontier_fits import fits_by_method
 from imdb_dpo.evaluation import (BEST_OF_N, best_of_n_kl_bound, best_of_n_rewards, bootstrap_interval, distinct_n,
                                  per_prompt_means, summarise, win_rate)
 from imdb_dpo.locks import main_process_lock
-from imdb_dpo.methods import BY_KEY, TRAINED
-from imdb_dpo.model_eval import (Evaluator, UnreadableCheckpoint, check_args, records_dir, records_key, records_root,
-                                 run_meta, settings_of)
+from imdb_dpo.methods import frontier_methods, method as method_of_key
+from imdb_dpo.model_eval import (Evaluator, UnreadableCheckpoint, check_args, evaluated_methods, records_dir, records_key,
+                                 records_root, run_meta, runs_folder, settings_of)
 from imdb_dpo.manifests import Manifest, describe_model_input, git_commit, is_finished, read_manifest, write_text_atomic
 from imdb_dpo.modeling import load_tokenizer
 from imdb_dpo.plots import plot_frontier, plot_overoptimisation
@@ -66,15 +66,15 @@ def models_to_evaluate(args: EvalArguments) -> tuple[list[dict], list[dict]]:
     checkpoints that cannot be loaded, and checkpoints evaluated while training (frontier_eval) and deleted, with no
     records under `args`'s settings.
 
-    Every run folder under a method's root (dpo_dir, rloo_dir, ...: methods.TRAINED) whose manifest's stage is that
-    method counts (a root that is "" or does not exist: the method was not run; imdb_dpo/model_eval.check_runs_root). Records are kept by run name, so a name found
-    in two roots is an error."""
+    Every run folder under <runs_root>/<method>/ (each method of the registry, or of `methods`) whose manifest's
+    stage is that method counts (a method whose folder does not exist was not run). Records are kept by run name, so
+    a name found in two methods' folders is an error."""
     units = [{"method": "sft", "run": "sft", "loss_type": "", "beta": "", "step": 0, "path": args.sft_model}]
     if args.base_model:
         units.append({"method": "base", "run": "base", "loss_type": "", "beta": "", "step": 0, "path": args.base_model})
     skipped, seen, under = [], {}, records_root(args)
-    for method in TRAINED:
-        root = getattr(args, method.root_field)
+    for method in evaluated_methods(args):
+        root = runs_folder(args, method)
         # A leading dot marks work in progress beside a finished run (e.g. `.sigmoid_beta0.1.new` of an --overwrite).
         runs = sorted(n for n in os.listdir(root) if not n.startswith(".")) if root and os.path.isdir(root) else []
         seeded = {setting_of(n) for n in runs if setting_of(n) != n}
@@ -84,11 +84,11 @@ def models_to_evaluate(args: EvalArguments) -> tuple[list[dict], list[dict]]:
             if not manifest:
                 continue
             if manifest.get("stage") != method.key:
-                other = BY_KEY.get(manifest.get("stage"))
+                other = method_of_key(manifest.get("stage") or "")
                 if other:  # e.g. rloo.py run with --output_dir of the DPO runs: say so rather than drop it unseen
-                    skipped.append({"path": run_dir, "reason": f"it holds a {other.title} run, but it is in "
-                                                               f"{method.root_field}; move it under {other.root_field} "
-                                                               f"(or point {other.root_field} at its folder)"})
+                    skipped.append({"path": run_dir, "reason": f"it holds a {other.title} run, but it is among the "
+                                                               f"{method.title} runs; move it to "
+                                                               f"{runs_folder(args, other)}"})
                 continue
             if name in RESERVED_RUNS:
                 raise ConfigError(f"{run_dir}: a run may not be named {name!r}, which names the {name} rows of the "
@@ -96,11 +96,11 @@ def models_to_evaluate(args: EvalArguments) -> tuple[list[dict], list[dict]]:
             if name in seen:
                 raise ConfigError(f"two runs are named {name!r}: {seen[name]} and {run_dir}. The evaluation keeps "
                                   "records by run name, so run names must differ across "
-                                  f"{', '.join(m.root_field for m in TRAINED)}; rename one of the folders")
+                                  "the methods' folders; rename one of the folders")
             seen[name] = run_dir
             if not manifest.get("finished"):
                 skipped.append({"path": run_dir, "reason": f"the {method.title} run is unfinished; finish it (run "
-                                                           f"{method.script} again) and evaluate again"})
+                                                           f"{method.command} again) and evaluate again"})
                 continue
             if name in seeded:  # counted as a seed it would stack with its own twin (seed n); beside them, once more
                 skipped.append({"path": run_dir, "reason": f"a run without seeds of a setting also run with seeds "
@@ -210,7 +210,7 @@ def matched_kl_comparisons(units, measured, sft_records, args) -> list[dict]:
     intervals (imdb_dpo/comparisons.py)."""
     per_prompt = {(u["run"], u["step"]): (per_prompt_means(measured[(u["run"], u["step"])], "reward"),
                                           per_prompt_means(measured[(u["run"], u["step"])], "kl_exact"))
-                  for u in units if u["method"] in BY_KEY}
+                  for u in units if method_of_key(u["method"])}
     reward, kl = (per_prompt_means(measured[("sft", 0)], key) for key in ("reward", "kl_exact"))
     sft = Point("sft", "sft", 0, reward[None], kl[None])
     points = points_of(per_prompt, {u["run"]: family_of(u) for u in units})
@@ -263,13 +263,13 @@ def write_outputs(args, units, records, prompts, settings, skipped) -> None:
     samples = {prompt: {r["label"]: next(x for x in records[(r["run"], r["step"])]
                                         if x["prompt"] == prompt and x["sample"] == 0) for r in finals}
                for prompt in shown}
-    roots = {m.key: getattr(args, m.root_field) for m in TRAINED}
+    roots = {m.key: runs_folder(args, m) for m in frontier_methods()}
     pngs = {u["run"]: os.path.join(roots[u["method"]], u["run"], "training_curves.png") for u in units
             if u["method"] in roots}
     curves = {run: png for run, png in pngs.items() if os.path.isfile(png)}
     provenance = {"preset": args.preset, "git_commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
                   "sft_model": describe_model_input(args.sft_model),
-                  **{m.root_field: getattr(args, m.root_field) for m in TRAINED},
+                  "runs_root": args.runs_root,
                   "base_model": describe_model_input(args.base_model) if args.base_model else None}
     report_path = os.path.join(args.output_dir, "report.md")
     write_text_atomic(report_path, render_report(report_path, provenance, rows, finals, samples, curves, settings,

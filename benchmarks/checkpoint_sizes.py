@@ -1,6 +1,6 @@
 """File sizes of a GPT-2 Large checkpoint as the Trainer writes it: the weights (save_pretrained) and optimizer.pt
 with RMSprop's and AdamW's state, on random weights (CPU, ~12 GB of RAM and ~9 GB of disk in $TMPDIR or here, about
-a minute). README "Disk" is computed from these sizes.
+a minute). docs/cost.md, "Disk" is computed from these sizes.
 
     python benchmarks/checkpoint_sizes.py
 """

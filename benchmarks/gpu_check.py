@@ -35,7 +35,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from imdb_dpo.errors import first_line  # noqa: E402
-from imdb_dpo.methods import TRAINED  # noqa: E402
+from imdb_dpo.methods import registry  # noqa: E402
 # torch, transformers and the stand-ins are imported where used: a bad flag or input is refused in a second, not
 # after ten seconds of imports.
 
@@ -72,13 +72,6 @@ def review_files(folder: str) -> tuple[str, str]:
             return train, test
     fail(f"--reviews {folder!r} holds no imdb_train.jsonl and imdb_test.jsonl (or .json/.csv/.parquet); point it at "
          "the folder with both")
-
-
-# One method of each later trainer (ORPO from the base model and CPO share ORPO's and SimPO's), run by train.py;
-# online DPO, which samples with the classifier as its reward, is added where the classifier is known.
-LATER_METHODS = (("kto", "train.py kto", ["--betas", "0.1"], "kto/kto_beta0.1_seed0"),
-                 ("orpo", "train.py orpo", ["--betas", "0.1"], "orpo/orpo_beta0.1_seed0"),
-                 ("simpo", "train.py simpo", [], "simpo/simpo_beta2_gamma1_seed0"))
 
 
 class Check:
@@ -198,12 +191,15 @@ class Check:
             row.update(trainer_throughput(trained))
         return row["exit"] == 0
 
+    def checked_methods(self) -> list:
+        """The registry's methods the check runs, in order: on a GPU each with a run of its own (GPUCheck), in the
+        CPU dry run those marked on_cpu (the machinery, kept short for CI)."""
+        return [m for m in registry().values() if m.gpu_check and not m.gpu_check.like and
+                (self.gpu or m.gpu_check.on_cpu)]
+
     def planned_stages(self) -> list[str]:
         """The stages `stages` runs, in order."""
-        return ["sft", "preference_pairs", "dpo", *(["reward_model", "rloo_rm"] if self.gpu else []), "rloo",
-                "preferred_ft", "unlikelihood",
-                *(name for name, *_ in LATER_METHODS[: None if self.gpu else 1]), *(["online_dpo"] if self.gpu else []),
-                "eval"]
+        return ["sft", "preference_pairs", *(m.key for m in self.checked_methods()), "eval"]
 
     def add_stages_not_run(self) -> None:
         """A row for each stage that did not start (an earlier one failed, or the time ran out), so the table shows
@@ -236,51 +232,35 @@ class Check:
                           *([] if gpu else ["--use_cpu", "true", "--batch_size", "16"])):
             return
         self.facts["pairs"] = read_json(os.path.join(pairs_dir, "manifest.json"))
-        self.stage("dpo", "dpo.py", "--betas", "0.1", "--max_steps", "8" if gpu else "3", "--max_train_pairs",
-                   "512" if gpu else "24", *keep_one, *cpu, *small,
-                   *([] if gpu else ["--precompute_ref_batch_size", "8", "--dataloader_num_workers", "0"]),
-                   trained=f"{out}/outputs/gpt2-large/dpo/sigmoid_beta0.1_seed0")
-        if gpu:  # the CPU dry run leaves it out to keep CI short; the tiny pipeline runs rloo_rm with frontier_eval
-            self.learned_reward(keep_one, cpu)
-        for name, script, flags, run in (
-                ("rloo", "rloo.py", ["--kl_coefs", "0.05", "--reward_model", self.classifier], "rloo/rloo_kl0.05_seed0"),
-                ("preferred_ft", "preferred_ft.py", [], "preferred_ft/preferred_ft_seed0"),
-                ("unlikelihood", "unlikelihood.py", ["--alphas", "1"], "unlikelihood/unlikelihood_alpha1_seed0"),
-                *LATER_METHODS[: None if gpu else 1],  # the CPU dry run checks the machinery: train.py once
-                *([("online_dpo", "train.py online_dpo", ["--betas", "0.1", "--reward_model", self.classifier],
-                    "online_dpo/online_sigmoid_beta0.1_seed0")] if gpu else [])):
-            self.stage(name, script, *flags, "--max_steps", "3" if gpu else "2", *keep_one, *cpu,
-                       *([] if gpu else ["--per_device_train_batch_size", "8", "--examples_per_step", "8",
-                                         "--dataloader_num_workers", "0"]),
-                       trained=f"{out}/outputs/gpt2-large/{run}")
-            drop_weights(os.path.join(out, "outputs", "gpt2-large", name))  # the evaluation covers DPO's run only
+        evaluated = next(iter(registry().values()))  # DPO, the first: the evaluation and its precision benchmark
+        finished = {"sft", "preference_pairs"}
+        for method in self.checked_methods():
+            check = method.gpu_check
+            if not set(method.needs) <= finished:  # a stage it reads failed
+                continue
+            folder = f"{out}/outputs/gpt2-large/{method.key}"
+            flags = [flag.format(classifier=self.classifier, reward_model=f"{out}/outputs/gpt2-large/reward_model",
+                                 frontier_eval=self.frontier_eval_config() if "{frontier_eval}" in check.flags else "")
+                     for flag in check.flags]
+            if method.on_frontier:  # one short run of one seed, its checkpoints kept for no one
+                flags = ["--max_steps", "3" if gpu else "2", *keep_one, *flags]
+            small = [] if gpu else ["--per_device_train_batch_size", "4" if method is evaluated else "8",
+                                    "--examples_per_step", "4" if method is evaluated else "8",
+                                    "--dataloader_num_workers", "0"]
+            if self.stage(method.key, method.command, *flags, *(check.gpu_flags if gpu else check.cpu_flags), *cpu,
+                          *small, trained=os.path.join(folder, check.run) if check.run else folder):
+                finished.add(method.key)
+            if method is not evaluated and method.on_frontier:
+                drop_weights(folder)  # the evaluation covers DPO's run only
         self.facts["eval_samples"] = (128 if gpu else 16) * (16 + 4)  # SFT: best_of_n_samples; DPO: samples_per_prompt
         self.stage("eval", "eval.py", *d, "--num_prompts", "128" if gpu else "16", "--base_model", "",
-                   "--reward_model", self.classifier, *(flag for m in TRAINED if m.key != "dpo"
-                                                        for flag in (f"--{m.root_field}", "")), *short,
+                   "--reward_model", self.classifier, "--methods", evaluated.key, *short,
                    *([] if gpu else ["--use_cpu", "true", "--batch_size", "16", "--kl_batch_size", "16"]))
         for name in ("summary.csv", "report.md", "reward_vs_kl.png"):
             path = os.path.join(out, "outputs", "gpt2-large", "eval", name)
             if os.path.isfile(path):
                 shutil.copy(path, os.path.join(self.results, f"eval_{name}"))
-        self.eval_precision(f"{out}/outputs/gpt2-large/dpo/sigmoid_beta0.1_seed0", sft_dir)
-
-    def learned_reward(self, keep_one: list[str], cpu: list[str]) -> None:
-        """The reward model, then RLOO on it with its points evaluated in memory (frontier_eval): the stage that holds
-        the most models at once, whose measured peak tests/test_gpu.py holds against its estimate."""
-        gpu, out = self.gpu, self.out
-        small = [] if gpu else ["--per_device_train_batch_size", "8", "--examples_per_step", "8",
-                                "--dataloader_num_workers", "0"]
-        reward_model = f"{out}/outputs/gpt2-large/reward_model"
-        if not self.stage("reward_model", "reward_model.py", "--max_train_pairs", "96" if gpu else "48",
-                          "--num_train_epochs", "1", "--report_to", "none", *cpu, *small,
-                          *([] if gpu else ["--per_device_eval_batch_size", "8"]), trained=reward_model):
-            return
-        evaluation = self.frontier_eval_config()
-        self.stage("rloo_rm", "rloo.py", "--reward_model", reward_model, "--kl_coefs", "0.05", "--max_steps",
-                   "3" if gpu else "2", *keep_one, "--checkpoint_schedule", "steps", "--save_steps", "2",
-                   "--frontier_eval", evaluation, *cpu, *small, trained=f"{out}/outputs/gpt2-large/rloo_rm/rloo_rm_kl0.05_seed0")
-        drop_weights(os.path.join(out, "outputs", "gpt2-large", "rloo_rm"))
+        self.eval_precision(f"{out}/outputs/gpt2-large/dpo/{evaluated.gpu_check.run}", sft_dir)
 
     def frontier_eval_config(self) -> str:
         """configs/gpt2-large/eval.yaml on a few prompts, the check's models and reviews: evaluates rloo_rm's points."""
@@ -298,7 +278,7 @@ class Check:
         return path
 
     def eval_precision(self, trained: str, reference: str) -> None:
-        """eval_precision tf32 against fp32 on the trained DPO checkpoint, per sample (README, "Precision"): before the
+        """eval_precision tf32 against fp32 on the trained DPO checkpoint, per sample (docs/precision.md): before the
         weights are dropped, so among the stages' rows rather than the benchmarks'."""
         if self.args.skip_benchmarks:
             return
@@ -414,8 +394,13 @@ def trainer_throughput(run_dir: str) -> dict:
             "steps": read_json(path).get("global_step")}
 
 
-# A stage the check does not run is projected at the rate of the one with its trainer and shapes.
-RATE_OF = {"rloo_rm": "rloo", "orpo_base": "orpo", "cpo": "simpo"}
+
+
+def rate_of(stage: str) -> str:
+    """The stage whose measured rate projects `stage`: its own, or that of the method with its trainer and shapes
+    (a method the check does not run apart)."""
+    method = registry().get(stage)
+    return method.gpu_check.like if method and method.gpu_check and method.gpu_check.like else stage
 
 
 def projection(check: Check) -> list[tuple[str, str, float | None]]:
@@ -423,13 +408,13 @@ def projection(check: Check) -> list[tuple[str, str, float | None]]:
     plan.py's (the most the preset's settings allow where its pair file does not exist yet) at the rate the check
     measured (the Trainer's, loading excluded); stage 2 and the evaluation at their measured rates with loading
     included, so on the slow side. None: no measured rate (the stage did not run, or the check runs no such stage)."""
-    import plan as planner
+    from imdb_dpo import planning as planner
 
     rows = {r["name"]: r for r in check.rows}
     pairs = check.facts.get("pairs", {})
 
     def rate(name, key="train_samples_per_s"):
-        value = rows.get(RATE_OF.get(name, name), {}).get(key)
+        value = rows.get(rate_of(name), {}).get(key)
         return value if isinstance(value, (int, float)) and value > 0 else None
 
     preset = planner.build(PRESET)
@@ -455,7 +440,7 @@ def projection(check: Check) -> list[tuple[str, str, float | None]]:
         else:
             points += row.points
             speed = rate(row.stage)
-            stand_in = f", at {RATE_OF[row.stage]}'s rate" if row.stage in RATE_OF else ""
+            stand_in = f", at {rate_of(row.stage)}'s rate" if rate_of(row.stage) != row.stage else ""
             projected.append((row.stage, f"{row.runs} run{'s' if row.runs > 1 else ''} x {most}{row.samples:,} samples"
                                          f"{stand_in}", row.runs * row.samples / speed if speed else None))
     return projected

@@ -67,7 +67,7 @@ def derived_batch(script_args, training_args: TrainingArguments) -> dict:
               f"passes of {rows} rows (per_device_train_batch_size allows {most}); a share with a divisor near "
               f"{most} runs faster")
     derived = {"per_device_train_batch_size": rows, "gradient_accumulation_steps": accumulation}
-    # RLOO and GRPO sample one generation batch per optimizer step unless told otherwise; their __post_init__ set
+    # RLOO-style trainers sample one generation batch per optimizer step unless told otherwise; their __post_init__ set
     # steps_per_generation from the accumulation it saw.
     if getattr(training_args, "steps_per_generation", None) is not None:
         ratio, left = divmod(training_args.steps_per_generation, training_args.gradient_accumulation_steps)

@@ -140,5 +140,5 @@ def check_model(field: str, path: str, tokenizer: bool = True) -> None:
         cause = first_line(error, 10_000, type(error).__name__)
         raise ConfigError(
             f"{field}={path!r}: no local directory of that name (from {os.getcwd()}) and the hub model cannot be "
-            f"loaded ({cause}). Fix the path, or on a machine without network download the model first (README, "
-            "'Offline compute nodes')") from None
+            f"loaded ({cause}). Fix the path, or on a machine without network download the model first (README.md, "
+            "'The real run', step 2)") from None

@@ -16,7 +16,7 @@ import re
 
 import numpy as np
 
-from .methods import BY_KEY, TRAINED
+from .methods import frontier_methods, method as method_of_key
 
 SEED_SUFFIX = re.compile(r"_seed(\d+)$")
 RESAMPLES = 2000
@@ -30,11 +30,8 @@ def setting_of(run: str) -> str:
 
 
 def method_of(row: dict) -> str:
-    """A summary row's method. A summary.csv written before the column existed held only SFT, base, best-of-N and
-    DPO runs, so a row without one is told by its run name."""
-    if row.get("method"):
-        return row["method"]
-    return row["run"] if row["run"] in ("sft", "base", "best_of_n") else "dpo"
+    """A summary row's method: a key of the registry, or sft, base, best_of_n."""
+    return row["method"]
 
 
 def family_of(row: dict) -> str:
@@ -46,13 +43,13 @@ def family_of(row: dict) -> str:
 
 
 def default_loss(method: str) -> str:
-    return BY_KEY[method].default_loss if method in BY_KEY else "sigmoid"
+    return method_of_key(method).default_loss if method_of_key(method) else "sigmoid"
 
 
 def family_order(family: str) -> tuple:
     """SFT, then the trained methods in their order (each DPO loss after DPO), then best-of-N."""
     method, _, loss = family.partition("/")
-    order = ["sft", *(m.key for m in TRAINED), "best_of_n"]
+    order = ["sft", *(m.key for m in frontier_methods()), "best_of_n"]
     return (order.index(method) if method in order else len(order), loss)
 
 

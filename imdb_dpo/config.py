@@ -286,7 +286,7 @@ class RewardArguments:
     reward_dtype: str = field(
         default="float32",
         metadata={"help": "Precision of the reward classifier (float32, bfloat16 or float16). A bf16 classifier gives a "
-                          "different reward, so this is a setting that decides results (README, 'Precision')."},
+                          "different reward, so this is a setting that decides results (docs/precision.md)."},
     )
 
 
@@ -308,7 +308,7 @@ class SamplingArguments(RewardArguments, DataArguments):
     sampling_dtype: str = field(
         default="float32",
         metadata={"help": "Precision of the model that samples (float32, bfloat16 or float16). float32 samples the "
-                          "model's own policy; bfloat16 samples a slightly different one, faster (README, 'Precision')."},
+                          "model's own policy; bfloat16 samples a slightly different one, faster (docs/precision.md)."},
     )
     use_cpu: bool = field(
         default=False, metadata={"help": "Run on the CPU even where a GPU is available (as TrainingArguments' use_cpu)."}
@@ -520,33 +520,19 @@ class RewardModelScriptArguments(BatchArguments):
     overwrite: bool = field(default=False, metadata={"help": "Replace a finished run once the new one has finished."})
 
 
-def runs_root(method: str, what: str):
-    """An EvalArguments field: the folder holding a method's runs."""
-    return field(default=f"${{OUTPUT_ROOT}}/outputs/gpt2-large/{method}",
-                 metadata={"help": f"Root of the {what} runs; \"\" for none. A config's folder that does not exist "
-                                   "means none were run; one given on the command line must exist."})
-
-
 @dataclass
 class EvalArguments(SamplingArguments):
     sft_model: str = field(default="${OUTPUT_ROOT}/outputs/gpt2-large/sft", metadata={"help": "Also the KL reference."})
     base_model: str | None = field(default=None, metadata={"help": "Pre-SFT model, shown as a point when set."})
-    dpo_dir: str = runs_root("dpo", "DPO (dpo.py)")
-    rloo_dir: str = runs_root("rloo", "RLOO (rloo.py)")
-    preferred_ft_dir: str = runs_root("preferred_ft", "Preferred-FT (preferred_ft.py)")
-    rloo_rm_dir: str = field(
-        default="${OUTPUT_ROOT}/outputs/gpt2-large/rloo_rm",
-        metadata={"help": "Root of the RLOO runs on a learned reward model (rloo.py with rloo_rm.yaml); their records "
-                          "also hold the learned model's score. \"\" for none; a config's folder that does not exist "
-                          "means none were run; one given on the command line must exist."},
+    runs_root: str = field(
+        default="${OUTPUT_ROOT}/outputs/gpt2-large",
+        metadata={"help": "The folder holding a folder of runs per method, <runs_root>/<method>/ (dpo, rloo, ...: "
+                          "python train.py lists them); a method without its folder was not run. Given on the command "
+                          "line, it must exist; \"\" evaluates the SFT model (and base model) alone."},
     )
-    unlikelihood_dir: str = runs_root("unlikelihood", "Unlikelihood (unlikelihood.py)")
-    kto_dir: str = runs_root("kto", "KTO (train.py kto)")
-    orpo_dir: str = runs_root("orpo", "ORPO from the SFT model (train.py orpo)")
-    orpo_base_dir: str = runs_root("orpo_base", "ORPO from the base model (train.py orpo_base)")
-    cpo_dir: str = runs_root("cpo", "CPO (train.py cpo)")
-    simpo_dir: str = runs_root("simpo", "SimPO (train.py simpo)")
-    online_dpo_dir: str = runs_root("online_dpo", "online DPO (train.py online_dpo)")
+    methods: list[str] | None = field(
+        default=None, metadata={"help": "Evaluate only these methods' runs (e.g. [dpo, rloo]); unset: every method."}
+    )
     kl_budgets: list[float] = field(
         default_factory=lambda: [1.0, 3.0, 10.0],
         metadata={"help": "KL budgets (nats per sample, each > 0) of report.md's and frontier_budget.csv's table: per "

@@ -114,7 +114,7 @@ def model_config(name_or_path: str):
         return AutoConfig.from_pretrained(name_or_path)
     except (OSError, ValueError) as error:
         raise ConfigError(f"{name_or_path!r}: its config.json is neither a folder here nor in the Hugging Face cache "
-                          f"({first_line(error, 200)}); download it where the network is (README, \"Offline "
+                          f"({first_line(error, 200)}); download it where the network is (docs/gpu.md, \"Offline "
                           "compute nodes\") or fix the name") from None
 
 

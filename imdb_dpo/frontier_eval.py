@@ -31,9 +31,9 @@ from .data import prompts_for
 from .distributed import any_process, process_state, sharded_launch
 from .errors import UserError
 from .manifests import is_finished
-from .methods import BY_KEY
 from .modeling import load_tokenizer, model_like
-from .model_eval import Evaluator, ModelPair, check_args, evaluated_steps, records_dir, records_root, run_meta
+from .model_eval import (Evaluator, ModelPair, check_args, evaluated_methods, evaluated_steps, records_dir, records_root,
+                         run_meta, runs_folder)
 from .precision import DTYPES
 
 KEEP_ALL = '--frontier_eval ""'
@@ -66,12 +66,14 @@ class FrontierEvaluation:
             check_args(self.args)
         except UserError as error:
             raise ConfigError(f"frontier_eval={config}: {error}") from None
-        field = BY_KEY[method].root_field
-        runs_root = getattr(self.args, field)
-        if os.path.realpath(runs_root) != os.path.realpath(root):
-            raise ConfigError(f"frontier_eval={config}: its {field} is {runs_root}, but these runs go to {root}, where "
-                              f"eval.py would not look for them. Point {field} in {config} and output_dir at the same "
-                              f"folder, or pass {KEEP_ALL} to keep every checkpoint for eval.py")
+        declared = {m.key: m for m in evaluated_methods(self.args)}.get(method)
+        folder = runs_folder(self.args, declared) if declared else None
+        if folder is None or os.path.realpath(folder) != os.path.realpath(root):
+            where = (f"eval.py would look for them in {folder}" if folder else
+                     f"its methods ({', '.join(self.args.methods)}) leave {method} out")
+            raise ConfigError(f"frontier_eval={config}: these runs go to {root}, but {where}. Make output_dir "
+                              f"<runs_root>/{method} of that config, or pass {KEEP_ALL} to keep every checkpoint for "
+                              "eval.py")
         self.records_root = records_root(self.args)
         self.settings_key = os.path.basename(self.records_root)
         # The prompts now, so that a data problem stops the stage before training rather than at its first save.

@@ -22,23 +22,34 @@ from dataclasses import dataclass
 
 from .config import strict_yaml
 from .errors import UserError
-from .pipeline import REPOSITORY, STAGES, command_line
+from .methods import registry
+from .pipeline import REPOSITORY, command_line, stages
 from .preemption import EXIT_RESUMABLE
 from .sweep_tasks import flags, tasks
 
 ALLOW_CPU_VARIABLE = "IMDB_DPO_ALLOW_CPU_GPUS"  # =1: --gpus N runs N CPU processes (for tests on CPU machines)
 
-# The list each stage sweeps, as its SLURM array does (slurm/submit_preset.sh); "-": no sweep list, but still a run
-# per seed. Stages not named here are one run.
-SWEEPS = {"dpo": "betas", "rloo": "kl_coefs", "rloo_rm": "kl_coefs", "preferred_ft": "-", "unlikelihood": "alphas",
-          "kto": "betas", "orpo": "betas", "orpo_base": "betas", "cpo": "betas", "simpo": "betas",
-          "online_dpo": "betas"}
-# DPO's reference log-probs, computed once before its runs (as slurm/dpo_reference.sbatch does), not once per run.
-REFERENCE = "dpo_reference"
-# The stages each stage reads the outputs of (eval: every other one). Every trained method reads the pairs.
-NEEDS = {"sft": ("base",), "preference_pairs": ("sft",), REFERENCE: ("preference_pairs",), "dpo": (REFERENCE,),
-         "reward_model": ("preference_pairs",), "rloo_rm": ("reward_model",),
-         **{stage: ("preference_pairs",) for stage in SWEEPS if stage not in ("dpo", "rloo_rm")}}
+BEFORE_METHODS = {"sft": ("base",), "preference_pairs": ("sft",)}  # the stages each of these reads
+
+
+def needs_of(stage: str) -> tuple[str, ...]:
+    """The stages `stage` reads the outputs of: a method's `needs`; its runs wait for their shared pass, if any."""
+    if stage in BEFORE_METHODS:
+        return BEFORE_METHODS[stage]
+    shared = {shared_stage(m): m for m in registry().values() if m.shared_pass}
+    if stage in shared:
+        return shared[stage].needs
+    m = registry().get(stage)
+    if m is None:
+        return ()
+    return (shared_stage(m),) if m.shared_pass else m.needs
+
+
+def shared_stage(method) -> str:
+    """The stage name of the pass a method's runs share (DPO's cached reference log-probs: dpo_reference)."""
+    return f"{method.key}_{method.shared_pass_name}"
+
+
 POLL_SECONDS = 0.2
 
 
@@ -48,7 +59,7 @@ def waits_for(stage: str, present: list[str]) -> tuple[str, ...]:
     if stage == "eval":
         return tuple(s for s in present if s != "eval")
     needs = []
-    for need in NEEDS.get(stage, ()):
+    for need in needs_of(stage):
         needs += [need] if need in present else waits_for(need, present)
     return tuple(dict.fromkeys(needs))
 
@@ -119,12 +130,13 @@ def wall_clock(jobs, gpus: int) -> float:
 @dataclass(frozen=True)
 class Run:
     """One process of the preset: a stage's script with one task's sweep flags (none for a stage without a sweep)."""
-    stage: str                    # a stage of pipeline.STAGES, or REFERENCE
+    stage: str                    # a stage of pipeline.stages(), or a method's shared pass
     config: str                   # the stage's config file
     field: str | None             # the sweep's list (sweep_tasks: betas, kl_coefs, alphas, - for seeds alone)
     flags: tuple[str, ...]        # e.g. ("--betas", "0.1", "--seeds", "2")
     command: tuple[str, ...]      # the whole command line
     waits_for: tuple[str, ...]    # the stages whose runs must all finish first
+    shared_pass_of: str = ""      # the method whose runs share this run's pass ("": a run of its own stage)
 
     @property
     def label(self) -> str:
@@ -137,28 +149,25 @@ class Run:
         return "_".join((self.stage, *parts)) + ".log"
 
 
-def shares_reference(config: str, runs: int) -> bool:
-    """Whether DPO's runs should wait for one reference pass: they cache it (precompute_ref_log_probs) and there are
-    several of them to share it."""
-    settings = strict_yaml(config) or {}
-    return runs > 1 and isinstance(settings, dict) and settings.get("precompute_ref_log_probs") is True
-
-
 def preset_runs(configs: str) -> list[Run]:
-    """Every run of the preset in `configs`, in stage order (SWEEPS' stages one per task, in sweep_tasks' order).
-    Raises a UserError for a config whose sweep cannot be read."""
-    present = [stage for stage, _ in STAGES if os.path.isfile(os.path.join(configs, f"{stage}.yaml"))]
+    """Every run of the preset in `configs`, in stage order (a method's runs one per task of its sweep, in
+    sweep_tasks' order). Raises a UserError for a config whose sweep cannot be read."""
+    present = [stage for stage, _ in stages() if os.path.isfile(os.path.join(configs, f"{stage}.yaml"))]
     runs = []
-    for stage, command in STAGES:
+    for stage, command in stages():
         if stage not in present:
             continue
         config = os.path.join(configs, f"{stage}.yaml")
-        field = SWEEPS.get(stage)
+        method = registry().get(stage)
+        field = method.sweep if method else None
         task_flags = [tuple(flags(field, *task).split()) for task in tasks(config, field)] if field else [()]
-        if stage == "dpo" and shares_reference(config, len(task_flags)):
-            present.insert(present.index("dpo"), REFERENCE)
-            runs.append(Run(REFERENCE, config, None, (), (*command_line(command, config), "--reference_only", "true"),
-                            waits_for(REFERENCE, present)))
+        if method and method.shared_pass:
+            settings = strict_yaml(config) or {}
+            if len(task_flags) > 1 and isinstance(settings, dict) and method.shares_pass(settings):
+                shared = shared_stage(method)
+                present.insert(present.index(stage), shared)
+                runs.append(Run(shared, config, None, (), (*command_line(command, config), *method.shared_pass),
+                                waits_for(shared, present), shared_pass_of=stage))
         runs += [Run(stage, config, field, f, (*command_line(command, config), *f), waits_for(stage, present))
                  for f in task_flags]
     return runs
@@ -184,7 +193,7 @@ def check_gpus(gpus: int) -> list[str]:
         fewer = f"give --gpus {found} or fewer, " if found else ""
         raise UserError(f"--gpus {gpus} asks for {gpus} GPUs, but torch.cuda.device_count() finds {seen} on this "
                         f"machine (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')!r}): {fewer}run "
-                        f"on a node with {gpus} GPUs (and PyTorch's CUDA build, README \"On a GPU node\"), or leave "
+                        f"on a node with {gpus} GPUs (and PyTorch's CUDA build, README.md, \"The real run\"), or leave "
                         f"--gpus out to run the stages one after another. (Tests on a CPU machine set "
                         f"{ALLOW_CPU_VARIABLE}=1 to run {gpus} CPU processes instead.)")
     # Under SLURM (or any launcher) the node's GPUs may already be narrowed: slot i is the i-th one it left visible.

@@ -23,8 +23,8 @@ from .kl import sequence_kls
 from .manifests import (Manifest, describe_file_input, describe_model_input, is_finished, read_manifest,
                         write_text_atomic)
 from .memory import OutOfMemory, naming_the_fix
-from .methods import BY_KEY, TRAINED
-from .methods.reward_model import LearnedReward
+from .methods import frontier_methods, method as method_of_key
+from .reward import LearnedReward
 from .modeling import load_causal_lm
 from .precision import check_eval_precision, evaluation_precision, inference_dtype
 from .reward import VADER, make_reward
@@ -87,15 +87,16 @@ def run_meta(method: str, name: str, manifest: dict) -> dict:
     run id, which tells a run replaced by `--overwrite true` (same name, new id) from the one evaluated before.
     `manifest` may be an unfinished one."""
     training = manifest["config"]["training"]
-    loss = training.get(BY_KEY[method].loss_field) if BY_KEY[method].loss_field else ""
+    declared = method_of_key(method)
+    loss = training.get(declared.loss_field) if declared.loss_field else ""
     loss_type = "+".join(loss) if isinstance(loss, list) else loss
-    if method == "dpo" and training.get("f_divergence_type", "reverse_kl") != "reverse_kl":
+    if training.get("f_divergence_type", "reverse_kl") != "reverse_kl":  # f-DPO
         loss_type += "/" + training["f_divergence_type"]
-    field = BY_KEY[method].parameter_field
+    field = declared.parameter_field
     beta = training[field] if field else ""
     meta = {"method": method, "run": name, "loss_type": loss_type, "beta": beta, "run_id": manifest["run_id"],
             "seed": training.get("seed", "")}
-    if method == "rloo_rm":  # the learned reward model it optimised: its score is recorded beside the true reward
+    if "reward_model" in manifest["inputs"]:  # a learned reward model it optimised: its score is recorded too
         meta["proxy_model"] = manifest["inputs"]["reward_model"]["path"]
         meta["proxy_run_id"] = manifest["inputs"]["reward_model"]["run_id"]
     return meta
@@ -135,28 +136,49 @@ def check_settings(args: EvalArguments) -> None:
     args.kl_budgets = check_kl_budgets(args.kl_budgets)
 
 
-def check_runs_root(args: EvalArguments, method) -> None:
-    """A method's folder of runs: "" for none; one the config names may be absent (that method was not run), one
-    given on the command line must exist; either must be a folder."""
-    field, root = method.root_field, getattr(args, method.root_field)
-    if not root:
+def evaluated_methods(args: EvalArguments) -> list:
+    """The methods whose runs are evaluated: `methods` where set (each a key of the registry), else every one."""
+    known = {m.key: m for m in frontier_methods()}
+    if not args.runs_root:
+        return []
+    if args.methods is None:
+        return list(known.values())
+    unknown = [key for key in args.methods if key not in known]
+    if unknown:
+        raise ConfigError(f"methods: {unknown[0]!r} is no method; name some of {', '.join(known)}, or leave methods "
+                          "unset to evaluate every one")
+    return [m for key, m in known.items() if key in args.methods]
+
+
+def runs_folder(args: EvalArguments, method) -> str:
+    """Where a method's runs are: <runs_root>/<method>/ (their training config's output_dir)."""
+    return os.path.join(args.runs_root, method.key)
+
+
+def check_runs_root(args: EvalArguments) -> None:
+    """runs_root must be a folder ("" for none); the config's may be absent (nothing was run), one given on the command
+    line must exist."""
+    root = args.runs_root
+    if not root:  # no method's runs
         return
     if os.path.exists(root) and not os.path.isdir(root):
-        raise ConfigError(f"{field}={root} is a file, not a folder: it names the folder that holds the {method.title} "
-                          f"runs (one subfolder per run). Point {field} at that folder, or pass --{field} \"\" to "
-                          f"evaluate without {method.title}")
-    if not os.path.exists(root) and field in getattr(args, "given_on_command_line", ()):
-        raise ConfigError(f"--{field} {root}: no such folder. Name the folder holding the {method.title} runs (the "
-                          f"output_dir {method.script} wrote), or pass --{field} \"\" to evaluate without "
-                          f"{method.title}")
+        raise ConfigError(f"runs_root={root} is a file, not a folder: it names the folder holding a folder of runs per "
+                          "method (<runs_root>/dpo/, <runs_root>/rloo/, ...); point runs_root at that folder")
+    if not os.path.exists(root) and "runs_root" in getattr(args, "given_on_command_line", ()):
+        raise ConfigError(f"--runs_root {root}: no such folder. Name the folder holding a folder of runs per method "
+                          "(the training configs' output_dir less the method, e.g. outputs/gpt2-large)")
+    for method in evaluated_methods(args):
+        folder = runs_folder(args, method)
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise ConfigError(f"{folder} is a file, not a folder: runs_root/{method.key} holds the {method.title} runs "
+                              "(one subfolder per run); move the file away")
 
 
 def check_args(args: EvalArguments) -> None:
     check_settings(args)
     for field in ("train_file", "test_file"):  # both decide the records' key, even the split not sampled
         data_identity(getattr(args, field), field)
-    for method in TRAINED:
-        check_runs_root(args, method)
+    check_runs_root(args)
     check_model("sft_model", args.sft_model)
     if args.base_model:
         check_model("base_model", args.base_model, tokenizer=False)

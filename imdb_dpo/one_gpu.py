@@ -33,7 +33,7 @@ def first_line(use_cpu: bool) -> str | None:
         return None
     return (f"GPU: {torch.cuda.get_device_name(0)} (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}): "
             "one GPU a stage without a launcher; several with accelerate launch, or ./run_pipeline.sh --gpus N for one "
-            "run a GPU (README, 'Several GPUs or nodes')")
+            "run a GPU (docs/slurm.md, 'Several GPUs or nodes')")
 
 
 def pin() -> None:

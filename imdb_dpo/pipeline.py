@@ -28,15 +28,15 @@ from .errors import UserError
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# (config file, command): the paper's stages, its baselines (RLOO on the true reward, the learned reward model and
-# RLOO on it, Preferred-FT, Unlikelihood), the methods that followed DPO, and the evaluation of them all. A preset
-# without a stage's config skips it.
-STAGES = (
-    ("base", "imdb_dpo.tiny"), ("sft", "sft"), ("preference_pairs", "preference_pairs"), ("dpo", "dpo"),
-    ("rloo", "rloo"), ("reward_model", "reward_model"), ("rloo_rm", "rloo"), ("preferred_ft", "preferred_ft"),
-    ("unlikelihood", "unlikelihood"), ("kto", "train kto"), ("orpo", "train orpo"), ("orpo_base", "train orpo_base"),
-    ("cpo", "train cpo"), ("simpo", "train simpo"), ("online_dpo", "train online_dpo"), ("eval", "eval"),
-)
+
+
+def stages() -> list[tuple[str, str]]:
+    """(config file, command) of every stage, in order: the tiny base model, SFT, the pairs, every method of the
+    registry (imdb_dpo/methods), and the evaluation of them all. A preset without a stage's config skips it."""
+    from .methods import registry
+
+    return [("base", "imdb_dpo.tiny"), ("sft", "sft"), ("preference_pairs", "preference_pairs"),
+            *((key, f"train {key}") for key in registry()), ("eval", "eval")]
 
 
 def command_line(command: str, config: str) -> list[str]:
@@ -112,18 +112,18 @@ def main(argv: list[str]) -> int:
         print(f"no preset '{argv[0]}': neither {os.path.join(REPOSITORY, 'configs', argv[0])} nor {configs} is a "
               "folder", file=sys.stderr)
         return EXIT_USER_ERROR
-    if not any(os.path.isfile(os.path.join(configs, f"{stage}.yaml")) for stage, _ in STAGES):
-        print(f"{configs} holds no stage config ({', '.join(f'{stage}.yaml' for stage, _ in STAGES)}): it is not a "
+    sys.path.insert(0, REPOSITORY)  # the stage scripts
+    if not any(os.path.isfile(os.path.join(configs, f"{stage}.yaml")) for stage, _ in stages()):
+        print(f"{configs} holds no stage config ({', '.join(f'{stage}.yaml' for stage, _ in stages())}): it is not a "
               "preset", file=sys.stderr)
         return EXIT_USER_ERROR
     if gpus is not None:
         return run_on_gpus(configs, gpus)
-    sys.path.insert(0, REPOSITORY)  # the stage scripts
     import torch
 
     fresh_processes = torch.cuda.is_available() or os.environ.get("IMDB_DPO_FRESH_PROCESSES") == "1"
     started = time.monotonic()
-    for stage, command in STAGES:
+    for stage, command in stages():
         config = os.path.join(configs, f"{stage}.yaml")
         if not os.path.isfile(config):
             continue

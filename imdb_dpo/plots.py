@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .comparisons import default_loss, family_of, frontier_rows, method_of
-from .methods import BY_KEY, TRAINED
+from .methods import frontier_methods, method as method_of_key
 from .report import family_name
 from .reward import VADER  # noqa: E402
 
@@ -52,11 +52,12 @@ def _beta_key(rows: list[dict]):
 
 def _run_label(method: str, rows: list[dict]) -> str:
     row = rows[0]
-    if method not in BY_KEY:
+    declared = method_of_key(method)
+    if not declared:
         return f"{method} {row['run']}"
-    label = BY_KEY[method].title
-    if BY_KEY[method].parameter and row["beta"] != "":
-        label += f" {BY_KEY[method].parameter}={row['beta']}"
+    label = declared.title
+    if declared.parameter and row["beta"] != "":
+        label += f" {declared.parameter}={row['beta']}"
     loss = row.get("loss_type") or default_loss(method)
     return label + ("" if loss == default_loss(method) else f" ({loss})")
 
@@ -73,7 +74,7 @@ def paper_view_hides(summary: list[dict]) -> int | None:
                 and PAPER_VIEW["reward"][0] <= float(r["reward_mean"]) <= PAPER_VIEW["reward"][1])
 
     sft = [r for r in summary if r["run"] == "sft"]
-    trained = [r for r in summary if method_of(r) in BY_KEY]
+    trained = [r for r in summary if method_of_key(method_of(r))]
     if not (sft and all(inside(r) for r in sft) and sum(inside(r) for r in trained) >= 2):
         return None
     return sum(not inside(r) for r in summary)
@@ -116,11 +117,11 @@ def plot_frontier(summary: list[dict], output_path: str, title: str = "reward vs
                          label="best-of-N on SFT (KL: analytic bound)")
         label_points(rows, lambda r: f"N={r['step']}", color, offset=(4, -10))  # below the line, clear of run labels
     runs = {run: rows for run, rows in by_run.items() if method_of(rows[0]) not in ("sft", "base", "best_of_n")}
-    families = {m.key: [] for m in TRAINED}
+    families = {m.key: [] for m in frontier_methods()}
     for run, rows in runs.items():
         families.setdefault(method_of(rows[0]), []).append(run)
     for method, names in families.items():
-        style = BY_KEY[method].style if method in BY_KEY else {"fmt": "-.", "marker": "x"}
+        style = method_of_key(method).style if method_of_key(method) else {"fmt": "-.", "marker": "x"}
         names.sort(key=lambda run: (_beta_key(runs[run]), run))
         texts = [_run_label(method, runs[run]) for run in names]
         for i, run in enumerate(names):
@@ -176,7 +177,7 @@ def plot_frontier(summary: list[dict], output_path: str, title: str = "reward vs
 
 
 def _family_color(method: str, i: int = 0, n: int = 1):
-    style = BY_KEY[method].style if method in BY_KEY else {"color": "gray"}
+    style = method_of_key(method).style if method_of_key(method) else {"color": "gray"}
     if "cmap" in style:
         return matplotlib.colormaps[style["cmap"]](0.45 + 0.5 * (i / (n - 1) if n > 1 else 0.5))
     return style.get("color", "gray")

@@ -1,4 +1,4 @@
-"""The precision rule, one for every stage (README, "Precision").
+"""The precision rule, one for every stage (docs/precision.md).
 
 - Training (SFT, DPO, RLOO, Preferred-FT, Unlikelihood) keeps fp32 weights (`dtype: float32`) and computes under
   bf16 autocast where the config sets `bf16: true` (the GPU presets); on CPU, `bf16: false`, plain fp32.
@@ -24,7 +24,7 @@ def inference_dtype(args, field: str) -> torch.dtype:
     name = getattr(args, field)
     if name not in DTYPES:
         raise ConfigError(f"{field}={name!r}: use one of {sorted(DTYPES)} (float32 unless you mean otherwise: "
-                          "README, 'Precision'); fix it in the config or on the command line")
+                          "docs/precision.md); fix it in the config or on the command line")
     return DTYPES[name]
 
 

@@ -4,11 +4,17 @@ import math
 import os
 
 from .comparisons import family_of, family_order, frontier_rows, method_of
-from .methods import BY_KEY, TRAINED
+from .methods import frontier_methods, method as method_of_key
 
 # summary.csv's `method` column: the key of each method, and how the report names it (in table order).
-METHOD_NAMES = {"sft": "SFT", "base": "base", **{m.key: m.title for m in TRAINED}, "best_of_n": "best-of-N"}
-TRAINED_METHODS = tuple(m.key for m in TRAINED)  # the methods whose runs live in run folders
+
+
+def method_name(method: str) -> str:
+    """How tables name a summary row's method."""
+    declared = method_of_key(method)
+    return declared.title if declared else {"sft": "SFT", "base": "base", "best_of_n": "best-of-N"}.get(method, method)
+
+
 FRONTIER_BUDGET_COLUMNS = ["method", "budget", "reward_mean", "kl_mean", "run", "step"]
 
 
@@ -19,7 +25,7 @@ def _fmt(x, digits=3):
 def family_name(family: str) -> str:
     """How the report names a family: `DPO (ipo)` for `dpo/ipo`."""
     method, _, loss = family.partition("/")
-    return METHOD_NAMES.get(method, method) + (f" ({loss})" if loss else "")
+    return method_name(method) + (f" ({loss})" if loss else "")
 
 
 def best_within_budgets(rows: list[dict], budgets) -> list[dict]:
@@ -191,13 +197,14 @@ def _provenance(provenance: dict, checkpoints: list[dict], reward_model: str, sk
              f"- SFT model, also the KL reference: {model(provenance['sft_model'])}"]
     if provenance["base_model"]:
         lines.append(f"- base model: {model(provenance['base_model'])}")
-    for method in TRAINED_METHODS:
+    for declared in frontier_methods():
+        method = declared.key
         runs: dict[str, list[dict]] = {}
         for r in checkpoints:
             if method_of(r) == method:
                 runs.setdefault(r["run"], []).append(r)
-        root = provenance.get(BY_KEY[method].root_field)
-        name = METHOD_NAMES[method]
+        root = os.path.join(provenance["runs_root"], method) if provenance.get("runs_root") else ""
+        name = declared.title
         left_out = [s for s in skipped if root and _inside(s["path"], root)]
         if runs:
             lines.append(f"- {name} runs in `{root}`:")
@@ -206,9 +213,9 @@ def _provenance(provenance: dict, checkpoints: list[dict], reward_model: str, sk
         else:
             lines.append(f"- {name} runs: none" + (f" in `{root}`" if root else ""))
         for run, rows in sorted(runs.items()):
-            parameter = BY_KEY[method].parameter
+            parameter = declared.parameter
             what = f"{parameter} {rows[0]['beta']}, " if parameter else ""
-            what += f"loss `{rows[0]['loss_type']}`, " if BY_KEY[method].loss_field else ""
+            what += f"loss `{rows[0]['loss_type']}`, " if declared.loss_field else ""
             lines.append(f"  - `{run}`: {what}{len(rows)} checkpoint{'s' if len(rows) != 1 else ''}")
     lines.append(f"- reward model: `{reward_model}`")
     return lines
@@ -220,7 +227,7 @@ def against_sft(final_rows: list[dict]) -> list[str]:
     sft = next((r for r in final_rows if r["run"] == "sft"), None)
     families: dict[str, list[dict]] = {}
     for r in final_rows:
-        if method_of(r) in BY_KEY:
+        if method_of_key(method_of(r)):
             families.setdefault(family_of(r), []).append(r)
     if sft is None or not families:
         return []
@@ -273,7 +280,7 @@ def render_report(path: str, provenance: dict, summary: list[dict], final_rows: 
               "Every point: [reward_vs_kl_full.png](reward_vs_kl_full.png).", "",
               "| method | run | step | reward | KL | n |", "|---|---|---|---|---|---|"]
     for r in checkpoints:
-        lines.append(f"| {METHOD_NAMES.get(method_of(r), method_of(r))} | {r['run']} | {r['step']} "
+        lines.append(f"| {method_name(method_of(r))} | {r['run']} | {r['step']} "
                      f"| {_fmt(r['reward_mean'])} | {_fmt(r['kl_mean'], 2)} | {r['n']} |")
     if best_of_n:
         lines += ["", "## Best-of-N on the SFT model: KL is an analytic bound, not measured", "",
@@ -289,10 +296,10 @@ def render_report(path: str, provenance: dict, summary: list[dict], final_rows: 
     lines += ["", *_overoptimisation_section(summary, list(fits), overoptimisation_figure)]
     if curves:
         methods = {r["run"]: method_of(r) for r in checkpoints}
-        order = {m: i for i, m in enumerate(METHOD_NAMES)}
+        order = {m: i for i, m in enumerate(["sft", "base", *(m.key for m in frontier_methods()), "best_of_n"])}
         lines += ["", "## Training curves", ""]
         for run, png in sorted(curves.items(), key=lambda item: (order.get(methods.get(item[0]), len(order)), item[0])):
-            name = METHOD_NAMES.get(methods.get(run), "")
+            name = method_name(methods[run]) if run in methods else ""
             lines += [f"### {name + ': ' if name else ''}{run}", "", f"![{run}]({os.path.relpath(png, directory)})", ""]
     lines += ["", "## Samples side by side", ""]
     for prompt, by_model in samples.items():

@@ -6,6 +6,7 @@
   on the device and in the dtype it is given (the stage's process device and `reward_dtype`, float32 unless set):
   a bf16 classifier gives a different reward, so the dtype is a setting, never a guess from the hardware.
 - `VaderReward`: the offline VADER lexicon; its compound score in [-1, 1] mapped to [0, 1].
+- `LearnedReward`: a reward_model.py output, its unbounded score of token ids (what rloo_rm optimises).
 """
 
 import torch
@@ -61,3 +62,34 @@ def make_reward(name: str, batch_size: int = 64, positive_label: str = "POSITIVE
         return VaderReward()
     return SentimentClassifierReward(name, batch_size=batch_size, device=device, positive_label=positive_label,
                                      dtype=dtype)
+
+
+class LearnedReward:
+    """A reward_model.py output as a reward: its scalar score of prompt ids + completion ids (a logit, unbounded).
+
+    `score(prompt_ids, completion_ids)` takes lists of id lists; called with keyword arguments it is an RLOO reward
+    function (RLOO passes the data set's `prompt_ids` column and the sampled `completion_ids`)."""
+
+    __name__ = "learned_reward"
+
+    def __init__(self, path: str, device, dtype: torch.dtype = torch.float32, batch_size: int = 64):
+        from transformers import AutoModelForSequenceClassification
+
+        self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype).to(device).eval()
+        self.pad = self.model.config.pad_token_id
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def score(self, prompt_ids: list[list[int]], completion_ids: list[list[int]]) -> list[float]:
+        sequences = [list(p) + list(c) for p, c in zip(prompt_ids, completion_ids, strict=True)]
+        scores = []
+        for start in range(0, len(sequences), self.batch_size):
+            batch = sequences[start: start + self.batch_size]
+            width = max(len(s) for s in batch)
+            ids = torch.tensor([s + [self.pad] * (width - len(s)) for s in batch], device=self.model.device)
+            mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in batch], device=self.model.device)
+            scores += self.model(input_ids=ids, attention_mask=mask).logits[:, 0].float().tolist()
+        return scores
+
+    def __call__(self, prompts=None, completions=None, completion_ids=None, prompt_ids=None, **kwargs) -> list[float]:
+        return self.score(prompt_ids, completion_ids)

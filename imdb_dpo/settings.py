@@ -8,8 +8,6 @@ other difference is listed, and refused unless `--overwrite true` asks for the n
 
 import json
 
-from .methods import TRAINED
-
 # Keys that do not change what a stage computes (at any depth of a config).
 NOT_SETTINGS = frozenset({
     # Where outputs go, and how they are logged and tracked.
@@ -28,7 +26,7 @@ NOT_SETTINGS = frozenset({
     # stream of its own: imdb_dpo/sampling.py).
     "dataloader_num_workers", "dataloader_prefetch_factor", "batch_size", "reward_batch_size", "kl_batch_size",
     # What the evaluation reports, not what it measures: budgets, shown prompts, where the runs lie.
-    "kl_budgets", "report_prompts", "base_model", *(m.root_field for m in TRAINED),
+    "kl_budgets", "report_prompts", "base_model", "runs_root", "methods",
     # Input paths: what they point at is compared instead (see `run_settings`), so moved outputs still match.
     "model_name_or_path", "pairs_file", "train_file", "test_file", "sft_model",
 })

@@ -4,11 +4,15 @@ itself runs them, so that task i of an array is exactly the i-th run of `python 
     python -m imdb_dpo.sweep_tasks configs/gpt2-large/dpo.yaml betas count     # 12: 4 betas x 3 seeds
     python -m imdb_dpo.sweep_tasks configs/gpt2-large/dpo.yaml betas task 5    # --betas 0.1 --seeds 2
     python -m imdb_dpo.sweep_tasks configs/gpt2-large/dpo.yaml betas describe  # betas 0.05 0.1 1.0 5.0 x seeds 0 1 2
+    python -m imdb_dpo.sweep_tasks configs/gpt2-large/dpo.yaml dpo count       # the method's own sweep (betas)
+    python -m imdb_dpo.sweep_tasks jobs configs/gpt2-large                     # the preset's SLURM jobs, a line each
 
-The field is the sweep's list (betas, kl_coefs, alphas), or - for a stage with no sweep (Preferred-FT). A config
-without the list runs its single value; one without `seeds` runs one seed. The stage checks the values themselves.
+The field is the sweep's list (betas, kl_coefs, alphas), - for a stage with no sweep (Preferred-FT), or a method's
+key (its own sweep, imdb_dpo/methods). A config without the list runs its single value; one without `seeds` runs
+one seed. The stage checks the values themselves.
 """
 
+import contextlib
 import re
 import sys
 
@@ -47,8 +51,23 @@ def sweep_runs(values: list, seeds: list) -> list[tuple]:
     return [(value, seed) for value in values for seed in seeds]
 
 
+def quiet_registry() -> dict:
+    """The registry, read with stdout kept for this module's answer: a library may print on import (wandb's offline
+    notice), and the job scripts read stdout."""
+    from .methods import registry
+
+    with contextlib.redirect_stdout(sys.stderr):
+        return registry()
+
+
+def method_sweep(field: str) -> str:
+    """A method's key names its sweep's list; any other field is itself."""
+    return quiet_registry()[field].sweep if field in quiet_registry() else field
+
+
 def tasks(path: str, field: str) -> list[tuple]:
     """(value, seed) of each run of the config at `path`, in the stage's order (None: the flag is not needed)."""
+    field = method_sweep(field) if field not in (*NAMES, "-") else field
     if field not in (*NAMES, "-"):
         raise ConfigError(f"field {field!r}: name the stage's sweep, one of {', '.join(NAMES)}, or - for a stage "
                           "without one (Preferred-FT)")
@@ -61,6 +80,32 @@ def tasks(path: str, field: str) -> list[tuple]:
                           "the field, or the array would run all of them in every task")
     values = [None] if field == "-" else listed(config, path, field)
     return sweep_runs(values, listed(config, path, "seeds"))
+
+
+def jobs(folder: str) -> list[str]:
+    """The SLURM jobs of the preset in `folder` after its pairs, a tab-separated line each, in the registry's order:
+    method, runs, the stages it waits for (comma-separated), its shared pass's name and flags (- where its runs
+    share none), and what the runs sweep."""
+    import os
+
+    registry = quiet_registry
+    present = {key for key in registry() if os.path.isfile(os.path.join(folder, f"{key}.yaml"))}
+    lines = []
+    for method in registry().values():
+        if method.key not in present:
+            continue
+        config = os.path.join(folder, f"{method.key}.yaml")
+        missing = [need for need in method.needs if need in registry() and need not in present]
+        if missing:
+            raise ConfigError(f"{config} reads the output of {missing[0]}: add {os.path.join(folder, missing[0])}.yaml "
+                              f"to the preset, or remove {method.key}.yaml")
+        runs = tasks(config, method.sweep)
+        settings = strict_yaml(config) or {}
+        shared = (method.shared_pass and len(runs) > 1 and isinstance(settings, dict) and method.shares_pass(settings))
+        lines.append("\t".join([method.key, str(len(runs)), ",".join(method.needs),
+                                f"{method.key}_{method.shared_pass_name}" if shared else "-",
+                                " ".join(method.shared_pass) if shared else "-", describe(config, method.sweep)]))
+    return lines
 
 
 def flags(field: str, value, seed) -> str:
@@ -78,12 +123,21 @@ def describe(path: str, field: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    usage = "usage: python -m imdb_dpo.sweep_tasks <config> <field or -> count | describe | task <index>"
+    usage = ("usage: python -m imdb_dpo.sweep_tasks <config> <field, method or -> count | describe | task <index>, "
+             "or: python -m imdb_dpo.sweep_tasks jobs <preset folder>")
+    if len(argv) == 2 and argv[0] == "jobs":
+        try:
+            print("\n".join(jobs(argv[1])))
+        except UserError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        return 0
     if len(argv) < 3 or argv[2] not in ("count", "describe", "task") or (argv[2] == "task") != (len(argv) == 4):
         print(usage, file=sys.stderr)
         return 2
     path, field, what = argv[:3]
     try:
+        field = field if field in (*NAMES, "-") else method_sweep(field)
         runs = tasks(path, field)
         if what == "count":
             print(len(runs))

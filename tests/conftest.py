@@ -39,22 +39,28 @@ CPU_FLAGS = ["--bf16", "false", "--use_cpu", "true", "--report_to", "none", "--a
 
 
 @pytest.fixture(scope="session")
-def imdb_sample():
-    """The real IMDb sample beside the project (never copied into it)."""
+def imdb_sample(tmp_path_factory):
+    """Real IMDb reviews, never copied into the project: ../shared/data/imdb (or IMDB_SAMPLE_DIR) where it exists,
+    else a balanced sample of the same size drawn from `stanfordnlp/imdb` in the Hugging Face cache (downloaded once
+    where a network exists)."""
     train = os.path.join(SHARED_IMDB, "imdb_train.jsonl")
     test = os.path.join(SHARED_IMDB, "imdb_test.jsonl")
-    if not (os.path.isfile(train) and os.path.isfile(test)):
-        pytest.fail(f"IMDb sample not found in {SHARED_IMDB}: set IMDB_SAMPLE_DIR to the folder with imdb_train.jsonl")
-    return {"train": train, "test": test}
+    if os.path.isfile(train) and os.path.isfile(test):
+        return {"train": train, "test": test}
+    from data_sources import hub_reviews
+
+    return hub_reviews(tmp_path_factory.mktemp("imdb"), missing=SHARED_IMDB)
 
 
 @pytest.fixture(scope="session")
-def gpt2_tokenizer_dir():
-    """GPT-2's own tokenizer (the one gpt2-large uses) beside the project (never copied into it)."""
-    if not os.path.isfile(os.path.join(SHARED_GPT2_TOKENIZER, "vocab.json")):
-        pytest.fail(f"GPT-2 tokenizer not found in {SHARED_GPT2_TOKENIZER}: set GPT2_TOKENIZER_DIR to the folder "
-                    "with vocab.json and merges.txt")
-    return SHARED_GPT2_TOKENIZER
+def gpt2_tokenizer_dir(tmp_path_factory):
+    """GPT-2's own tokenizer (the one gpt2-large uses): ../shared/tokenizers/gpt2 (or GPT2_TOKENIZER_DIR) where it
+    exists, else `gpt2`'s from the Hugging Face cache (downloaded once where a network exists)."""
+    if os.path.isfile(os.path.join(SHARED_GPT2_TOKENIZER, "vocab.json")):
+        return SHARED_GPT2_TOKENIZER
+    from data_sources import hub_tokenizer
+
+    return hub_tokenizer(tmp_path_factory.mktemp("gpt2_tokenizer"), missing=SHARED_GPT2_TOKENIZER)
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ sys.path.insert(0, REPO)
 import torch  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
-import dpo  # noqa: E402
+from imdb_dpo.methods import dpo  # noqa: E402
 from imdb_dpo import costs  # noqa: E402
 from imdb_dpo.config import parse_config  # noqa: E402
 from imdb_dpo.modeling import load_causal_lm, load_tokenizer, set_model_init_kwargs  # noqa: E402

@@ -87,7 +87,7 @@ def test_a_real_trainer_saves_exactly_the_scheduled_steps(tmp_path, kind):
 def test_resume_minutes_and_schedule_points_are_refused_where_they_cannot_work(flags, message):
     import os
 
-    import dpo
+    from imdb_dpo.methods import dpo
     from conftest import CPU_FLAGS, REPO
     from imdb_dpo.checkpoints import check_schedule
     from imdb_dpo.config import parse_config

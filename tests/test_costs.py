@@ -15,7 +15,7 @@ from conftest import REPO, TEST_DEVICE
 from imdb_dpo import costs
 from imdb_dpo.config import parse_config
 
-import dpo
+from imdb_dpo.methods import dpo
 
 LINUX_PROC = os.path.isfile("/proc/self/clear_refs")
 
@@ -177,7 +177,7 @@ def test_the_plan_refuses_what_the_stages_refuse(config, change, message, tmp_pa
 
 
 def gpt2_large(config: str, *flags: str):
-    import rloo
+    from imdb_dpo.methods import rloo
 
     return parse_config(rloo.STAGES, ["--config", os.path.join(REPO, "configs/gpt2-large", config), "--use_cpu",
                                       "true", *flags])

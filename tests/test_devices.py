@@ -49,7 +49,7 @@ def test_use_cpu_keeps_a_stage_on_the_cpu_where_a_gpu_is_seen(script, gpt2_stand
             "--batch_size", "4", "--max_new_tokens", "8", "--reward_model", gpt2_classifier,
             "--output_dir", str(tmp_path / "out")]
     if script == "eval.py":
-        argv += ["--base_model", "", "--best_of_n_samples", "4", "--dpo_dir", ""]
+        argv += ["--base_model", "", "--best_of_n_samples", "4", "--runs_root", ""]
     proc, report = run_seeing_a_gpu(script, argv + ["--use_cpu", "true"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert '"device": "cpu"' in report.read_text()  # CUDA was never initialised
@@ -199,7 +199,7 @@ def test_a_model_trained_under_bf16_autocast_is_saved_in_the_dtype_its_manifest_
 
 def test_deepspeed_with_bf16_is_refused_before_anything_loads(monkeypatch):
     """DeepSpeed holds the model's weights in bf16 under bf16 and the Trainer saves those: refused, naming DDP."""
-    import dpo
+    from imdb_dpo.methods import dpo
     from conftest import CPU_FLAGS
     from imdb_dpo.checks import check_training
     from imdb_dpo.config import ConfigError, parse_config

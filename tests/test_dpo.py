@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 from trl import DPOConfig
 
-import dpo
+from imdb_dpo.methods import dpo
 from conftest import dpo_argv, kill_once_saved, refused_in_process, run_in_process
 from helpers import sequence_log_probs, state_dicts_equal
 from imdb_dpo.checkpoints import checkpoint_steps

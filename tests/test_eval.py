@@ -26,10 +26,11 @@ from imdb_dpo.sampling import plan_batches, sample_batch
 
 
 def eval_argv(tiny_base, tiny_sft, dpo_root, output_dir, *extra):
+    """The tiny evaluation of the DPO runs in `dpo_root` (a folder named dpo: <runs_root>/dpo; "" for none)."""
+    assert not dpo_root or os.path.basename(dpo_root) == "dpo", dpo_root
     return ["--config", os.path.join(REPO, "configs/tiny/eval.yaml"), "--sft_model", tiny_sft,
-            "--base_model", tiny_base["model"], "--dpo_dir", str(dpo_root), "--output_dir", str(output_dir),
-            # Only the runs a test puts under dpo_root: no baseline runs from elsewhere.
-            "--rloo_dir", "", "--preferred_ft_dir", "",
+            "--base_model", tiny_base["model"], "--runs_root", os.path.dirname(dpo_root) if dpo_root else "",
+            "--methods", "dpo", "--output_dir", str(output_dir),
             "--train_file", tiny_base["train"], "--test_file", tiny_base["test"], "--num_prompts", "24",
             "--batch_size", "12", *extra]
 
@@ -247,14 +248,14 @@ def test_a_run_replaced_under_its_name_is_evaluated_afresh(tiny_base, tiny_sft, 
     runs, final_only = tiny_run["root"] / "outputs/tiny/dpo", shutil.ignore_patterns("checkpoint-*")
 
     def evaluate(run, root, out):
-        shutil.rmtree(root / "run", ignore_errors=True)
-        shutil.copytree(runs / run, root / "run", ignore=final_only)
-        assert run_eval(eval_argv(tiny_base, tiny_sft, root, out, "--best_of_n_samples", "4")) == 0
+        shutil.rmtree(root / "dpo" / "run", ignore_errors=True)
+        shutil.copytree(runs / run, root / "dpo" / "run", ignore=final_only)
+        assert run_eval(eval_argv(tiny_base, tiny_sft, root / "dpo", out, "--best_of_n_samples", "4")) == 0
         return next(r for r in read_csv(out / "summary.csv") if r["run"] == "run")
 
-    first = evaluate("sigmoid_beta1", tmp_path / "dpo", tmp_path / "out")
-    replaced = evaluate("sigmoid_beta5", tmp_path / "dpo", tmp_path / "out")
-    alone = evaluate("sigmoid_beta5", tmp_path / "dpo_alone", tmp_path / "out_alone")
+    first = evaluate("sigmoid_beta1", tmp_path / "runs", tmp_path / "out")
+    replaced = evaluate("sigmoid_beta5", tmp_path / "runs", tmp_path / "out")
+    alone = evaluate("sigmoid_beta5", tmp_path / "runs_alone", tmp_path / "out_alone")
     assert (replaced["reward_mean"], replaced["kl_mean"]) != (first["reward_mean"], first["kl_mean"])
     assert (replaced["reward_mean"], replaced["kl_mean"]) == (alone["reward_mean"], alone["kl_mean"])
 
@@ -301,7 +302,7 @@ def test_the_evaluation_runs_in_its_own_precision_whatever_training_turned_on(pr
 
 
 def test_an_eval_precision_other_than_fp32_or_tf32_is_refused(tiny_base, tiny_sft, tmp_path):
-    (args,) = parse_config((model_eval.EvalArguments,), eval_argv(tiny_base, tiny_sft, tmp_path, tmp_path / "out",
+    (args,) = parse_config((model_eval.EvalArguments,), eval_argv(tiny_base, tiny_sft, "", tmp_path / "out",
                                                                   "--eval_precision", "bf16"))
     with pytest.raises(model_eval.ConfigError, match="eval_precision='bf16': use 'fp32'"):
         model_eval.check_settings(args)

@@ -185,8 +185,7 @@ def roots(tmp_path):
 
 
 def eval_args(roots, **changes):
-    values = {"sft_model": roots["sft"], "dpo_dir": str(roots["dpo"]), "rloo_dir": str(roots["rloo"]),
-              "preferred_ft_dir": str(roots["pft"]), "output_dir": str(roots["tmp"] / "eval"), "reward_model": "vader",
+    values = {"sft_model": roots["sft"], "runs_root": str(roots["tmp"]), "output_dir": str(roots["tmp"] / "eval"), "reward_model": "vader",
               "num_prompts": 2, "samples_per_prompt": 2, "best_of_n_samples": 4, "report_prompts": 1, **changes}
     return EvalArguments(**values)
 
@@ -209,20 +208,27 @@ def test_a_run_in_another_methods_root_is_reported_not_evaluated(roots):
     units, skipped = eval_stage.models_to_evaluate(eval_args(roots))
     assert "misfiled_dpo_run" not in {u["run"] for u in units}
     assert skipped == [{"path": str(roots["rloo"] / "misfiled_dpo_run"),
-                        "reason": "it holds a DPO run, but it is in rloo_dir; move it under dpo_dir (or point dpo_dir "
-                                  "at its folder)"}]
+                        "reason": f"it holds a DPO run, but it is among the RLOO runs; move it to {roots['dpo']}"}]
 
 
-def test_a_missing_root_means_the_method_was_not_run(roots):
-    args = eval_args(roots, rloo_dir=str(roots["tmp"] / "no_such_folder"), preferred_ft_dir=str(roots["tmp"] / "nope"))
-    units, skipped = eval_stage.models_to_evaluate(args)
-    assert {u["method"] for u in units} == {"sft", "dpo"} and skipped == []
+def test_a_missing_folder_means_the_method_was_not_run_and_methods_chooses_among_them(roots):
+    shutil.rmtree(roots["rloo"])
+    units, skipped = eval_stage.models_to_evaluate(eval_args(roots))
+    assert {u["method"] for u in units} == {"sft", "dpo", "preferred_ft"} and skipped == []
+    units, _ = eval_stage.models_to_evaluate(eval_args(roots, methods=["preferred_ft"]))
+    assert {u["method"] for u in units} == {"sft", "preferred_ft"}
+    with pytest.raises(ConfigError, match=r"methods: 'dpa' is no method; name some of dpo, rloo, "):
+        eval_stage.check_args(eval_args(roots, methods=["dpa"]))
 
 
-def test_a_root_that_is_a_file_is_named(roots):
-    (roots["tmp"] / "rloo_runs.txt").write_text("not a folder")
-    with pytest.raises(ConfigError, match=r"rloo_dir=.*rloo_runs.txt is a file, not a folder: .* Point rloo_dir at"):
-        eval_stage.check_args(eval_args(roots, rloo_dir=str(roots["tmp"] / "rloo_runs.txt")))
+def test_a_runs_root_or_method_folder_that_is_a_file_is_named(roots):
+    (roots["tmp"] / "runs.txt").write_text("not a folder")
+    with pytest.raises(ConfigError, match=r"runs_root=.*runs.txt is a file, not a folder: .* point runs_root at"):
+        eval_stage.check_args(eval_args(roots, runs_root=str(roots["tmp"] / "runs.txt")))
+    shutil.rmtree(roots["rloo"])
+    (roots["tmp"] / "rloo").write_text("not a folder")
+    with pytest.raises(ConfigError, match=r"rloo is a file, not a folder: runs_root/rloo holds the RLOO runs"):
+        eval_stage.check_args(eval_args(roots))
 
 
 def test_an_rloo_rm_run_without_its_reward_model_is_left_out_once_with_the_fix(roots):
@@ -230,14 +236,14 @@ def test_an_rloo_rm_run_without_its_reward_model_is_left_out_once_with_the_fix(r
     manifest = read_manifest(str(run))
     manifest["inputs"] = {"reward_model": {"path": str(roots["tmp"] / "gone_reward_model"), "run_id": "rm1"}}
     write_json_atomic(str(run / "manifest.json"), manifest)
-    units, skipped = eval_stage.models_to_evaluate(eval_args(roots, rloo_rm_dir=str(roots["tmp"] / "rloo_rm")))
+    units, skipped = eval_stage.models_to_evaluate(eval_args(roots))
     assert "rloo_rm_kl0.05" not in {u["run"] for u in units}
     assert skipped == [{"path": str(run), "reason": f"the learned reward model it optimised, "
                                                     f"{roots['tmp'] / 'gone_reward_model'}, is gone; restore it, or "
                                                     "train a reward model there (reward_model.py) and the RLOO run "
                                                     "again on it (rloo.py with reward_model)"}]
     provenance = {"preset": "tiny", "git_commit": "abc", "date": "today", "sft_model": {"path": "/sft", "run_id": "r"},
-                  "rloo_rm_dir": str(roots["tmp"] / "rloo_rm"), "base_model": None}
+                  "runs_root": str(roots["tmp"]), "base_model": None}
     settings = {"reward_model": "vader", "num_prompts": 2, "samples_per_prompt": 2, "best_of_n_samples": 4,
                 "temperature": 1.0, "max_new_tokens": 8, "sampling_dtype": "float32", "kl_dtype": "float32"}
     report = render_report("/out/report.md", provenance, [row("sft", "sft", 0, 0.5, 0.0)],
@@ -274,7 +280,7 @@ def test_a_run_may_not_take_the_name_of_a_row_that_is_no_run(roots):
 
 def test_settings_of_ignores_the_new_fields(roots):
     base = eval_stage.settings_of(eval_args(roots))
-    assert eval_stage.settings_of(eval_args(roots, rloo_dir="/x", preferred_ft_dir="/y", rloo_rm_dir="/z",
+    assert eval_stage.settings_of(eval_args(roots, runs_root="/x", methods=["dpo"],
                                             kl_budgets=[2.0], kl_batch_size=3, batch_size=5, use_cpu=False)) == base
     # The keys an evaluation's records are filed under (the sampler's name since each sample has a stream of its
     # own, when batch_size stopped being one): a new key only where the records would differ.
@@ -360,9 +366,9 @@ def test_render_report_without_baselines_keeps_the_dpo_report():
     settings = {"reward_model": "vader", "num_prompts": 2, "samples_per_prompt": 2, "best_of_n_samples": 4,
                 "temperature": 1.0, "max_new_tokens": 8, "sampling_dtype": "float32", "kl_dtype": "float32"}
     provenance = {"preset": "tiny", "git_commit": "abc", "date": "today", "sft_model": {"path": "/sft", "run_id": "r"},
-                  "dpo_dir": "/d", "rloo_dir": "/r", "preferred_ft_dir": "/p", "base_model": None}
+                  "runs_root": "/runs", "base_model": None}
     report = render_report("/out/report.md", provenance, rows, finals, {}, {}, settings, kl_budgets=[1.0])
-    assert "- RLOO runs: none in `/r`" in report and "- Preferred-FT runs: none in `/p`" in report
+    assert "- RLOO runs: none in `/runs/rloo`" in report and "- Preferred-FT runs: none in `/runs/preferred_ft`" in report
     section = report.split("## Best reward within a KL budget")[1]
     assert "| DPO | 0.700 (sigmoid_beta0.1 step 2) |" in section and "RLOO" not in section
     assert "| best-of-N (KL: analytic bound) | 0.700 (best_of_n step 4) |" in section

@@ -16,7 +16,7 @@ import sys
 import pytest
 import yaml
 
-import dpo as dpo_stage
+from imdb_dpo.methods import dpo as dpo_stage
 from conftest import REPO, dpo_argv, refused_in_process, run_in_process
 from helpers import wait_until
 from imdb_dpo.checkpoints import checkpoint_steps
@@ -35,10 +35,10 @@ def eval_config(tmp_path, tiny_base, tiny_sft, name: str, dpo_dir=None, batch_si
     root = tmp_path / name
     with open(os.path.join(REPO, "configs/tiny/eval.yaml")) as f:
         config = yaml.safe_load(f)
-    config.update(sft_model=tiny_sft, base_model="", dpo_dir=str(dpo_dir or root / "dpo"), output_dir=str(root / "eval"),
-                  train_file=tiny_base["train"], test_file=tiny_base["test"], num_prompts=12, batch_size=batch_size,
-                  **{field: "" for field in ("rloo_dir", "rloo_rm_dir", "preferred_ft_dir",
-                                                             "unlikelihood_dir")})
+    assert dpo_dir is None or os.path.basename(dpo_dir) == "dpo"
+    config.update(sft_model=tiny_sft, base_model="", runs_root=str(os.path.dirname(dpo_dir) if dpo_dir else root),
+                  methods=["dpo"], output_dir=str(root / "eval"), train_file=tiny_base["train"],
+                  test_file=tiny_base["test"], num_prompts=12, batch_size=batch_size)
     path = tmp_path / f"{name}_eval.yaml"
     path.write_text(yaml.safe_dump(config))
     return str(path)
@@ -171,7 +171,7 @@ def test_a_frontier_eval_that_cannot_be_used_is_refused_before_any_folder(tiny_b
     assert "frontier_eval=" in err and "no such file" in err
     elsewhere = eval_config(tmp_path, tiny_base, tiny_sft, "elsewhere")
     err = refused_in_process("dpo.py", dpo(tiny_sft, tiny_pairs, tmp_path, "x", elsewhere), capsys)
-    assert "its dpo_dir is" in err and str(tmp_path / "x" / "dpo") in err
+    assert f"these runs go to {tmp_path / 'x' / 'dpo'}, but eval.py would look for them in" in err
     # Its prompts are made at the start: a missing test file stops the stage before training, not at its first save.
     config = eval_config(tmp_path, tiny_base, tiny_sft, "x")
     with open(config) as f:

@@ -9,10 +9,13 @@ import sys
 
 import pytest
 
+from benchmarks.gpu_check import rate_of
 from conftest import REPO
+from imdb_dpo.methods import registry
 
-STAGES = ["sft", "preference_pairs", "dpo", "rloo", "preferred_ft", "unlikelihood", "kto", "eval"]  # kto: train.py
-# On a GPU the check also runs reward_model and rloo_rm (with frontier_eval) after dpo, and every later method.
+# The CPU dry run's methods are those the registry marks on_cpu; on a GPU the check runs every method with a check.
+DRY_RUN_METHODS = [m.key for m in registry().values() if m.gpu_check and m.gpu_check.on_cpu]
+STAGES = ["sft", "preference_pairs", *DRY_RUN_METHODS, "eval"]
 BENCHMARKS = ["bench_eval_precision", "bench_sampling", "bench_dpo", "bench_eval", "bench_decode_ops",
               "bench_reward_precision"]
 
@@ -45,7 +48,7 @@ def test_every_stage_runs_and_reports_time_memory_and_throughput(dry_run):
     assert [r["name"] for r in dry_run["result"]["rows"] if r["kind"] == "stage"] == STAGES
     for name in STAGES:
         assert rows[name]["exit"] == 0 and rows[name]["wall_s"] > 0 and rows[name]["peak_rss_gib"] > 0
-    for name in ("sft", "dpo", "rloo", "preferred_ft", "unlikelihood", "kto"):
+    for name in ("sft", *DRY_RUN_METHODS):
         assert rows[name]["train_samples_per_s"] > 0 and rows[name]["steps"] >= 2, name
     table = dry_run["stdout"]
     for name in STAGES + BENCHMARKS:
@@ -56,16 +59,16 @@ def test_every_stage_runs_and_reports_time_memory_and_throughput(dry_run):
 def test_the_projection_covers_every_stage_of_the_preset_at_plan_scale(dry_run):
     """Every stage plan.py counts is projected; a stage the check ran (or one sharing its trainer) gets its time from
     the measured rate and plan.py's samples, the reward model (not run) none."""
-    import plan
+    from imdb_dpo import planning
 
     projected = {name: (work, seconds) for name, work, seconds in dry_run["result"]["projection"]}
-    preset = plan.build(os.path.join(REPO, "configs", "gpt2-large"))
+    preset = planning.build(os.path.join(REPO, "configs", "gpt2-large"))
     assert list(projected) == [row.stage for row in preset.rows]
     rows = {r["name"]: r for r in dry_run["result"]["rows"]}
     for row in preset.rows:
         if row.stage in ("preference_pairs", "eval"):
             continue
-        measured = rows.get({"rloo_rm": "rloo", "cpo": "simpo", "orpo_base": "orpo"}.get(row.stage, row.stage))
+        measured = rows.get(rate_of(row.stage))
         if measured is None:  # the reward model; orpo, simpo and online DPO run on a GPU only
             assert projected[row.stage][1] is None, row.stage
             continue

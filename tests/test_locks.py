@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-import dpo
+from imdb_dpo.methods import dpo
 import eval as eval_stage
 from conftest import REPO, dpo_argv
 from helpers import wait_until

@@ -94,7 +94,7 @@ def test_two_process_evaluation_equals_the_one_process_evaluation(tiny_base, tin
     import eval as eval_stage
     from test_eval import eval_argv
 
-    dpo_root = tmp_path / "runs"  # one run of the preset's sweep
+    dpo_root = tmp_path / "runs" / "dpo"  # one run of the preset's sweep
     shutil.copytree(tiny_dpo, dpo_root / os.path.basename(tiny_dpo))
     argv = eval_argv(tiny_base, tiny_sft, dpo_root, tmp_path / "one")
     assert one_thread(lambda: eval_stage.main(*parse_config(eval_stage.STAGES, argv))) == 0
@@ -179,7 +179,7 @@ def test_two_processes_with_one_batch_agree_that_a_damaged_checkpoint_is_not_eva
     with open(run / f"checkpoint-{steps[0]}" / "model.safetensors", "r+b") as f:
         f.truncate(1000)
     out = tmp_path / "eval"
-    launch_two("eval.py", eval_argv(tiny_base, tiny_sft, tmp_path / "runs", out, "--num_prompts", "8", "--batch_size",
+    launch_two("eval.py", eval_argv(tiny_base, tiny_sft, tmp_path / "runs" / "dpo", out, "--num_prompts", "8", "--batch_size",
                                     "8", "--best_of_n_samples", "4", "--max_new_tokens", "16"))
     report = (out / "report.md").read_text()
     assert f"`{run / f'checkpoint-{steps[0]}'}`: it does not load" in report

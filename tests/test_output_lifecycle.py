@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-import dpo
+from imdb_dpo.methods import dpo
 import eval as eval_stage
 import preference_pairs
 from conftest import REPO, dpo_argv
@@ -195,17 +195,16 @@ def test_eval_rerun_changes_nothing_and_other_settings_need_overwrite(capsys, ti
     assert (out / "summary.csv").read_text().startswith("method,run,")
 
 
-def test_a_method_folder_given_on_the_command_line_must_exist(tiny_base, tiny_sft, dpo_with_checkpoints, tmp_path,
-                                                              capsys):
-    """A misspelt --dpo_dir would evaluate without DPO and exit 0; \"\" says \"none\" on purpose, and a config's
-    folder may be absent (that method was not run)."""
-    runs = tmp_path / "dpo"
+def test_a_runs_root_given_on_the_command_line_must_exist(tiny_base, tiny_sft, dpo_with_checkpoints, tmp_path,
+                                                          capsys):
+    """A misspelt --runs_root would evaluate no method and exit 0; a config's may be absent (nothing was run)."""
+    runs = tmp_path / "runs" / "dpo"
     shutil.copytree(dpo_with_checkpoints, runs / "sigmoid_beta0.1")
     out = tmp_path / "eval"
-    argv = eval_argv(tiny_base, tiny_sft, tmp_path / "dpoo", out, "--num_prompts", "8", "--batch_size", "8")
+    argv = eval_argv(tiny_base, tiny_sft, tmp_path / "runz" / "dpo", out, "--num_prompts", "8", "--batch_size", "8")
     assert run_stage(eval_stage.main, eval_stage.STAGES, argv) == 2
     err = capsys.readouterr().err
-    assert f"--dpo_dir {tmp_path / 'dpoo'}: no such folder" in err and '--dpo_dir ""' in err
+    assert f"--runs_root {tmp_path / 'runz'}: no such folder" in err
     assert "Traceback" not in err and not out.exists()
 
 

@@ -6,24 +6,13 @@ import os
 
 import pytest
 
-import dpo
-import eval as eval_stage
-import preference_pairs
-import preferred_ft
-import reward_model
-import rloo
-import sft
-import train
-import unlikelihood
 from conftest import CPU_FLAGS, REPO
 from imdb_dpo.config import TinyBaseArguments, parse_config
+from imdb_dpo.planning import stages_of
 
-PARSERS = {"sft": sft.STAGES, "preference_pairs": preference_pairs.STAGES, "dpo": dpo.STAGES,
-           "rloo": rloo.STAGES, "rloo_rm": rloo.STAGES, "reward_model": reward_model.STAGES,
-           "preferred_ft": preferred_ft.STAGES, "unlikelihood": unlikelihood.STAGES,
-           "eval": eval_stage.STAGES,
-           "base": (TinyBaseArguments,),
-           **{method: recipe.stages for method, recipe in train.RECIPES.items()}}
+
+def parsers(stage: str) -> tuple:
+    return (TinyBaseArguments,) if stage == "base" else stages_of(stage)[0]
 
 
 STAGE_CONFIGS = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "*", "*.yaml"))
@@ -34,7 +23,7 @@ STAGE_CONFIGS = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "*", "
 def test_every_preset_config_parses(path, monkeypatch):
     monkeypatch.setenv("OUTPUT_ROOT", "/somewhere")
     stage = os.path.splitext(os.path.basename(path))[0]
-    parsed = parse_config(PARSERS[stage], ["--config", path, *(CPU_FLAGS if stage not in ("preference_pairs", "eval", "base") else [])])
+    parsed = parse_config(parsers(stage), ["--config", path, *(CPU_FLAGS if stage not in ("preference_pairs", "eval", "base") else [])])
     paths = [getattr(p, name) for p in parsed for name in ("output_dir", "model_name_or_path", "sft_model")
              if isinstance(getattr(p, name, None), str)]
     assert all("$" not in p for p in paths)

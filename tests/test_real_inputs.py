@@ -14,7 +14,7 @@ import yaml
 from torch.distributions import Categorical, kl_divergence
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-import dpo
+from imdb_dpo.methods import dpo
 import eval as eval_stage
 import preference_pairs
 from conftest import CPU_FLAGS, NO_FRONTIER_EVAL, REPO, dpo_argv
@@ -151,9 +151,9 @@ def test_gpt2_large_preset_runs_every_stage_with_gpt2s_tokenizer_on_real_reviews
         assert read_manifest(run_dir)["checkpoints"] == [2] and not glob.glob(str(run_dir / "checkpoint-*"))
         assert (run_dir / "model.safetensors").is_file() == run.endswith("_seed0"), run
 
-    import preferred_ft
-    import rloo
-    import unlikelihood
+    from imdb_dpo.methods import preferred_ft
+    from imdb_dpo.methods import rloo
+    from imdb_dpo.methods import unlikelihood
 
     one_seed = ["--seeds", "0"]  # without frontier_eval, a run that dropped its final model would lose its last point
     argv = ["--config", f"{GPT2_LARGE}/rloo.yaml", *NO_FRONTIER_EVAL, *one_seed, "--kl_coefs", "0.05", "--max_steps", "2",
@@ -169,7 +169,7 @@ def test_gpt2_large_preset_runs_every_stage_with_gpt2s_tokenizer_on_real_reviews
     assert unlikelihood.main(*parse_config(unlikelihood.STAGES, argv)) == 0
     assert read_manifest(tmp_path / "outputs/gpt2-large/unlikelihood/unlikelihood_alpha1_seed0")["checkpoints"] == [2]
 
-    import reward_model
+    from imdb_dpo.methods import reward_model
 
     argv = ["--config", f"{GPT2_LARGE}/reward_model.yaml", "--num_train_epochs", "2", "--validation_fraction", "0.25",
             "--per_device_train_batch_size", "16", "--examples_per_step", "16", "--per_device_eval_batch_size", "16", *CPU_FLAGS]
@@ -262,7 +262,7 @@ def gpt2_magnitude_pair(gpt2_tokenizer_dir, tmp_path_factory):
     policy.save_pretrained(run)
     load_tokenizer(reference).save_pretrained(run)
     Manifest(str(run), "dpo", {"training": {"loss_type": ["sigmoid"], "beta": 0.1}}, {}).finish(global_step=1)
-    return {"reference": reference, "dpo_dir": str(root / "dpo"), "policy": str(run)}
+    return {"reference": reference, "runs_root": str(root), "policy": str(run)}
 
 
 @torch.no_grad()
@@ -277,7 +277,7 @@ def float64_kl(policy, reference, record) -> float:
 def evaluate_kl(pair, imdb_sample, output_dir, *flags) -> tuple[float, float]:
     """(the evaluation's mean KL of the policy, the float64 KL of the very same samples)."""
     argv = ["--config", f"{GPT2_LARGE}/eval.yaml", "--sft_model", pair["reference"], "--base_model", "",
-            "--dpo_dir", pair["dpo_dir"], "--output_dir", str(output_dir), "--train_file", imdb_sample["train"],
+            "--runs_root", pair["runs_root"], "--methods", "dpo", "--output_dir", str(output_dir), "--train_file", imdb_sample["train"],
             "--test_file", imdb_sample["test"], "--num_prompts", "4", "--batch_size", "4", "--max_new_tokens", "32",
             "--best_of_n_samples", "4", "--reward_model", "vader", *flags]
     assert eval_stage.main(*parse_config(eval_stage.STAGES, argv)) == 0

@@ -225,18 +225,19 @@ def test_rloo_evaluated_in_memory_and_killed_after_a_resume_checkpoint_ends_with
     def argv(name):
         config = tmp_path / f"{name}_eval.yaml"
         config.write_text(yaml.safe_dump({**evaluation, "sft_model": tiny_sft, "base_model": "", "num_prompts": 4,
-                                          "rloo_dir": str(tmp_path / name), "output_dir": str(tmp_path / f"{name}_eval"),
+                                          "runs_root": str(tmp_path / name), "methods": ["rloo"],
+                                          "output_dir": str(tmp_path / f"{name}_eval"),
                                           "train_file": tiny_base["train"], "test_file": tiny_base["test"]}))
-        return [*rloo_argv(tiny_sft, tiny_pairs, tmp_path / name, *extra), "--frontier_eval", str(config)]
+        return [*rloo_argv(tiny_sft, tiny_pairs, tmp_path / name / "rloo", *extra), "--frontier_eval", str(config)]
 
     run_in_process("rloo.py", argv("straight"))
-    kill_once_saved("rloo.py", argv("killed"), tmp_path / "killed" / "rloo_kl0.1" / "checkpoint-5", settle=0.2)
-    run_dir = tmp_path / "killed" / "rloo_kl0.1"
+    kill_once_saved("rloo.py", argv("killed"), tmp_path / "killed" / "rloo" / "rloo_kl0.1" / "checkpoint-5", settle=0.2)
+    run_dir = tmp_path / "killed" / "rloo" / "rloo_kl0.1"
     assert not read_manifest(run_dir)["finished"]
     run_in_process("rloo.py", argv("killed"))
-    straight = AutoModelForCausalLM.from_pretrained(tmp_path / "straight" / "rloo_kl0.1")
+    straight = AutoModelForCausalLM.from_pretrained(tmp_path / "straight" / "rloo" / "rloo_kl0.1")
     assert state_dicts_equal(straight, AutoModelForCausalLM.from_pretrained(run_dir)) == []
-    assert read_manifest(run_dir)["checkpoints"] == read_manifest(tmp_path / "straight" / "rloo_kl0.1")["checkpoints"] == [
+    assert read_manifest(run_dir)["checkpoints"] == read_manifest(tmp_path / "straight" / "rloo" / "rloo_kl0.1")["checkpoints"] == [
         2, 3, 4, 5, 6, 8]
     assert checkpoint_steps(str(run_dir)) == []
 

@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from imdb_dpo.methods import registry
 from conftest import REPO
 from imdb_dpo.manifests import read_manifest
 from slurm_cluster import SlurmCluster, slurm_installed
@@ -93,8 +94,8 @@ def requeued(cluster, tiny_base, tiny_sft, tiny_pairs, tmp_path_factory):
     shutil.copytree(tiny_base["dir"], pairs_root / "outputs/tiny/base")
     shutil.copytree(tiny_sft, pairs_root / "outputs/tiny/sft")
     dpo_log, pairs_log = top / "dpo_job.out", top / "pairs_job.out"
-    dpo_job = cluster.submit(*JOB_LIMITS, f"--output={dpo_log}", "--array=0", "slurm/dpo.sbatch", "tiny",  # beta 0.1
-                             env=job_env(dpo_root, DPO_ARGS=DPO_ARGS, OMP_NUM_THREADS="1"))
+    dpo_job = cluster.submit(*JOB_LIMITS, f"--output={dpo_log}", "--array=0", "slurm/train.sbatch", "dpo", "tiny",
+                             env=job_env(dpo_root, TRAIN_ARGS=DPO_ARGS, OMP_NUM_THREADS="1"))  # beta 0.1
     pairs_job = cluster.submit(*JOB_LIMITS, f"--output={pairs_log}", "--array=0", "slurm/pairs.sbatch", "tiny", "2",
                                *PAIR_ARGS, env=job_env(pairs_root, OMP_NUM_THREADS="1"))
     checkpoints = dpo_root / "outputs/tiny/dpo/sigmoid_beta0.1"
@@ -169,22 +170,27 @@ def test_submit_preset_chains_every_stage_with_afterok(cluster, tmp_path):
     proc = subprocess.run(["slurm/submit_preset.sh", "tiny", "3"], cwd=repo, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     ids = dict(line.split()[:2] for line in proc.stdout.splitlines())
-    later = ["kto", "orpo", "simpo", "online_dpo"]  # train.py's methods in the tiny preset, an array each over betas
-    assert list(ids) == ["sft", "pairs", "merge", "reference", "dpo", "rloo", "reward_model", "rloo_rm", "preferred_ft",
-                         "unlikelihood", *later, "eval"]
+    # Every method of the registry whose config the tiny preset has, after its shared pass where it has one.
+    methods = [m for m in registry().values() if (repo / f"configs/tiny/{m.key}.yaml").exists()]
+    shared = {m.key: f"{m.key}_{m.shared_pass_name}" for m in methods if m.shared_pass}
+    assert list(ids) == ["sft", "pairs", "merge", *(k for m in methods for k in (shared.get(m.key), m.key) if k),
+                         "eval"]
     try:
         def dependency(job):  # the job ids it waits for with afterok (an array shows as <id>_*)
             out = cluster.run("scontrol", "show", "job", job).stdout
             return sorted(re.findall(r"afterok:(\d+)", out.split("Dependency=")[1].split()[0]))
 
-        for before, after in [("sft", "pairs"), ("pairs", "merge"), ("merge", "reference"), ("reference", "dpo"),
-                              ("merge", "rloo"), ("merge", "reward_model"), ("reward_model", "rloo_rm"),
-                              ("merge", "preferred_ft"), ("merge", "unlikelihood"),
-                              *(("merge", method) for method in later)]:
+        job_of = {"preference_pairs": "merge"}
+        waits = [("sft", "pairs"), ("pairs", "merge")]
+        for m in methods:
+            if m.key in shared:
+                waits += [(job_of.get(need, need), shared[m.key]) for need in m.needs] + [(shared[m.key], m.key)]
+            else:
+                waits += [(job_of.get(need, need), m.key) for need in m.needs]
+        for before, after in waits:
             assert dependency(ids[after]) == [ids[before]], (after, dependency(ids[after]))
         # The evaluation waits for every method's training.
-        assert dependency(ids["eval"]) == sorted(ids[k] for k in ("dpo", "rloo", "reward_model", "rloo_rm",
-                                                                  "preferred_ft", "unlikelihood", *later))
+        assert dependency(ids["eval"]) == sorted(ids[m.key] for m in methods)
         pairs_tasks = cluster.run("squeue", "-h", "-r", "-j", ids["pairs"], "-o", "%i").stdout.split()
         dpo_tasks = cluster.run("squeue", "-h", "-r", "-j", ids["dpo"], "-o", "%i").stdout.split()
         rloo_tasks = cluster.run("squeue", "-h", "-r", "-j", ids["rloo"], "-o", "%i").stdout.split()
@@ -192,13 +198,10 @@ def test_submit_preset_chains_every_stage_with_afterok(cluster, tmp_path):
         unlikelihood_tasks = cluster.run("squeue", "-h", "-r", "-j", ids["unlikelihood"], "-o", "%i").stdout.split()
         preferred_ft_tasks = cluster.run("squeue", "-h", "-r", "-j", ids["preferred_ft"], "-o", "%i").stdout.split()
         assert len(unlikelihood_tasks) == 1 and len(preferred_ft_tasks) == 3  # alphas; seeds
-        assert "JobName=rloo_rm" in cluster.run("scontrol", "show", "job", ids["rloo_rm"]).stdout
-        for method in later:  # one beta each in the tiny preset
-            job = cluster.run("scontrol", "show", "job", ids[method]).stdout
-            assert f"JobName={method}" in job and f"train.sbatch {method} tiny" in job, method
-            assert len(cluster.run("squeue", "-h", "-r", "-j", ids[method], "-o", "%i").stdout.split()) == 1, method
-        for stage in ("dpo", "rloo", "rloo_rm", "preferred_ft", "unlikelihood", *later):  # ARRAY_LIMIT; not the shards
-            assert "ArrayTaskThrottle=2" in cluster.run("scontrol", "show", "job", ids[stage]).stdout, stage
+        for m in methods:
+            job = cluster.run("scontrol", "show", "job", ids[m.key]).stdout
+            assert f"JobName={m.key}" in job and f"train.sbatch {m.key} tiny" in job, m.key
+            assert "ArrayTaskThrottle=2" in job, m.key  # ARRAY_LIMIT; not the shards
         assert "ArrayTaskThrottle=2" not in cluster.run("scontrol", "show", "job", ids["pairs"]).stdout
         assert "(6 runs: betas 0.1 1.0 5.0 x seeds 0 1)" in proc.stdout and "(2 runs: KL coefficients 0.01 0.1)" in proc.stdout
         assert "(1 run: alphas 1.0)" in proc.stdout and "(3 runs: seeds 4 5 6)" in proc.stdout

@@ -7,10 +7,13 @@ import sys
 import pytest
 
 from conftest import CPU_FLAGS, REPO
-from imdb_dpo.config import parse_config
+from imdb_dpo.config import parse_config, strict_yaml
+from imdb_dpo.methods import registry
 from imdb_dpo.sweep_tasks import main as sweep_tasks_main
 
-STAGES = {"dpo": "betas", "rloo": "kl_coefs", "rloo_rm": "kl_coefs", "preferred_ft": "-", "unlikelihood": "alphas"}
+# Each method of the gpt2-large preset run with seeds, and its sweep as the registry declares it.
+STAGES = {m.key: m.sweep for m in registry().values()
+          if "seeds" in (strict_yaml(os.path.join(REPO, f"configs/gpt2-large/{m.key}.yaml")) or {})}
 
 
 def sweep_tasks(*args) -> subprocess.CompletedProcess:
@@ -28,11 +31,9 @@ def task_flags(capsys, *args) -> str:
 
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_each_task_is_one_run_of_the_preset_and_the_tasks_are_every_run_in_the_stages_order(stage, capsys):
-    import importlib
-
     config, field = os.path.join(REPO, f"configs/gpt2-large/{stage}.yaml"), STAGES[stage]
-    module = importlib.import_module("rloo" if stage == "rloo_rm" else stage)
-    (whole, *_) = parse_config(module.STAGES, ["--config", config, *CPU_FLAGS])  # bf16 needs a GPU here
+    stages = registry()[stage].stages
+    (whole, *_) = parse_config(stages, ["--config", config, *CPU_FLAGS])  # bf16 needs a GPU here
     values = getattr(whole, field) if field != "-" else [None]
     expected = [(v, s) for v in values for s in whole.seeds]  # training_runs.train_sweep's order
     assert len(whole.seeds) == 3 and whole.keep_final_model_seeds == [0]  # the preset's three seeds, one disk
@@ -40,7 +41,7 @@ def test_each_task_is_one_run_of_the_preset_and_the_tasks_are_every_run_in_the_s
     assert int(task_flags(capsys, config, field, "count")) == len(expected)
     for task, (value, seed) in enumerate(expected):
         flags = task_flags(capsys, config, field, "task", str(task)).split()
-        (one, *_) = parse_config(module.STAGES, ["--config", config, *CPU_FLAGS, *flags])  # what the job script runs
+        (one, *_) = parse_config(stages, ["--config", config, *CPU_FLAGS, *flags])  # what the job script runs
         assert one.seeds == [seed] and (field == "-" or getattr(one, field) == [value]), (task, flags)
 
 

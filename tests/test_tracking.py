@@ -9,7 +9,7 @@ import pytest
 import wandb
 from wandb.proto.wandb_internal_pb2 import Record
 
-import dpo
+from imdb_dpo.methods import dpo
 import sft
 from conftest import dpo_argv
 from imdb_dpo.config import ConfigError, parse_config

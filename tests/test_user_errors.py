@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-import dpo
+from imdb_dpo.methods import dpo
 import eval as eval_stage
 import preference_pairs
 import sft
@@ -164,7 +164,7 @@ def test_config_flag_without_a_value_and_no_config_at_all(capsys, tiny_base, tin
     assert pairs.model_name_or_path == os.path.join(REPO, "outputs/gpt2-large/sft")
     empty = tmp_path / "empty.yaml"
     empty.write_text("seed: 0  # nothing else set\n")
-    assert parse_config([EvalArguments], ["--config", str(empty)])[0].dpo_dir == os.path.join(REPO, "outputs/gpt2-large/dpo")
+    assert parse_config([EvalArguments], ["--config", str(empty)])[0].runs_root == os.path.join(REPO, "outputs/gpt2-large")
 
 
 def test_flags_a_stage_has_no_use_for_are_refused(capsys, tmp_path):
@@ -178,7 +178,7 @@ def test_flags_a_stage_has_no_use_for_are_refused(capsys, tmp_path):
 
 
 def test_a_config_is_read_strictly_naming_the_line(capsys, tmp_path):
-    import reward_model
+    from imdb_dpo.methods import reward_model
 
     cases = {"twice.yaml": ("num_prompts: 9\nseed: 3\nnum_prompts: 10\n",
                             ["twice.yaml, line 3: 'num_prompts' is given twice (first on line 1)"]),

@@ -1,13 +1,34 @@
 """What the project adds to TRL's DPOTrainer: its losses checked before any work and named in the run's folder,
 exact sampled token ids, and a NaN guard."""
 
+import dataclasses
 import math
+import os
+import shutil
 
 import trl
 from trl import DPOTrainer
+from datasets import load_dataset
+from transformers import set_seed
+from trl import DPOConfig, ModelConfig, get_peft_config
 
 from ..errors import ConfigError, UserError
 from ..pairs import REQUIRED_IDS
+from ..checks import check_training, check_model, check_positive
+from ..config import DPOScriptArguments
+from ..costs import check_memory, dpo_memory, frontier_inputs, longest_pair, model_shape
+from ..checkpoints import check_schedule
+from ..frontier_eval import frontier_of
+from ..manifests import describe_model_input
+from ..distributed import main_process_first
+from ..modeling import load_tokenizer, set_model_init_kwargs
+from ..preemption import exit_resumable
+from ..tracking import check_wandb_credentials
+from ..training_runs import (last_logged, logged_line, pairs_input, read_training_pairs, seed_values,
+                                    sweep_values, train_sweep)
+from . import GPUCheck, Method
+from ..planning import Row, bound, frontier_classifier, frontier_row, runs_of, sweep_of, trained_steps
+from .. import costs
 
 # DPOConfig.loss_type's choices in TRL 1.16 (its help lists them; TRL itself checks a name only at the first loss).
 # Every one is computed from our pairs: `aot_unpaired` sorts a batch's chosen and rejected log-ratios apart, but
@@ -112,3 +133,119 @@ class PretokenizedDPOTrainer(DPOTrainer):
                 "rather than fp16, then rerun: training resumes from the last good checkpoint."
             )
         return loss
+
+
+STAGES = (DPOScriptArguments, DPOConfig, ModelConfig)
+
+
+def check_inputs(script_args: DPOScriptArguments, training_args: DPOConfig, model_args: ModelConfig) -> list[dict]:
+    """The pairs, once every setting and the pair file are checked."""
+    check_training(training_args)
+    check_positive(script_args, "max_train_pairs")
+    check_schedule(script_args, training_args)
+    check_model("model_name_or_path", model_args.model_name_or_path)
+    return read_training_pairs(script_args.pairs_file, model_args.model_name_or_path)  # file, line and field of any fault
+
+
+def load_pairs_dataset(script_args: DPOScriptArguments, cache_dir: str):
+    # The datasets cache sits beside the runs, on persistent storage, so a requeued job finds the cached
+    # reference log-probs (they are keyed on this data set's fingerprint and the reference model's hash).
+    with main_process_first():  # one process fills the datasets cache; the others read it
+        dataset = load_dataset("json", data_files=script_args.pairs_file, split="train", cache_dir=cache_dir)
+    dataset = dataset.select_columns(list(REQUIRED_IDS))
+    if script_args.max_train_pairs:
+        dataset = dataset.select(range(min(script_args.max_train_pairs, len(dataset))))
+    return dataset
+
+
+def new_trainer(args, model_args, dataset, tokenizer, callbacks=()):
+    set_seed(args.seed)  # the same LoRA initialisation, hence the same reference hash, in every run
+    return PretokenizedDPOTrainer(model=model_args.model_name_or_path, args=args, train_dataset=dataset,
+                                  processing_class=tokenizer, peft_config=get_peft_config(model_args),
+                                  callbacks=list(callbacks))
+
+
+def main(script_args: DPOScriptArguments, training_args: DPOConfig, model_args: ModelConfig) -> int:
+    state = training_args.distributed_state  # first, so the process group follows use_cpu as the Trainer will
+    check_wandb_credentials(training_args.report_to)
+    betas = sweep_values("betas", script_args.betas, "beta", training_args.beta, DPOConfig.__dataclass_fields__["beta"].default)
+    seeds = seed_values(script_args.seeds)
+    check_losses(training_args, betas)
+    pair_list = check_inputs(script_args, training_args, model_args)
+    frontier = frontier_of(script_args, "dpo", training_args.output_dir)
+    check_memory("DPO", dpo_memory(training_args, model_shape(model_args.model_name_or_path), longest_pair(pair_list),
+                                   *frontier_inputs(frontier), lora=model_args.use_peft), state.device)
+    pairs = pairs_input(script_args.pairs_file, model_args.model_name_or_path, "DPO's reference")
+    set_model_init_kwargs(training_args, model_args)
+    cache = os.path.join(training_args.output_dir, ".datasets_cache")
+    if script_args.reference_only and script_args.overwrite:  # the cached log-probs are what it names: made again
+        if state.is_main_process:
+            shutil.rmtree(cache, ignore_errors=True)
+        state.wait_for_everyone()
+    dataset = load_pairs_dataset(script_args, cache)
+    tokenizer = load_tokenizer(model_args.model_name_or_path, padding_side="right")
+    if script_args.reference_only:
+        if not training_args.precompute_ref_log_probs:
+            raise ConfigError("reference_only needs precompute_ref_log_probs: true in the config")
+        scratch = os.path.join(training_args.output_dir, ".reference")
+        new_trainer(dataclasses.replace(training_args, output_dir=scratch), model_args, dataset, tokenizer)
+        state.wait_for_everyone()
+        if state.is_main_process:
+            shutil.rmtree(scratch, ignore_errors=True)
+        print(f"reference log-probs cached in {training_args.output_dir}/.datasets_cache")
+        return 0
+    def results(trainer):
+        return {"final_metrics": last_logged(trainer, "rewards/accuracies")}
+
+    def finished_line(manifest):
+        return logged_line(manifest["final_metrics"], [("rewards/accuracies", "preference accuracy", ".3f")])
+
+    def name(beta):
+        return run_name(training_args, beta, model_args.use_peft)
+
+    if not train_sweep(betas, "beta", name, "dpo", "DPO run",
+                       {"script": script_args, "training": training_args, "model": model_args},
+                       {"pairs": pairs, "model": describe_model_input(model_args.model_name_or_path)},
+                       script_args.overwrite, script_args.checkpoint_schedule,
+                       lambda args, callbacks: new_trainer(args, model_args, dataset, tokenizer, callbacks),
+                       DPO_CURVES, results, finished_line, frontier, seeds):
+        return exit_resumable()
+    return 0
+
+
+def plan(preset, key, script_args, training_args, model_args) -> Row:
+    shape = preset.shape(model_args.model_name_or_path)
+    counts = preset.pairs(script_args.pairs_file)
+    pairs = min(counts["pairs"], script_args.max_train_pairs or math.inf)
+    steps = trained_steps(pairs, training_args)
+    tokens = min(counts["tokens"], training_args.max_length or math.inf)
+    betas = script_args.betas or [training_args.beta]
+    check_losses(training_args, betas)
+    row = Row(key, runs_of(script_args, betas), exact=counts["exact"],
+              peak=costs.dpo_memory(training_args, shape, tokens, *frontier_classifier(preset, script_args),
+                                    lora=model_args.use_peft))
+    rows_per_step = 2 * training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+    row.seconds = row.runs * costs.compute_seconds(costs.training_flops(shape, steps * rows_per_step * tokens, tokens),
+                                                   training_args.bf16)
+    if training_args.precompute_ref_log_probs:  # once for the sweep: cached
+        row.shared = costs.compute_seconds(costs.forward_flops(shape, 2 * pairs * tokens, tokens), training_args.bf16)
+        row.seconds += row.shared
+    row.notes.append(f"{bound(pairs, counts['exact'])} pairs a run, {sweep_of(betas, 'beta', script_args)}")
+    frontier_row(preset, row, shape, training_args, script_args, steps, model_args.use_peft)
+    return row
+
+
+def shares_reference(config: dict) -> bool:
+    """Whether the sweep's runs share one reference pass: they cache it (precompute_ref_log_probs)."""
+    return config.get("precompute_ref_log_probs") is True
+
+
+METHODS = (Method("dpo", "DPO", 10, STAGES, main, plan, "betas", parameter="beta", parameter_field="beta",
+                  style={"cmap": "Blues", "fmt": "-", "marker": "o"}, loss_field="loss_type",
+                  shared_pass=("--reference_only", "true"), shared_pass_name="reference", shares_pass=shares_reference,
+                  check=lambda script_args, training_args: check_losses(training_args, script_args.betas or [
+                      training_args.beta]),
+                  gpu_check=GPUCheck(("--betas", "0.1"), "sigmoid_beta0.1_seed0", on_cpu=True,
+                                     gpu_flags=("--max_steps", "8", "--max_train_pairs", "512"),
+                                     cpu_flags=("--max_steps", "3", "--max_train_pairs", "24",
+                                                "--precompute_ref_batch_size", "8"))),)

@@ -8,6 +8,7 @@ middle one out, and a prompt whose samples all score the same gives none). The r
 must be the model that sampled them; runs go to <output_dir>/kto_beta<beta>/.
 """
 
+import functools
 import math
 import os
 import statistics
@@ -21,7 +22,8 @@ from ..errors import ConfigError, UserError
 from ..manifests import describe_model_input, read_manifest
 from ..pairs import json_lines
 from ..training_runs import pairs_input
-from .recipe import Recipe
+from . import GPUCheck
+from .recipe import Recipe, plan_recipe, recipe_method
 
 CURVES = [
     ("loss", "KTO loss"),
@@ -151,3 +153,8 @@ def memory(script_args, *rest, **kw):
 RECIPE = Recipe("kto", "KTO", KTOScriptArguments, KTOConfig, PretokenizedKTOTrainer, CURVES, examples, memory,
                 lambda args, beta: kto_name(args, beta), "max_train_examples", ("completion_ids",),
                 ("rewards/margins", "reward margin (desirable - undesirable)"), check)
+
+
+METHODS = (recipe_method(RECIPE, 70, {"cmap": "BuGn", "fmt": "-", "marker": "P"},
+                         functools.partial(plan_recipe, kto=True), loss_field="loss_type", default_loss="kto",
+                         gpu_check=GPUCheck(("--betas", "0.1"), "kto_beta0.1_seed0", on_cpu=True)),)

@@ -10,6 +10,8 @@ num_train_epochs / prompts a step), and each checkpoint on checkpoint_schedule i
 <output_dir>/online_<loss>_beta<beta>/.
 """
 
+import math
+
 import torch
 from trl import ModelConfig
 from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
@@ -27,7 +29,10 @@ from ..precision import inference_dtype
 from ..reward import VADER, make_reward
 from ..sampling import left_pad
 from ..training_runs import pairs_input, read_training_pairs
-from .recipe import Recipe
+from . import GPUCheck
+from .. import costs
+from ..planning import Row, bound, compile_seconds, frontier_classifier, frontier_row, runs_of, sampled_step_seconds, sweep_of, trained_steps
+from .recipe import Recipe, recipe_method
 from .rloo import SentimentReward, prompts_of_pairs
 
 CURVES = [
@@ -128,6 +133,35 @@ class PretokenizedOnlineDPOTrainer(SamplesFromCopy, OnlineDPOTrainer):
         return torch.take_along_dim(logits.log_softmax(dim=-1), completion_ids.unsqueeze(-1), dim=2).squeeze(-1)
 
 
+def plan(recipe, preset, stage, script_args, training_args, model_args) -> Row:
+    """Each step samples two completions of each of its prompts, scores them with the reward model, and trains on
+    them with every position's logits (policy and reference)."""
+    check_generation_dtype(script_args, model_args.use_peft)
+    shape = preset.shape(model_args.model_name_or_path)
+    classifier = costs.classifier_shape(script_args.reward_model)
+    counts = preset.pairs(script_args.pairs_file)
+    prompts = min(counts["prompts"], script_args.max_train_prompts or math.inf)
+    steps = trained_steps(prompts, training_args)
+    betas = script_args.betas or [training_args.beta]
+    row = Row(stage, runs_of(script_args, betas), exact=counts["exact"],
+              peak=costs.online_dpo_memory(training_args, shape, counts["prompt_tokens"], classifier,
+                                           script_args.reward_dtype, *frontier_classifier(preset, script_args),
+                                           lora=model_args.use_peft, generation_dtype=script_args.generation_dtype,
+                                           generation_compile=script_args.generation_compile))
+    per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+    row.seconds = row.runs * steps * sampled_step_seconds(
+        shape, classifier, script_args, bool(training_args.bf16), 2 * per_step, counts["prompt_tokens"],
+        training_args.max_new_tokens, per_step, training_args.per_device_train_batch_size, 2)
+    row.seconds += row.runs * compile_seconds(script_args)
+    row.notes.append(f"{bound(int(prompts), counts['exact'])} prompts x 2 completions a run, "
+                     f"{sweep_of(betas, 'beta', script_args)}")
+    frontier_row(preset, row, shape, training_args, script_args, steps, model_args.use_peft)
+    return row
+
+
 RECIPE = Recipe("online_dpo", "Online DPO", OnlineDPOScriptArguments, OnlineDPOConfig, PretokenizedOnlineDPOTrainer,
                 CURVES, examples, memory, run_name, "max_train_prompts", (),
                 ("objective/scores", "mean reward of the sampled completions"), check, reward_function)
+METHODS = (recipe_method(RECIPE, 120, {"cmap": "cool", "fmt": "-", "marker": "d"}, plan, loss_field="loss_type",
+                         gpu_check=GPUCheck(("--betas", "0.1", "--reward_model", "{classifier}"),
+                                            "online_sigmoid_beta0.1_seed0")),)

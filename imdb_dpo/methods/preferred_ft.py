@@ -1,6 +1,21 @@
 """Preferred-FT (the DPO paper's simplest baseline): supervised fine-tuning on the chosen completions."""
 
 from datasets import Dataset
+from transformers import set_seed
+from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
+
+from ..checkpoints import check_schedule
+from ..frontier_eval import frontier_of
+from ..checks import check_training, check_model, check_positive
+from ..config import PreferredFTScriptArguments
+from ..costs import check_memory, frontier_inputs, longest_pair, model_shape, supervised_memory
+from ..manifests import describe_model_input
+from ..modeling import load_tokenizer, set_model_init_kwargs
+from ..preemption import exit_resumable
+from ..tracking import check_wandb_credentials
+from ..training_runs import last_logged, pairs_input, read_training_pairs, seed_values, train_sweep
+from . import GPUCheck, Method
+from ..planning import plan_supervised
 
 CURVES = [("loss", "loss on the chosen completions"), ("mean_token_accuracy", "token accuracy")]
 IGNORED = -100  # a label the loss skips
@@ -15,3 +30,54 @@ def chosen_examples(pairs: list[dict], limit: int | None = None) -> Dataset:
         examples.setdefault(key, {"input_ids": pair["prompt_ids"] + pair["chosen_ids"],
                                   "labels": [IGNORED] * len(pair["prompt_ids"]) + pair["chosen_ids"]})
     return Dataset.from_list(list(examples.values())[:limit])
+
+
+STAGES = (PreferredFTScriptArguments, SFTConfig, ModelConfig)
+
+
+def main(script_args: PreferredFTScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> int:
+    training_args.distributed_state  # first, so the process group follows use_cpu as the Trainer will
+    check_wandb_credentials(training_args.report_to)
+    check_training(training_args)
+    check_positive(script_args, "max_train_examples")
+    check_schedule(script_args, training_args)
+    frontier = frontier_of(script_args, "preferred_ft", training_args.output_dir)
+    check_model("model_name_or_path", model_args.model_name_or_path)
+    pairs = read_training_pairs(script_args.pairs_file, model_args.model_name_or_path, ("prompt_ids", "chosen_ids"))
+    check_memory("Preferred-FT", supervised_memory(
+        training_args, model_shape(model_args.model_name_or_path), longest_pair(pairs, ("chosen_ids",)), False,
+        *frontier_inputs(frontier), lora=model_args.use_peft), training_args.distributed_state.device)
+    inputs = {"pairs": pairs_input(script_args.pairs_file, model_args.model_name_or_path, "Preferred-FT's start"),
+              "model": describe_model_input(model_args.model_name_or_path)}
+    dataset = chosen_examples(pairs, script_args.max_train_examples)
+    set_model_init_kwargs(training_args, model_args)
+    tokenizer = load_tokenizer(model_args.model_name_or_path, padding_side="right")
+    seeds = seed_values(script_args.seeds)
+
+    def make_trainer(args, callbacks):
+        set_seed(args.seed)
+        return SFTTrainer(model=model_args.model_name_or_path, args=args, train_dataset=dataset,
+                          processing_class=tokenizer, peft_config=get_peft_config(model_args), callbacks=callbacks)
+
+    def results(trainer):
+        return {"final_metrics": last_logged(trainer, "loss"), "examples": len(dataset)}
+
+    def finished_line(manifest):
+        return f"trained on {manifest['examples']} chosen completions"
+
+    if not train_sweep([None], None, lambda _: "preferred_ft" + ("_lora" if model_args.use_peft else ""),
+                       "preferred_ft", "Preferred-FT run",
+                       {"script": script_args, "training": training_args, "model": model_args}, inputs,
+                       script_args.overwrite, script_args.checkpoint_schedule, make_trainer, CURVES, results,
+                       finished_line, frontier, seeds):
+        return exit_resumable()
+    return 0
+
+
+def plan(preset, stage, script_args, training_args, model_args):
+    return plan_supervised(preset, stage, script_args, training_args, model_args, pairs=False)
+
+
+METHODS = (Method("preferred_ft", "Preferred-FT", 50, STAGES, main, plan, "-",
+                  style={"color": "green", "fmt": ":", "marker": "D"},
+                  gpu_check=GPUCheck((), "preferred_ft_seed0", on_cpu=True)),)

@@ -6,6 +6,9 @@ over beta (and seeds) through `training_runs.train_sweep`, with its lock, resume
 """
 
 import dataclasses
+import functools
+import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -13,19 +16,22 @@ from datasets import Dataset
 from transformers import set_seed
 from trl import ModelConfig, get_peft_config
 
+from .. import costs
 from ..checkpoints import check_schedule
 from ..checks import check_model, check_positive, check_training
 from ..costs import check_memory, frontier_inputs, model_shape
 from ..frontier_eval import frontier_of
 from ..modeling import load_tokenizer, set_model_init_kwargs
 from ..preemption import exit_resumable
+from . import Method
 from ..tracking import check_wandb_credentials
+from ..planning import Row, bound, frontier_classifier, frontier_row, runs_of, sweep_of, trained_steps
 from ..training_runs import last_logged, logged_line, seed_values, sweep_values, train_sweep
 
 
 @dataclass(frozen=True)
 class Recipe:
-    key: str                # the method: the manifest's stage and an entry of methods.TRAINED
+    key: str                # the method: the manifest's stage and its key in the registry
     title: str              # how messages name it
     script: type            # its script arguments (imdb_dpo/config.py)
     config: type            # its TRL config class (whose `beta` the sweep sets)
@@ -106,3 +112,34 @@ def run_recipe(recipe: Recipe, script_args, training_args, model_args) -> int:
                        finished_line, frontier, seeds):
         return exit_resumable()
     return 0
+
+
+def plan_recipe(recipe: Recipe, preset, stage, script_args, training_args, model_args, kto: bool = False) -> Row:
+    """ORPO, CPO, SimPO (a pair a row), or with `kto` KTO (a labelled completion and its mismatched KL twin a row,
+    from the completions file beside the pairs)."""
+    shape = preset.shape(model_args.model_name_or_path)
+    counts = preset.pairs(os.path.join(os.path.dirname(script_args.completions_file), "pairs.jsonl") if kto
+                          else script_args.pairs_file)
+    examples = min(counts["labelled" if kto else "pairs"], getattr(script_args, recipe.limit_field) or math.inf)
+    steps = trained_steps(examples, training_args)
+    tokens = min(counts["tokens"], training_args.max_length or math.inf)
+    betas = script_args.betas or [training_args.beta]
+    row = Row(stage, runs_of(script_args, betas), exact=counts["exact"],
+              peak=recipe.memory(script_args, training_args, shape, tokens, *frontier_classifier(preset, script_args),
+                                 lora=model_args.use_peft))
+    rows_per_step = 2 * training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+    row.seconds = row.runs * costs.compute_seconds(costs.training_flops(shape, steps * rows_per_step * tokens, tokens),
+                                                   training_args.bf16)
+    if getattr(training_args, "precompute_ref_log_probs", False):  # KTO's reference, once for the sweep: cached
+        row.seconds += costs.compute_seconds(costs.forward_flops(shape, 2 * examples * tokens, tokens), training_args.bf16)
+    row.notes.append(f"{bound(int(examples), counts['exact'])} {'labelled completions' if kto else 'pairs'} a run, "
+                     f"{sweep_of(betas, 'beta', script_args)}")
+    frontier_row(preset, row, shape, training_args, script_args, steps, model_args.use_peft)
+    return row
+
+
+def recipe_method(recipe: Recipe, order: int, style: dict, plan=plan_recipe, **fields) -> Method:
+    """The registry's entry of a recipe: run by run_recipe, swept over beta."""
+    return Method(recipe.key, recipe.title, order, recipe.stages, functools.partial(run_recipe, recipe),
+                  functools.partial(plan, recipe), "betas", parameter="beta", parameter_field="beta", style=style,
+                  check=lambda script_args, training_args: recipe.check(training_args), recipe=recipe, **fields)

@@ -22,7 +22,8 @@ from ..errors import ConfigError
 from ..manifests import describe_model_input
 from ..pairs import REQUIRED_IDS
 from ..training_runs import pairs_input, read_training_pairs
-from .recipe import Recipe
+from . import GPUCheck
+from .recipe import Recipe, recipe_method
 
 IGNORED = -100  # a label the loss skips
 PAIR_CURVES = [
@@ -140,3 +141,14 @@ RECIPES = {
     "cpo": _recipe("cpo", "CPO", CPOConfig, PretokenizedCPOTrainer, True, cpo_name, check_cpo),
     "simpo": _recipe("simpo", "SimPO", CPOConfig, PretokenizedCPOTrainer, True, simpo_name, check_simpo),
 }
+
+ORPO_STYLE = {"cmap": "RdPu", "fmt": "-", "marker": "*"}
+METHODS = (
+    recipe_method(RECIPES["orpo"], 80, ORPO_STYLE, gpu_check=GPUCheck(("--betas", "0.1"), "orpo_beta0.1_seed0")),
+    recipe_method(RECIPES["orpo_base"], 90, {"cmap": "Greys", "fmt": ":", "marker": "*"},
+                  gpu_check=GPUCheck(like="orpo")),
+    recipe_method(RECIPES["cpo"], 100, {"cmap": "YlOrBr", "fmt": "-.", "marker": "X"}, loss_field="loss_type",
+                  gpu_check=GPUCheck(like="simpo")),
+    recipe_method(RECIPES["simpo"], 110, {"cmap": "GnBu", "fmt": "--", "marker": "h"},
+                  gpu_check=GPUCheck((), "simpo_beta2_gamma1_seed0")),
+)

@@ -9,12 +9,26 @@ prompt followed by completion; GPT-2 pads with EOS, so it scores the last token 
 when it serves as a reward.
 """
 
+import math
+import os
 import random
 
-import torch
 from datasets import Dataset
+from transformers import set_seed
+from trl import ModelConfig, RewardConfig, RewardTrainer
 
 from ..pairs import PairFileError
+from ..checks import check_training, check_model, check_positive
+from ..config import ConfigError, RewardModelScriptArguments
+from ..costs import check_memory, longest_pair, model_shape, reward_model_memory
+from ..manifests import describe_model_input, read_manifest
+from ..modeling import load_tokenizer, same_tokenizer, set_model_init_kwargs
+from ..preemption import StopRequest, exit_resumable
+from ..tracking import check_wandb_credentials
+from ..training_runs import pairs_input, read_training_pairs, train_run
+from . import GPUCheck, Method
+from ..planning import Row, bound, trained_steps, trainer_samples
+from .. import costs
 
 CURVES = [
     ("loss", "Bradley-Terry loss"),
@@ -51,32 +65,114 @@ def validation_accuracies(log_history: list[dict]) -> dict[int, float]:
     return {e["step"]: e["eval_accuracy"] for e in log_history if "eval_accuracy" in e}
 
 
-class LearnedReward:
-    """A reward_model.py output as a reward: its scalar score of prompt ids + completion ids (a logit, unbounded).
+STAGES = (RewardModelScriptArguments, RewardConfig, ModelConfig)
 
-    `score(prompt_ids, completion_ids)` takes lists of id lists; called with keyword arguments it is an RLOO reward
-    function (RLOO passes the data set's `prompt_ids` column and the sampled `completion_ids`)."""
 
-    __name__ = "learned_reward"
+def check_inputs(script_args: RewardModelScriptArguments, training_args: RewardConfig, model_args: ModelConfig):
+    check_training(training_args)
+    check_positive(script_args, "max_train_pairs")
+    if not 0 < script_args.validation_fraction < 1:
+        raise ConfigError(f"validation_fraction={script_args.validation_fraction}: must lie in (0, 1); the validation "
+                          "prompts decide which epoch is kept")
+    if training_args.eval_strategy == "no":
+        raise ConfigError("eval_strategy: no: the reward model is judged by its validation pair accuracy; set "
+                          "eval_strategy (and save_strategy) to epoch, as the presets do")
+    check_model("model_name_or_path", model_args.model_name_or_path)
+    if model_args.use_peft:
+        raise ConfigError("use_peft: the reward model trains all its weights (a LoRA adapter on a new scalar head would "
+                          "leave the head untrained, and rloo.py and eval.py load the model whole); remove use_peft")
 
-    def __init__(self, path: str, device, dtype: torch.dtype = torch.float32, batch_size: int = 64):
-        from transformers import AutoModelForSequenceClassification
 
-        self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype).to(device).eval()
-        self.pad = self.model.config.pad_token_id
-        self.batch_size = batch_size
+def check_tokenizer(pairs_file: str, source: dict, model: str) -> None:
+    """The start model must read the pairs' token ids as the model that sampled them wrote them."""
+    if not os.path.isdir(source["path"]) or source["path"] == model:
+        return
+    if not same_tokenizer(source["path"], model):
+        raise ConfigError(f"model_name_or_path={model!r} has another tokenizer than {source['path']}, which sampled "
+                          f"{pairs_file}; the reward model reads the pairs' token ids, so start it from a model with "
+                          "that tokenizer (the SFT model, as the paper does)")
 
-    @torch.no_grad()
-    def score(self, prompt_ids: list[list[int]], completion_ids: list[list[int]]) -> list[float]:
-        sequences = [list(p) + list(c) for p, c in zip(prompt_ids, completion_ids, strict=True)]
-        scores = []
-        for start in range(0, len(sequences), self.batch_size):
-            batch = sequences[start: start + self.batch_size]
-            width = max(len(s) for s in batch)
-            ids = torch.tensor([s + [self.pad] * (width - len(s)) for s in batch], device=self.model.device)
-            mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in batch], device=self.model.device)
-            scores += self.model(input_ids=ids, attention_mask=mask).logits[:, 0].float().tolist()
-        return scores
 
-    def __call__(self, prompts=None, completions=None, completion_ids=None, prompt_ids=None, **kwargs) -> list[float]:
-        return self.score(prompt_ids, completion_ids)
+def check_lengths(pairs: list[dict], max_length: int | None, pairs_file: str) -> None:
+    """RewardTrainer drops longer pairs without a word; say so instead."""
+    if max_length is None:
+        return
+    longest = max(len(p["prompt_ids"]) + max(len(p["chosen_ids"]), len(p["rejected_ids"])) for p in pairs)
+    if longest > max_length:
+        raise ConfigError(f"max_length={max_length}: {pairs_file} holds a pair of {longest} tokens (prompt + completion), "
+                          "which RewardTrainer would drop; raise max_length")
+
+
+def main(script_args: RewardModelScriptArguments, training_args: RewardConfig, model_args: ModelConfig) -> int:
+    training_args.distributed_state  # first, so the process group follows use_cpu as the Trainer will
+    check_wandb_credentials(training_args.report_to)
+    check_inputs(script_args, training_args, model_args)
+    pairs = read_training_pairs(script_args.pairs_file, model_args.model_name_or_path)[: script_args.max_train_pairs]
+    pairs_in = pairs_input(script_args.pairs_file, None)
+    check_tokenizer(script_args.pairs_file, read_manifest(os.path.dirname(os.path.abspath(script_args.pairs_file)))
+                    ["inputs"]["model"], model_args.model_name_or_path)
+    check_lengths(pairs, training_args.max_length, script_args.pairs_file)
+    check_memory("The reward model", reward_model_memory(training_args, model_shape(
+        model_args.model_name_or_path, classifier=True), longest_pair(pairs)), training_args.distributed_state.device)
+    try:
+        train, validation = split_by_prompt(pairs, script_args.validation_fraction, training_args.seed)
+    except PairFileError as error:
+        raise PairFileError(f"{script_args.pairs_file}: {error}") from None
+    inputs = {"pairs": pairs_in, "model": describe_model_input(model_args.model_name_or_path)}
+    set_model_init_kwargs(training_args, model_args)
+    tokenizer = load_tokenizer(model_args.model_name_or_path, padding_side="right")
+    run_dir = training_args.output_dir
+    training_args.run_name = training_args.run_name or os.path.basename(os.path.abspath(run_dir))
+
+    def make_trainer(args, callbacks):
+        set_seed(args.seed)
+        return RewardTrainer(model=model_args.model_name_or_path, args=args, train_dataset=scored_sequences(train),
+                             eval_dataset=scored_sequences(validation), processing_class=tokenizer,
+                             callbacks=callbacks)
+
+    def results(trainer):
+        return {"validation_accuracy": validation_accuracies(trainer.state.log_history),
+                "kept": {"metric": trainer.args.metric_for_best_model, "value": trainer.state.best_metric,
+                         "checkpoint": trainer.state.best_model_checkpoint and
+                         os.path.basename(trainer.state.best_model_checkpoint)},
+                "pairs": {"train": len(train), "validation": len(validation)},
+                "prompts": {"train": len({prompt_key(p) for p in train}),
+                            "validation": len({prompt_key(p) for p in validation})}}
+
+    if not train_run(run_dir, "reward_model", "reward model", {"script": script_args, "training": training_args,
+                                                               "model": model_args},
+                     inputs, script_args.overwrite, None, make_trainer, StopRequest(), CURVES, results):
+        return exit_resumable()
+    manifest = read_manifest(run_dir)
+    accuracies = ", ".join(f"step {s}: {a:.3f}" for s, a in manifest["validation_accuracy"].items())
+    kept = manifest["kept"]
+    print(f"{run_dir}: finished; validation pair accuracy {accuracies}; kept "
+          + (f"{kept['checkpoint']} ({kept['metric']} {kept['value']:.4g})" if kept["checkpoint"] else "the last step"))
+    return 0
+
+
+def plan(preset, key, script_args, training_args, model_args) -> Row:
+    shape = preset.shape(model_args.model_name_or_path, classifier=True)
+    preset.produces(training_args.output_dir, model_args.model_name_or_path)
+    counts = preset.pairs(script_args.pairs_file)
+    pairs = min(counts["pairs"], script_args.max_train_pairs or math.inf)
+    train = max(round(pairs * (1 - script_args.validation_fraction)), 1)
+    steps = trained_steps(train, training_args)
+    tokens = min(counts["tokens"], training_args.max_length or math.inf)
+    weights, optimizer = costs.checkpoint_bytes(shape, training_args.optim)
+    epochs = math.ceil(training_args.num_train_epochs)
+    rows_per_step = 2 * training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+    seconds = costs.compute_seconds(costs.training_flops(shape, steps * rows_per_step * tokens, tokens), training_args.bf16)
+    seconds += epochs * costs.compute_seconds(costs.forward_flops(shape, 2 * (pairs - train) * tokens, tokens),
+                                              training_args.bf16)
+    return Row(key, 1, f"{steps:,}", f"{epochs} (one an epoch, for the best)",
+               epochs * (weights + optimizer) + weights, weights, 2 * (weights + optimizer),
+               costs.reward_model_memory(training_args, shape, tokens), seconds,
+               [f"{bound(int(train), counts['exact'])} training pairs"], exact=counts["exact"],
+               samples=trainer_samples(steps, training_args), read=weights + epochs * weights)
+
+
+METHODS = (Method("reward_model", "the learned reward model", 30, STAGES, main, plan, "-", on_frontier=False,
+                  gpu_check=GPUCheck(("--num_train_epochs", "1", "--report_to", "none"), gpu_flags=(
+                      "--max_train_pairs", "96"), cpu_flags=("--max_train_pairs", "48", "--per_device_eval_batch_size",
+                                                             "8"))),)

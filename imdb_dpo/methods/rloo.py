@@ -4,11 +4,37 @@ RLOO (REINFORCE leave-one-out) maximises reward - beta * KL(policy || reference)
 the DPO paper's IMDb experiment; PPO itself is gone from TRL.
 """
 
+import functools
+import math
+import os
+from dataclasses import dataclass
+
 from datasets import Dataset
 from trl import RLOOTrainer
+from transformers import set_seed
+from trl import ModelConfig, RLOOConfig, get_peft_config
 
 from ..generation_copy import SamplesFromCopy
 from ..modeling import padded_positions
+from ..checkpoints import check_schedule
+from ..frontier_eval import frontier_of
+from ..checks import check_model, check_policy_sampling, check_positive, check_training
+from ..config import ConfigError, RLOOScriptArguments
+from ..costs import check_memory, classifier_shape, frontier_inputs, model_shape, rloo_memory
+from ..generation_copy import check_generation_dtype, make_generation_copy
+from ..manifests import describe_model_input, read_manifest
+from ..modeling import load_tokenizer, same_tokenizer, set_model_init_kwargs
+from ..precision import inference_dtype
+from ..preemption import exit_resumable
+from ..reward import VADER, make_reward
+from ..reward import LearnedReward
+from ..tracking import check_wandb_credentials
+from ..training_runs import (last_logged, logged_line, pairs_input, read_training_pairs, seed_values,
+                                    sweep_values, train_sweep)
+from . import GPUCheck, Method
+from ..planning import (Row, bound, compile_seconds, frontier_classifier, frontier_row, runs_of,
+                        sampled_step_seconds, sweep_of, trained_steps)
+from .. import costs
 
 # What training_curves.png shows for an RLOO run: (logged key or keys, panel title).
 RLOO_CURVES = [
@@ -94,3 +120,159 @@ class PretokenizedRLOOTrainer(SamplesFromCopy, RLOOTrainer):
     def _tokenize_prompts(self, prompts: list):
         assert len(prompts) == len(self._batch_prompt_ids)
         return self._batch_prompt_ids, None, {}
+
+
+STAGES = (RLOOScriptArguments, RLOOConfig, ModelConfig)
+
+
+@dataclass(frozen=True)
+class SampledRL:
+    """What differs between the trainers that sample from the policy on stage 2's prompts as they train and climb
+    the reward less beta x KL to the SFT model (RLOO, and others in their own modules); `run_sampled_rl` is the rest
+    of the stage."""
+    key: str          # the method, and its runs' names: <key>_kl<coef>
+    title: str        # how messages name it
+    config: type      # its TRL config (beta: the KL coefficient the sweep sets)
+    trainer: type     # its trainer on the pair file's prompt ids (the same prompts and positions for every one)
+    learned_key: str = ""  # the method of its runs on a learned reward model ("": stage 2's reward only)
+
+
+def check_inputs(kind: SampledRL, script_args: RLOOScriptArguments, training_args, model_args: ModelConfig) -> None:
+    check_training(training_args)
+    check_positive(script_args, "max_train_prompts", "reward_batch_size")
+    inference_dtype(script_args, "reward_dtype")
+    check_positive(training_args, "max_completion_length")
+    check_schedule(script_args, training_args)
+    check_policy_sampling(training_args, kind.config, kind.title)
+    check_generation_dtype(script_args, model_args.use_peft)
+    check_model("model_name_or_path", model_args.model_name_or_path)
+    if script_args.reward_model != VADER:
+        learned_reward_manifest(script_args.reward_model)  # an unfinished one holds no model yet: say so first
+        check_model("reward_model", script_args.reward_model)
+
+
+def learned_reward_manifest(path: str) -> dict | None:
+    """The manifest of `path` when it is a finished reward_model.py run, None when it is no such run."""
+    manifest = read_manifest(path) if os.path.isdir(path) else None
+    if not (manifest and manifest.get("stage") == "reward_model"):
+        return None
+    if not manifest.get("finished"):
+        raise ConfigError(f"reward_model={path!r} is an unfinished reward_model.py run; finish it (run reward_model.py "
+                          "again: it resumes) before RLOO optimises it")
+    return manifest
+
+
+def learned_reward_model(script_args: RLOOScriptArguments, model: str) -> bool:
+    """Whether reward_model is a reward_model.py output (then RLOO optimises its score: method rloo_rm)."""
+    path = script_args.reward_model
+    if learned_reward_manifest(path) is None:
+        return False
+    if script_args.reward_positive_label != RLOOScriptArguments.reward_positive_label:
+        raise ConfigError(f"reward_positive_label={script_args.reward_positive_label!r}: a learned reward model "
+                          f"({path}) has one score and no labels; remove reward_positive_label")
+    if not same_tokenizer(path, model):
+        raise ConfigError(f"reward_model={path!r} has another tokenizer than model_name_or_path={model!r}; the learned "
+                          "reward reads the policy's token ids, so train it on pairs of this model")
+    return True
+
+
+def run_sampled_rl(kind: SampledRL, script_args: RLOOScriptArguments, training_args, model_args: ModelConfig) -> int:
+    state = training_args.distributed_state  # first, so the process group follows use_cpu as the Trainer will
+    check_wandb_credentials(training_args.report_to)
+    coefs = sweep_values("kl_coefs", script_args.kl_coefs, "beta", training_args.beta,
+                         kind.config.__dataclass_fields__["beta"].default)
+    seeds = seed_values(script_args.seeds)
+    check_inputs(kind, script_args, training_args, model_args)
+    pairs = read_training_pairs(script_args.pairs_file, model_args.model_name_or_path, ("prompt_ids",))
+    inputs = {"pairs": pairs_input(script_args.pairs_file, model_args.model_name_or_path,
+                                   f"{kind.title}'s start and reference"),
+              "model": describe_model_input(model_args.model_name_or_path)}
+    dataset = prompts_of_pairs(pairs, script_args.max_train_prompts)
+    set_model_init_kwargs(training_args, model_args)
+    tokenizer = load_tokenizer(model_args.model_name_or_path)
+    # The reward scores on this process's own device (RLOO gathers the rewards across processes).
+    dtype = inference_dtype(script_args, "reward_dtype")
+    learned = learned_reward_model(script_args, model_args.model_name_or_path)
+    if learned and not kind.learned_key:
+        raise ConfigError(f"reward_model={script_args.reward_model!r} is a learned reward model; {kind.title} here "
+                          "optimises stage 2's reward: name the classifier stage 2 ranked with (or vader)")
+    method = kind.learned_key if learned else kind.key
+    frontier = frontier_of(script_args, method, training_args.output_dir)
+    check_memory(kind.title, rloo_memory(training_args, model_shape(model_args.model_name_or_path),
+                                     max(len(p["prompt_ids"]) for p in pairs), classifier_shape(script_args.reward_model),
+                                     script_args.reward_dtype, *frontier_inputs(frontier), lora=model_args.use_peft,
+                                     generation_dtype=script_args.generation_dtype,
+                                     generation_compile=script_args.generation_compile,
+                                     learned_reward=learned),
+                 state.device)
+    if learned:
+        inputs["reward_model"] = describe_model_input(script_args.reward_model)
+        reward = LearnedReward(script_args.reward_model, state.device, dtype, script_args.reward_batch_size)
+    else:
+        reward = SentimentReward(make_reward(script_args.reward_model, script_args.reward_batch_size,
+                                             script_args.reward_positive_label, state.device, dtype))
+
+    copy = make_generation_copy(script_args)
+
+    def make_trainer(args, callbacks):
+        set_seed(args.seed)
+        return kind.trainer(model=model_args.model_name_or_path, reward_funcs=reward, args=args,
+                            train_dataset=dataset, processing_class=tokenizer, peft_config=get_peft_config(model_args),
+                            callbacks=callbacks, generation_copy=copy)
+
+    def results(trainer):
+        return {"final_metrics": last_logged(trainer, "reward"), "prompts": len(dataset)}
+
+    def finished_line(manifest):
+        return logged_line(manifest["final_metrics"], [("reward", "reward", ".3f"), ("kl", "KL per token", ".3f")])
+
+    if not train_sweep(coefs, "beta", lambda coef: run_name(coef, model_args.use_peft, method), method,
+                       f"{kind.title} run",
+                       {"script": script_args, "training": training_args, "model": model_args}, inputs,
+                       script_args.overwrite, script_args.checkpoint_schedule, make_trainer, RLOO_CURVES, results,
+                       finished_line, frontier, seeds):
+        return exit_resumable()
+    return 0
+
+
+def plan(preset, stage, script_args, training_args, model_args) -> Row:
+    check_generation_dtype(script_args, model_args.use_peft)
+    shape = preset.shape(model_args.model_name_or_path)
+    learned = os.path.realpath(script_args.reward_model) in preset.configs
+    classifier = (preset.shape(script_args.reward_model, classifier=True) if learned else
+                  costs.classifier_shape(script_args.reward_model))
+    counts = preset.pairs(script_args.pairs_file)
+    prompts = min(counts["prompts"], script_args.max_train_prompts or math.inf)
+    steps = trained_steps(prompts * training_args.num_generations, training_args)
+    coefs = script_args.kl_coefs or [training_args.beta]
+    row = Row(stage, runs_of(script_args, coefs), exact=counts["exact"],
+              peak=costs.rloo_memory(training_args, shape, counts["prompt_tokens"], classifier, script_args.reward_dtype,
+                                     *frontier_classifier(preset, script_args), lora=model_args.use_peft,
+                                     generation_dtype=script_args.generation_dtype,
+                                     generation_compile=script_args.generation_compile, learned_reward=learned))
+    per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+    generation_prompts = max(per_step // training_args.num_generations, 1)
+    row.seconds = row.runs * steps * sampled_step_seconds(
+        shape, classifier, script_args, bool(training_args.bf16), per_step, counts["prompt_tokens"],
+        training_args.max_completion_length, generation_prompts, generation_prompts, training_args.num_generations)
+    row.seconds += row.runs * compile_seconds(script_args)
+    row.notes.append(f"{bound(int(prompts), counts['exact'])} prompts x {training_args.num_generations} completions a run, "
+                     f"{sweep_of(coefs, 'KL coefficient', script_args)}")
+    row.proxy = script_args.reward_model if learned else None
+    frontier_row(preset, row, shape, training_args, script_args, steps, model_args.use_peft)
+    return row
+
+
+RLOO_RL = SampledRL("rloo", "RLOO", RLOOConfig, PretokenizedRLOOTrainer, learned_key="rloo_rm")
+main = functools.partial(run_sampled_rl, RLOO_RL)
+RLOO = Method("rloo", "RLOO", 20, STAGES, main, plan, "kl_coefs", parameter="KL coef", parameter_field="beta",
+              style={"cmap": "Oranges", "fmt": "--", "marker": "^"},
+              gpu_check=GPUCheck(("--kl_coefs", "0.05", "--reward_model", "{classifier}"), "rloo_kl0.05_seed0",
+                                 on_cpu=True))
+# The paper's PPO row: RLOO on the learned reward model (configs/<preset>/rloo_rm.yaml names it as reward_model).
+RLOO_RM = Method("rloo_rm", "RLOO on the learned RM", 40, STAGES, main, plan, "kl_coefs", needs=("reward_model",),
+                 parameter="KL coef", parameter_field="beta", style={"cmap": "Reds", "fmt": "--", "marker": "v"},
+                 gpu_check=GPUCheck(("--reward_model", "{reward_model}", "--kl_coefs", "0.05", "--checkpoint_schedule",
+                                     "steps", "--save_steps", "2", "--frontier_eval", "{frontier_eval}"),
+                                    "rloo_rm_kl0.05_seed0"))
+METHODS = (RLOO, RLOO_RM)

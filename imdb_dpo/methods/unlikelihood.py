@@ -18,6 +18,24 @@ import torch
 from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import selective_log_softmax
+from datasets import Dataset
+from transformers import set_seed
+from trl import ModelConfig, get_peft_config
+
+from ..checkpoints import check_schedule
+from ..frontier_eval import frontier_of
+from ..checks import check_training, check_model, check_positive
+from ..config import UnlikelihoodScriptArguments
+from ..costs import check_memory, frontier_inputs, longest_pair, model_shape, supervised_memory
+from ..manifests import describe_model_input
+from ..modeling import load_tokenizer, set_model_init_kwargs
+from ..pairs import REQUIRED_IDS
+from ..preemption import exit_resumable
+from ..tracking import check_wandb_credentials
+from ..training_runs import (last_logged, logged_line, pairs_input, read_training_pairs, seed_values,
+                                    sweep_values, train_sweep)
+from . import GPUCheck, Method
+from ..planning import plan_supervised
 
 CURVES = [
     ("loss", "Unlikelihood loss"),
@@ -91,3 +109,57 @@ class UnlikelihoodTrainer(Trainer):
             logs.update({key: sum(values) / len(values) for key, values in self._logged.items() if values})
             self._logged = {}
         super().log(logs, start_time)
+
+
+STAGES = (UnlikelihoodScriptArguments, UnlikelihoodConfig, ModelConfig)
+
+
+def main(script_args: UnlikelihoodScriptArguments, training_args: UnlikelihoodConfig, model_args: ModelConfig) -> int:
+    training_args.distributed_state  # first, so the process group follows use_cpu as the Trainer will
+    check_wandb_credentials(training_args.report_to)
+    alphas = sweep_values("alphas", script_args.alphas, "alpha", training_args.alpha,
+                          UnlikelihoodConfig.__dataclass_fields__["alpha"].default)
+    seeds = seed_values(script_args.seeds)
+    check_training(training_args)
+    check_positive(script_args, "max_train_pairs")
+    check_positive(training_args, "max_length")
+    check_schedule(script_args, training_args)
+    frontier = frontier_of(script_args, "unlikelihood", training_args.output_dir)
+    check_model("model_name_or_path", model_args.model_name_or_path)
+    pairs = read_training_pairs(script_args.pairs_file, model_args.model_name_or_path)
+    check_memory("Unlikelihood", supervised_memory(
+        training_args, model_shape(model_args.model_name_or_path), longest_pair(pairs), True,
+        *frontier_inputs(frontier), lora=model_args.use_peft), training_args.distributed_state.device)
+    inputs = {"pairs": pairs_input(script_args.pairs_file, model_args.model_name_or_path, "Unlikelihood's start"),
+              "model": describe_model_input(model_args.model_name_or_path)}
+    dataset = Dataset.from_list([{k: p[k] for k in REQUIRED_IDS} for p in pairs[: script_args.max_train_pairs]])
+    set_model_init_kwargs(training_args, model_args)
+    tokenizer = load_tokenizer(model_args.model_name_or_path, padding_side="right")
+
+    def make_trainer(args, callbacks):
+        set_seed(args.seed)
+        return UnlikelihoodTrainer(model_args.model_name_or_path, args, dataset, tokenizer,
+                                   get_peft_config(model_args), callbacks)
+
+    def results(trainer):
+        return {"final_metrics": last_logged(trainer, "loss"), "pairs": len(dataset)}
+
+    def finished_line(manifest):
+        return f"{len(dataset)} pairs; " + logged_line(manifest["final_metrics"], [
+            ("logps/chosen", "log-prob of chosen", ".2f"), ("logps/rejected", "of rejected", ".2f")])
+
+    if not train_sweep(alphas, "alpha", lambda alpha: run_name(alpha, model_args.use_peft), "unlikelihood",
+                       "Unlikelihood run", {"script": script_args, "training": training_args, "model": model_args},
+                       inputs, script_args.overwrite, script_args.checkpoint_schedule, make_trainer, CURVES, results,
+                       finished_line, frontier, seeds):
+        return exit_resumable()
+    return 0
+
+
+def plan(preset, stage, script_args, training_args, model_args):
+    return plan_supervised(preset, stage, script_args, training_args, model_args, pairs=True)
+
+
+METHODS = (Method("unlikelihood", "Unlikelihood", 60, STAGES, main, plan, "alphas", parameter="alpha",
+                  parameter_field="alpha", style={"cmap": "Purples", "fmt": "-.", "marker": "s"},
+                  gpu_check=GPUCheck(("--alphas", "1"), "unlikelihood_alpha1_seed0", on_cpu=True)),)
