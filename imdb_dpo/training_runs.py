@@ -107,12 +107,13 @@ def read_training_pairs(pairs_file: str, model: str, fields=REQUIRED_IDS) -> lis
     return pairs
 
 
-def train_run(run_dir: str, stage: str, what: str, configs: dict, inputs: dict, overwrite: bool, schedule: str | None,
+def train_run(run_dir: str, *, stage: str, what: str, configs: dict, inputs: dict, schedule: str | None,
               make_trainer: Callable, stop: StopRequest, curves, results: Callable = lambda trainer: {},
               frontier: FrontierEvaluation | None = None, keep_final: bool = True) -> bool:
     """Train (or resume, or skip) one run in `run_dir`; returns False when stopped by a signal.
 
-    `configs["training"]` is the run's trainer config (its output_dir is set here); `make_trainer(args, callbacks)`
+    `configs["training"]` is the run's trainer config (its output_dir is set here), `configs["script"].overwrite`
+    replaces a finished run with other settings; `make_trainer(args, callbacks)`
     builds the trainer; `results(trainer)` adds to the finished manifest; `curves` are the logged metrics that
     `training_curves.png` shows. `schedule` is the checkpoint_schedule of a run the frontier evaluates; None keeps
     the Trainer's own save_strategy (the reward model saves where it evaluates, to keep its best epoch), and a
@@ -124,7 +125,8 @@ def train_run(run_dir: str, stage: str, what: str, configs: dict, inputs: dict, 
     args = configs["training"]
     state = args.distributed_state
     with main_process_lock(run_dir, f"{stage}.py"):
-        plan = plan_output(run_dir, run_settings(configs, inputs), lambda d: bool(checkpoint_steps(d)), overwrite,
+        plan = plan_output(run_dir, run_settings(configs, inputs), lambda d: bool(checkpoint_steps(d)),
+                           configs["script"].overwrite,
                            what, state.is_main_process, state.wait_for_everyone)
         if plan.skip:
             finished = read_manifest(run_dir)
@@ -205,18 +207,19 @@ def logged_line(metrics: dict, figures: list[tuple[str, str, str]]) -> str:
     return "last logged " + ", ".join(f"{what} {metrics[key]:{form}}" for key, what, form in figures)
 
 
-def train_sweep(values: list, field: str | None, run_name_of: Callable, stage: str, what: str,
-                configs: dict, inputs: dict, overwrite: bool, schedule: str | None, make_trainer: Callable, curves,
-                results: Callable, finished_line: Callable[[dict], str],
+def train_sweep(values: list, *, field: str | None, run_name: Callable, stage: str, what: str, configs: dict,
+                inputs: dict, make_trainer: Callable, curves, results: Callable, finished_line: Callable[[dict], str],
                 frontier: FrontierEvaluation | None = None, seeds: list[int | None] = (None,)) -> bool:
     """One run per value of a sweep and seed (`seed_values`), in order, through `train_run`: the run for `value` has
-    `field` of the trainer config set to it (None: no field) and lives in `<output_dir>/<run_name_of(value)>/`, or
-    `<run_name_of(value)>_seed<n>/` with the trainer's `seed` set to n, keeping its final model only where
-    `keep_final_model_seeds` says so. Prints `finished_line(manifest)` as each finishes; returns False
-    when stopped by a signal (the runs after it are left for the next start)."""
+    `field` of the trainer config set to it (None: no field) and lives in `<output_dir>/<run_name(training args,
+    value)>/` (`_lora` added for a LoRA run), or that name and `_seed<n>/` with the trainer's `seed` set to n,
+    keeping its final model only where `keep_final_model_seeds` says so; its checkpoints follow the script config's
+    checkpoint_schedule. Prints `finished_line(manifest)` as each finishes; returns False when stopped by a signal
+    (the runs after it are left for the next start)."""
     training, stop = configs["training"], StopRequest()
+    lora = "_lora" if configs["model"].use_peft else ""
     for value, seed in sweep_runs(values, seeds):
-        name = run_name_of(value) + ("" if seed is None else f"_seed{seed}")
+        name = run_name(training, value) + lora + ("" if seed is None else f"_seed{seed}")
         run_dir = os.path.join(training.output_dir, name)
         args = copy.copy(training)  # not dataclasses.replace: RLOOConfig's checks refuse its own derived sizes
         # A dict of its own: some trainers edit it in place (TRL's ORPO and CPO add device_map), which the sweep's
@@ -228,8 +231,9 @@ def train_sweep(values: list, field: str | None, run_name_of: Callable, stage: s
         if seed is not None:
             args.seed = seed
         args.output_dir, args.run_name = run_dir, os.path.basename(run_dir)
-        if not train_run(run_dir, stage, what, {**configs, "training": args}, inputs, overwrite, schedule,
-                         make_trainer, stop, curves, results, frontier,
+        if not train_run(run_dir, stage=stage, what=what, configs={**configs, "training": args}, inputs=inputs,
+                         schedule=configs["script"].checkpoint_schedule, make_trainer=make_trainer, stop=stop,
+                         curves=curves, results=results, frontier=frontier,
                          keep_final=keeps_final_model(configs["script"], seed)):
             return False
         print(f"{run_dir}: finished; {finished_line(read_manifest(run_dir))}")

@@ -29,7 +29,7 @@ class GPUCheck:
     like: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Method:
     key: str         # configs/<preset>/<key>.yaml, `train.py <key>`, the manifest's stage, summary.csv's `method`
     title: str       # how tables, legends and messages name it

@@ -7,28 +7,27 @@ import os
 import shutil
 
 import trl
-from trl import DPOTrainer
 from datasets import load_dataset
 from transformers import set_seed
-from trl import DPOConfig, ModelConfig, get_peft_config
+from trl import DPOConfig, DPOTrainer, ModelConfig, get_peft_config
 
-from ..errors import ConfigError, UserError
-from ..pairs import REQUIRED_IDS
-from ..checks import check_training, check_model, check_positive
+from .. import costs
+from ..checkpoints import check_schedule
+from ..checks import check_model, check_positive, check_training
 from ..config import DPOScriptArguments
 from ..costs import check_memory, dpo_memory, frontier_inputs, longest_pair, model_shape
-from ..checkpoints import check_schedule
+from ..distributed import main_process_first
+from ..errors import ConfigError, UserError
 from ..frontier_eval import frontier_of
 from ..manifests import describe_model_input
-from ..distributed import main_process_first
 from ..modeling import load_tokenizer, set_model_init_kwargs
+from ..pairs import REQUIRED_IDS
+from ..planning import Row, bound, frontier_classifier, frontier_row, runs_of, sweep_of, trained_steps
 from ..preemption import exit_resumable
 from ..tracking import check_wandb_credentials
-from ..training_runs import (last_logged, logged_line, pairs_input, read_training_pairs, seed_values,
-                                    sweep_values, train_sweep)
+from ..training_runs import (last_logged, logged_line, pairs_input, read_training_pairs, seed_values, sweep_values,
+                             train_sweep)
 from . import GPUCheck, Method
-from ..planning import Row, bound, frontier_classifier, frontier_row, runs_of, sweep_of, trained_steps
-from .. import costs
 
 # DPOConfig.loss_type's choices in TRL 1.16 (its help lists them; TRL itself checks a name only at the first loss).
 # Every one is computed from our pairs: `aot_unpaired` sorts a batch's chosen and rejected log-ratios apart, but
@@ -93,7 +92,7 @@ def check_losses(args, betas: list[float]) -> None:
                           f"{len(betas)} times; give one beta")
 
 
-def run_name(args, beta: float, use_peft: bool = False) -> str:
+def run_name(args, beta: float) -> str:
     """A run directory name that shows the loss and beta at a glance: `sigmoid_beta0.1`, `robust_beta0.1_ls0.2`,
     `sigmoid+sft_w1-0.5_beta0.1` (a weighted combination), `sigmoid_js_beta0.1` or `sigmoid_alpha0.3_beta0.1` (an
     f-divergence other than reverse KL). Settings not named here (discopop_tau, ld_alpha, ...) are in the manifest:
@@ -107,7 +106,7 @@ def run_name(args, beta: float, use_peft: bool = False) -> str:
     name += (f"_{divergence}" if divergence else "") + f"_beta{beta:g}"
     if args.label_smoothing:
         name += f"_ls{args.label_smoothing:g}"
-    return name + ("_lora" if use_peft else "")
+    return name
 
 
 class PretokenizedDPOTrainer(DPOTrainer):
@@ -200,15 +199,11 @@ def main(script_args: DPOScriptArguments, training_args: DPOConfig, model_args: 
     def finished_line(manifest):
         return logged_line(manifest["final_metrics"], [("rewards/accuracies", "preference accuracy", ".3f")])
 
-    def name(beta):
-        return run_name(training_args, beta, model_args.use_peft)
-
-    if not train_sweep(betas, "beta", name, "dpo", "DPO run",
-                       {"script": script_args, "training": training_args, "model": model_args},
-                       {"pairs": pairs, "model": describe_model_input(model_args.model_name_or_path)},
-                       script_args.overwrite, script_args.checkpoint_schedule,
-                       lambda args, callbacks: new_trainer(args, model_args, dataset, tokenizer, callbacks),
-                       DPO_CURVES, results, finished_line, frontier, seeds):
+    if not train_sweep(betas, field="beta", run_name=run_name, stage="dpo", what="DPO run",
+                       configs={"script": script_args, "training": training_args, "model": model_args},
+                       inputs={"pairs": pairs, "model": describe_model_input(model_args.model_name_or_path)},
+                       make_trainer=lambda args, callbacks: new_trainer(args, model_args, dataset, tokenizer, callbacks),
+                       curves=DPO_CURVES, results=results, finished_line=finished_line, frontier=frontier, seeds=seeds):
         return exit_resumable()
     return 0
 
@@ -240,8 +235,9 @@ def shares_reference(config: dict) -> bool:
     return config.get("precompute_ref_log_probs") is True
 
 
-METHODS = (Method("dpo", "DPO", 10, STAGES, main, plan, "betas", parameter="beta", parameter_field="beta",
-                  style={"cmap": "Blues", "fmt": "-", "marker": "o"}, loss_field="loss_type",
+METHODS = (Method(key="dpo", title="DPO", order=10, stages=STAGES, main=main, plan=plan, sweep="betas",
+                  parameter="beta", parameter_field="beta", style={"cmap": "Blues", "fmt": "-", "marker": "o"},
+                  loss_field="loss_type",
                   shared_pass=("--reference_only", "true"), shared_pass_name="reference", shares_pass=shares_reference,
                   check=lambda script_args, training_args: check_losses(training_args, script_args.betas or [
                       training_args.beta]),

@@ -57,6 +57,6 @@ class PretokenizedGRPOTrainer(SamplesFromCopy, GRPOTrainer):
 
 GRPO = SampledRL("grpo", "GRPO", GRPOConfig, PretokenizedGRPOTrainer)
 main = functools.partial(run_sampled_rl, GRPO)
-METHODS = (Method("grpo", "GRPO", 130, STAGES, main, plan, "kl_coefs", parameter="KL coef", parameter_field="beta",
-                  style={"cmap": "copper", "fmt": ":", "marker": "p"},
+METHODS = (Method(key="grpo", title="GRPO", order=130, stages=STAGES, main=main, plan=plan, sweep="kl_coefs",
+                  parameter="KL coef", parameter_field="beta", style={"cmap": "copper", "fmt": ":", "marker": "p"},
                   gpu_check=GPUCheck(("--kl_coefs", "0.05", "--reward_model", "{classifier}"), "grpo_kl0.05_seed0")),)

@@ -150,9 +150,10 @@ def memory(script_args, *rest, **kw):
     return dpo_memory(*rest, **kw)  # as a pair: a completion and its mismatched KL twin a row
 
 
-RECIPE = Recipe("kto", "KTO", KTOScriptArguments, KTOConfig, PretokenizedKTOTrainer, CURVES, examples, memory,
-                lambda args, beta: kto_name(args, beta), "max_train_examples", ("completion_ids",),
-                ("rewards/margins", "reward margin (desirable - undesirable)"), check)
+RECIPE = Recipe(key="kto", title="KTO", script=KTOScriptArguments, config=KTOConfig, trainer=PretokenizedKTOTrainer,
+                curves=CURVES, examples=examples, memory=memory, run_name=kto_name, limit_field="max_train_examples",
+                completion_fields=("completion_ids",),
+                metric=("rewards/margins", "reward margin (desirable - undesirable)"), check=check)
 
 
 METHODS = (recipe_method(RECIPE, 70, {"cmap": "BuGn", "fmt": "-", "marker": "P"},

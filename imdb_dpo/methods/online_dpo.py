@@ -18,20 +18,21 @@ from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 from trl.experimental.utils import truncate_right
 from trl.models.utils import unwrap_model_for_generation
 
+from .. import costs
 from ..checks import check_model, check_policy_sampling, check_positive
 from ..config import OnlineDPOScriptArguments
 from ..costs import classifier_shape, online_dpo_memory
-from ..generation_copy import SamplesFromCopy, check_generation_dtype, make_generation_copy
 from ..errors import ConfigError
+from ..generation_copy import SamplesFromCopy, check_generation_dtype, make_generation_copy
 from ..manifests import describe_model_input
 from ..modeling import padded_positions
+from ..planning import (Row, bound, compile_seconds, frontier_classifier, frontier_row, runs_of, sampled_step_seconds,
+                        sweep_of, trained_steps)
 from ..precision import inference_dtype
 from ..reward import VADER, make_reward
 from ..sampling import left_pad
 from ..training_runs import pairs_input, read_training_pairs
 from . import GPUCheck
-from .. import costs
-from ..planning import Row, bound, compile_seconds, frontier_classifier, frontier_row, runs_of, sampled_step_seconds, sweep_of, trained_steps
 from .recipe import Recipe, recipe_method
 from .rloo import SentimentReward, prompts_of_pairs
 
@@ -159,9 +160,11 @@ def plan(recipe, preset, stage, script_args, training_args, model_args) -> Row:
     return row
 
 
-RECIPE = Recipe("online_dpo", "Online DPO", OnlineDPOScriptArguments, OnlineDPOConfig, PretokenizedOnlineDPOTrainer,
-                CURVES, examples, memory, run_name, "max_train_prompts", (),
-                ("objective/scores", "mean reward of the sampled completions"), check, reward_function)
+RECIPE = Recipe(key="online_dpo", title="Online DPO", script=OnlineDPOScriptArguments, config=OnlineDPOConfig,
+                trainer=PretokenizedOnlineDPOTrainer, curves=CURVES, examples=examples, memory=memory,
+                run_name=run_name, limit_field="max_train_prompts", completion_fields=(),
+                metric=("objective/scores", "mean reward of the sampled completions"), check=check,
+                trainer_kwargs=reward_function)
 METHODS = (recipe_method(RECIPE, 120, {"cmap": "cool", "fmt": "-", "marker": "d"}, plan, loss_field="loss_type",
                          gpu_check=GPUCheck(("--betas", "0.1", "--reward_model", "{classifier}"),
                                             "online_sigmoid_beta0.1_seed0")),)

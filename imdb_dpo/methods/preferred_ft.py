@@ -5,17 +5,17 @@ from transformers import set_seed
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
 from ..checkpoints import check_schedule
-from ..frontier_eval import frontier_of
-from ..checks import check_training, check_model, check_positive
+from ..checks import check_model, check_positive, check_training
 from ..config import PreferredFTScriptArguments
 from ..costs import check_memory, frontier_inputs, longest_pair, model_shape, supervised_memory
+from ..frontier_eval import frontier_of
 from ..manifests import describe_model_input
 from ..modeling import load_tokenizer, set_model_init_kwargs
+from ..planning import plan_supervised
 from ..preemption import exit_resumable
 from ..tracking import check_wandb_credentials
 from ..training_runs import last_logged, pairs_input, read_training_pairs, seed_values, train_sweep
 from . import GPUCheck, Method
-from ..planning import plan_supervised
 
 CURVES = [("loss", "loss on the chosen completions"), ("mean_token_accuracy", "token accuracy")]
 IGNORED = -100  # a label the loss skips
@@ -65,11 +65,11 @@ def main(script_args: PreferredFTScriptArguments, training_args: SFTConfig, mode
     def finished_line(manifest):
         return f"trained on {manifest['examples']} chosen completions"
 
-    if not train_sweep([None], None, lambda _: "preferred_ft" + ("_lora" if model_args.use_peft else ""),
-                       "preferred_ft", "Preferred-FT run",
-                       {"script": script_args, "training": training_args, "model": model_args}, inputs,
-                       script_args.overwrite, script_args.checkpoint_schedule, make_trainer, CURVES, results,
-                       finished_line, frontier, seeds):
+    if not train_sweep([None], field=None, run_name=lambda args, value: "preferred_ft", stage="preferred_ft",
+                       what="Preferred-FT run", configs={"script": script_args, "training": training_args,
+                                                          "model": model_args},
+                       inputs=inputs, make_trainer=make_trainer, curves=CURVES, results=results,
+                       finished_line=finished_line, frontier=frontier, seeds=seeds):
         return exit_resumable()
     return 0
 
@@ -78,6 +78,7 @@ def plan(preset, stage, script_args, training_args, model_args):
     return plan_supervised(preset, stage, script_args, training_args, model_args, pairs=False)
 
 
-METHODS = (Method("preferred_ft", "Preferred-FT", 50, STAGES, main, plan, "-",
+METHODS = (Method(key="preferred_ft", title="Preferred-FT", order=50, stages=STAGES, main=main, plan=plan,
+                  sweep="-",
                   style={"color": "green", "fmt": ":", "marker": "D"},
                   gpu_check=GPUCheck((), "preferred_ft_seed0", on_cpu=True)),)

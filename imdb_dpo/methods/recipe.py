@@ -22,14 +22,14 @@ from ..checks import check_model, check_positive, check_training
 from ..costs import check_memory, frontier_inputs, model_shape
 from ..frontier_eval import frontier_of
 from ..modeling import load_tokenizer, set_model_init_kwargs
-from ..preemption import exit_resumable
-from . import Method
-from ..tracking import check_wandb_credentials
 from ..planning import Row, bound, frontier_classifier, frontier_row, runs_of, sweep_of, trained_steps
+from ..preemption import exit_resumable
+from ..tracking import check_wandb_credentials
 from ..training_runs import last_logged, logged_line, seed_values, sweep_values, train_sweep
+from . import Method
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Recipe:
     key: str                # the method: the manifest's stage and its key in the registry
     title: str              # how messages name it
@@ -103,13 +103,10 @@ def run_recipe(recipe: Recipe, script_args, training_args, model_args) -> int:
     def finished_line(manifest):
         return f"{manifest['examples']} {examples_are}; {logged_line(manifest['final_metrics'], [(key, what, '.3f')])}"
 
-    def name(beta):
-        return recipe.run_name(training_args, beta) + ("_lora" if model_args.use_peft else "")
-
-    if not train_sweep(betas, "beta", name, recipe.key, f"{recipe.title} run",
-                       {"script": script_args, "training": training_args, "model": model_args}, inputs,
-                       script_args.overwrite, script_args.checkpoint_schedule, make_trainer, recipe.curves, results,
-                       finished_line, frontier, seeds):
+    if not train_sweep(betas, field="beta", run_name=recipe.run_name, stage=recipe.key, what=f"{recipe.title} run",
+                       configs={"script": script_args, "training": training_args, "model": model_args},
+                       inputs=inputs, make_trainer=make_trainer, curves=recipe.curves, results=results,
+                       finished_line=finished_line, frontier=frontier, seeds=seeds):
         return exit_resumable()
     return 0
 
@@ -140,6 +137,7 @@ def plan_recipe(recipe: Recipe, preset, stage, script_args, training_args, model
 
 def recipe_method(recipe: Recipe, order: int, style: dict, plan=plan_recipe, **fields) -> Method:
     """The registry's entry of a recipe: run by run_recipe, swept over beta."""
-    return Method(recipe.key, recipe.title, order, recipe.stages, functools.partial(run_recipe, recipe),
-                  functools.partial(plan, recipe), "betas", parameter="beta", parameter_field="beta", style=style,
+    return Method(key=recipe.key, title=recipe.title, order=order, stages=recipe.stages,
+                  main=functools.partial(run_recipe, recipe), plan=functools.partial(plan, recipe), sweep="betas",
+                  parameter="beta", parameter_field="beta", style=style,
                   check=lambda script_args, training_args: recipe.check(training_args), recipe=recipe, **fields)

@@ -129,9 +129,10 @@ def _pairs_memory(script_args, training_args, *rest, **kw):
 
 
 def _recipe(key, title, config, trainer, from_sampler, run_name, check=keep_row_columns) -> Recipe:
-    return Recipe(key, title, PairMethodArguments, config, trainer, PAIR_CURVES, pair_examples(from_sampler),
-                  _pairs_memory, run_name, "max_train_pairs", ("chosen_ids", "rejected_ids"),
-                  ("rewards/accuracies", "reward accuracy"), check)
+    return Recipe(key=key, title=title, script=PairMethodArguments, config=config, trainer=trainer,
+                  curves=PAIR_CURVES, examples=pair_examples(from_sampler), memory=_pairs_memory, run_name=run_name,
+                  limit_field="max_train_pairs", completion_fields=("chosen_ids", "rejected_ids"),
+                  metric=("rewards/accuracies", "reward accuracy"), check=check)
 
 
 RECIPES = {

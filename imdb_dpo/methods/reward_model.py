@@ -17,18 +17,18 @@ from datasets import Dataset
 from transformers import set_seed
 from trl import ModelConfig, RewardConfig, RewardTrainer
 
-from ..pairs import PairFileError
-from ..checks import check_training, check_model, check_positive
+from .. import costs
+from ..checks import check_model, check_positive, check_training
 from ..config import ConfigError, RewardModelScriptArguments
 from ..costs import check_memory, longest_pair, model_shape, reward_model_memory
 from ..manifests import describe_model_input, read_manifest
 from ..modeling import load_tokenizer, same_tokenizer, set_model_init_kwargs
+from ..pairs import PairFileError
+from ..planning import Row, bound, trained_steps, trainer_samples
 from ..preemption import StopRequest, exit_resumable
 from ..tracking import check_wandb_credentials
 from ..training_runs import pairs_input, read_training_pairs, train_run
 from . import GPUCheck, Method
-from ..planning import Row, bound, trained_steps, trainer_samples
-from .. import costs
 
 CURVES = [
     ("loss", "Bradley-Terry loss"),
@@ -139,9 +139,10 @@ def main(script_args: RewardModelScriptArguments, training_args: RewardConfig, m
                 "prompts": {"train": len({prompt_key(p) for p in train}),
                             "validation": len({prompt_key(p) for p in validation})}}
 
-    if not train_run(run_dir, "reward_model", "reward model", {"script": script_args, "training": training_args,
-                                                               "model": model_args},
-                     inputs, script_args.overwrite, None, make_trainer, StopRequest(), CURVES, results):
+    if not train_run(run_dir, stage="reward_model", what="reward model",
+                     configs={"script": script_args, "training": training_args, "model": model_args},
+                     inputs=inputs, schedule=None, make_trainer=make_trainer, stop=StopRequest(), curves=CURVES,
+                     results=results):
         return exit_resumable()
     manifest = read_manifest(run_dir)
     accuracies = ", ".join(f"step {s}: {a:.3f}" for s, a in manifest["validation_accuracy"].items())
@@ -172,7 +173,8 @@ def plan(preset, key, script_args, training_args, model_args) -> Row:
                samples=trainer_samples(steps, training_args), read=weights + epochs * weights)
 
 
-METHODS = (Method("reward_model", "the learned reward model", 30, STAGES, main, plan, "-", on_frontier=False,
+METHODS = (Method(key="reward_model", title="the learned reward model", order=30, stages=STAGES, main=main,
+                  plan=plan, sweep="-", on_frontier=False,
                   gpu_check=GPUCheck(("--num_train_epochs", "1", "--report_to", "none"), gpu_flags=(
                       "--max_train_pairs", "96"), cpu_flags=("--max_train_pairs", "48", "--per_device_eval_batch_size",
                                                              "8"))),)

@@ -10,31 +10,27 @@ import os
 from dataclasses import dataclass
 
 from datasets import Dataset
-from trl import RLOOTrainer
 from transformers import set_seed
-from trl import ModelConfig, RLOOConfig, get_peft_config
+from trl import ModelConfig, RLOOConfig, RLOOTrainer, get_peft_config
 
-from ..generation_copy import SamplesFromCopy
-from ..modeling import padded_positions
+from .. import costs
 from ..checkpoints import check_schedule
-from ..frontier_eval import frontier_of
 from ..checks import check_model, check_policy_sampling, check_positive, check_training
 from ..config import ConfigError, RLOOScriptArguments
 from ..costs import check_memory, classifier_shape, frontier_inputs, model_shape, rloo_memory
-from ..generation_copy import check_generation_dtype, make_generation_copy
+from ..frontier_eval import frontier_of
+from ..generation_copy import SamplesFromCopy, check_generation_dtype, make_generation_copy
 from ..manifests import describe_model_input, read_manifest
-from ..modeling import load_tokenizer, same_tokenizer, set_model_init_kwargs
+from ..modeling import load_tokenizer, padded_positions, same_tokenizer, set_model_init_kwargs
+from ..planning import (Row, bound, compile_seconds, frontier_classifier, frontier_row, runs_of, sampled_step_seconds,
+                        sweep_of, trained_steps)
 from ..precision import inference_dtype
 from ..preemption import exit_resumable
-from ..reward import VADER, make_reward
-from ..reward import LearnedReward
+from ..reward import VADER, LearnedReward, make_reward
 from ..tracking import check_wandb_credentials
-from ..training_runs import (last_logged, logged_line, pairs_input, read_training_pairs, seed_values,
-                                    sweep_values, train_sweep)
+from ..training_runs import (last_logged, logged_line, pairs_input, read_training_pairs, seed_values, sweep_values,
+                             train_sweep)
 from . import GPUCheck, Method
-from ..planning import (Row, bound, compile_seconds, frontier_classifier, frontier_row, runs_of,
-                        sampled_step_seconds, sweep_of, trained_steps)
-from .. import costs
 
 # What training_curves.png shows for an RLOO run: (logged key or keys, panel title).
 RLOO_CURVES = [
@@ -45,10 +41,10 @@ RLOO_CURVES = [
 ]
 
 
-def run_name(kl_coef: float, use_peft: bool = False, method: str = "rloo") -> str:
-    """e.g. `rloo_kl0.05` (or `rloo_rm_kl0.05` on a learned reward): the method and its KL coefficient at a glance,
-    apart from every other method's run names."""
-    return f"{method}_kl{kl_coef:g}" + ("_lora" if use_peft else "")
+def run_name_of(method: str):
+    """The run names of `method`: e.g. `rloo_kl0.05` (`rloo_rm_kl0.05` on a learned reward), the method and its KL
+    coefficient at a glance, apart from every other method's run names."""
+    return lambda args, kl_coef: f"{method}_kl{kl_coef:g}"
 
 
 def prompts_of_pairs(pairs: list[dict], limit: int | None = None) -> Dataset:
@@ -226,11 +222,10 @@ def run_sampled_rl(kind: SampledRL, script_args: RLOOScriptArguments, training_a
     def finished_line(manifest):
         return logged_line(manifest["final_metrics"], [("reward", "reward", ".3f"), ("kl", "KL per token", ".3f")])
 
-    if not train_sweep(coefs, "beta", lambda coef: run_name(coef, model_args.use_peft, method), method,
-                       f"{kind.title} run",
-                       {"script": script_args, "training": training_args, "model": model_args}, inputs,
-                       script_args.overwrite, script_args.checkpoint_schedule, make_trainer, RLOO_CURVES, results,
-                       finished_line, frontier, seeds):
+    if not train_sweep(coefs, field="beta", run_name=run_name_of(method), stage=method, what=f"{kind.title} run",
+                       configs={"script": script_args, "training": training_args, "model": model_args},
+                       inputs=inputs, make_trainer=make_trainer, curves=RLOO_CURVES, results=results,
+                       finished_line=finished_line, frontier=frontier, seeds=seeds):
         return exit_resumable()
     return 0
 
@@ -265,13 +260,13 @@ def plan(preset, stage, script_args, training_args, model_args) -> Row:
 
 RLOO_RL = SampledRL("rloo", "RLOO", RLOOConfig, PretokenizedRLOOTrainer, learned_key="rloo_rm")
 main = functools.partial(run_sampled_rl, RLOO_RL)
-RLOO = Method("rloo", "RLOO", 20, STAGES, main, plan, "kl_coefs", parameter="KL coef", parameter_field="beta",
-              style={"cmap": "Oranges", "fmt": "--", "marker": "^"},
+RLOO = Method(key="rloo", title="RLOO", order=20, stages=STAGES, main=main, plan=plan, sweep="kl_coefs",
+              parameter="KL coef", parameter_field="beta", style={"cmap": "Oranges", "fmt": "--", "marker": "^"},
               gpu_check=GPUCheck(("--kl_coefs", "0.05", "--reward_model", "{classifier}"), "rloo_kl0.05_seed0",
                                  on_cpu=True))
 # The paper's PPO row: RLOO on the learned reward model (configs/<preset>/rloo_rm.yaml names it as reward_model).
-RLOO_RM = Method("rloo_rm", "RLOO on the learned RM", 40, STAGES, main, plan, "kl_coefs", needs=("reward_model",),
-                 parameter="KL coef", parameter_field="beta", style={"cmap": "Reds", "fmt": "--", "marker": "v"},
+RLOO_RM = Method(key="rloo_rm", title="RLOO on the learned RM", order=40, stages=STAGES, main=main, plan=plan,
+                 sweep="kl_coefs", needs=("reward_model",), parameter="KL coef", parameter_field="beta", style={"cmap": "Reds", "fmt": "--", "marker": "v"},
                  gpu_check=GPUCheck(("--reward_model", "{reward_model}", "--kl_coefs", "0.05", "--checkpoint_schedule",
                                      "steps", "--save_steps", "2", "--frontier_eval", "{frontier_eval}"),
                                     "rloo_rm_kl0.05_seed0"))

@@ -15,27 +15,26 @@ Trains on the pair file's exact token ids (a completion ends with EOS only where
 from dataclasses import dataclass, field
 
 import torch
-from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, Trainer, TrainingArguments, set_seed
+from trl import ModelConfig, get_peft_config
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import selective_log_softmax
-from datasets import Dataset
-from transformers import set_seed
-from trl import ModelConfig, get_peft_config
 
 from ..checkpoints import check_schedule
-from ..frontier_eval import frontier_of
-from ..checks import check_training, check_model, check_positive
+from ..checks import check_model, check_positive, check_training
 from ..config import UnlikelihoodScriptArguments
 from ..costs import check_memory, frontier_inputs, longest_pair, model_shape, supervised_memory
+from ..frontier_eval import frontier_of
 from ..manifests import describe_model_input
 from ..modeling import load_tokenizer, set_model_init_kwargs
 from ..pairs import REQUIRED_IDS
+from ..planning import plan_supervised
 from ..preemption import exit_resumable
 from ..tracking import check_wandb_credentials
-from ..training_runs import (last_logged, logged_line, pairs_input, read_training_pairs, seed_values,
-                                    sweep_values, train_sweep)
+from ..training_runs import (last_logged, logged_line, pairs_input, read_training_pairs, seed_values, sweep_values,
+                             train_sweep)
 from . import GPUCheck, Method
-from ..planning import plan_supervised
 
 CURVES = [
     ("loss", "Unlikelihood loss"),
@@ -55,9 +54,9 @@ class UnlikelihoodConfig(TrainingArguments):
     )
 
 
-def run_name(alpha: float, use_peft: bool = False) -> str:
+def run_name(args, alpha: float) -> str:
     """e.g. `unlikelihood_alpha1`: the method and its weight at a glance."""
-    return f"unlikelihood_alpha{alpha:g}" + ("_lora" if use_peft else "")
+    return f"unlikelihood_alpha{alpha:g}"
 
 
 def unlikelihood_loss(logits: torch.Tensor, input_ids: torch.Tensor, completion_mask: torch.Tensor, alpha: float):
@@ -148,10 +147,10 @@ def main(script_args: UnlikelihoodScriptArguments, training_args: UnlikelihoodCo
         return f"{len(dataset)} pairs; " + logged_line(manifest["final_metrics"], [
             ("logps/chosen", "log-prob of chosen", ".2f"), ("logps/rejected", "of rejected", ".2f")])
 
-    if not train_sweep(alphas, "alpha", lambda alpha: run_name(alpha, model_args.use_peft), "unlikelihood",
-                       "Unlikelihood run", {"script": script_args, "training": training_args, "model": model_args},
-                       inputs, script_args.overwrite, script_args.checkpoint_schedule, make_trainer, CURVES, results,
-                       finished_line, frontier, seeds):
+    if not train_sweep(alphas, field="alpha", run_name=run_name, stage="unlikelihood", what="Unlikelihood run",
+                       configs={"script": script_args, "training": training_args, "model": model_args},
+                       inputs=inputs, make_trainer=make_trainer, curves=CURVES, results=results,
+                       finished_line=finished_line, frontier=frontier, seeds=seeds):
         return exit_resumable()
     return 0
 
@@ -160,6 +159,7 @@ def plan(preset, stage, script_args, training_args, model_args):
     return plan_supervised(preset, stage, script_args, training_args, model_args, pairs=True)
 
 
-METHODS = (Method("unlikelihood", "Unlikelihood", 60, STAGES, main, plan, "alphas", parameter="alpha",
-                  parameter_field="alpha", style={"cmap": "Purples", "fmt": "-.", "marker": "s"},
+METHODS = (Method(key="unlikelihood", title="Unlikelihood", order=60, stages=STAGES, main=main, plan=plan,
+                  sweep="alphas", parameter="alpha", parameter_field="alpha",
+                  style={"cmap": "Purples", "fmt": "-.", "marker": "s"},
                   gpu_check=GPUCheck(("--alphas", "1"), "unlikelihood_alpha1_seed0", on_cpu=True)),)
