@@ -10,11 +10,11 @@ replaces it once the new run has finished). Reference log-probs are computed onc
 precompute_ref_log_probs), so every beta of the sweep reuses them.
 """
 
-import imdb_dpo.one_gpu  # noqa: F401  first: one GPU a stage without a launcher (before CUDA is touched)
+import imdb_dpo.lifecycle.one_gpu  # noqa: F401  first: one GPU a stage without a launcher (before CUDA is touched)
 
 import sys
 
-from imdb_dpo.cli import run_stage
+from imdb_dpo.launch.cli import run_stage
 from imdb_dpo.methods.dpo import STAGES, main
 
 if __name__ == "__main__":

@@ -10,12 +10,12 @@ families apart), reward_vs_kl.png (the paper's view, drawn from summary.csv alon
 point), overoptimisation.png (proxy against true reward of the runs on a learned reward model; Gao et al.'s curves
 fitted per method), frontier_budget.csv (per method, the best reward within each of kl_budgets), report.md and
 manifest.json. A checkpoint already evaluated with the same settings is skipped: that includes each checkpoint a
-training stage evaluated as it saved it (`frontier_eval`, imdb_dpo/frontier_eval.py), which eval.py only gathers.
+training stage evaluated as it saved it (`frontier_eval`, imdb_dpo/evaluation/in_training.py), which eval.py only gathers.
 An interrupted evaluation resumes from its last finished batch. Run again with the same settings and
 models, it changes nothing; with other settings it needs --overwrite true.
 """
 
-import imdb_dpo.one_gpu  # noqa: F401  first: one GPU a stage without a launcher (before CUDA is touched)
+import imdb_dpo.lifecycle.one_gpu  # noqa: F401  first: one GPU a stage without a launcher (before CUDA is touched)
 
 import csv
 import io
@@ -26,27 +26,27 @@ import time
 
 import numpy as np
 
-from imdb_dpo.checkpoints import checkpoint_steps
-from imdb_dpo.checks import model_dir_problem
-from imdb_dpo.cli import run_stage
-from imdb_dpo.comparisons import (COLUMNS as COMPARISON_COLUMNS, Point, compare, family_of, frontier_rows, points_of,
+from imdb_dpo.lifecycle.checkpoints import checkpoint_steps
+from imdb_dpo.configuration.checks import model_dir_problem
+from imdb_dpo.launch.cli import run_stage
+from imdb_dpo.evaluation.comparisons import (COLUMNS as COMPARISON_COLUMNS, Point, compare, family_of, frontier_rows, points_of,
                                   seed_means, setting_of)
-from imdb_dpo.config import ConfigError, EvalArguments
-from imdb_dpo.costs import check_memory, classifier_shape, evaluation_memory, model_shape
-from imdb_dpo.data import prompts_for
-from imdb_dpo.distributed import process_state
-from imdb_dpo.frontier_fits import fits_by_method
-from imdb_dpo.evaluation import (BEST_OF_N, best_of_n_kl_bound, best_of_n_rewards, bootstrap_interval, distinct_n,
+from imdb_dpo.configuration.arguments import ConfigError, EvalArguments
+from imdb_dpo.planning.costs import check_memory, classifier_shape, evaluation_memory, model_shape
+from imdb_dpo.data.reviews import prompts_for
+from imdb_dpo.lifecycle.distributed import process_state
+from imdb_dpo.evaluation.fits import fits_by_method
+from imdb_dpo.evaluation.statistics import (BEST_OF_N, best_of_n_kl_bound, best_of_n_rewards, bootstrap_interval, distinct_n,
                                  per_prompt_means, summarise, win_rate)
-from imdb_dpo.locks import main_process_lock
+from imdb_dpo.lifecycle.locks import main_process_lock
 from imdb_dpo.methods import frontier_methods, method as method_of_key
-from imdb_dpo.model_eval import (Evaluator, UnreadableCheckpoint, check_args, evaluated_methods, records_dir, records_key,
+from imdb_dpo.evaluation.evaluator import (Evaluator, UnreadableCheckpoint, check_args, evaluated_methods, records_dir, records_key,
                                  records_root, run_meta, runs_folder, settings_of)
-from imdb_dpo.manifests import Manifest, describe_model_input, git_commit, is_finished, read_manifest, write_text_atomic
-from imdb_dpo.modeling import load_tokenizer
-from imdb_dpo.plots import plot_frontier, plot_overoptimisation
-from imdb_dpo.preemption import StopRequest, exit_resumable
-from imdb_dpo.report import FRONTIER_BUDGET_COLUMNS, best_within_budgets, render_report
+from imdb_dpo.lifecycle.manifests import Manifest, describe_model_input, git_commit, is_finished, read_manifest, write_text_atomic
+from imdb_dpo.models.modeling import load_tokenizer
+from imdb_dpo.evaluation.plots import plot_frontier, plot_overoptimisation
+from imdb_dpo.lifecycle.preemption import StopRequest, exit_resumable
+from imdb_dpo.evaluation.report import FRONTIER_BUDGET_COLUMNS, best_within_budgets, render_report
 
 STAGES = (EvalArguments,)
 # kl_kind: `measured` (a checkpoint's exact KL) or `analytic_bound` (best-of-N: log N - (N-1)/N, never measured).
@@ -207,7 +207,7 @@ def best_of_n_rows(sft_records, args) -> list[dict]:
 
 def matched_kl_comparisons(units, measured, sft_records, args) -> list[dict]:
     """Each pair of methods (the trained ones and best-of-N on the SFT model) within each KL budget, with bootstrap
-    intervals (imdb_dpo/comparisons.py)."""
+    intervals (imdb_dpo/evaluation/comparisons.py)."""
     per_prompt = {(u["run"], u["step"]): (per_prompt_means(measured[(u["run"], u["step"])], "reward"),
                                           per_prompt_means(measured[(u["run"], u["step"])], "kl_exact"))
                   for u in units if method_of_key(u["method"])}

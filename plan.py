@@ -1,5 +1,5 @@
 """The plan of a preset before any work: per stage its runs, optimizer steps, checkpoints, disk written and kept,
-peak GPU memory and GPU hours on one H100, and the totals (imdb_dpo/planning.py computes them).
+peak GPU memory and GPU hours on one H100, and the totals (imdb_dpo/planning/plan.py computes them).
 
     python plan.py gpt2-large            # or: ./run_pipeline.sh gpt2-large --plan
     python plan.py tiny
@@ -10,9 +10,9 @@ peak GPU memory and GPU hours on one H100, and the totals (imdb_dpo/planning.py 
 import dataclasses
 import sys
 
-from imdb_dpo.cli import run_stage
-from imdb_dpo.config import ConfigError
-from imdb_dpo.planning import build, render
+from imdb_dpo.launch.cli import run_stage
+from imdb_dpo.configuration.arguments import ConfigError
+from imdb_dpo.planning.plan import build, render
 
 
 @dataclasses.dataclass
@@ -30,7 +30,7 @@ def main(args: PlanArguments) -> int:
     if not args.preset:
         raise ConfigError("name the preset: python plan.py --preset gpt2-large (a folder of configs/)")
     if args.eval_precision:
-        from imdb_dpo.precision import EVAL_PRECISIONS
+        from imdb_dpo.configuration.precision import EVAL_PRECISIONS
 
         if args.eval_precision not in EVAL_PRECISIONS:
             raise ConfigError(f"--eval_precision {args.eval_precision!r}: plan every evaluation at fp32 or tf32, or "
@@ -38,7 +38,7 @@ def main(args: PlanArguments) -> int:
     overrides = {"eval_precision": args.eval_precision} if args.eval_precision else {}
     preset = build(args.preset, overrides)
     if args.gpus:
-        from imdb_dpo.gpu_pool import parse_gpus
+        from imdb_dpo.launch.gpu_pool import parse_gpus
 
         preset.gpus = parse_gpus(args.gpus)
     print(render(preset))

@@ -8,7 +8,7 @@ Writes to output_dir: shards/<i>-of-<n>/completions.jsonl (appended a batch at a
 then completions.jsonl (one object per prompt, with its ranked samples), pairs.jsonl and manifest.json.
 """
 
-import imdb_dpo.one_gpu  # noqa: F401  first: one GPU a stage without a launcher (before CUDA is touched)
+import imdb_dpo.lifecycle.one_gpu  # noqa: F401  first: one GPU a stage without a launcher (before CUDA is touched)
 
 import dataclasses
 import json
@@ -17,25 +17,25 @@ import sys
 
 from tqdm.auto import tqdm
 
-from imdb_dpo.batch_log import BatchLog, read_finished
-from imdb_dpo.checks import check_model, check_positive, check_sampling
-from imdb_dpo.cli import run_stage
-from imdb_dpo.config import ConfigError, PairsArguments
-from imdb_dpo.costs import check_memory, classifier_shape, model_shape, pairs_memory
-from imdb_dpo.data import prompts_for
-from imdb_dpo.distributed import any_process, process_state
-from imdb_dpo.locks import folder_lock
-from imdb_dpo.memory import naming_the_fix
-from imdb_dpo.manifests import (Manifest, describe_file_input, describe_model_input, file_sha256, read_manifest,
+from imdb_dpo.lifecycle.batch_log import BatchLog, read_finished
+from imdb_dpo.configuration.checks import check_model, check_positive, check_sampling
+from imdb_dpo.launch.cli import run_stage
+from imdb_dpo.configuration.arguments import ConfigError, PairsArguments
+from imdb_dpo.planning.costs import check_memory, classifier_shape, model_shape, pairs_memory
+from imdb_dpo.data.reviews import prompts_for
+from imdb_dpo.lifecycle.distributed import any_process, process_state
+from imdb_dpo.lifecycle.locks import folder_lock
+from imdb_dpo.planning.memory import naming_the_fix
+from imdb_dpo.lifecycle.manifests import (Manifest, describe_file_input, describe_model_input, file_sha256, read_manifest,
                                 write_text_atomic)
-from imdb_dpo.outputs import plan_output
-from imdb_dpo.settings import differences, run_settings, settings_of
-from imdb_dpo.modeling import load_causal_lm, load_tokenizer
-from imdb_dpo.pairs import PAIRING_MODES, make_pairs, rank, write_pairs
-from imdb_dpo.precision import inference_dtype
-from imdb_dpo.preemption import StopRequest, exit_resumable
-from imdb_dpo.reward import VADER, make_reward
-from imdb_dpo.sampling import SAMPLER, remaining_batches, sample_batch
+from imdb_dpo.lifecycle.outputs import plan_output
+from imdb_dpo.lifecycle.settings import differences, run_settings, settings_of
+from imdb_dpo.models.modeling import load_causal_lm, load_tokenizer
+from imdb_dpo.data.pairs import PAIRING_MODES, make_pairs, rank, write_pairs
+from imdb_dpo.configuration.precision import inference_dtype
+from imdb_dpo.lifecycle.preemption import StopRequest, exit_resumable
+from imdb_dpo.models.reward import VADER, make_reward
+from imdb_dpo.models.sampling import SAMPLER, remaining_batches, sample_batch
 
 STAGES = (PairsArguments,)
 
@@ -67,7 +67,7 @@ def check_args(args: PairsArguments) -> None:
 
 
 def generation_settings(args: PairsArguments) -> dict:
-    """Everything that decides the samples (imdb_dpo/settings.py); shards and restarts must agree on it."""
+    """Everything that decides the samples (imdb_dpo/lifecycle/settings.py); shards and restarts must agree on it."""
     return {**settings_of(json.loads(json.dumps(vars(args)))), "sampler": SAMPLER}
 
 

@@ -9,11 +9,11 @@ by itself, and is skipped once finished with the same settings (--overwrite true
 finished).
 """
 
-import imdb_dpo.one_gpu  # noqa: F401  first: one GPU a stage without a launcher (before CUDA is touched)
+import imdb_dpo.lifecycle.one_gpu  # noqa: F401  first: one GPU a stage without a launcher (before CUDA is touched)
 
 import sys
 
-from imdb_dpo.cli import run_stage
+from imdb_dpo.launch.cli import run_stage
 from imdb_dpo.methods.preferred_ft import STAGES, main
 
 if __name__ == "__main__":

@@ -17,11 +17,11 @@ Each run checkpoints on checkpoint_schedule, resumes by itself, and is skipped o
 (--overwrite true replaces it once the new run has finished).
 """
 
-import imdb_dpo.one_gpu  # noqa: F401  first: one GPU a stage without a launcher (before CUDA is touched)
+import imdb_dpo.lifecycle.one_gpu  # noqa: F401  first: one GPU a stage without a launcher (before CUDA is touched)
 
 import sys
 
-from imdb_dpo.cli import run_stage
+from imdb_dpo.launch.cli import run_stage
 from imdb_dpo.methods.rloo import STAGES, main
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ is replaced with --overwrite true only once the new one has finished), and write
 weights, LoRA merged) that the later stages load; a finished run keeps no checkpoint.
 """
 
-import imdb_dpo.one_gpu  # noqa: F401  first: one GPU a stage without a launcher (before CUDA is touched)
+import imdb_dpo.lifecycle.one_gpu  # noqa: F401  first: one GPU a stage without a launcher (before CUDA is touched)
 
 import os
 import sys
@@ -15,20 +15,20 @@ import sys
 from transformers import set_seed
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
-from imdb_dpo.checks import check_training, check_model, check_positive
-from imdb_dpo.cli import run_stage
-from imdb_dpo.config import SFTScriptArguments
-from imdb_dpo.costs import check_memory, model_shape, sft_memory
-from imdb_dpo.data import load_reviews
-from imdb_dpo.checkpoints import checkpoint_steps, drop_checkpoints, resumable_checkpoint
-from imdb_dpo.locks import main_process_lock
-from imdb_dpo.manifests import Manifest, describe_file_input, describe_model_input
-from imdb_dpo.outputs import OutputPlan, plan_output
-from imdb_dpo.settings import run_settings
-from imdb_dpo.modeling import load_tokenizer, set_model_init_kwargs
-from imdb_dpo.preemption import SaveAndStopOnSignal, StopRequest, exit_resumable
-from imdb_dpo.tracking import check_wandb_credentials
-from imdb_dpo.training_runs import examples_per_step
+from imdb_dpo.configuration.checks import check_training, check_model, check_positive
+from imdb_dpo.launch.cli import run_stage
+from imdb_dpo.configuration.arguments import SFTScriptArguments
+from imdb_dpo.planning.costs import check_memory, model_shape, sft_memory
+from imdb_dpo.data.reviews import load_reviews
+from imdb_dpo.lifecycle.checkpoints import checkpoint_steps, drop_checkpoints, resumable_checkpoint
+from imdb_dpo.lifecycle.locks import main_process_lock
+from imdb_dpo.lifecycle.manifests import Manifest, describe_file_input, describe_model_input
+from imdb_dpo.lifecycle.outputs import OutputPlan, plan_output
+from imdb_dpo.lifecycle.settings import run_settings
+from imdb_dpo.models.modeling import load_tokenizer, set_model_init_kwargs
+from imdb_dpo.lifecycle.preemption import SaveAndStopOnSignal, StopRequest, exit_resumable
+from imdb_dpo.lifecycle.tracking import check_wandb_credentials
+from imdb_dpo.lifecycle.training_runs import examples_per_step
 
 STAGES = (SFTScriptArguments, SFTConfig, ModelConfig)
 

@@ -7,11 +7,11 @@ The paper's stages keep their own scripts too (`python dpo.py ...` is `python tr
 of methods says what each optimises and from what data.
 """
 
-import imdb_dpo.one_gpu  # noqa: F401  first: one GPU a stage without a launcher (before CUDA is touched)
+import imdb_dpo.lifecycle.one_gpu  # noqa: F401  first: one GPU a stage without a launcher (before CUDA is touched)
 
 import sys
 
-from imdb_dpo.cli import EXIT_USER_ERROR, run_stage
+from imdb_dpo.launch.cli import EXIT_USER_ERROR, run_stage
 from imdb_dpo.methods import registry
 
 

@@ -10,11 +10,11 @@ stage 2's pair file by its exact token ids, with no reference model. Each run go
 finished with the same settings (--overwrite true replaces it once the new run has finished).
 """
 
-import imdb_dpo.one_gpu  # noqa: F401  first: one GPU a stage without a launcher (before CUDA is touched)
+import imdb_dpo.lifecycle.one_gpu  # noqa: F401  first: one GPU a stage without a launcher (before CUDA is touched)
 
 import sys
 
-from imdb_dpo.cli import run_stage
+from imdb_dpo.launch.cli import run_stage
 from imdb_dpo.methods.unlikelihood import STAGES, main
 
 if __name__ == "__main__":

@@ -90,12 +90,12 @@ def ms_a_token(size: str, rows: int, new_tokens: int, autocast: bool) -> float:
 
 
 def copy_ms_a_token(size: str, rows: int, new_tokens: int, compile: bool) -> float:
-    """Wall time of a generation from RLOO's bf16 generation copy (imdb_dpo/generation_copy.py: refreshed from the fp32
+    """Wall time of a generation from RLOO's bf16 generation copy (imdb_dpo/models/generation_copy.py: refreshed from the fp32
     policy, then sampled; its decode step compiled where `compile`), a decoded token (all rows), after a warm-up
     generation (which compiles)."""
     from transformers import GenerationConfig
 
-    from imdb_dpo.generation_copy import GenerationCopy
+    from imdb_dpo.models.generation_copy import GenerationCopy
 
     device = build_device()
     torch.manual_seed(0)

@@ -18,11 +18,11 @@ import yaml  # noqa: E402
 
 from benchmarks.common import (SIZES, Timer, build_classifier, build_policy, emit, synthetic_prompts,  # noqa: E402
                                word_tokenizer)
-from imdb_dpo.kl import sequence_kls  # noqa: E402
-from imdb_dpo.modeling import load_causal_lm  # noqa: E402
-from imdb_dpo.precision import DTYPES  # noqa: E402
-from imdb_dpo.reward import SentimentClassifierReward  # noqa: E402
-from imdb_dpo.sampling import plan_batches, sample_batch  # noqa: E402
+from imdb_dpo.evaluation.kl import sequence_kls  # noqa: E402
+from imdb_dpo.models.modeling import load_causal_lm  # noqa: E402
+from imdb_dpo.configuration.precision import DTYPES  # noqa: E402
+from imdb_dpo.models.reward import SentimentClassifierReward  # noqa: E402
+from imdb_dpo.models.sampling import plan_batches, sample_batch  # noqa: E402
 
 PRESET_PROMPTS, SAMPLES, NEW_TOKENS = 500, 4, 64
 PRESET = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "gpt2-large", "eval.yaml")

@@ -1,6 +1,6 @@
 """The evaluation in TF32 against fp32, on a trained checkpoint: what `eval_precision: tf32` changes per sample.
 
-The same prompts, the same random streams (each sample draws its own uniforms, imdb_dpo/sampling.py), the policy
+The same prompts, the same random streams (each sample draws its own uniforms, imdb_dpo/models/sampling.py), the policy
 sampled with the reference decoding in lockstep for the exact KL (as configs/gpt2-large/eval.yaml evaluates), and
 the classifier's reward, once with IEEE fp32 matrix products and once on TF32 tensor cores
 (`precision.evaluation_precision`). A sample whose tokens are the same both ways gives a per-sample KL and reward
@@ -21,12 +21,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from benchmarks.common import build_device, emit  # noqa: E402
-from imdb_dpo.config import EvalArguments  # noqa: E402
-from imdb_dpo.data import load_reviews, make_prompts  # noqa: E402
-from imdb_dpo.modeling import load_causal_lm, load_tokenizer  # noqa: E402
-from imdb_dpo.precision import evaluation_precision  # noqa: E402
-from imdb_dpo.reward import make_reward  # noqa: E402
-from imdb_dpo.sampling import plan_batches, sample_batch  # noqa: E402
+from imdb_dpo.configuration.arguments import EvalArguments  # noqa: E402
+from imdb_dpo.data.reviews import load_reviews, make_prompts  # noqa: E402
+from imdb_dpo.models.modeling import load_causal_lm, load_tokenizer  # noqa: E402
+from imdb_dpo.configuration.precision import evaluation_precision  # noqa: E402
+from imdb_dpo.models.reward import make_reward  # noqa: E402
+from imdb_dpo.models.sampling import plan_batches, sample_batch  # noqa: E402
 
 
 def evaluate(policy, reference, tokenizer, reward, prompts, batch, samples, new_tokens, precision) -> list[dict]:

@@ -20,11 +20,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from benchmarks.common import SIZES, Timer, build_device, build_policy, emit, synthetic_prompts  # noqa: E402
-from imdb_dpo.config import EvalArguments  # noqa: E402
-from imdb_dpo.frontier_eval import LiveCopy  # noqa: E402
-from imdb_dpo.kl import sequence_kls  # noqa: E402
-from imdb_dpo.modeling import load_causal_lm, load_tokenizer  # noqa: E402
-from imdb_dpo.sampling import plan_batches, sample_batch  # noqa: E402
+from imdb_dpo.configuration.arguments import EvalArguments  # noqa: E402
+from imdb_dpo.evaluation.in_training import LiveCopy  # noqa: E402
+from imdb_dpo.evaluation.kl import sequence_kls  # noqa: E402
+from imdb_dpo.models.modeling import load_causal_lm, load_tokenizer  # noqa: E402
+from imdb_dpo.models.sampling import plan_batches, sample_batch  # noqa: E402
 
 SAMPLES = 4
 

@@ -24,7 +24,7 @@ import torch  # noqa: E402
 
 from benchmarks.common import Timer, emit  # noqa: E402
 from benchmarks.stand_ins import build_classifier  # noqa: E402
-from imdb_dpo.reward import SentimentClassifierReward  # noqa: E402
+from imdb_dpo.models.reward import SentimentClassifierReward  # noqa: E402
 
 GROUP = 4  # samples per prompt in stage 2
 

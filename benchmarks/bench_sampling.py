@@ -4,7 +4,7 @@
 
 Both sample 4 completions of up to 64 tokens for prompts of 2-8 tokens. The plain loop is what a user writes
 first: one prompt at a time, the model as loaded (fp32), generation defaults. The project batches length-sorted
-prompts (left padding), each sample from a random stream of its own (imdb_dpo/sampling.py), in bf16 on a GPU.
+prompts (left padding), each sample from a random stream of its own (imdb_dpo/models/sampling.py), in bf16 on a GPU.
 Each is timed on a slice and projected to the paper's 25,000 prompts.
 """
 
@@ -19,7 +19,7 @@ import torch  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 from benchmarks.common import SIZES, Timer, build_policy, emit, synthetic_prompts, word_tokenizer  # noqa: E402
-from imdb_dpo.sampling import plan_batches, sample_batch  # noqa: E402
+from imdb_dpo.models.sampling import plan_batches, sample_batch  # noqa: E402
 
 PAPER_PROMPTS, SAMPLES, NEW_TOKENS = 25_000, 4, 64
 

@@ -12,7 +12,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast, RobertaConfig, RobertaForSequenceClassification
 
-from imdb_dpo.costs import KNOWN_CONFIGS
+from imdb_dpo.planning.costs import KNOWN_CONFIGS
 
 # GPT-2 Large and RoBERTa Large (the siebert classifier's shape), from their published configs.
 SIZES = {

@@ -34,7 +34,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from imdb_dpo.errors import first_line  # noqa: E402
+from imdb_dpo.configuration.errors import first_line  # noqa: E402
 from imdb_dpo.methods import registry  # noqa: E402
 # torch, transformers and the stand-ins are imported where used: a bad flag or input is refused in a second, not
 # after ten seconds of imports.
@@ -408,7 +408,7 @@ def projection(check: Check) -> list[tuple[str, str, float | None]]:
     plan.py's (the most the preset's settings allow where its pair file does not exist yet) at the rate the check
     measured (the Trainer's, loading excluded); stage 2 and the evaluation at their measured rates with loading
     included, so on the slow side. None: no measured rate (the stage did not run, or the check runs no such stage)."""
-    from imdb_dpo import planning as planner
+    from imdb_dpo.planning import plan as planner
 
     rows = {r["name"]: r for r in check.rows}
     pairs = check.facts.get("pairs", {})

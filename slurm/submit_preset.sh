@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Submits a whole preset as a chain of SLURM jobs, each starting when the ones it reads have succeeded:
 #   SFT -> pair shards (array) -> merge -> every method of the preset (an array each) -> evaluation
-# The methods and what each waits for come from the registry (imdb_dpo/methods; python -m imdb_dpo.sweep_tasks jobs
+# The methods and what each waits for come from the registry (imdb_dpo/methods; python -m imdb_dpo.launch.sweep_tasks jobs
 # configs/<preset> lists them): each runs where the preset has its config, after the stages it reads (RLOO on the
 # learned reward model after the reward model), DPO's runs after their one shared reference pass. Each array has one
 # task per run of its config: a value of its sweep (betas, kl_coefs, alphas) and a seed (seeds).
@@ -18,12 +18,12 @@ shards=${2:-4}
 cd "$(dirname "$0")/.."
 [ -d "configs/$preset" ] || { echo "no preset configs/$preset" >&2; exit 2; }
 [ -f .venv/bin/activate ] && . .venv/bin/activate   # the project's environment, as the job scripts use it
-python -c "import imdb_dpo.sweep_tasks" 2>/dev/null || {
+python -c "import imdb_dpo.launch.sweep_tasks" 2>/dev/null || {
   echo "$(command -v python) cannot import the project: activate its environment (python3 -m venv .venv &&" \
        ". .venv/bin/activate && pip install -r requirements.txt)" >&2; exit 2; }
 # The preset's methods, a line each: method, runs, the stages it reads, its shared pass and that pass's flags, what it
 # sweeps (checked before the first sbatch: a bad config would otherwise stop the chain half submitted).
-methods=$(python -m imdb_dpo.sweep_tasks jobs "configs/$preset") || exit 2
+methods=$(python -m imdb_dpo.launch.sweep_tasks jobs "configs/$preset") || exit 2
 # ARRAY_LIMIT=n: at most n tasks of each training array at once (each running task holds two checkpoints on disk).
 throttle=${ARRAY_LIMIT:+%$ARRAY_LIMIT}
 submit() { sbatch --parsable ${SBATCH_EXTRA:-} "$@"; }

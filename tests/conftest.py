@@ -126,11 +126,11 @@ def run_script(script: str, args: list[str], env: dict | None = None, timeout: i
 
 
 def _stage_in_process(script: str, args: list[str]) -> int:
-    """A top-level script's stage run in this process as its `__main__` runs it (imdb_dpo.cli.run_stage), without a
+    """A top-level script's stage run in this process as its `__main__` runs it (imdb_dpo.launch.cli.run_stage), without a
     fresh process's ten-odd seconds of imports; its exit status."""
     import importlib
 
-    from imdb_dpo.cli import run_stage
+    from imdb_dpo.launch.cli import run_stage
 
     module = importlib.import_module(script.removesuffix(".py"))
     if not hasattr(module, "STAGES"):  # train.py: its first argument names the method

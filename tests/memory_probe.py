@@ -1,5 +1,5 @@
 """Run in a fresh process by tests/test_costs.py: the peak memory of a real DPO training step (dpo.py's own trainer)
-or of a real sampling batch, beside imdb_dpo/costs.py's estimate of it; prints one JSON line.
+or of a real sampling batch, beside imdb_dpo/planning/costs.py's estimate of it; prints one JSON line.
 
     python tests/memory_probe.py dpo MODEL PAIRS_FILE PAIRS_PER_STEP DEVICE OUTPUT_DIR
     python tests/memory_probe.py sampling MODEL PAIRS_FILE PROMPTS SAMPLES NEW_TOKENS DEVICE
@@ -22,10 +22,10 @@ import torch  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 from imdb_dpo.methods import dpo  # noqa: E402
-from imdb_dpo import costs  # noqa: E402
-from imdb_dpo.config import parse_config  # noqa: E402
-from imdb_dpo.modeling import load_causal_lm, load_tokenizer, set_model_init_kwargs  # noqa: E402
-from imdb_dpo.sampling import sample_batch  # noqa: E402
+from imdb_dpo.planning import costs  # noqa: E402
+from imdb_dpo.configuration.arguments import parse_config  # noqa: E402
+from imdb_dpo.models.modeling import load_causal_lm, load_tokenizer, set_model_init_kwargs  # noqa: E402
+from imdb_dpo.models.sampling import sample_batch  # noqa: E402
 
 
 class Peak:

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from imdb_dpo.batch_log import BatchLog, DamagedLogError, read_finished
+from imdb_dpo.lifecycle.batch_log import BatchLog, DamagedLogError, read_finished
 
 
 def two_batches(path) -> bytes:

@@ -1,4 +1,4 @@
-"""A run's examples per optimizer step do not depend on how many processes train it (imdb_dpo/batch_size.py)."""
+"""A run's examples per optimizer step do not depend on how many processes train it (imdb_dpo/configuration/batch_size.py)."""
 
 import glob
 import os
@@ -7,8 +7,8 @@ import pytest
 from transformers import TrainingArguments
 
 from conftest import CPU_FLAGS, REPO
-from imdb_dpo.batch_size import BatchArguments, per_process_batch
-from imdb_dpo.config import ConfigError, parse_config
+from imdb_dpo.configuration.batch_size import BatchArguments, per_process_batch
+from imdb_dpo.configuration.arguments import ConfigError, parse_config
 from imdb_dpo.methods import registry
 from test_presets import parsers
 

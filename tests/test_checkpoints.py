@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
-from imdb_dpo.checkpoints import ScheduledCheckpoints, checkpoint_schedule, checkpoint_steps
-from imdb_dpo.config import ConfigError
+from imdb_dpo.lifecycle.checkpoints import ScheduledCheckpoints, checkpoint_schedule, checkpoint_steps
+from imdb_dpo.configuration.arguments import ConfigError
 
 
 def test_schedules_name_their_steps():
@@ -89,8 +89,8 @@ def test_resume_minutes_and_schedule_points_are_refused_where_they_cannot_work(f
 
     from imdb_dpo.methods import dpo
     from conftest import CPU_FLAGS, REPO
-    from imdb_dpo.checkpoints import check_schedule
-    from imdb_dpo.config import parse_config
+    from imdb_dpo.lifecycle.checkpoints import check_schedule
+    from imdb_dpo.configuration.arguments import parse_config
 
     script_args, training_args, _ = parse_config(dpo.STAGES, ["--config", os.path.join(REPO, "configs/tiny/dpo.yaml"),
                                                               *CPU_FLAGS, *flags])

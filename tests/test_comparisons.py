@@ -1,5 +1,5 @@
 """Seeds, the seed bands of summary.csv, common random numbers, and "A beats B at matched KL" with an interval
-(imdb_dpo/comparisons.py)."""
+(imdb_dpo/evaluation/comparisons.py)."""
 
 import csv
 import os
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import dpo_argv, run_in_process
-from imdb_dpo.comparisons import Point, compare, seed_means
-from imdb_dpo.modeling import load_causal_lm
+from imdb_dpo.evaluation.comparisons import Point, compare, seed_means
+from imdb_dpo.models.modeling import load_causal_lm
 from test_eval import eval_argv, read_csv, run_eval
 
 

@@ -1,4 +1,4 @@
-"""What a stage will cost, known before it runs (imdb_dpo/costs.py, plan.py): the memory estimates against measured
+"""What a stage will cost, known before it runs (imdb_dpo/planning/costs.py, plan.py): the memory estimates against measured
 peaks, the plan's counts against what the tiny run did, the gpt2-large plan offline, and the refusal before loading."""
 
 import json
@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from conftest import REPO, TEST_DEVICE
-from imdb_dpo import costs
-from imdb_dpo.config import parse_config
+from imdb_dpo.planning import costs
+from imdb_dpo.configuration.arguments import parse_config
 
 from imdb_dpo.methods import dpo
 
@@ -196,7 +196,7 @@ def rloo_rm_peak(world: int = 1) -> costs.Peak:
 
 
 def costs_eval_stages():
-    from imdb_dpo.config import EvalArguments
+    from imdb_dpo.configuration.arguments import EvalArguments
 
     return (EvalArguments,)
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 import eval as eval_stage
-from imdb_dpo import model_eval
+from imdb_dpo.evaluation import evaluator as model_eval
 from conftest import REPO
-from imdb_dpo.cli import run_stage
-from imdb_dpo.kl import sequence_kls
-from imdb_dpo.reward import make_reward
+from imdb_dpo.launch.cli import run_stage
+from imdb_dpo.evaluation.kl import sequence_kls
+from imdb_dpo.models.reward import make_reward
 from test_eval import eval_argv
 
 # Runs a stage script in a process where torch believes a GPU exists (there is none: any use of it fails).
@@ -117,7 +117,7 @@ def test_a_stage_without_a_launcher_sees_one_gpu(visible, launched, expected):
     env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "LOCAL_RANK", "WORLD_SIZE")}
     env.update({"CUDA_VISIBLE_DEVICES": visible} if visible is not None else {})
     env.update({"LOCAL_RANK": "0", "WORLD_SIZE": "2"} if launched else {})
-    proc = subprocess.run([sys.executable, "-c", "import imdb_dpo.one_gpu, os; print(os.environ['CUDA_VISIBLE_DEVICES'])"],
+    proc = subprocess.run([sys.executable, "-c", "import imdb_dpo.lifecycle.one_gpu, os; print(os.environ['CUDA_VISIBLE_DEVICES'])"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == expected, proc.stderr
 
@@ -130,7 +130,7 @@ def test_every_stage_script_pins_its_gpu_before_anything_else_is_imported():
                    "reward_model.py", "train.py", "eval.py"):
         with open(os.path.join(REPO, script)) as f:
             imports = [node for node in ast.parse(f.read()).body if isinstance(node, (ast.Import, ast.ImportFrom))]
-        assert isinstance(imports[0], ast.Import) and imports[0].names[0].name == "imdb_dpo.one_gpu", script
+        assert isinstance(imports[0], ast.Import) and imports[0].names[0].name == "imdb_dpo.lifecycle.one_gpu", script
 
 
 @pytest.mark.parametrize("trainer", ["sft", "orpo"])
@@ -140,7 +140,7 @@ def test_every_trained_model_loads_without_a_device_map_where_a_gpu_is_seen(trai
     from transformers import PreTrainedModel
     from trl import ModelConfig
 
-    from imdb_dpo.modeling import set_model_init_kwargs
+    from imdb_dpo.models.modeling import set_model_init_kwargs
 
     asked = []
     real = PreTrainedModel.from_pretrained.__func__
@@ -167,7 +167,7 @@ def test_every_trained_model_loads_without_a_device_map_where_a_gpu_is_seen(trai
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
         from datasets import Dataset
 
-        from imdb_dpo.modeling import load_tokenizer
+        from imdb_dpo.models.modeling import load_tokenizer
 
         args = ORPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], bf16=False)
         set_model_init_kwargs(args, ModelConfig(model_name_or_path=tiny_sft, dtype="float32"))
@@ -187,7 +187,7 @@ def test_a_model_trained_under_bf16_autocast_is_saved_in_the_dtype_its_manifest_
     """The presets train in bf16 autocast over fp32 weights: what is saved must be those fp32 weights, as the manifest
     says, or the evaluation would measure bf16's rounding as KL."""
     from conftest import dpo_argv, run_in_process
-    from imdb_dpo.manifests import read_manifest
+    from imdb_dpo.lifecycle.manifests import read_manifest
 
     run_in_process("dpo.py", dpo_argv(tiny_sft, tiny_pairs, tmp_path, "--betas", "0.1", "--max_steps", "2",
                                       "--bf16", "true"))
@@ -201,8 +201,8 @@ def test_deepspeed_with_bf16_is_refused_before_anything_loads(monkeypatch):
     """DeepSpeed holds the model's weights in bf16 under bf16 and the Trainer saves those: refused, naming DDP."""
     from imdb_dpo.methods import dpo
     from conftest import CPU_FLAGS
-    from imdb_dpo.checks import check_training
-    from imdb_dpo.config import ConfigError, parse_config
+    from imdb_dpo.configuration.checks import check_training
+    from imdb_dpo.configuration.arguments import ConfigError, parse_config
 
     _, training_args, _ = parse_config(dpo.STAGES, ["--config", os.path.join(REPO, "configs/tiny/dpo.yaml"),
                                                     *CPU_FLAGS])

@@ -17,15 +17,15 @@ from trl import DPOConfig
 from imdb_dpo.methods import dpo
 from conftest import dpo_argv, kill_once_saved, refused_in_process, run_in_process
 from helpers import sequence_log_probs, state_dicts_equal
-from imdb_dpo.checkpoints import checkpoint_steps
-from imdb_dpo.config import PairsArguments, parse_config
-from imdb_dpo.data import load_reviews, make_prompts
+from imdb_dpo.lifecycle.checkpoints import checkpoint_steps
+from imdb_dpo.configuration.arguments import PairsArguments, parse_config
+from imdb_dpo.data.reviews import load_reviews, make_prompts
 from imdb_dpo.methods.dpo import LOSS_TYPES, PretokenizedDPOTrainer
-from imdb_dpo.manifests import file_sha256, read_manifest, write_json_atomic
-from imdb_dpo.modeling import load_causal_lm, load_tokenizer
-from imdb_dpo.pairs import PairFileError, read_pairs
-from imdb_dpo.reward import VaderReward
-from imdb_dpo.sampling import plan_batches, sample_batch
+from imdb_dpo.lifecycle.manifests import file_sha256, read_manifest, write_json_atomic
+from imdb_dpo.models.modeling import load_causal_lm, load_tokenizer
+from imdb_dpo.data.pairs import PairFileError, read_pairs
+from imdb_dpo.models.reward import VaderReward
+from imdb_dpo.models.sampling import plan_batches, sample_batch
 
 
 def run_dpo(argv) -> int:

@@ -14,15 +14,15 @@ import torch
 from torch.distributions import Categorical, kl_divergence
 
 import eval as eval_stage
-from imdb_dpo import model_eval
+from imdb_dpo.evaluation import evaluator as model_eval
 from conftest import REPO
-from imdb_dpo.config import PairsArguments, parse_config
-from imdb_dpo.data import load_reviews, make_prompts, prompts_for
-from imdb_dpo.evaluation import best_of_n_kl_bound, distinct_n, win_rate
-from imdb_dpo.kl import sequence_kls
-from imdb_dpo.manifests import read_manifest
-from imdb_dpo.modeling import load_causal_lm, load_tokenizer
-from imdb_dpo.sampling import plan_batches, sample_batch
+from imdb_dpo.configuration.arguments import PairsArguments, parse_config
+from imdb_dpo.data.reviews import load_reviews, make_prompts, prompts_for
+from imdb_dpo.evaluation.statistics import best_of_n_kl_bound, distinct_n, win_rate
+from imdb_dpo.evaluation.kl import sequence_kls
+from imdb_dpo.lifecycle.manifests import read_manifest
+from imdb_dpo.models.modeling import load_causal_lm, load_tokenizer
+from imdb_dpo.models.sampling import plan_batches, sample_batch
 
 
 def eval_argv(tiny_base, tiny_sft, dpo_root, output_dir, *extra):
@@ -205,7 +205,7 @@ def test_report_and_plot_are_written(evaluated, tiny_sft):
 
 
 def test_another_batch_size_gives_the_same_records(evaluated, tiny_base, tiny_sft, tmp_path):
-    """batch_size is a performance knob: every sample has a random stream of its own (imdb_dpo/sampling.py). Batches
+    """batch_size is a performance knob: every sample has a random stream of its own (imdb_dpo/models/sampling.py). Batches
     of another shape or padding may round a logit differently in the last bits, which moves a token only where its
     uniform lies that close to a boundary: a few samples in a thousand may differ, and the KL pass, padded otherwise,
     may differ in the last bits."""
@@ -267,7 +267,7 @@ def test_the_evaluation_runs_in_its_own_precision_whatever_training_turned_on(pr
     evaluation it runs between steps must still compute as eval_precision says, and leave the process as it was."""
     from transformers.utils.import_utils import enable_tf32
 
-    from imdb_dpo.preemption import StopRequest
+    from imdb_dpo.lifecycle.preemption import StopRequest
 
     (args,) = parse_config((model_eval.EvalArguments,), eval_argv(
         tiny_base, tiny_sft, "", tmp_path / "out", "--num_prompts", "4", "--eval_precision", precision))

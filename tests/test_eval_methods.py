@@ -6,15 +6,16 @@ import hashlib
 import json
 import math
 import os
+import shutil
 
 import pytest
 
 import eval as eval_stage
-from imdb_dpo.config import ConfigError, EvalArguments
-from imdb_dpo.manifests import read_manifest, write_json_atomic
-from imdb_dpo.model_eval import check_kl_budgets
-from imdb_dpo.plots import plot_frontier
-from imdb_dpo.report import FRONTIER_BUDGET_COLUMNS, best_within_budgets, render_report
+from imdb_dpo.configuration.arguments import ConfigError, EvalArguments
+from imdb_dpo.lifecycle.manifests import read_manifest, write_json_atomic
+from imdb_dpo.evaluation.evaluator import check_kl_budgets
+from imdb_dpo.evaluation.plots import plot_frontier
+from imdb_dpo.evaluation.report import FRONTIER_BUDGET_COLUMNS, best_within_budgets, render_report
 
 # ---------------------------------------------------------------- summary rows made by hand
 

@@ -19,10 +19,10 @@ import yaml
 from imdb_dpo.methods import dpo as dpo_stage
 from conftest import REPO, dpo_argv, refused_in_process, run_in_process
 from helpers import wait_until
-from imdb_dpo.checkpoints import checkpoint_steps
-from imdb_dpo.cli import run_stage
-from imdb_dpo.manifests import read_manifest
-from imdb_dpo.preemption import EXIT_RESUMABLE, STOP_FILE_VARIABLE
+from imdb_dpo.lifecycle.checkpoints import checkpoint_steps
+from imdb_dpo.launch.cli import run_stage
+from imdb_dpo.lifecycle.manifests import read_manifest
+from imdb_dpo.lifecycle.preemption import EXIT_RESUMABLE, STOP_FILE_VARIABLE
 
 # 192 pairs at 32 a step: 6 steps, points at 2, 3, 4, 5 and 6 on the preset's lr-log schedule (warm-up 10 steps).
 STEPS = [2, 3, 4, 5, 6]
@@ -130,7 +130,7 @@ def test_a_kill_during_an_in_training_evaluation_resumes_to_the_same_records(run
     run_in_process("dpo.py", argv)
     # The same samples, rewards and KLs; only where each record was logged differs (batches of 1 prompt, not 4).
     # A logit computed in a batch of another shape may round otherwise in the last bit, which moves a sampled token
-    # only where its uniform lies that close to a boundary (imdb_dpo/sampling.py): allow 2 such samples in 192.
+    # only where its uniform lies that close to a boundary (imdb_dpo/models/sampling.py): allow 2 such samples in 192.
     resumed, whole = records(config), runs["in_training"]
     assert sorted(resumed) == sorted(whole) == STEPS
     moved = 0
@@ -184,8 +184,8 @@ def test_a_frontier_eval_that_cannot_be_used_is_refused_before_any_folder(tiny_b
 
 
 def test_the_presets_frontier_eval_is_found_from_any_directory_and_a_folder_is_refused(tmp_path, monkeypatch):
-    from imdb_dpo.config import ConfigError
-    from imdb_dpo.frontier_eval import resolve_config_path
+    from imdb_dpo.configuration.arguments import ConfigError
+    from imdb_dpo.evaluation.in_training import resolve_config_path
 
     monkeypatch.chdir(tmp_path)
     assert resolve_config_path("configs/tiny/eval.yaml") == os.path.join(REPO, "configs/tiny/eval.yaml")
@@ -272,8 +272,8 @@ def test_checkpoints_only_resume_and_a_kill_after_one_resumes_to_the_same_weight
     one before; a kill then loses only the steps since, and the resumed run ends with the uninterrupted run's weights
     and records."""
     from helpers import state_dicts_equal
-    from imdb_dpo.checkpoints import is_complete
-    from imdb_dpo.modeling import load_causal_lm
+    from imdb_dpo.lifecycle.checkpoints import is_complete
+    from imdb_dpo.models.modeling import load_causal_lm
 
     tmp = runs["tmp"]
     config = eval_config(tmp, tiny_base, tiny_sft, "timed")

@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from imdb_dpo.frontier_fits import fit, fits_by_method, fooled
-from imdb_dpo.plots import paper_view_hides, plot_frontier, plot_overoptimisation
-from imdb_dpo.report import method_of, render_report
+from imdb_dpo.evaluation.fits import fit, fits_by_method, fooled
+from imdb_dpo.evaluation.plots import paper_view_hides, plot_frontier, plot_overoptimisation
+from imdb_dpo.evaluation.report import method_of, render_report
 
 
 def test_the_fits_recover_the_parameters_of_exact_curves():

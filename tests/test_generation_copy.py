@@ -7,10 +7,10 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 from trl import RLOOConfig
 
-from imdb_dpo.config import RLOOScriptArguments
-from imdb_dpo.costs import Shape, rloo_memory
-from imdb_dpo.errors import ConfigError, UserError
-from imdb_dpo.generation_copy import GenerationCopy, check_generation_dtype
+from imdb_dpo.configuration.arguments import RLOOScriptArguments
+from imdb_dpo.planning.costs import Shape, rloo_memory
+from imdb_dpo.configuration.errors import ConfigError, UserError
+from imdb_dpo.models.generation_copy import GenerationCopy, check_generation_dtype
 
 
 def tiny_policy():

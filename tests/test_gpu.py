@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from conftest import REPO
-from imdb_dpo.kl import sequence_kls
-from imdb_dpo.modeling import load_causal_lm, load_tokenizer
-from imdb_dpo.reward import make_reward
-from imdb_dpo.sampling import sample_batch
+from imdb_dpo.evaluation.kl import sequence_kls
+from imdb_dpo.models.modeling import load_causal_lm, load_tokenizer
+from imdb_dpo.models.reward import make_reward
+from imdb_dpo.models.sampling import sample_batch
 
 pytestmark = pytest.mark.gpu
 TEXTS = ["This movie was a delight from start to finish.", "Dull, slow and far too long.", "I watched it twice",
@@ -64,7 +64,7 @@ def test_a_stage_uses_the_gpu_unless_use_cpu(use_cpu, gpt2_stand_in, gpt2_classi
 
 
 def test_a_plain_stage_on_a_node_with_several_gpus_uses_one(gpt2_stand_in, gpt2_classifier, tmp_path):
-    """Without a launcher a stage pins the first visible GPU (imdb_dpo/one_gpu.py): TRL would otherwise spread the
+    """Without a launcher a stage pins the first visible GPU (imdb_dpo/lifecycle/one_gpu.py): TRL would otherwise spread the
     model over every GPU, or wrap it in DataParallel."""
     if torch.cuda.device_count() < 2:
         pytest.skip("needs a node with 2 or more GPUs")
@@ -87,7 +87,7 @@ def test_a_model_trained_in_bf16_on_the_gpu_is_saved_in_the_dtype_its_manifest_s
     """The presets' bf16 autocast keeps fp32 weights, and those are saved (under DeepSpeed, whose bf16 would save
     bf16 weights, the stages refuse bf16: tests/test_devices.py)."""
     from conftest import NO_FRONTIER_EVAL
-    from imdb_dpo.manifests import read_manifest
+    from imdb_dpo.lifecycle.manifests import read_manifest
     from test_devices import saved_dtypes
 
     cpu = [] if torch.cuda.is_available() else ["--use_cpu", "true"]
@@ -113,7 +113,7 @@ GPU_CHECK_RESULTS = "IMDB_DPO_GPU_CHECK_RESULTS"
 
 
 def test_every_stage_of_the_gpu_check_peaks_within_15_percent_of_its_estimate():
-    """The memory check's estimate (imdb_dpo/costs.py) against torch.cuda.max_memory_allocated, for every stage the
+    """The memory check's estimate (imdb_dpo/planning/costs.py) against torch.cuda.max_memory_allocated, for every stage the
     GPU check ran at GPT-2 Large's shape, rloo_rm with its points evaluated in memory included."""
     results = os.environ.get(GPU_CHECK_RESULTS)
     if not results:

@@ -59,7 +59,7 @@ def test_every_stage_runs_and_reports_time_memory_and_throughput(dry_run):
 def test_the_projection_covers_every_stage_of_the_preset_at_plan_scale(dry_run):
     """Every stage plan.py counts is projected; a stage the check ran (or one sharing its trainer) gets its time from
     the measured rate and plan.py's samples, the reward model (not run) none."""
-    from imdb_dpo import planning
+    from imdb_dpo.planning import plan as planning
 
     projected = {name: (work, seconds) for name, work, seconds in dry_run["result"]["projection"]}
     preset = planning.build(os.path.join(REPO, "configs", "gpt2-large"))

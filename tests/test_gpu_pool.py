@@ -1,4 +1,4 @@
-"""`--gpus N`: a preset's runs on a node's N GPUs at once, one per GPU (imdb_dpo/gpu_pool.py): the schedule, the
+"""`--gpus N`: a preset's runs on a node's N GPUs at once, one per GPU (imdb_dpo/launch/gpu_pool.py): the schedule, the
 refusals, and real stages run in CPU processes (IMDB_DPO_ALLOW_CPU_GPUS=1)."""
 
 import datetime
@@ -16,10 +16,10 @@ import pytest
 import yaml
 
 from conftest import REPO
-from imdb_dpo import pipeline
-from imdb_dpo.gpu_pool import ListSchedule, Run, preset_runs, run_runs, wall_clock, waits_for
-from imdb_dpo.manifests import read_manifest
-from imdb_dpo.preemption import EXIT_RESUMABLE
+from imdb_dpo.launch import pipeline
+from imdb_dpo.launch.gpu_pool import ListSchedule, Run, preset_runs, run_runs, wall_clock, waits_for
+from imdb_dpo.lifecycle.manifests import read_manifest
+from imdb_dpo.lifecycle.preemption import EXIT_RESUMABLE
 
 EVERYTHING = ("sft", "pairs", "dpo", "reward_model", "rloo_rm")
 JOBS = [("sft", 10, ()), ("pairs", 5, ("sft",)), *[("dpo", 20, ("pairs",))] * 4, ("reward_model", 8, ("pairs",)),
@@ -77,7 +77,7 @@ def test_a_bad_gpus_flag_is_refused_in_one_paragraph(flags, says, monkeypatch, c
     assert pipeline.main(["tiny", *flags]) == 2
     err = capsys.readouterr().err
     if says is None:
-        assert err.startswith("usage: python -m imdb_dpo.pipeline <preset> [--gpus N]")
+        assert err.startswith("usage: python -m imdb_dpo.launch.pipeline <preset> [--gpus N]")
         return
     assert err.startswith(f"error: {says}: give the number") and err.count("\n") == 1 and "Traceback" not in err
 

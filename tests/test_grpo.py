@@ -9,15 +9,15 @@ import torch
 from trl import GRPOConfig
 
 from conftest import CPU_FLAGS, NO_FRONTIER_EVAL, REPO, refused_in_process
-from imdb_dpo.config import PairsArguments
-from imdb_dpo.data import load_reviews, make_prompts
-from imdb_dpo.manifests import read_manifest
+from imdb_dpo.configuration.arguments import PairsArguments
+from imdb_dpo.data.reviews import load_reviews, make_prompts
+from imdb_dpo.lifecycle.manifests import read_manifest
 from imdb_dpo.methods.grpo import PretokenizedGRPOTrainer
 from imdb_dpo.methods.rloo import SentimentReward, prompts_of_pairs
-from imdb_dpo.modeling import load_causal_lm, load_tokenizer
-from imdb_dpo.pairs import read_pairs
-from imdb_dpo.reward import VaderReward
-from imdb_dpo.sampling import plan_batches, sample_batch
+from imdb_dpo.models.modeling import load_causal_lm, load_tokenizer
+from imdb_dpo.data.pairs import read_pairs
+from imdb_dpo.models.reward import VaderReward
+from imdb_dpo.models.sampling import plan_batches, sample_batch
 
 
 def grpo_trainer(tiny_sft, tiny_pairs, tmp_path):

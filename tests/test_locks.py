@@ -12,11 +12,11 @@ from imdb_dpo.methods import dpo
 import eval as eval_stage
 from conftest import REPO, dpo_argv
 from helpers import wait_until
-from imdb_dpo.config import parse_config
-from imdb_dpo.locks import FolderInUse, folder_lock, lock_path
+from imdb_dpo.configuration.arguments import parse_config
+from imdb_dpo.lifecycle.locks import FolderInUse, folder_lock, lock_path
 from test_eval import eval_argv
 
-HOLD = "import sys, time; from imdb_dpo.locks import folder_lock\nwith folder_lock(sys.argv[1], 'test'):\n    time.sleep(600)"
+HOLD = "import sys, time; from imdb_dpo.lifecycle.locks import folder_lock\nwith folder_lock(sys.argv[1], 'test'):\n    time.sleep(600)"
 
 
 def hold(directory) -> subprocess.Popen:
@@ -66,7 +66,7 @@ def test_a_second_evaluation_of_one_folder_is_refused_and_the_first_writes_each_
 
 
 def test_an_output_folder_that_is_a_file_is_named_and_left_alone(tmp_path):
-    from imdb_dpo.config import ConfigError
+    from imdb_dpo.configuration.arguments import ConfigError
 
     afile = tmp_path / "afile"
     afile.write_text("mine\n")

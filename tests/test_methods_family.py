@@ -11,11 +11,11 @@ import torch
 
 from conftest import NO_FRONTIER_EVAL, REPO, kill_once_saved, refused_in_process, run_in_process
 from helpers import sequence_log_probs, state_dicts_equal
-from imdb_dpo.manifests import read_manifest
+from imdb_dpo.lifecycle.manifests import read_manifest
 from imdb_dpo.methods import registry
 from imdb_dpo.methods.kto import kto_examples
-from imdb_dpo.modeling import load_causal_lm
-from imdb_dpo.pairs import read_pairs
+from imdb_dpo.models.modeling import load_causal_lm
+from imdb_dpo.data.pairs import read_pairs
 
 NEW_METHODS = {"kto": "kto_beta0.1", "orpo": "orpo_beta0.1", "orpo_base": "orpo_base_beta0.1",
                "cpo": "cpo_sigmoid_beta0.1", "simpo": "simpo_beta2_gamma0.5"}
@@ -77,9 +77,9 @@ def trainer_rows(method: str, root, tmp_path):
     from datasets import Dataset
     from trl import get_peft_config
 
-    from imdb_dpo.config import parse_config
+    from imdb_dpo.configuration.arguments import parse_config
     from imdb_dpo.methods import registry
-    from imdb_dpo.modeling import load_tokenizer, set_model_init_kwargs
+    from imdb_dpo.models.modeling import load_tokenizer, set_model_init_kwargs
 
     recipe = registry()[method].recipe
     script_args, training_args, model_args = parse_config(recipe.stages, method_argv(method, root, tmp_path)[1:],
@@ -231,7 +231,7 @@ def test_train_py_runs_the_papers_stages_as_their_scripts(tiny_run, tmp_path, ca
 
 
 def test_the_report_names_each_method_that_did_not_raise_the_reward_above_sft():
-    from imdb_dpo.report import against_sft
+    from imdb_dpo.evaluation.report import against_sft
 
     def final(method, run, mean, lo, loss=""):
         return {"method": method, "run": run, "loss_type": loss, "reward_mean": mean, "reward_lo": lo,

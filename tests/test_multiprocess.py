@@ -16,9 +16,9 @@ import torch
 import preference_pairs
 from conftest import CPU_FLAGS, REPO, dpo_argv
 from helpers import wait_until
-from imdb_dpo.checkpoints import checkpoint_steps
-from imdb_dpo.config import parse_config
-from imdb_dpo.manifests import read_manifest
+from imdb_dpo.lifecycle.checkpoints import checkpoint_steps
+from imdb_dpo.configuration.arguments import parse_config
+from imdb_dpo.lifecycle.manifests import read_manifest
 from test_frontier_eval import eval_config
 from test_preference_pairs import pairs_argv
 from transformers import AutoModelForCausalLM
@@ -47,7 +47,7 @@ def test_two_process_sft_trains_and_saves_once(tiny_base, tmp_path):
 
 def one_thread(run):
     """Run `run()` on one CPU thread, as each process under launch_two (OMP_NUM_THREADS=1): another thread count
-    can change a logit in the last bits, and so, rarely, a sampled token (imdb_dpo/sampling.py)."""
+    can change a logit in the last bits, and so, rarely, a sampled token (imdb_dpo/models/sampling.py)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -139,7 +139,7 @@ def test_two_process_dpo_stops_together_on_the_stop_file_and_resumes(tiny_sft, t
 
 MAIN_FIRST = """
 import os, sys, time
-from imdb_dpo.distributed import main_process_first, process_state
+from imdb_dpo.lifecycle.distributed import main_process_first, process_state
 log, fail = sys.argv[1], sys.argv[2] == "fail"
 state = process_state(True)
 try:

@@ -11,12 +11,12 @@ from datasets import Dataset
 
 from conftest import NO_FRONTIER_EVAL, kill_once_saved, refused_in_process, run_in_process
 from helpers import state_dicts_equal
-from imdb_dpo.generation_copy import GenerationCopy
-from imdb_dpo.manifests import read_manifest
+from imdb_dpo.models.generation_copy import GenerationCopy
+from imdb_dpo.lifecycle.manifests import read_manifest
 from imdb_dpo.methods.online_dpo import PretokenizedOnlineDPOTrainer
-from imdb_dpo.modeling import load_causal_lm, load_tokenizer
-from imdb_dpo.pairs import read_pairs
-from imdb_dpo.precision import DTYPES
+from imdb_dpo.models.modeling import load_causal_lm, load_tokenizer
+from imdb_dpo.data.pairs import read_pairs
+from imdb_dpo.configuration.precision import DTYPES
 from test_methods_family import method_argv
 
 RUN = "online_sigmoid_beta0.1"
@@ -43,7 +43,7 @@ def test_each_round_samples_the_current_policy_on_the_pair_files_prompt_ids(gene
     from trl.experimental.online_dpo import OnlineDPOConfig
 
     from imdb_dpo.methods.rloo import SentimentReward
-    from imdb_dpo.reward import make_reward
+    from imdb_dpo.models.reward import make_reward
 
     root = tiny_run["root"]
     sft = str(root / "outputs/tiny/sft")
@@ -91,7 +91,7 @@ def sample(model, seen, config, trainer) -> list:
     """`model`'s completions from the random state a round sampled with, as the trainer cuts them."""
     from trl.experimental.utils import truncate_right
 
-    from imdb_dpo.sampling import left_pad
+    from imdb_dpo.models.sampling import left_pad
 
     ids, mask = (t.repeat(2, 1) for t in left_pad(seen["prompt_ids"], trainer._tokenizer.pad_token_id))
     torch.set_rng_state(seen["rng"])

@@ -18,9 +18,9 @@ from imdb_dpo.methods import dpo
 import eval as eval_stage
 import preference_pairs
 from conftest import REPO, dpo_argv
-from imdb_dpo.cli import run_stage
-from imdb_dpo.manifests import read_manifest
-from imdb_dpo.preemption import EXIT_RESUMABLE, STOP_FILE_VARIABLE
+from imdb_dpo.launch.cli import run_stage
+from imdb_dpo.lifecycle.manifests import read_manifest
+from imdb_dpo.lifecycle.preemption import EXIT_RESUMABLE, STOP_FILE_VARIABLE
 from test_eval import eval_argv
 from test_user_errors import digest, pairs_argv, refused
 
@@ -142,8 +142,8 @@ def test_a_full_disk_is_a_message_naming_the_file_and_the_rerun_resumes(tiny_bas
     argv = [sys.executable, "preference_pairs.py", *pairs_argv(tiny_base, tiny_sft, out, "--num_prompts", "32",
                                                                "--batch_size", "32", "--train_file", str(reviews))]
     env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "datasets_cache")}
-    subprocess.run([sys.executable, "-c", "import sys; from imdb_dpo.data import load_reviews; "
-                    "from imdb_dpo.config import PairsArguments as A; load_reviews(A(train_file=sys.argv[1]), 'train')",
+    subprocess.run([sys.executable, "-c", "import sys; from imdb_dpo.data.reviews import load_reviews; "
+                    "from imdb_dpo.configuration.arguments import PairsArguments as A; load_reviews(A(train_file=sys.argv[1]), 'train')",
                     str(reviews)], cwd=REPO, env=env, check=True)  # caches the data set before the limit
     full = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, preexec_fn=_limit_file_size(30_000))
     shard_log = out / "shards" / "0-of-1" / "completions.jsonl"

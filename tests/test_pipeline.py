@@ -7,13 +7,13 @@ import sys
 
 from conftest import REPO
 from imdb_dpo.methods import frontier_methods, registry
-from imdb_dpo.plots import plot_frontier
+from imdb_dpo.evaluation.plots import plot_frontier
 
 
 def rerun_pipeline_in_process(output_root, monkeypatch, capsys) -> str:
     """Every stage of the tiny pipeline again, as `./run_pipeline.sh tiny` runs them (on this CPU machine, in one
     process: this one)."""
-    from imdb_dpo import pipeline
+    from imdb_dpo.launch import pipeline
 
     monkeypatch.setenv("OUTPUT_ROOT", str(output_root))
     monkeypatch.chdir(REPO)
@@ -70,8 +70,8 @@ def test_on_a_gpu_machine_each_stage_runs_in_a_fresh_process_that_a_sigterm_stop
     import yaml
 
     from helpers import wait_until
-    from imdb_dpo.manifests import read_manifest
-    from imdb_dpo.preemption import EXIT_RESUMABLE
+    from imdb_dpo.lifecycle.manifests import read_manifest
+    from imdb_dpo.lifecycle.preemption import EXIT_RESUMABLE
 
     root = tiny_run["root"]
     with open(os.path.join(REPO, "configs/tiny/dpo.yaml")) as f:
@@ -82,7 +82,7 @@ def test_on_a_gpu_machine_each_stage_runs_in_a_fresh_process_that_a_sigterm_stop
     preset.mkdir()
     (preset / "dpo.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "IMDB_DPO_FRESH_PROCESSES": "1"}
-    command = [sys.executable, "-m", "imdb_dpo.pipeline", str(preset)]
+    command = [sys.executable, "-m", "imdb_dpo.launch.pipeline", str(preset)]
     proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     run_dir = tmp_path / "dpo/sigmoid_beta0.1"
     wait_until(lambda: (run_dir / "checkpoint-2" / "trainer_state.json").is_file(), proc)
@@ -108,7 +108,7 @@ def test_a_folder_without_stage_configs_is_no_preset_and_help_is_usage(tmp_path)
 
 
 def test_the_pipeline_knows_every_config_of_each_preset_and_every_method():
-    from imdb_dpo.pipeline import stages as pipeline_stages
+    from imdb_dpo.launch.pipeline import stages as pipeline_stages
 
     stages = [name for name, _ in pipeline_stages()]
     for preset in ("tiny", "gpt2-large"):

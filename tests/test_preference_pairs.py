@@ -16,11 +16,11 @@ from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 import preference_pairs
 from conftest import REPO, run_script
 from helpers import wait_until
-from imdb_dpo.config import PairsArguments, parse_config
-from imdb_dpo.data import load_reviews, make_prompts
-from imdb_dpo.manifests import read_manifest, write_json_atomic
-from imdb_dpo.pairs import PairFileError, read_pairs
-from imdb_dpo.reward import SentimentClassifierReward
+from imdb_dpo.configuration.arguments import PairsArguments, parse_config
+from imdb_dpo.data.reviews import load_reviews, make_prompts
+from imdb_dpo.lifecycle.manifests import read_manifest, write_json_atomic
+from imdb_dpo.data.pairs import PairFileError, read_pairs
+from imdb_dpo.models.reward import SentimentClassifierReward
 
 CONFIG = os.path.join(REPO, "configs/tiny/preference_pairs.yaml")
 SMALL = ["--num_prompts", "48", "--batch_size", "6", "--max_new_tokens", "24"]

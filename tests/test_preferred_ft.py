@@ -3,9 +3,9 @@
 import torch
 
 from helpers import sequence_log_probs
-from imdb_dpo.manifests import read_manifest
-from imdb_dpo.modeling import load_causal_lm
-from imdb_dpo.pairs import read_pairs
+from imdb_dpo.lifecycle.manifests import read_manifest
+from imdb_dpo.models.modeling import load_causal_lm
+from imdb_dpo.data.pairs import read_pairs
 from imdb_dpo.methods.preferred_ft import IGNORED, chosen_examples
 
 

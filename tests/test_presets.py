@@ -7,8 +7,8 @@ import os
 import pytest
 
 from conftest import CPU_FLAGS, REPO
-from imdb_dpo.config import TinyBaseArguments, parse_config
-from imdb_dpo.planning import stages_of
+from imdb_dpo.configuration.arguments import TinyBaseArguments, parse_config
+from imdb_dpo.planning.plan import stages_of
 
 
 def parsers(stage: str) -> tuple:

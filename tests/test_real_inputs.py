@@ -19,11 +19,11 @@ import eval as eval_stage
 import preference_pairs
 from conftest import CPU_FLAGS, NO_FRONTIER_EVAL, REPO, dpo_argv
 from helpers import build_gpt2_stand_in
-from imdb_dpo.config import EvalArguments, parse_config
-from imdb_dpo.manifests import Manifest, describe_model_input, read_manifest
-from imdb_dpo.modeling import load_causal_lm, load_tokenizer
-from imdb_dpo.pairs import make_pairs, rank, read_pairs, write_pairs
-from imdb_dpo.sampling import completion
+from imdb_dpo.configuration.arguments import EvalArguments, parse_config
+from imdb_dpo.lifecycle.manifests import Manifest, describe_model_input, read_manifest
+from imdb_dpo.models.modeling import load_causal_lm, load_tokenizer
+from imdb_dpo.data.pairs import make_pairs, rank, read_pairs, write_pairs
+from imdb_dpo.models.sampling import completion
 from test_eval import records_file
 
 GPT2_LARGE = os.path.join(REPO, "configs", "gpt2-large")
@@ -301,7 +301,7 @@ def test_bf16_biases_the_kl_and_the_default_precision_does_not(gpt2_magnitude_pa
 
 
 def test_an_unknown_precision_is_refused_before_any_work(gpt2_magnitude_pair, imdb_sample, tmp_path):
-    from imdb_dpo.config import ConfigError
+    from imdb_dpo.configuration.arguments import ConfigError
 
     argv = ["--config", f"{GPT2_LARGE}/eval.yaml", "--sft_model", gpt2_magnitude_pair["reference"],
             "--output_dir", str(tmp_path / "out"), "--kl_dtype", "bf16"]

@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 from conftest import REPO
-from imdb_dpo.config import RLOOScriptArguments
+from imdb_dpo.configuration.arguments import RLOOScriptArguments
 from imdb_dpo.methods import frontier_methods, registry
 
 # A key that is also the name of a setting (the reward model a stage scores with) is that setting wherever it appears.
@@ -51,14 +51,14 @@ def test_the_scan_finds_a_method_named_outside_the_registry(tmp_path):
 
 
 def test_every_list_of_methods_is_the_registrys():
-    from imdb_dpo.pipeline import stages
-    from imdb_dpo.planning import stage_names
+    from imdb_dpo.launch.pipeline import stages
+    from imdb_dpo.planning.plan import stage_names
 
     keys = list(registry())
     assert [s for s, _ in stages()][3:-1] == keys and stage_names()[2:-1] == keys
     proc = subprocess.run([sys.executable, "train.py"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2 and f"<method> is one of {', '.join(keys)} " in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "imdb_dpo.sweep_tasks", "jobs", "configs/gpt2-large"], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "imdb_dpo.launch.sweep_tasks", "jobs", "configs/gpt2-large"], cwd=REPO,
                           capture_output=True, text=True)
     assert [line.split("\t")[0] for line in proc.stdout.splitlines()] == keys  # the preset has every method
     for preset in ("tiny", "gpt2-large"):  # each method's two configs, one per preset

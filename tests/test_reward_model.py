@@ -14,10 +14,10 @@ from transformers import AutoModelForSequenceClassification
 from conftest import NO_FRONTIER_EVAL, REPO, kill_once_saved, refused_in_process, run_in_process
 from test_eval import eval_argv, run_eval
 from helpers import state_dicts_equal
-from imdb_dpo.manifests import read_manifest, write_json_atomic
+from imdb_dpo.lifecycle.manifests import read_manifest, write_json_atomic
 from imdb_dpo.methods.reward_model import prompt_key, split_by_prompt
-from imdb_dpo.reward import LearnedReward
-from imdb_dpo.pairs import PairFileError, read_pairs
+from imdb_dpo.models.reward import LearnedReward
+from imdb_dpo.data.pairs import PairFileError, read_pairs
 
 
 @pytest.fixture(scope="session")

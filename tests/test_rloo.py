@@ -11,16 +11,16 @@ from trl import RLOOConfig
 
 from conftest import CPU_FLAGS, NO_FRONTIER_EVAL, REPO, kill_once_saved, refused_in_process, run_in_process
 from helpers import state_dicts_equal
-from imdb_dpo.checkpoints import checkpoint_schedule, checkpoint_steps
-from imdb_dpo.config import PairsArguments
-from imdb_dpo.data import load_reviews, make_prompts
-from imdb_dpo.generation_copy import GenerationCopy
-from imdb_dpo.manifests import read_manifest
-from imdb_dpo.modeling import load_causal_lm, load_tokenizer
-from imdb_dpo.pairs import read_pairs
-from imdb_dpo.reward import VaderReward, make_reward
+from imdb_dpo.lifecycle.checkpoints import checkpoint_schedule, checkpoint_steps
+from imdb_dpo.configuration.arguments import PairsArguments
+from imdb_dpo.data.reviews import load_reviews, make_prompts
+from imdb_dpo.models.generation_copy import GenerationCopy
+from imdb_dpo.lifecycle.manifests import read_manifest
+from imdb_dpo.models.modeling import load_causal_lm, load_tokenizer
+from imdb_dpo.data.pairs import read_pairs
+from imdb_dpo.models.reward import VaderReward, make_reward
 from imdb_dpo.methods.rloo import PretokenizedRLOOTrainer, SentimentReward, prompts_of_pairs
-from imdb_dpo.sampling import left_pad, plan_batches, sample_batch
+from imdb_dpo.models.sampling import left_pad, plan_batches, sample_batch
 
 
 def rloo_argv(tiny_sft, tiny_pairs, output_dir, *extra):

@@ -8,10 +8,10 @@ import shutil
 import pytest
 import torch
 
-from imdb_dpo.config import PairsArguments
-from imdb_dpo.data import load_reviews, make_prompts
-from imdb_dpo.modeling import load_causal_lm, load_tokenizer
-from imdb_dpo.sampling import plan_batches, sample_batch
+from imdb_dpo.configuration.arguments import PairsArguments
+from imdb_dpo.data.reviews import load_reviews, make_prompts
+from imdb_dpo.models.modeling import load_causal_lm, load_tokenizer
+from imdb_dpo.models.sampling import plan_batches, sample_batch
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import sft
 from conftest import CPU_FLAGS, REPO, kill_once_saved, run_in_process, run_script
 from helpers import mean_token_nll, state_dicts_equal
-from imdb_dpo.checkpoints import checkpoint_steps
-from imdb_dpo.config import ConfigError, parse_config
-from imdb_dpo.data import DataError, normalise_review
-from imdb_dpo.manifests import read_manifest
+from imdb_dpo.lifecycle.checkpoints import checkpoint_steps
+from imdb_dpo.configuration.arguments import ConfigError, parse_config
+from imdb_dpo.data.reviews import DataError, normalise_review
+from imdb_dpo.lifecycle.manifests import read_manifest
 
 TINY_SFT = os.path.join(REPO, "configs/tiny/sft.yaml")
 

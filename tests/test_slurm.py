@@ -16,7 +16,7 @@ import pytest
 
 from imdb_dpo.methods import registry
 from conftest import REPO
-from imdb_dpo.manifests import read_manifest
+from imdb_dpo.lifecycle.manifests import read_manifest
 from slurm_cluster import SlurmCluster, slurm_installed
 
 if not slurm_installed():

@@ -1,4 +1,4 @@
-"""The SLURM arrays' tasks (imdb_dpo/sweep_tasks.py): task i is the i-th run of the stage's own sweep."""
+"""The SLURM arrays' tasks (imdb_dpo/launch/sweep_tasks.py): task i is the i-th run of the stage's own sweep."""
 
 import os
 import subprocess
@@ -7,9 +7,9 @@ import sys
 import pytest
 
 from conftest import CPU_FLAGS, REPO
-from imdb_dpo.config import parse_config, strict_yaml
+from imdb_dpo.configuration.arguments import parse_config, strict_yaml
 from imdb_dpo.methods import registry
-from imdb_dpo.sweep_tasks import main as sweep_tasks_main
+from imdb_dpo.launch.sweep_tasks import main as sweep_tasks_main
 
 # Each method of the gpt2-large preset run with seeds, and its sweep as the registry declares it.
 STAGES = {m.key: m.sweep for m in registry().values()
@@ -18,7 +18,7 @@ STAGES = {m.key: m.sweep for m in registry().values()
 
 def sweep_tasks(*args) -> subprocess.CompletedProcess:
     """As the job scripts run it."""
-    return subprocess.run([sys.executable, "-m", "imdb_dpo.sweep_tasks", *args], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "imdb_dpo.launch.sweep_tasks", *args], cwd=REPO, capture_output=True,
                           text=True)
 
 

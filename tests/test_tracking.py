@@ -12,9 +12,9 @@ from wandb.proto.wandb_internal_pb2 import Record
 from imdb_dpo.methods import dpo
 import sft
 from conftest import dpo_argv
-from imdb_dpo.config import ConfigError, parse_config
-from imdb_dpo.manifests import read_manifest
-from imdb_dpo.tracking import check_wandb_credentials
+from imdb_dpo.configuration.arguments import ConfigError, parse_config
+from imdb_dpo.lifecycle.manifests import read_manifest
+from imdb_dpo.lifecycle.tracking import check_wandb_credentials
 from test_sft import sft_argv
 
 API_KEY = "k" * 40

@@ -9,10 +9,10 @@ import torch
 
 from conftest import NO_FRONTIER_EVAL, REPO, kill_once_saved, run_in_process
 from helpers import sequence_log_probs, state_dicts_equal
-from imdb_dpo.manifests import read_manifest
+from imdb_dpo.lifecycle.manifests import read_manifest
 from imdb_dpo.methods.unlikelihood import unlikelihood_loss
-from imdb_dpo.modeling import load_causal_lm
-from imdb_dpo.pairs import read_pairs
+from imdb_dpo.models.modeling import load_causal_lm
+from imdb_dpo.data.pairs import read_pairs
 
 
 def test_the_loss_equals_a_hand_computation():

@@ -12,9 +12,9 @@ import eval as eval_stage
 import preference_pairs
 import sft
 from conftest import CPU_FLAGS, REPO, dpo_argv, refused_in_process
-from imdb_dpo.cli import run_stage
-from imdb_dpo.errors import ConfigError
-from imdb_dpo.config import EvalArguments, PairsArguments, parse_config
+from imdb_dpo.launch.cli import run_stage
+from imdb_dpo.configuration.errors import ConfigError
+from imdb_dpo.configuration.arguments import EvalArguments, PairsArguments, parse_config
 
 
 def digest(*directories) -> dict:
@@ -125,8 +125,8 @@ def test_pair_numbers_are_checked_before_any_folder_exists(capsys, tiny_base, ti
 
 
 def test_fewer_prompts_than_asked_go_on_when_allowed(tiny_base, tiny_sft):
-    from imdb_dpo.data import prompts_for
-    from imdb_dpo.modeling import load_tokenizer
+    from imdb_dpo.data.reviews import prompts_for
+    from imdb_dpo.models.modeling import load_tokenizer
 
     args = parse_config([EvalArguments], ["--config", os.path.join(REPO, "configs/tiny/eval.yaml"), "--test_file",
                                           tiny_base["test"], "--num_prompts", "100000", "--allow_fewer_prompts", "true"])[0]
@@ -228,7 +228,7 @@ def test_a_config_is_read_strictly_naming_the_line(capsys, tmp_path):
 def test_a_full_disk_or_a_read_only_folder_inside_a_library_error_is_a_message():
     import errno
 
-    from imdb_dpo.cli import user_message
+    from imdb_dpo.launch.cli import user_message
 
     def wrapped(cause, outer):
         try:
@@ -254,7 +254,7 @@ def test_reward_positive_label_names_the_label(capsys, tiny_base, tiny_sft, tmp_
     import torch
     from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification
 
-    from imdb_dpo.reward import SentimentClassifierReward
+    from imdb_dpo.models.reward import SentimentClassifierReward
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_sft)
     tokenizer.pad_token = tokenizer.eos_token
@@ -278,7 +278,7 @@ def test_reward_positive_label_names_the_label(capsys, tiny_base, tiny_sft, tmp_
 @pytest.mark.parametrize("values, message", [(["1e-1"], "betas entry '1e-1' is not a number"),
                                              ([True], "betas entry True is not a number")])
 def test_a_sweep_entry_that_is_not_a_number_is_named(values, message):
-    from imdb_dpo.training_runs import sweep_values
+    from imdb_dpo.lifecycle.training_runs import sweep_values
 
     with pytest.raises(ConfigError, match=message):
         sweep_values("betas", values, "beta", 0.1, 0.1)

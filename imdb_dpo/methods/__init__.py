@@ -36,7 +36,7 @@ class Method:
     order: int       # its place in the pipeline, the plan and the report (after SFT and the pairs, before eval)
     stages: tuple    # the dataclasses TrlParser reads its config and command line into
     main: Callable   # main(*parsed) -> exit status: the whole stage (a sweep of runs)
-    plan: Callable   # plan(preset, key, *parsed) -> imdb_dpo.planning.Row: its runs' steps, disk, memory and hours
+    plan: Callable   # plan(preset, key, *parsed) -> imdb_dpo.planning.plan.Row: its runs' steps, disk, memory and hours
     sweep: str = "betas"  # the config's list of runs (one run per value and seed); "-": none, a run per seed
     needs: tuple[str, ...] = ("preference_pairs",)  # the stages whose outputs it reads (it starts after them)
     shared_pass: tuple[str, ...] = ()  # flags of a pass its runs share, run once before them where the config asks

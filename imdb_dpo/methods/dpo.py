@@ -11,23 +11,23 @@ from datasets import load_dataset
 from transformers import set_seed
 from trl import DPOConfig, DPOTrainer, ModelConfig, get_peft_config
 
-from .. import costs
-from ..checkpoints import check_schedule
-from ..checks import check_model, check_positive, check_training
-from ..config import DPOScriptArguments
-from ..costs import check_memory, dpo_memory, frontier_inputs, longest_pair, model_shape
-from ..distributed import main_process_first
-from ..errors import ConfigError, UserError
-from ..frontier_eval import frontier_of
-from ..manifests import describe_model_input
-from ..modeling import load_tokenizer, set_model_init_kwargs
-from ..pairs import REQUIRED_IDS
-from ..planning import Row, bound, frontier_classifier, frontier_row, runs_of, sweep_of, trained_steps
-from ..preemption import exit_resumable
-from ..tracking import check_wandb_credentials
-from ..training_runs import (last_logged, logged_line, pairs_input, read_training_pairs, seed_values, sweep_values,
+from imdb_dpo.planning import costs
+from imdb_dpo.lifecycle.checkpoints import check_schedule
+from imdb_dpo.configuration.checks import check_model, check_positive, check_training
+from imdb_dpo.configuration.arguments import DPOScriptArguments
+from imdb_dpo.planning.costs import check_memory, dpo_memory, frontier_inputs, longest_pair, model_shape
+from imdb_dpo.lifecycle.distributed import main_process_first
+from imdb_dpo.configuration.errors import ConfigError, UserError
+from imdb_dpo.evaluation.in_training import frontier_of
+from imdb_dpo.lifecycle.manifests import describe_model_input
+from imdb_dpo.models.modeling import load_tokenizer, set_model_init_kwargs
+from imdb_dpo.data.pairs import REQUIRED_IDS
+from imdb_dpo.planning.plan import Row, bound, frontier_classifier, frontier_row, runs_of, sweep_of, trained_steps
+from imdb_dpo.lifecycle.preemption import exit_resumable
+from imdb_dpo.lifecycle.tracking import check_wandb_credentials
+from imdb_dpo.lifecycle.training_runs import (last_logged, logged_line, pairs_input, read_training_pairs, seed_values, sweep_values,
                              train_sweep)
-from . import GPUCheck, Method
+from imdb_dpo.methods import GPUCheck, Method
 
 # DPOConfig.loss_type's choices in TRL 1.16 (its help lists them; TRL itself checks a name only at the first loss).
 # Every one is computed from our pairs: `aot_unpaired` sorts a batch's chosen and rejected log-ratios apart, but

@@ -17,10 +17,10 @@ import functools
 
 from trl import GRPOConfig, GRPOTrainer, ModelConfig
 
-from ..config import RLOOScriptArguments
-from ..generation_copy import SamplesFromCopy
-from . import GPUCheck, Method
-from .rloo import PositionedModel, SampledRL, plan, run_sampled_rl
+from imdb_dpo.configuration.arguments import RLOOScriptArguments
+from imdb_dpo.models.generation_copy import SamplesFromCopy
+from imdb_dpo.methods import GPUCheck, Method
+from imdb_dpo.methods.rloo import PositionedModel, SampledRL, plan, run_sampled_rl
 
 STAGES = (RLOOScriptArguments, GRPOConfig, ModelConfig)
 

@@ -16,14 +16,14 @@ import statistics
 from transformers import AutoConfig
 from trl import KTOConfig, KTOTrainer, ModelConfig
 
-from ..config import KTOScriptArguments
-from ..costs import dpo_memory
-from ..errors import ConfigError, UserError
-from ..manifests import describe_model_input, read_manifest
-from ..pairs import json_lines
-from ..training_runs import pairs_input
-from . import GPUCheck
-from .recipe import Recipe, plan_recipe, recipe_method
+from imdb_dpo.configuration.arguments import KTOScriptArguments
+from imdb_dpo.planning.costs import dpo_memory
+from imdb_dpo.configuration.errors import ConfigError, UserError
+from imdb_dpo.lifecycle.manifests import describe_model_input, read_manifest
+from imdb_dpo.data.pairs import json_lines
+from imdb_dpo.lifecycle.training_runs import pairs_input
+from imdb_dpo.methods import GPUCheck
+from imdb_dpo.methods.recipe import Recipe, plan_recipe, recipe_method
 
 CURVES = [
     ("loss", "KTO loss"),

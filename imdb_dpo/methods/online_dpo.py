@@ -18,23 +18,23 @@ from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 from trl.experimental.utils import truncate_right
 from trl.models.utils import unwrap_model_for_generation
 
-from .. import costs
-from ..checks import check_model, check_policy_sampling, check_positive
-from ..config import OnlineDPOScriptArguments
-from ..costs import classifier_shape, online_dpo_memory
-from ..errors import ConfigError
-from ..generation_copy import SamplesFromCopy, check_generation_dtype, make_generation_copy
-from ..manifests import describe_model_input
-from ..modeling import padded_positions
-from ..planning import (Row, bound, compile_seconds, frontier_classifier, frontier_row, runs_of, sampled_step_seconds,
+from imdb_dpo.planning import costs
+from imdb_dpo.configuration.checks import check_model, check_policy_sampling, check_positive
+from imdb_dpo.configuration.arguments import OnlineDPOScriptArguments
+from imdb_dpo.planning.costs import classifier_shape, online_dpo_memory
+from imdb_dpo.configuration.errors import ConfigError
+from imdb_dpo.models.generation_copy import SamplesFromCopy, check_generation_dtype, make_generation_copy
+from imdb_dpo.lifecycle.manifests import describe_model_input
+from imdb_dpo.models.modeling import padded_positions
+from imdb_dpo.planning.plan import (Row, bound, compile_seconds, frontier_classifier, frontier_row, runs_of, sampled_step_seconds,
                         sweep_of, trained_steps)
-from ..precision import inference_dtype
-from ..reward import VADER, make_reward
-from ..sampling import left_pad
-from ..training_runs import pairs_input, read_training_pairs
-from . import GPUCheck
-from .recipe import Recipe, recipe_method
-from .rloo import SentimentReward, prompts_of_pairs
+from imdb_dpo.configuration.precision import inference_dtype
+from imdb_dpo.models.reward import VADER, make_reward
+from imdb_dpo.models.sampling import left_pad
+from imdb_dpo.lifecycle.training_runs import pairs_input, read_training_pairs
+from imdb_dpo.methods import GPUCheck
+from imdb_dpo.methods.recipe import Recipe, recipe_method
+from imdb_dpo.methods.rloo import SentimentReward, prompts_of_pairs
 
 CURVES = [
     ("loss", "online DPO loss"),

@@ -16,24 +16,24 @@ from datasets import Dataset
 from transformers import set_seed
 from trl import ModelConfig, get_peft_config
 
-from .. import costs
-from ..checkpoints import check_schedule
-from ..checks import check_model, check_positive, check_training
-from ..costs import check_memory, frontier_inputs, model_shape
-from ..frontier_eval import frontier_of
-from ..modeling import load_tokenizer, set_model_init_kwargs
-from ..planning import Row, bound, frontier_classifier, frontier_row, runs_of, sweep_of, trained_steps
-from ..preemption import exit_resumable
-from ..tracking import check_wandb_credentials
-from ..training_runs import last_logged, logged_line, seed_values, sweep_values, train_sweep
-from . import Method
+from imdb_dpo.planning import costs
+from imdb_dpo.lifecycle.checkpoints import check_schedule
+from imdb_dpo.configuration.checks import check_model, check_positive, check_training
+from imdb_dpo.planning.costs import check_memory, frontier_inputs, model_shape
+from imdb_dpo.evaluation.in_training import frontier_of
+from imdb_dpo.models.modeling import load_tokenizer, set_model_init_kwargs
+from imdb_dpo.planning.plan import Row, bound, frontier_classifier, frontier_row, runs_of, sweep_of, trained_steps
+from imdb_dpo.lifecycle.preemption import exit_resumable
+from imdb_dpo.lifecycle.tracking import check_wandb_credentials
+from imdb_dpo.lifecycle.training_runs import last_logged, logged_line, seed_values, sweep_values, train_sweep
+from imdb_dpo.methods import Method
 
 
 @dataclass(frozen=True, kw_only=True)
 class Recipe:
     key: str                # the method: the manifest's stage and its key in the registry
     title: str              # how messages name it
-    script: type            # its script arguments (imdb_dpo/config.py)
+    script: type            # its script arguments (imdb_dpo/configuration/arguments.py)
     config: type            # its TRL config class (whose `beta` the sweep sets)
     trainer: type           # its trainer, on the exact sampled token ids
     curves: list            # training_curves.png's panels: (logged key or keys, title)

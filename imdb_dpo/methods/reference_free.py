@@ -16,14 +16,14 @@ from trl import ModelConfig
 from trl.experimental.cpo import CPOConfig, CPOTrainer
 from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-from ..config import PairMethodArguments
-from ..costs import supervised_memory
-from ..errors import ConfigError
-from ..manifests import describe_model_input
-from ..pairs import REQUIRED_IDS
-from ..training_runs import pairs_input, read_training_pairs
-from . import GPUCheck
-from .recipe import Recipe, recipe_method
+from imdb_dpo.configuration.arguments import PairMethodArguments
+from imdb_dpo.planning.costs import supervised_memory
+from imdb_dpo.configuration.errors import ConfigError
+from imdb_dpo.lifecycle.manifests import describe_model_input
+from imdb_dpo.data.pairs import REQUIRED_IDS
+from imdb_dpo.lifecycle.training_runs import pairs_input, read_training_pairs
+from imdb_dpo.methods import GPUCheck
+from imdb_dpo.methods.recipe import Recipe, recipe_method
 
 IGNORED = -100  # a label the loss skips
 PAIR_CURVES = [

@@ -17,18 +17,18 @@ from datasets import Dataset
 from transformers import set_seed
 from trl import ModelConfig, RewardConfig, RewardTrainer
 
-from .. import costs
-from ..checks import check_model, check_positive, check_training
-from ..config import ConfigError, RewardModelScriptArguments
-from ..costs import check_memory, longest_pair, model_shape, reward_model_memory
-from ..manifests import describe_model_input, read_manifest
-from ..modeling import load_tokenizer, same_tokenizer, set_model_init_kwargs
-from ..pairs import PairFileError
-from ..planning import Row, bound, trained_steps, trainer_samples
-from ..preemption import StopRequest, exit_resumable
-from ..tracking import check_wandb_credentials
-from ..training_runs import pairs_input, read_training_pairs, train_run
-from . import GPUCheck, Method
+from imdb_dpo.planning import costs
+from imdb_dpo.configuration.checks import check_model, check_positive, check_training
+from imdb_dpo.configuration.arguments import ConfigError, RewardModelScriptArguments
+from imdb_dpo.planning.costs import check_memory, longest_pair, model_shape, reward_model_memory
+from imdb_dpo.lifecycle.manifests import describe_model_input, read_manifest
+from imdb_dpo.models.modeling import load_tokenizer, same_tokenizer, set_model_init_kwargs
+from imdb_dpo.data.pairs import PairFileError
+from imdb_dpo.planning.plan import Row, bound, trained_steps, trainer_samples
+from imdb_dpo.lifecycle.preemption import StopRequest, exit_resumable
+from imdb_dpo.lifecycle.tracking import check_wandb_credentials
+from imdb_dpo.lifecycle.training_runs import pairs_input, read_training_pairs, train_run
+from imdb_dpo.methods import GPUCheck, Method
 
 CURVES = [
     ("loss", "Bradley-Terry loss"),

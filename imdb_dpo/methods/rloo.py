@@ -13,24 +13,24 @@ from datasets import Dataset
 from transformers import set_seed
 from trl import ModelConfig, RLOOConfig, RLOOTrainer, get_peft_config
 
-from .. import costs
-from ..checkpoints import check_schedule
-from ..checks import check_model, check_policy_sampling, check_positive, check_training
-from ..config import ConfigError, RLOOScriptArguments
-from ..costs import check_memory, classifier_shape, frontier_inputs, model_shape, rloo_memory
-from ..frontier_eval import frontier_of
-from ..generation_copy import SamplesFromCopy, check_generation_dtype, make_generation_copy
-from ..manifests import describe_model_input, read_manifest
-from ..modeling import load_tokenizer, padded_positions, same_tokenizer, set_model_init_kwargs
-from ..planning import (Row, bound, compile_seconds, frontier_classifier, frontier_row, runs_of, sampled_step_seconds,
+from imdb_dpo.planning import costs
+from imdb_dpo.lifecycle.checkpoints import check_schedule
+from imdb_dpo.configuration.checks import check_model, check_policy_sampling, check_positive, check_training
+from imdb_dpo.configuration.arguments import ConfigError, RLOOScriptArguments
+from imdb_dpo.planning.costs import check_memory, classifier_shape, frontier_inputs, model_shape, rloo_memory
+from imdb_dpo.evaluation.in_training import frontier_of
+from imdb_dpo.models.generation_copy import SamplesFromCopy, check_generation_dtype, make_generation_copy
+from imdb_dpo.lifecycle.manifests import describe_model_input, read_manifest
+from imdb_dpo.models.modeling import load_tokenizer, padded_positions, same_tokenizer, set_model_init_kwargs
+from imdb_dpo.planning.plan import (Row, bound, compile_seconds, frontier_classifier, frontier_row, runs_of, sampled_step_seconds,
                         sweep_of, trained_steps)
-from ..precision import inference_dtype
-from ..preemption import exit_resumable
-from ..reward import VADER, LearnedReward, make_reward
-from ..tracking import check_wandb_credentials
-from ..training_runs import (last_logged, logged_line, pairs_input, read_training_pairs, seed_values, sweep_values,
+from imdb_dpo.configuration.precision import inference_dtype
+from imdb_dpo.lifecycle.preemption import exit_resumable
+from imdb_dpo.models.reward import VADER, LearnedReward, make_reward
+from imdb_dpo.lifecycle.tracking import check_wandb_credentials
+from imdb_dpo.lifecycle.training_runs import (last_logged, logged_line, pairs_input, read_training_pairs, seed_values, sweep_values,
                              train_sweep)
-from . import GPUCheck, Method
+from imdb_dpo.methods import GPUCheck, Method
 
 # What training_curves.png shows for an RLOO run: (logged key or keys, panel title).
 RLOO_CURVES = [

@@ -21,20 +21,20 @@ from trl import ModelConfig, get_peft_config
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import selective_log_softmax
 
-from ..checkpoints import check_schedule
-from ..checks import check_model, check_positive, check_training
-from ..config import UnlikelihoodScriptArguments
-from ..costs import check_memory, frontier_inputs, longest_pair, model_shape, supervised_memory
-from ..frontier_eval import frontier_of
-from ..manifests import describe_model_input
-from ..modeling import load_tokenizer, set_model_init_kwargs
-from ..pairs import REQUIRED_IDS
-from ..planning import plan_supervised
-from ..preemption import exit_resumable
-from ..tracking import check_wandb_credentials
-from ..training_runs import (last_logged, logged_line, pairs_input, read_training_pairs, seed_values, sweep_values,
+from imdb_dpo.lifecycle.checkpoints import check_schedule
+from imdb_dpo.configuration.checks import check_model, check_positive, check_training
+from imdb_dpo.configuration.arguments import UnlikelihoodScriptArguments
+from imdb_dpo.planning.costs import check_memory, frontier_inputs, longest_pair, model_shape, supervised_memory
+from imdb_dpo.evaluation.in_training import frontier_of
+from imdb_dpo.lifecycle.manifests import describe_model_input
+from imdb_dpo.models.modeling import load_tokenizer, set_model_init_kwargs
+from imdb_dpo.data.pairs import REQUIRED_IDS
+from imdb_dpo.planning.plan import plan_supervised
+from imdb_dpo.lifecycle.preemption import exit_resumable
+from imdb_dpo.lifecycle.tracking import check_wandb_credentials
+from imdb_dpo.lifecycle.training_runs import (last_logged, logged_line, pairs_input, read_training_pairs, seed_values, sweep_values,
                              train_sweep)
-from . import GPUCheck, Method
+from imdb_dpo.methods import GPUCheck, Method
 
 CURVES = [
     ("loss", "Unlikelihood loss"),

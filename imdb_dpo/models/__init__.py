@@ -1,0 +1,1 @@
+"""Models: loading and positions, sampling with a stream per sample, the generation copy, and the rewards."""
