@@ -190,7 +190,7 @@ def dpo_argv(tiny_sft, pairs_file, output_dir, *extra):
 def dpo_with_checkpoints(tiny_sft, tiny_pairs, tmp_path_factory):
     """A short DPO run (beta 0.1, 192 pairs: 6 steps) that keeps its checkpoints 1, 2 and 4 for eval.py, as a run
     without frontier_eval does (step 6 is the run folder's final model). Tests copy it and never change it."""
-    root = tmp_path_factory.mktemp("dpo_with_checkpoints")
+    root = tmp_path_factory.mktemp("dpo_with_checkpoints") / "dpo"  # <runs_root>/dpo, as eval.py finds the runs
     run_in_process("dpo.py", dpo_argv(tiny_sft, tiny_pairs, root, "--betas", "0.1", "--max_train_pairs", "192"))
     return str(root / "sigmoid_beta0.1")
 

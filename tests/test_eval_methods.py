@@ -146,13 +146,6 @@ def test_plot_frontier_draws_each_method_as_a_family(tmp_path, monkeypatch):
         assert (lines[text].get_xdata()[0], lines[text].get_ydata()[0]) == (0.0, 0.5)
 
 
-def test_plot_frontier_reads_a_summary_without_the_method_column(tmp_path):
-    rows = [{k: v for k, v in r.items() if k != "method"}
-            for r in as_csv_rows(summary_rows()) if r["method"] in ("sft", "dpo", "best_of_n")]
-    labels = plot_frontier(rows, str(tmp_path / "old.png"))
-    assert "DPO beta=0.1" in labels and "DPO beta=1.0" in labels
-
-
 # ---------------------------------------------------------------- finding the runs
 
 
@@ -261,9 +254,9 @@ def test_unfinished_runs_name_their_script(roots):
     units, skipped = eval_stage.models_to_evaluate(eval_args(roots))
     assert {u["run"] for u in units} == {"sft", "sigmoid_beta0.1", "rloo_kl0.05"}
     reasons = {os.path.basename(s["path"]): s["reason"] for s in skipped}
-    assert reasons["ipo_beta0.5"].startswith("the DPO run is unfinished; finish it (run dpo.py again)")
-    assert reasons["rloo_kl0.2"].startswith("the RLOO run is unfinished; finish it (run rloo.py again)")
-    assert reasons["preferred_ft"].startswith("the Preferred-FT run is unfinished; finish it (run preferred_ft.py again)")
+    assert reasons["ipo_beta0.5"].startswith("the DPO run is unfinished; finish it (run train.py dpo again)")
+    assert reasons["rloo_kl0.2"].startswith("the RLOO run is unfinished; finish it (run train.py rloo again)")
+    assert reasons["preferred_ft"].startswith("the Preferred-FT run is unfinished; finish it (run train.py preferred_ft again)")
 
 
 def test_a_run_name_in_two_roots_is_an_error(roots):

@@ -70,10 +70,10 @@ def test_two_process_dpo_sees_the_same_pairs_per_optimizer_step(tiny_base, tiny_
     subprocess.run([sys.executable, "dpo.py", *dpo_argv(tiny_sft, tiny_pairs, tmp_path / "one", *extra)], cwd=REPO,
                    check=True, capture_output=True)
     # The two processes also evaluate each checkpoint as it is saved, each sampling every other batch.
-    evaluation = eval_config(tmp_path, tiny_base, tiny_sft, "eval", tmp_path / "two")
-    launch_two("dpo.py", dpo_argv(tiny_sft, tiny_pairs, tmp_path / "two", *extra, "--frontier_eval", evaluation))
+    evaluation = eval_config(tmp_path, tiny_base, tiny_sft, "eval", tmp_path / "two" / "dpo")
+    launch_two("dpo.py", dpo_argv(tiny_sft, tiny_pairs, tmp_path / "two" / "dpo", *extra, "--frontier_eval", evaluation))
     one = read_manifest(tmp_path / "one" / "sigmoid_beta0.1")
-    two = read_manifest(tmp_path / "two" / "sigmoid_beta0.1")
+    two = read_manifest(tmp_path / "two" / "dpo" / "sigmoid_beta0.1")
     assert (one["processes"], two["processes"]) == (1, 2)
     assert one["examples_per_step"] == two["examples_per_step"] == 32
     assert one["global_step"] == two["global_step"] == 4
@@ -82,7 +82,7 @@ def test_two_process_dpo_sees_the_same_pairs_per_optimizer_step(tiny_base, tiny_
     # One run id on both ranks: the records of every checkpoint lie in one folder, whole and in prompt order.
     runs = glob.glob(str(tmp_path / "eval" / "eval" / "records" / "*" / "sigmoid_beta0.1" / "*"))
     assert [os.path.basename(r) for r in runs] == [two["run_id"]]
-    assert two["checkpoints"] == [2, 3, 4] and checkpoint_steps(tmp_path / "two" / "sigmoid_beta0.1") == []
+    assert two["checkpoints"] == [2, 3, 4] and checkpoint_steps(tmp_path / "two" / "dpo" / "sigmoid_beta0.1") == []
     for step in two["checkpoints"]:
         records = [json.loads(line) for line in open(os.path.join(runs[0], f"step-{step}", "records.jsonl"))]
         ids = [(r["prompt_id"], r["sample"]) for r in records]
@@ -173,14 +173,14 @@ def test_two_processes_with_one_batch_agree_that_a_damaged_checkpoint_is_not_eva
     first could not load, or their collectives go out of step (a hang, or a crash) instead of "Not evaluated"."""
     from test_eval import eval_argv
 
-    run = tmp_path / "runs" / "sigmoid_beta0.1"
+    run = tmp_path / "runs" / "dpo" / "sigmoid_beta0.1"
     shutil.copytree(dpo_with_checkpoints, run)
     steps = read_manifest(run)["checkpoints"]
     with open(run / f"checkpoint-{steps[0]}" / "model.safetensors", "r+b") as f:
         f.truncate(1000)
     out = tmp_path / "eval"
-    launch_two("eval.py", eval_argv(tiny_base, tiny_sft, tmp_path / "runs" / "dpo", out, "--num_prompts", "8", "--batch_size",
-                                    "8", "--best_of_n_samples", "4", "--max_new_tokens", "16"))
+    launch_two("eval.py", eval_argv(tiny_base, tiny_sft, tmp_path / "runs" / "dpo", out, "--num_prompts", "8",
+                                    "--batch_size", "8", "--best_of_n_samples", "4", "--max_new_tokens", "16"))
     report = (out / "report.md").read_text()
     assert f"`{run / f'checkpoint-{steps[0]}'}`: it does not load" in report
     rows = list(csv.DictReader(open(out / "summary.csv")))

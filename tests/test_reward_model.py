@@ -161,7 +161,7 @@ def test_an_rloo_run_whose_reward_model_was_replaced_is_left_out_with_the_reason
     manifest["inputs"]["reward_model"]["run_id"] = "an-earlier-reward-model"  # as after reward_model.py --overwrite
     write_json_atomic(str(run / "manifest.json"), manifest)
     argv = eval_argv(tiny_base, tiny_sft, "", tmp_path / "eval",
-                     "--rloo_rm_dir", str(tmp_path / "rloo_rm"), "--unlikelihood_dir", "",
+                     "--runs_root", str(tmp_path), "--methods", "rloo_rm",
                      "--num_prompts", "4", "--batch_size", "4", "--best_of_n_samples", "4")
     assert run_eval(argv) == 0
     report = (tmp_path / "eval/report.md").read_text()

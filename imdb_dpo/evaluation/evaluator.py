@@ -96,7 +96,7 @@ def run_meta(method: str, name: str, manifest: dict) -> dict:
     beta = training[field] if field else ""
     meta = {"method": method, "run": name, "loss_type": loss_type, "beta": beta, "run_id": manifest["run_id"],
             "seed": training.get("seed", "")}
-    if "reward_model" in manifest["inputs"]:  # a learned reward model it optimised: its score is recorded too
+    if "reward_model" in manifest.get("inputs", {}):  # a learned reward model it optimised: its score is recorded too
         meta["proxy_model"] = manifest["inputs"]["reward_model"]["path"]
         meta["proxy_run_id"] = manifest["inputs"]["reward_model"]["run_id"]
     return meta
