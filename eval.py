@@ -1,6 +1,5 @@
-"""Stage 4: reward and KL(policy || SFT) of the SFT model and every checkpoint of every trained method's runs
-(imdb_dpo/methods: DPO, RLOO on the true and on a learned reward, Preferred-FT, Unlikelihood, KTO, ORPO, CPO, SimPO)
-on held-out prompts.
+"""Stage 4: reward and KL(policy || SFT) of the SFT model and every checkpoint of every method's runs (the registry,
+imdb_dpo/methods: each method's runs in <runs_root>/<method>/) on held-out prompts.
 
     python eval.py --config configs/gpt2-large/eval.yaml
 
@@ -50,7 +49,7 @@ from imdb_dpo.evaluation.report import FRONTIER_BUDGET_COLUMNS, best_within_budg
 
 STAGES = (EvalArguments,)
 # kl_kind: `measured` (a checkpoint's exact KL) or `analytic_bound` (best-of-N: log N - (N-1)/N, never measured).
-# method: sft, base, best_of_n, or a trained method's key (imdb_dpo/methods: dpo, rloo, ..., simpo).
+# method: sft, base, best_of_n, or a method's key (imdb_dpo/methods; python train.py lists them).
 # proxy_reward_mean: the learned reward model's mean score of the samples, for the runs that optimised one (rloo_rm).
 # setting: the run name less its _seed<n>; seed: the run's training seed, or "mean" on a row that averages the seeds
 # of a setting run with several (its reward_lo/hi and kl_lo/hi are then the lowest and highest seed's: the band).

@@ -28,7 +28,7 @@ python=${PYTHON:-python}
 if [ "$plan" = 1 ]; then cd "$repo" && exec "$python" plan.py "$folder" ${gpus[@]+"${gpus[@]}"}; fi
 [ -d "$configs" ] || [ -d "$folder" ] || { echo "no preset '$preset': $configs does not exist" >&2; exit 2; }
 cd "$repo"
-# Every stage whose config the preset has, in order (imdb_dpo/launch/pipeline.py: sft, pairs, DPO, the paper's baselines,
-# KTO, ORPO, CPO, SimPO, online DPO, eval); on a CPU machine in one process, with a GPU each stage in a fresh one;
+# Every stage whose config the preset has, in order (imdb_dpo/launch/pipeline.py: sft, pairs, every method of the
+# registry, eval); on a CPU machine in one process, with a GPU each stage in a fresh one;
 # with --gpus N, N runs at once, one per GPU (imdb_dpo/launch/gpu_pool.py).
 exec "$python" -m imdb_dpo.launch.pipeline "$folder" ${gpus[@]+"${gpus[@]}"}

@@ -1,7 +1,7 @@
 """Stage 4 for one checkpoint: sampling, reward (a classifier of the siebert model's shape through the
 transformers pipeline) and both KL estimators, timed apart and projected to the preset's 500 prompts. The
-precisions and batch sizes are the gpt2-large preset's (configs/gpt2-large/eval.yaml: fp32 throughout, README
-"Precision"); on a CPU the batches are smaller.
+precisions and batch sizes are the gpt2-large preset's (configs/gpt2-large/eval.yaml: fp32 throughout, docs/precision.md);
+on a CPU the batches are smaller.
 
     python benchmarks/bench_eval.py --size gpt2-large --output eval.json    # on a GPU
 """

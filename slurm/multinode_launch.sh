@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run by srun, once per node, inside a job: starts accelerate's launcher for this node's GPUs, all nodes
 # joining one process group. A job script runs it for LAUNCH=multinode (slurm/common.sh):
-#   LAUNCH=multinode sbatch --nodes=2 --gres=gpu:8 --array=0-11 slurm/dpo.sbatch gpt2-large
+#   LAUNCH=multinode sbatch --nodes=2 --gres=gpu:8 --array=0-11 slurm/train.sbatch dpo gpt2-large
 # The stop file sits under OUTPUT_ROOT, which must be on storage every node sees.
 set -euo pipefail
 head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)

@@ -14,14 +14,28 @@ SAMPLE = {"train": 5_000, "test": 1_000}  # as ../shared/data/imdb: balanced, 1 
 def _fetch(code: str) -> None:
     """Run `code` with the hub reachable (the suite itself runs offline), to fill the Hugging Face cache."""
     env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0"}
-    subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=1800)
+    try:
+        subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=1800)
+    except subprocess.TimeoutExpired:
+        pass  # the cache is read once more, and the tests stop with the message if it still lacks the data
 
 
-def _stop(what: str, missing: str, variable: str, hub: str) -> None:
-    pytest.fail(f"{what} not found: neither {missing} (the team's ../shared; or set {variable}) nor {hub} in the "
-                f"Hugging Face cache, and the hub could not be reached. On a machine with a network run "
-                f"`python -c \"{hub_code(hub)}\"` once (it fills the cache), or point {variable} at a folder holding "
-                "them", pytrace=False)
+def _stop(what: str, files: str, missing: str, variable: str, hub: str) -> None:
+    pytest.fail(f"{what} not found: neither {files} in {missing} (the team's ../shared; or set {variable} to a folder "
+                f"holding them) nor {hub} in the Hugging Face cache, and the hub could not be reached. On a machine "
+                f"with a network run `python -c \"{hub_code(hub)}\"` once (it fills the cache)", pytrace=False)
+
+
+def _from_cache(load, hub: str):
+    """`load()` from the Hugging Face cache; where the cache lacks it, once more after fetching it from the hub;
+    None where neither works."""
+    for attempt in range(2):
+        try:
+            return load()
+        except Exception:  # not in the cache (the suite runs offline)
+            if attempt:
+                return None
+        _fetch(hub_code(hub))
 
 
 def hub_code(hub: str) -> str:
@@ -34,14 +48,10 @@ def hub_reviews(folder, missing: str) -> dict:
     """A balanced sample of `stanfordnlp/imdb` (a seeded draw, the same every session) as imdb_<split>.jsonl."""
     from datasets import load_dataset
 
-    for attempt in range(2):
-        try:
-            data = load_dataset("stanfordnlp/imdb")
-            break
-        except Exception:  # not in the cache: fetch once, then read the cache
-            if attempt:
-                _stop("The IMDb reviews", missing, "IMDB_SAMPLE_DIR", "stanfordnlp/imdb")
-            _fetch(hub_code("stanfordnlp/imdb"))
+    data = _from_cache(lambda: load_dataset("stanfordnlp/imdb"), "stanfordnlp/imdb")
+    if data is None:
+        _stop("The IMDb reviews", "imdb_train.jsonl and imdb_test.jsonl", missing, "IMDB_SAMPLE_DIR",
+              "stanfordnlp/imdb")
     paths = {}
     for split, size in SAMPLE.items():
         rows = data[split].shuffle(seed=0)
@@ -55,11 +65,8 @@ def hub_reviews(folder, missing: str) -> dict:
 def hub_tokenizer(folder, missing: str) -> str:
     from transformers import AutoTokenizer
 
-    for attempt in range(2):
-        try:
-            AutoTokenizer.from_pretrained("gpt2").save_pretrained(folder)
-            return str(folder)
-        except Exception:
-            if attempt:
-                _stop("GPT-2's tokenizer", missing, "GPT2_TOKENIZER_DIR", "gpt2")
-            _fetch(hub_code("gpt2"))
+    tokenizer = _from_cache(lambda: AutoTokenizer.from_pretrained("gpt2"), "gpt2")
+    if tokenizer is None:
+        _stop("GPT-2's tokenizer", "vocab.json and merges.txt", missing, "GPT2_TOKENIZER_DIR", "gpt2")
+    tokenizer.save_pretrained(folder)
+    return str(folder)

@@ -213,6 +213,9 @@ def test_a_missing_folder_means_the_method_was_not_run_and_methods_chooses_among
     assert {u["method"] for u in units} == {"sft", "preferred_ft"}
     with pytest.raises(ConfigError, match=r"methods: 'dpa' is no method; name some of dpo, rloo, "):
         eval_stage.check_args(eval_args(roots, methods=["dpa"]))
+    for odd in ("dpo", []):  # a string (YAML's `methods: dpo`) or nothing
+        with pytest.raises(ConfigError, match=r"methods=.*: a list of the methods to evaluate, e.g. methods: \[dpo"):
+            eval_stage.check_args(eval_args(roots, methods=odd))
 
 
 def test_a_runs_root_or_method_folder_that_is_a_file_is_named(roots):

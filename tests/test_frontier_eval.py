@@ -172,6 +172,14 @@ def test_a_frontier_eval_that_cannot_be_used_is_refused_before_any_folder(tiny_b
     elsewhere = eval_config(tmp_path, tiny_base, tiny_sft, "elsewhere")
     err = refused_in_process("dpo.py", dpo(tiny_sft, tiny_pairs, tmp_path, "x", elsewhere), capsys)
     assert f"these runs go to {tmp_path / 'x' / 'dpo'}, but eval.py would look for them in" in err
+    for change, expected in (({"runs_root": ""}, 'its runs_root is "", so eval.py evaluates no method\'s runs'),
+                             ({"methods": ["rloo"]}, "its methods (rloo) leave dpo out, so eval.py would not evaluate")):
+        config = eval_config(tmp_path, tiny_base, tiny_sft, "x")
+        with open(config) as f:
+            changed = {**yaml.safe_load(f), **change}
+        with open(config, "w") as f:
+            yaml.safe_dump(changed, f)
+        assert expected in refused_in_process("dpo.py", dpo(tiny_sft, tiny_pairs, tmp_path, "x", config), capsys)
     # Its prompts are made at the start: a missing test file stops the stage before training, not at its first save.
     config = eval_config(tmp_path, tiny_base, tiny_sft, "x")
     with open(config) as f:

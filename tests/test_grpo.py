@@ -6,9 +6,11 @@ import csv
 import os
 
 import torch
+from transformers import AutoModelForCausalLM
 from trl import GRPOConfig
 
-from conftest import CPU_FLAGS, NO_FRONTIER_EVAL, REPO, refused_in_process
+from conftest import CPU_FLAGS, NO_FRONTIER_EVAL, REPO, kill_once_saved, refused_in_process, run_in_process
+from helpers import state_dicts_equal
 from imdb_dpo.configuration.arguments import PairsArguments
 from imdb_dpo.data.reviews import load_reviews, make_prompts
 from imdb_dpo.lifecycle.manifests import read_manifest
@@ -82,3 +84,20 @@ def test_grpo_refuses_a_learned_reward_model_before_any_folder(tiny_run, tiny_sf
                                           *CPU_FLAGS, *NO_FRONTIER_EVAL], capsys)
     assert f"reward_model={learned!r} is a learned reward model; GRPO here optimises stage 2's reward" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_killed_grpo_resumes_to_the_same_weights(tiny_sft, tiny_pairs, tmp_path):
+    def argv(output_dir):
+        return ["grpo", "--config", os.path.join(REPO, "configs/tiny/grpo.yaml"), "--model_name_or_path", tiny_sft,
+                "--pairs_file", tiny_pairs, "--output_dir", str(output_dir), *CPU_FLAGS, *NO_FRONTIER_EVAL,
+                "--max_train_prompts", "64", "--max_steps", "6", "--save_steps", "3", "--per_device_train_batch_size",
+                "16", "--checkpoint_schedule", "steps"]
+
+    run_in_process("train.py", argv(tmp_path / "straight"))
+    killed = tmp_path / "killed"
+    kill_once_saved("train.py", argv(killed), killed / "grpo_kl0.1" / "checkpoint-3", settle=0.3)
+    assert not read_manifest(killed / "grpo_kl0.1")["finished"]
+    run_in_process("train.py", argv(killed))
+    assert read_manifest(killed / "grpo_kl0.1")["global_step"] == 6
+    straight = AutoModelForCausalLM.from_pretrained(tmp_path / "straight" / "grpo_kl0.1")
+    assert state_dicts_equal(straight, AutoModelForCausalLM.from_pretrained(killed / "grpo_kl0.1")) == []

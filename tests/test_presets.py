@@ -37,5 +37,5 @@ def test_accelerate_configs_are_valid_launch_configs(path):
     config = load_config_from_file(path)
     # accelerate's "pass --num_processes": a fixed count crashes its extra ranks on a node with fewer GPUs.
     assert config.num_processes == -1
-    # DeepSpeed's bf16 would save bf16 weights (refused by the stages: imdb_dpo/checks.check_saved_precision).
+    # DeepSpeed's bf16 would save bf16 weights (refused by the stages: imdb_dpo/configuration/checks.check_saved_precision).
     assert config.mixed_precision == ("no" if config.distributed_type == "DEEPSPEED" else "bf16")

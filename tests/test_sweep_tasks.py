@@ -75,3 +75,10 @@ def test_a_task_beyond_the_array_or_a_config_without_a_list_is_named(tmp_path):
     single.write_text("beta: 0.1\nseeds: []\n")
     assert sweep_tasks(str(single), "betas", "count").stdout == "1\n"
     assert sweep_tasks(str(single), "betas", "task", "0").stdout == "\n"
+
+
+def test_the_jobs_of_a_folder_that_is_no_preset_are_refused(tmp_path):
+    out = sweep_tasks("jobs", str(tmp_path / "nosuch"))
+    assert out.returncode == 2 and "nosuch: no such folder; name a preset's folder of configs" in out.stderr
+    out = sweep_tasks("jobs", str(tmp_path))
+    assert out.returncode == 2 and "holds no method's config" in out.stderr and out.stdout == ""

@@ -302,3 +302,10 @@ def test_an_output_dir_that_is_a_file_is_refused_before_any_work(script, capsys,
     config = os.path.join(REPO, "configs", "tiny", f"{method[0] if method else name[:-3]}.yaml")
     err = refused_in_process(name, [*method, "--config", config, "--output_dir", str(taken)], capsys)
     assert f"output_dir={str(taken)!r} is a file, not a folder" in err and taken.read_text() == "a user's file"
+
+
+def test_an_evaluation_config_of_the_folder_per_method_settings_says_what_replaced_them(tmp_path, capsys):
+    old = tmp_path / "eval.yaml"
+    old.write_text(f"sft_model: {tmp_path}\nrloo_dir: {tmp_path}/rloo\n")
+    err = refused_in_process("eval.py", ["--config", str(old)], capsys)
+    assert "unknown config key(s) 'rloo_dir' (the methods' runs are now found under runs_root" in err

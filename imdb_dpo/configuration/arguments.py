@@ -170,6 +170,10 @@ def _read_yaml_config(path: str, dataclass_types) -> dict:
     if unknown:
         hints = []
         for key in unknown:
+            if "runs_root" in known and key.endswith("_dir"):  # one method's folder of runs, as eval.yaml had them
+                hints.append(f"{key!r} (the methods' runs are now found under runs_root: <runs_root>/<method>/; "
+                             "methods: [...] evaluates some of them)")
+                continue
             close = difflib.get_close_matches(key, known, n=1)
             hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise ConfigError(f"{path}: unknown config key(s) {', '.join(hints)}; fix or remove them")
@@ -189,7 +193,8 @@ def parse_config(dataclass_types, argv=None, program: str = "this stage"):
     """Parse `--config FILE` plus command-line overrides into one instance of each dataclass type."""
     os.environ.setdefault("OUTPUT_ROOT", REPOSITORY)
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = TrlParser(dataclass_types)
+    # --help's usage names the stage as it was started (train.py <method>), where the caller says so
+    parser = TrlParser(dataclass_types, **({"prog": program} if program.endswith(".py") or " " in program else {}))
     source = "the command line"
 
     def refuse(message):  # argparse's own error prints the whole usage and names no file
@@ -276,8 +281,8 @@ class RewardArguments:
 
     reward_model: str = field(
         default="siebert/sentiment-roberta-large-english",
-        metadata={"help": "A sequence classifier with a POSITIVE label, or 'vader' for the offline lexicon; for rloo.py "
-                          "also a folder reward_model.py finished, whose learned score RLOO then optimises (rloo_rm)."},
+        metadata={"help": "A sequence classifier with a POSITIVE label, or 'vader' for the offline lexicon; for RLOO "
+                          "also a folder reward_model.py finished, whose learned score it then optimises (rloo_rm)."},
     )
     reward_positive_label: str = field(
         default="POSITIVE", metadata={"help": "The reward model's label whose probability is the reward."}
@@ -415,15 +420,16 @@ class PolicySamplingArguments(RewardArguments):
 
 @dataclass
 class RLOOScriptArguments(PolicySamplingArguments, CheckpointArguments):
-    """Online RL (TRL's RLOOTrainer) from the SFT model on the pair file's prompts, rewarded by the sentiment model."""
+    """Online RL from the SFT model on the pair file's prompts, rewarded by the sentiment model (RLOO's, and that of
+    each method that samples as it trains through imdb_dpo/methods/rloo.run_sampled_rl)."""
 
     pairs_file: str = field(
         default="${OUTPUT_ROOT}/generations/gpt2-large/pairs.jsonl",
-        metadata={"help": "Stage 2's pair file: its prompts (each once, with their exact token ids) are RLOO's prompts, "
-                          "so RLOO and DPO train on the same prefixes."},
+        metadata={"help": "Stage 2's pair file: its prompts (each once, with their exact token ids) are the prompts "
+                          "sampled from, so this method and DPO train on the same prefixes."},
     )
     kl_coefs: list[float] | None = field(
-        default=None, metadata={"help": "Sweep: one run per KL coefficient (RLOOConfig's beta), in sequence. Unset: --beta."}
+        default=None, metadata={"help": "Sweep: one run per KL coefficient (the trainer config's beta), in sequence. Unset: --beta."}
     )
     max_train_prompts: int | None = None
     overwrite: bool = field(default=False, metadata={"help": "Replace finished runs of this sweep once the new ones finish."})

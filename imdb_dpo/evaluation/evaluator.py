@@ -143,6 +143,9 @@ def evaluated_methods(args: EvalArguments) -> list:
         return []
     if args.methods is None:
         return list(known.values())
+    if isinstance(args.methods, str) or not args.methods:
+        raise ConfigError(f"methods={args.methods!r}: a list of the methods to evaluate, e.g. methods: [dpo, rloo] in "
+                          "the config or --methods dpo rloo; leave it unset for every method (runs_root: \"\" for none)")
     unknown = [key for key in args.methods if key not in known]
     if unknown:
         raise ConfigError(f"methods: {unknown[0]!r} is no method; name some of {', '.join(known)}, or leave methods "

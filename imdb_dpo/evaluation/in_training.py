@@ -68,12 +68,17 @@ class FrontierEvaluation:
             raise ConfigError(f"frontier_eval={config}: {error}") from None
         declared = {m.key: m for m in evaluated_methods(self.args)}.get(method)
         folder = runs_folder(self.args, declared) if declared else None
-        if folder is None or os.path.realpath(folder) != os.path.realpath(root):
-            where = (f"eval.py would look for them in {folder}" if folder else
-                     f"its methods ({', '.join(self.args.methods)}) leave {method} out")
-            raise ConfigError(f"frontier_eval={config}: these runs go to {root}, but {where}. Make output_dir "
-                              f"<runs_root>/{method} of that config, or pass {KEEP_ALL} to keep every checkpoint for "
-                              "eval.py")
+        if folder is None and not self.args.runs_root:
+            raise ConfigError(f"frontier_eval={config}: its runs_root is \"\", so eval.py evaluates no method's runs; set "
+                              f"runs_root to the folder holding {root}, or pass {KEEP_ALL} to keep every checkpoint")
+        if folder is None:
+            raise ConfigError(f"frontier_eval={config}: its methods ({', '.join(self.args.methods)}) leave {method} "
+                              f"out, so eval.py would not evaluate these runs; add {method} to methods (or remove "
+                              f"methods), or pass {KEEP_ALL} to keep every checkpoint for eval.py")
+        if os.path.realpath(folder) != os.path.realpath(root):
+            raise ConfigError(f"frontier_eval={config}: these runs go to {root}, but eval.py would look for them in "
+                              f"{folder}. Make output_dir <runs_root>/{method} of that config, or pass {KEEP_ALL} to "
+                              "keep every checkpoint for eval.py")
         self.records_root = records_root(self.args)
         self.settings_key = os.path.basename(self.records_root)
         # The prompts now, so that a data problem stops the stage before training rather than at its first save.

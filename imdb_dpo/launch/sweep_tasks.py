@@ -89,7 +89,12 @@ def jobs(folder: str) -> list[str]:
     import os
 
     registry = quiet_registry
+    if not os.path.isdir(folder):
+        raise ConfigError(f"{folder}: no such folder; name a preset's folder of configs, e.g. configs/gpt2-large")
     present = {key for key in registry() if os.path.isfile(os.path.join(folder, f"{key}.yaml"))}
+    if not present:
+        raise ConfigError(f"{folder} holds no method's config (<method>.yaml, one of {', '.join(registry())}): it is "
+                          "not a preset")
     lines = []
     for method in registry().values():
         if method.key not in present:

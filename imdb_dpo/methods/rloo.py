@@ -143,8 +143,13 @@ def check_inputs(kind: SampledRL, script_args: RLOOScriptArguments, training_arg
     check_generation_dtype(script_args, model_args.use_peft)
     check_model("model_name_or_path", model_args.model_name_or_path)
     if script_args.reward_model != VADER:
-        learned_reward_manifest(script_args.reward_model)  # an unfinished one holds no model yet: say so first
-        check_model("reward_model", script_args.reward_model)
+        path = script_args.reward_model
+        manifest = read_manifest(path) if os.path.isdir(path) else None
+        if not kind.learned_key and manifest and manifest.get("stage") == "reward_model":
+            raise ConfigError(f"reward_model={path!r} is a learned reward model; {kind.title} here optimises stage 2's "
+                              "reward: name the classifier stage 2 ranked with (or vader)")
+        learned_reward_manifest(path)  # an unfinished one holds no model yet: say so first
+        check_model("reward_model", path)
 
 
 def learned_reward_manifest(path: str) -> dict | None:
@@ -154,7 +159,7 @@ def learned_reward_manifest(path: str) -> dict | None:
         return None
     if not manifest.get("finished"):
         raise ConfigError(f"reward_model={path!r} is an unfinished reward_model.py run; finish it (run reward_model.py "
-                          "again: it resumes) before RLOO optimises it")
+                          "again: it resumes) before a method optimises it")
     return manifest
 
 
@@ -189,9 +194,6 @@ def run_sampled_rl(kind: SampledRL, script_args: RLOOScriptArguments, training_a
     # The reward scores on this process's own device (RLOO gathers the rewards across processes).
     dtype = inference_dtype(script_args, "reward_dtype")
     learned = learned_reward_model(script_args, model_args.model_name_or_path)
-    if learned and not kind.learned_key:
-        raise ConfigError(f"reward_model={script_args.reward_model!r} is a learned reward model; {kind.title} here "
-                          "optimises stage 2's reward: name the classifier stage 2 ranked with (or vader)")
     method = kind.learned_key if learned else kind.key
     frontier = frontier_of(script_args, method, training_args.output_dir)
     check_memory(kind.title, rloo_memory(training_args, model_shape(model_args.model_name_or_path),
@@ -199,7 +201,7 @@ def run_sampled_rl(kind: SampledRL, script_args: RLOOScriptArguments, training_a
                                      script_args.reward_dtype, *frontier_inputs(frontier), lora=model_args.use_peft,
                                      generation_dtype=script_args.generation_dtype,
                                      generation_compile=script_args.generation_compile,
-                                     learned_reward=learned),
+                                     learned_reward=learned, kl_coef=max(coefs)),
                  state.device)
     if learned:
         inputs["reward_model"] = describe_model_input(script_args.reward_model)
@@ -244,7 +246,8 @@ def plan(preset, stage, script_args, training_args, model_args) -> Row:
               peak=costs.rloo_memory(training_args, shape, counts["prompt_tokens"], classifier, script_args.reward_dtype,
                                      *frontier_classifier(preset, script_args), lora=model_args.use_peft,
                                      generation_dtype=script_args.generation_dtype,
-                                     generation_compile=script_args.generation_compile, learned_reward=learned))
+                                     generation_compile=script_args.generation_compile, learned_reward=learned,
+                                     kl_coef=max(coefs)))
     per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
     generation_prompts = max(per_step // training_args.num_generations, 1)
     row.seconds = row.runs * steps * sampled_step_seconds(

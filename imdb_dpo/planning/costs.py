@@ -448,15 +448,16 @@ def policy_sampling(policy: Shape, training_args, rows: int, tokens: int, genera
 def rloo_memory(training_args, policy: Shape, prompt_tokens: int, classifier: Shape | None, reward_dtype: str,
                 frontier_args=None, frontier_classifier: Shape | None = None, lora: bool = False,
                 generation_dtype: str | None = None, generation_compile: bool = False,
-                learned_reward: bool = False) -> Peak:
+                learned_reward: bool = False, kl_coef: float | None = None) -> Peak:
     """RLOO holds the policy's training state, the reference (unless the KL coefficient is 0), the reward model and
     the generation copy; its largest step is a training step or the sampling of a generation batch. With a
-    `learned_reward` (rloo_rm) the in-training evaluation loads that model once more, to score with it too."""
+    `learned_reward` (rloo_rm) the in-training evaluation loads that model once more, to score with it too.
+    `kl_coef`: the largest of the sweep's coefficients, where the config's own beta is not what the runs use."""
     tokens = prompt_tokens + training_args.max_completion_length
     rows = training_args.per_device_train_batch_size
     generation_rows = rows * (training_args.steps_per_generation or training_args.gradient_accumulation_steps)
     others = generation_copy_memory(policy, generation_dtype, generation_compile, generation_rows, tokens)
-    if training_args.beta and not lora:
+    if (training_args.beta if kl_coef is None else kl_coef) and not lora:
         others["reference model"] = policy.fp32_bytes
     if classifier:
         others["reward model"] = classifier.params * dtype_bytes(reward_dtype)
