@@ -68,3 +68,22 @@ def build_gpt2_stand_in(out, tokenizer_dir: str, *, seed: int = 0, logit_scale: 
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return str(out)
+
+
+def held_out_vader_reward(tiny_base, tiny_sft, model_dir: str) -> float:
+    """The mean VADER reward of `model_dir` on 64 held-out tiny prompts x 4 samples, sampled and scored here (not by
+    a trainer or eval.py), with the same random numbers for every model."""
+    from imdb_dpo.configuration.arguments import PairsArguments
+    from imdb_dpo.data.reviews import load_reviews, make_prompts
+    from imdb_dpo.models.modeling import load_causal_lm, load_tokenizer
+    from imdb_dpo.models.reward import VaderReward
+    from imdb_dpo.models.sampling import plan_batches, sample_batch
+
+    tokenizer = load_tokenizer(tiny_sft)
+    prompts = make_prompts(load_reviews(PairsArguments(train_file=tiny_base["train"], test_file=tiny_base["test"]),
+                                        "test"), tokenizer, 64, "test")
+    model, vader, rewards = load_causal_lm(model_dir), VaderReward(), []
+    for b, batch in enumerate(plan_batches(prompts, 32)):
+        samples = sample_batch(model, tokenizer, batch, 4, 48, seed=100 + b)
+        rewards += vader([p["prompt"] + c["text"] for p, cs in zip(batch, samples) for c in cs])
+    return sum(rewards) / len(rewards)

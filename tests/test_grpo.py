@@ -10,16 +10,13 @@ from transformers import AutoModelForCausalLM
 from trl import GRPOConfig
 
 from conftest import CPU_FLAGS, NO_FRONTIER_EVAL, REPO, kill_once_saved, refused_in_process, run_in_process
-from helpers import state_dicts_equal
-from imdb_dpo.configuration.arguments import PairsArguments
-from imdb_dpo.data.reviews import load_reviews, make_prompts
+from helpers import held_out_vader_reward, state_dicts_equal
 from imdb_dpo.lifecycle.manifests import read_manifest
 from imdb_dpo.methods.grpo import PretokenizedGRPOTrainer
 from imdb_dpo.methods.rloo import SentimentReward, prompts_of_pairs
-from imdb_dpo.models.modeling import load_causal_lm, load_tokenizer
+from imdb_dpo.models.modeling import load_tokenizer
 from imdb_dpo.data.pairs import read_pairs
 from imdb_dpo.models.reward import VaderReward
-from imdb_dpo.models.sampling import plan_batches, sample_batch
 
 
 def grpo_trainer(tiny_sft, tiny_pairs, tmp_path):
@@ -53,19 +50,8 @@ def test_tiny_grpo_raises_the_reward_and_is_on_the_frontier_the_report_and_the_c
     manifest = read_manifest(run)
     assert manifest["finished"] and manifest["stage"] == "grpo"
     assert manifest["config"]["training"]["beta"] == 0.1 and manifest["config"]["training"]["loss_type"] == "grpo"
-    tokenizer = load_tokenizer(tiny_sft)
-    prompts = make_prompts(load_reviews(PairsArguments(train_file=tiny_base["train"], test_file=tiny_base["test"]),
-                                        "test"), tokenizer, 64, "test")
-    vader = VaderReward()
-
-    def mean_reward(model):  # held-out prompts, sampled and scored here, not by the trainer or eval.py
-        rewards = []
-        for b, batch in enumerate(plan_batches(prompts, 32)):
-            samples = sample_batch(model, tokenizer, batch, 4, 48, seed=100 + b)
-            rewards += vader([p["prompt"] + c["text"] for p, cs in zip(batch, samples) for c in cs])
-        return sum(rewards) / len(rewards)
-
-    assert mean_reward(load_causal_lm(str(run))) > mean_reward(load_causal_lm(tiny_sft)) + 0.05
+    sft_reward = held_out_vader_reward(tiny_base, tiny_sft, tiny_sft)
+    assert held_out_vader_reward(tiny_base, tiny_sft, str(run)) > sft_reward + 0.05
     evaluation = tiny_run["root"] / "outputs/tiny/eval"
     with open(evaluation / "summary.csv") as f:
         steps = sorted(int(r["step"]) for r in csv.DictReader(f) if r["method"] == "grpo" and r["run"] == run.name)

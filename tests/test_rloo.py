@@ -10,17 +10,15 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from trl import RLOOConfig
 
 from conftest import CPU_FLAGS, NO_FRONTIER_EVAL, REPO, kill_once_saved, refused_in_process, run_in_process
-from helpers import state_dicts_equal
+from helpers import held_out_vader_reward, state_dicts_equal
 from imdb_dpo.lifecycle.checkpoints import checkpoint_schedule, checkpoint_steps
-from imdb_dpo.configuration.arguments import PairsArguments
-from imdb_dpo.data.reviews import load_reviews, make_prompts
 from imdb_dpo.models.generation_copy import GenerationCopy
 from imdb_dpo.lifecycle.manifests import read_manifest
 from imdb_dpo.models.modeling import load_causal_lm, load_tokenizer
 from imdb_dpo.data.pairs import read_pairs
 from imdb_dpo.models.reward import VaderReward, make_reward
 from imdb_dpo.methods.rloo import PretokenizedRLOOTrainer, SentimentReward, prompts_of_pairs
-from imdb_dpo.models.sampling import left_pad, plan_batches, sample_batch
+from imdb_dpo.models.sampling import left_pad
 
 
 def rloo_argv(tiny_sft, tiny_pairs, output_dir, *extra):
@@ -159,22 +157,10 @@ def test_the_prompts_are_the_pair_files_own_token_ids(tiny_pairs):
 def test_tiny_rloo_raises_the_reward_and_a_smaller_kl_coefficient_gives_a_larger_kl(tiny_base, tiny_sft, tiny_run):
     runs = tiny_run["root"] / "outputs/tiny/rloo"
     low, high = runs / "rloo_kl0.01", runs / "rloo_kl0.1"
-    tokenizer = load_tokenizer(tiny_sft)
-    prompts = make_prompts(load_reviews(PairsArguments(train_file=tiny_base["train"], test_file=tiny_base["test"]),
-                                        "test"), tokenizer, 64, "test")
-    vader = VaderReward()
-
-    def mean_reward(model):  # held-out prompts, sampled and scored here, not by the trainer or eval.py
-        rewards = []
-        for b, batch in enumerate(plan_batches(prompts, 32)):
-            samples = sample_batch(model, tokenizer, batch, 4, 48, seed=100 + b)
-            rewards += vader([p["prompt"] + c["text"] for p, cs in zip(batch, samples) for c in cs])
-        return sum(rewards) / len(rewards)
-
-    sft_reward = mean_reward(load_causal_lm(tiny_sft))
+    sft_reward = held_out_vader_reward(tiny_base, tiny_sft, tiny_sft)
     for run in (low, high):
         assert read_manifest(run)["finished"]
-        assert mean_reward(load_causal_lm(str(run))) > sft_reward + 0.1, run
+        assert held_out_vader_reward(tiny_base, tiny_sft, str(run)) > sft_reward + 0.1, run
         steps = read_manifest(run)["checkpoints"]  # evaluated while training (frontier_eval), then deleted
         training = read_manifest(run)["config"]["training"]
         args = TrainingArguments(output_dir="unused", lr_scheduler_type=training["lr_scheduler_type"],

@@ -18,41 +18,20 @@ import functools
 from trl import GRPOConfig, GRPOTrainer, ModelConfig
 
 from imdb_dpo.configuration.arguments import RLOOScriptArguments
-from imdb_dpo.models.generation_copy import SamplesFromCopy
 from imdb_dpo.methods import GPUCheck, Method
-from imdb_dpo.methods.rloo import PositionedModel, SampledRL, plan, run_sampled_rl
+from imdb_dpo.methods.rloo import PairFilePrompts, SampledRL, plan, run_sampled_rl
 
 STAGES = (RLOOScriptArguments, GRPOConfig, ModelConfig)
 
 
-class PretokenizedGRPOTrainer(SamplesFromCopy, GRPOTrainer):
-    """GRPOTrainer that samples from the pair file's prompt ids (TRL would tokenise the prompt text again, which
-    does not always give back its ids) and scores each completion at the positions it was sampled at (its log-prob
-    pass gives left-padded rows no position ids). With a `generation_copy` it samples from that copy of the policy,
-    refreshed before each generation."""
-
-    def _generate_and_score_completions(self, inputs):
-        self._batch_prompt_ids = [list(x["prompt_ids"]) for x in inputs]
-        return super()._generate_and_score_completions(inputs)
-
-    def _tokenize_prompts(self, prompts: list):
-        assert len(prompts) == len(self._batch_prompt_ids)
-        return self._batch_prompt_ids, None, {}
+class PretokenizedGRPOTrainer(PairFilePrompts, GRPOTrainer):
+    """GRPOTrainer on the pair file's prompt ids, at the positions they were sampled at (PairFilePrompts)."""
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         if self.generation_copy is None:
             return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
                                                  has_tool_images)
-        ids, _, output = self.generation_copy.generate(self.accelerator.unwrap_model(self.model), prompt_ids,
-                                                       self.generation_config, self._tokenizer.pad_token_id)
-        completions = []  # each cut after its first end of sequence, as TRL cuts them
-        for row in output[:, ids.size(1):].tolist():
-            ends = [i for i, token in enumerate(row) if token in self.eos_token_ids]
-            completions.append(row[:ends[0] + 1] if ends else row)
-        return completions, None
-
-    def _get_per_token_logps_and_entropies(self, model, *args, **kwargs):
-        return super()._get_per_token_logps_and_entropies(PositionedModel(model), *args, **kwargs)
+        return self.sample_from_copy(prompt_ids), None
 
 
 GRPO = SampledRL("grpo", "GRPO", GRPOConfig, PretokenizedGRPOTrainer)

@@ -85,9 +85,9 @@ class PositionedModel:
         return self.model(*args, **kwargs)
 
 
-class PretokenizedRLOOTrainer(SamplesFromCopy, RLOOTrainer):
-    """RLOOTrainer that samples from the prompt ids of the pair file, as stage 2 and the evaluation do, and scores the
-    completions at the positions they were sampled at.
+class PairFilePrompts(SamplesFromCopy):
+    """A mixin for TRL's trainers that sample as they train (RLOO, GRPO): they sample from the prompt ids of the pair
+    file, as stage 2 and the evaluation do, and score the completions at the positions they were sampled at.
 
     TRL tokenises the prompt text again (a prompt's text does not always tokenise back to its ids), and its log-prob
     pass gives the left-padded rows no position ids: GPT-2 would score (and train) a short prompt's completion shifted
@@ -95,12 +95,12 @@ class PretokenizedRLOOTrainer(SamplesFromCopy, RLOOTrainer):
 
     With a `generation_copy` it samples from that copy of the policy, refreshed before each generation."""
 
-    def _generate_single_turn(self, prompt_ids, images, multimodal_fields):
-        if self.generation_copy is None:
-            return super()._generate_single_turn(prompt_ids, images, multimodal_fields)
+    def sample_from_copy(self, prompt_ids) -> list[list[int]]:
+        """The generation copy's completions of `prompt_ids`, each cut after its first end of sequence, as TRL cuts
+        them."""
         ids, _, output = self.generation_copy.generate(self.accelerator.unwrap_model(self.model), prompt_ids,
                                                        self.generation_config, self._tokenizer.pad_token_id)
-        completions = []  # each cut after its first end of sequence, as TRL cuts them
+        completions = []
         for row in output[:, ids.size(1):].tolist():
             ends = [i for i, token in enumerate(row) if token in self.eos_token_ids]
             completions.append(row[:ends[0] + 1] if ends else row)
@@ -116,6 +116,15 @@ class PretokenizedRLOOTrainer(SamplesFromCopy, RLOOTrainer):
     def _tokenize_prompts(self, prompts: list):
         assert len(prompts) == len(self._batch_prompt_ids)
         return self._batch_prompt_ids, None, {}
+
+
+class PretokenizedRLOOTrainer(PairFilePrompts, RLOOTrainer):
+    """RLOOTrainer on the pair file's prompt ids, at the positions they were sampled at (PairFilePrompts)."""
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields):
+        if self.generation_copy is None:
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields)
+        return self.sample_from_copy(prompt_ids)
 
 
 STAGES = (RLOOScriptArguments, RLOOConfig, ModelConfig)
