@@ -67,18 +67,25 @@ def test_a_method_against_itself_differs_by_zero_and_its_interval_holds_zero():
     points = [Point(method, "run", 10, *per_prompt(1, 0.1, seeds=3)) for method in ("dpo", "rloo")]
     for row in compare(points, sft, [0.5, 3.0], resamples=500):
         assert row["difference"] == 0.0
-        assert row["lo"] <= 0.0 <= row["hi"]
+        assert row["lo"] < 0.0 < row["hi"] and row["lo_each"] < 0.0 < row["hi_each"]  # each side's seeds differ
         assert row["verdict"] == "no difference detected"
 
 
-def test_a_clearly_better_method_is_detected_and_a_small_gap_is_not():
-    sft = Point("sft", "sft", 0, per_prompt(0, 0.0)[0], np.zeros((1, 40)))
+def test_a_clearly_better_method_is_detected_and_one_seed_a_side_carries_no_verdict():
+    sft = Point("sft", "sft", 0, per_prompt(0, -0.3)[0], np.zeros((1, 40)))  # below both: never their best
     better = Point("dpo", "dpo_run", 10, *per_prompt(1, 0.2, seeds=3))
     worse = Point("rloo", "rloo_run", 10, *per_prompt(2, 0.0, seeds=3))
     rows = {row["budget"]: row for row in compare([better, worse], sft, [0.5, 3.0], resamples=500)
             if row["kind"] == "within"}
-    assert rows[3.0]["verdict"] == "dpo above" and rows[3.0]["lo"] > 0.1
-    assert rows[0.5]["difference"] == 0.0 and rows[0.5]["verdict"] == "no difference detected"  # only SFT fits
+    gap = float(better.reward.mean() - worse.reward.mean())  # both points (KL 1) are the best within 3 nats
+    assert rows[3.0]["difference"] == pytest.approx(gap) and rows[3.0]["verdict"] == "dpo above"
+    assert 0 < rows[3.0]["lo"] <= rows[3.0]["lo_each"]  # the family's interval is no narrower than its own
+    # Within 0.5 nats the best of each is halfway from the SFT model to its point (KL 1), interpolated.
+    assert rows[0.5]["difference"] == pytest.approx(gap / 2)
+    alone = compare([Point("dpo", "d", 10, better.reward[:1], better.kl[:1]), worse], sft, [3.0], resamples=500)
+    assert alone and all(r["verdict"] == "too few seeds" and r["lo"] == "" and (r["seeds_a"], r["seeds_b"]) == (1, 3)
+                         for r in alone)
+    assert alone[0]["lo_each"] > 0.1  # its own interval, over prompts alone, would have called it
 
 
 def test_seed_means_average_each_step_that_every_seed_reached():
@@ -103,24 +110,30 @@ def test_the_tiny_report_states_each_comparison_with_its_interval(tiny_run):
     assert len({frozenset((r["a"], r["b"])) for r in within}) == pairs and len(within) == pairs * 3  # every budget
     report = (out / "report.md").read_text()
     for r in rows:
-        lo, hi, difference = float(r["lo"]), float(r["hi"]), float(r["difference"])
-        assert (r["verdict"] == "no difference detected") == (lo <= 0 <= hi)
-        assert f"{difference:+.3f} [{lo:+.3f}, {hi:+.3f}]" in report
-    assert "no difference detected" in report or " above " in report
+        lo, hi, difference = float(r["lo_each"]), float(r["hi_each"]), float(r["difference"])
+        assert lo <= difference <= hi
+        # The tiny preset trains one seed per setting: no comparison carries a verdict, and the table says so.
+        assert r["verdict"] == "too few seeds" and r["lo"] == r["hi"] == ""
+        seeds = [r["seeds_a"] or "-", r["seeds_b"] or "-"]
+        assert "1" in seeds and set(seeds) <= {"1", "-"}
+        assert f"{difference:+.3f} [{lo:+.3f}, {hi:+.3f}] too few seeds ({seeds[0]} v {seeds[1]})" in report
+    assert "too few seeds (a v b): a side has fewer than 3 seeds" in report
 
 
 def test_at_matched_kl_the_reward_is_interpolated_along_each_run_and_left_out_where_a_run_falls_short():
     prompts = 30
     flat = lambda value: np.full((1, prompts), value)  # noqa: E731
     sft = Point("sft", "sft", 0, flat(0.5), flat(0.0))
-    points = [Point("dpo", "d", 4, flat(0.7), flat(2.0)), Point("dpo", "d", 8, flat(0.9), flat(6.0)),
-              Point("rloo", "r", 4, flat(0.6), flat(2.0))]
+    seeds = lambda value: np.full((3, prompts), value)  # noqa: E731  three seeds that agree: no seed error
+    points = [Point("dpo", "d", 4, seeds(0.7), seeds(2.0)), Point("dpo", "d", 8, seeds(0.9), seeds(6.0)),
+              Point("rloo", "r", 4, seeds(0.6), seeds(2.0))]
     rows = {(r["kind"], r["budget"]): r for r in compare(points, sft, [1.0, 4.0], resamples=200)}
     # At KL 1: DPO 0.5 + 0.2/2 = 0.6, RLOO 0.5 + 0.1/2 = 0.55; at KL 4 only DPO's run reaches (0.7 + 0.2/2).
     assert rows[("at", 1.0)]["difference"] == pytest.approx(0.05)
     assert rows[("at", 1.0)]["lo"] == pytest.approx(0.05) and rows[("at", 1.0)]["verdict"] == "dpo above"
     assert ("at", 4.0) not in rows
-    assert rows[("within", 4.0)]["difference"] == pytest.approx(0.1)  # 0.7 (step 4) against 0.6
+    # Within 4: DPO's best is on its segment from KL 2 to 6, interpolated at 4 (0.8), against RLOO's 0.6 at KL 2.
+    assert rows[("within", 4.0)]["difference"] == pytest.approx(0.2)
 
 
 def test_each_dpo_loss_is_a_method_of_its_own_in_the_tables(tiny_base, tiny_sft, tiny_pairs, tmp_path):

@@ -13,15 +13,25 @@ budget is chosen again in every replicate, so the interval also carries the nois
 
 import dataclasses
 import re
+import warnings
 
 import numpy as np
 
+from imdb_dpo.evaluation.statistics import seed_perturbations, simultaneous_half_widths
 from imdb_dpo.methods import frontier_methods, method as method_of_key
 
 SEED_SUFFIX = re.compile(r"_seed(\d+)$")
 RESAMPLES = 2000
-# comparisons.csv; kind: "within" (best reward within the budget) or "at" (reward at that KL, interpolated)
-COLUMNS = ["a", "b", "kind", "budget", "difference", "lo", "hi", "verdict"]
+SPLITS = 8  # random halvings of the prompts that each cross-fitted value averages, each used both ways round
+LEVEL = 0.95
+# A verdict needs this many training seeds in every setting of each trained side: fewer, and the seed error is
+# estimated from one or two differences (t_1's 97.5% point is 12.7) or not at all (docs/statistics.md).
+MIN_SEEDS = 3
+UNTRAINED = ("best_of_n",)  # drawn from the SFT model: no training seed, only the prompts' noise
+TOO_FEW = "too few seeds"
+# comparisons.csv; kind: "within" (best reward within the budget) or "at" (reward at that KL, interpolated); lo, hi:
+# the simultaneous interval of the family (empty outside it); lo_each, hi_each: the comparison's own interval.
+COLUMNS = ["a", "b", "kind", "budget", "difference", "lo", "hi", "verdict", "lo_each", "hi_each", "seeds_a", "seeds_b"]
 
 
 def setting_of(run: str) -> str:
@@ -110,74 +120,148 @@ def points_of(per_prompt: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]], 
             for (method, setting, step), rows in groups.items() if len(rows) == seeds_of[(method, setting)]]
 
 
-def _replicates(points: list[Point], prompts: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
-    """Each point's mean reward and KL in each replicate (points x replicates); `prompts` is replicates x prompts."""
-    rewards, kls = [], []
-    for point in points:
-        seeds = point.reward.shape[0]
-        drawn = rng.integers(0, seeds, size=(prompts.shape[0], seeds)) if seeds > 1 else np.zeros((prompts.shape[0], 1), int)
-        for values, out in ((point.reward, rewards), (point.kl, kls)):
-            per_seed = values[:, prompts].mean(axis=-1)  # seeds x replicates
-            out.append(per_seed[drawn, np.arange(prompts.shape[0])[:, None]].mean(axis=1))
-    return np.array(rewards), np.array(kls)
+def _halves(prompts: int, splits: int, rng) -> np.ndarray:
+    """splits x 2 x prompts: in each split a random half of the prompts, then the other half."""
+    masks = np.zeros((splits, 2, prompts), bool)
+    for split in masks:
+        split[0, rng.permutation(prompts)[: prompts // 2]] = True
+        split[1] = ~split[0]
+    return masks
 
 
-def _best(rewards: np.ndarray, kls: np.ndarray, budget: float) -> np.ndarray:
-    """Per column, the highest reward among the rows whose KL is within the budget."""
-    return np.where(kls <= budget, rewards, -np.inf).max(axis=0)
+def _means(points: list[Point], basis: np.ndarray, shape: tuple, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Each point's seed-mean reward and KL on each half of each split in each replicate (points x splits x 2 x
+    replicates; replicate 0 is the data itself). A row of `basis` holds one (split, half, replicate)'s prompt weights,
+    summing to 1. From replicate 1 on, each setting's seed means move by one draw of their seed error
+    (seed_perturbations) for all the setting's points together; a setting with one seed does not move."""
+    out = np.empty((2, len(points), *shape))  # reward, KL
+    for setting in dict.fromkeys(p.setting for p in points):
+        rows = [i for i, p in enumerate(points) if p.setting == setting]
+        per_seed = np.stack([np.stack([p.reward @ basis.T, p.kl @ basis.T]) for p in (points[i] for i in rows)], axis=2)
+        per_seed = per_seed.transpose(1, 0, 2, 3).reshape(per_seed.shape[1], 2, len(rows), *shape)  # seeds first
+        mean = per_seed.mean(axis=0)
+        mean[..., 1:] += seed_perturbations(per_seed[..., 1:] - mean[..., 1:], rng)
+        out[:, rows] = mean
+    return out[0], out[1]
 
 
-def _at(rewards: np.ndarray, kls: np.ndarray, curves: list[list[int]], kl: float) -> np.ndarray:
-    """Per column, the highest reward among the curves (row indices in step order, the SFT model first) at the given
-    KL, interpolated linearly on the first segment of each curve that reaches it; NaN where no curve does."""
-    best = np.full(rewards.shape[1], np.nan)
+def _best_within(rewards, kls, estimates, curves, budget: float) -> np.ndarray:
+    """The highest reward within the budget along the method's curves, chosen on one half and measured on the other:
+    the candidates are every point whose KL on the choosing half is within the budget and, on every segment of a
+    curve that crosses the budget, the reward interpolated at exactly the budget, so that a point near the budget
+    moves the candidate's value continuously instead of entering and leaving the set. `estimates` holds the same
+    points' rewards on the measuring half, where each candidate is measured with the weights chosen on the first."""
+    first = np.array([i for c in curves for i in c[:-1]], int)
+    second = np.array([j for c in curves for j in c[1:]], int)
+    k0, k1 = kls[first], kls[second]
+    share = np.divide(budget - k0, k1 - k0, out=np.zeros_like(k0), where=k1 != k0)
+    crosses = (np.minimum(k0, k1) <= budget) & (budget <= np.maximum(k0, k1)) & (k1 != k0)
+    chosen = np.concatenate([np.where(kls <= budget, rewards, -np.inf),
+                             np.where(crosses, rewards[first] + share * (rewards[second] - rewards[first]), -np.inf)])
+    measured = np.concatenate([estimates, estimates[first] + share * (estimates[second] - estimates[first])])
+    return np.take_along_axis(measured, chosen.argmax(axis=0)[None], axis=0)[0]
+
+
+def _best_at(rewards, kls, estimates, curves, kl: float) -> np.ndarray:
+    """The highest reward at exactly the given KL among the method's curves (row indices in step order, the SFT model
+    first), each interpolated linearly on its first segment that reaches that KL, chosen on one half and measured on
+    the other with the weights chosen on the first; NaN where no curve reaches it on the choosing half."""
+    best, value = np.full(rewards.shape[1:], -np.inf), np.full(rewards.shape[1:], np.nan)
     for rows in curves:
-        value = np.full(rewards.shape[1], np.nan)
+        found = np.zeros(rewards.shape[1:], bool)
         for i, j in zip(rows, rows[1:]):
-            k0, k1, r0, r1 = kls[i], kls[j], rewards[i], rewards[j]
-            crosses = np.isnan(value) & (np.minimum(k0, k1) <= kl) & (kl <= np.maximum(k0, k1))
+            k0, k1 = kls[i], kls[j]
+            crosses = ~found & (np.minimum(k0, k1) <= kl) & (kl <= np.maximum(k0, k1))
             share = np.divide(kl - k0, k1 - k0, out=np.zeros_like(k0), where=k1 != k0)
-            value = np.where(crosses, r0 + share * (r1 - r0), value)
-        best = np.fmax(best, value)
-    return best
+            chosen = rewards[i] + share * (rewards[j] - rewards[i])
+            better = crosses & (chosen > best)
+            best = np.where(better, chosen, best)
+            value = np.where(better, estimates[i] + share * (estimates[j] - estimates[i]), value)
+            found |= crosses
+    return value
+
+
+def _cross_fitted(rewards, kls, curves, kind: str, budget: float) -> np.ndarray:
+    """Per replicate, the method's value chosen on one half of the prompts and measured on the other, both ways
+    round, averaged over the splits (rewards, kls: points x splits x 2 x replicates)."""
+    pick = _best_within if kind == "within" else _best_at
+    values = pick(rewards, kls, rewards[:, :, ::-1], curves, budget)  # splits x 2 x replicates
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a replicate where no half reaches the KL: NaN
+        return np.nanmean(values, axis=(0, 1))
 
 
 def _verdict(a: str, b: str, lo: float, hi: float) -> str:
     return f"{a} above" if lo > 0 else f"{b} above" if hi < 0 else "no difference detected"
 
 
-def compare(points: list[Point], sft: Point, budgets, resamples: int = RESAMPLES, seed: int = 0) -> list[dict]:
-    """For each pair of methods and each budget: `difference` (the first's best reward within the budget minus the
-    second's), its 95% interval `lo`-`hi`, and the `verdict`: which is above, or that no difference was detected.
-    Then, where both methods have a run whose curve (from the SFT model through its checkpoints) reaches that KL, the
-    same at matched KL (`kind` "at"): each method's highest reward at exactly that KL, interpolated along its runs."""
-    methods = sorted(dict.fromkeys(p.method for p in points), key=family_order)
+def seeds_of(points: list[Point], method: str) -> int | None:
+    """The fewest training seeds of any of the method's settings; None for a method that is not trained."""
+    if method in UNTRAINED:
+        return None
+    return min(p.reward.shape[0] for p in points if p.method == method)
+
+
+def cross_fitted_values(points: list[Point], sft: Point, methods: list[str], budgets, resamples: int, seed: int,
+                        splits: int) -> dict[str, dict[tuple[str, float], np.ndarray]]:
+    """Per method, kind ("within", "at") and budget, its cross-fitted value in the data (element 0) and in each of
+    `resamples` bootstrap replicates; every method sees the same prompt resamples and halvings (they are paired by
+    prompt), and its own draws of seed error."""
     prompts = sft.reward.shape[1]
     rng = np.random.default_rng(seed)
-    resampled = rng.integers(0, prompts, size=(resamples, prompts))
-    observed = {m: [sft] + [p for p in points if p.method == m] for m in methods}
-    whole = {m: (np.array([p.reward.mean() for p in ps])[:, None], np.array([p.kl.mean() for p in ps])[:, None])
-             for m, ps in observed.items()}
-    drawn = {m: _replicates(ps, resampled, np.random.default_rng([seed, i])) for i, (m, ps) in enumerate(observed.items())}
-    curves = {m: [[0] + [i for i, p in enumerate(ps) if p.setting == s and i > 0]
-                  for s in dict.fromkeys(p.setting for p in ps[1:])] for m, ps in observed.items()}
-    rows = []
+    weights = np.vstack([np.ones(prompts), rng.multinomial(prompts, np.full(prompts, 1 / prompts), size=resamples)])
+    masks = _halves(prompts, splits, rng)
+    basis = (masks[:, :, None, :] * weights).reshape(-1, prompts)
+    with np.errstate(invalid="ignore"):  # a resample that draws no prompt of a half: that half's means are NaN
+        basis = basis / basis.sum(axis=1, keepdims=True)
+    values = {}
+    for index, method in enumerate(methods):
+        observed = [sft] + [p for p in points if p.method == method]
+        rewards, kls = _means(observed, basis, (splits, 2, resamples + 1), np.random.default_rng([seed, index]))
+        curves = [[0] + [i for i, p in enumerate(observed) if p.setting == s and i > 0]
+                  for s in dict.fromkeys(p.setting for p in observed[1:])]
+        values[method] = {(kind, float(b)): _cross_fitted(rewards, kls, curves, kind, float(b))
+                          for kind in ("within", "at") for b in budgets}
+    return values
+
+
+def compare(points: list[Point], sft: Point, budgets, resamples: int = RESAMPLES, seed: int = 0,
+            splits: int = SPLITS, methods: list[str] | None = None) -> list[dict]:
+    """For each pair of methods and each budget, `difference`: the first's best reward within the budget minus the
+    second's ("within"), then where both have a curve that reaches that KL, their rewards at exactly it ("at");
+    each method's value cross-fitted (chosen on half the prompts, measured on the other half). `lo_each`-`hi_each`:
+    its own 95% interval; `lo`-`hi`: the simultaneous 95% interval of the family, every comparison with at least
+    MIN_SEEDS seeds on each trained side, and `verdict`: which is above, that no difference was detected, or that
+    one side has too few seeds to tell (then `lo` and `hi` are empty). `methods`: their order (default: the report's).
+    docs/statistics.md has the whole procedure."""
+    methods = methods or sorted(dict.fromkeys(p.method for p in points), key=family_order)
+    values = cross_fitted_values(points, sft, methods, budgets, resamples, seed, splits)
+    seeds = {m: seeds_of(points, m) for m in methods}
+    rows, spreads = [], []
     for i, a in enumerate(methods):
         for b in methods[i + 1:]:
-            for budget in budgets:
-                difference = float(_best(*whole[a], budget)[0] - _best(*whole[b], budget)[0])
-                if not np.isfinite(difference):  # the SFT model (KL 0) is within every budget > 0: not reached
-                    continue
-                spread = _best(*drawn[a], budget) - _best(*drawn[b], budget)
-                lo, hi = (float(q) for q in np.percentile(spread, [2.5, 97.5]))
-                rows.append({"a": a, "b": b, "kind": "within", "budget": float(budget), "difference": difference,
-                             "lo": lo, "hi": hi, "verdict": _verdict(a, b, lo, hi)})
-            for budget in budgets:
-                difference = float(_at(*whole[a], curves[a], budget)[0] - _at(*whole[b], curves[b], budget)[0])
-                if not np.isfinite(difference):  # one of them has no run that reaches this KL
-                    continue
-                spread = _at(*drawn[a], curves[a], budget) - _at(*drawn[b], curves[b], budget)
-                lo, hi = (float(q) for q in np.nanpercentile(spread, [2.5, 97.5]))
-                rows.append({"a": a, "b": b, "kind": "at", "budget": float(budget), "difference": difference,
-                             "lo": lo, "hi": hi, "verdict": _verdict(a, b, lo, hi)})
+            for kind in ("within", "at"):
+                for budget in (float(b) for b in budgets):
+                    difference = values[a][(kind, budget)] - values[b][(kind, budget)]
+                    if not np.isfinite(difference[0]):  # "at": one of them has no curve that reaches this KL
+                        continue
+                    enough = all(seeds[m] is None or seeds[m] >= MIN_SEEDS for m in (a, b))
+                    rows.append({"a": a, "b": b, "kind": kind, "budget": budget, "difference": float(difference[0]),
+                                 "seeds_a": "" if seeds[a] is None else seeds[a],
+                                 "seeds_b": "" if seeds[b] is None else seeds[b], "family": enough})
+                    spreads.append(difference[1:])
+    if not rows:
+        return []
+    estimates = np.array([r["difference"] for r in rows])
+    family = np.array([r.pop("family") for r in rows])
+    each, _, _ = simultaneous_half_widths(estimates, np.array(spreads), LEVEL)
+    together = np.full(len(rows), np.nan)
+    if family.any():
+        together[family] = simultaneous_half_widths(estimates[family], np.array(spreads)[family], LEVEL)[1]
+    for row, d, h, w in zip(rows, estimates, each, together):
+        row.update(lo_each=float(d - h), hi_each=float(d + h))
+        if np.isnan(w):
+            row.update(lo="", hi="", verdict=TOO_FEW)
+        else:
+            row.update(lo=float(d - w), hi=float(d + w), verdict=_verdict(row["a"], row["b"], d - w, d + w))
     return rows

@@ -3,7 +3,7 @@
 import math
 import os
 
-from imdb_dpo.evaluation.comparisons import family_of, family_order, frontier_rows, method_of
+from imdb_dpo.evaluation.comparisons import MIN_SEEDS, TOO_FEW, family_of, family_order, frontier_rows, method_of
 from imdb_dpo.methods import frontier_methods, method as method_of_key
 
 # summary.csv's `method` column: the key of each method, and how the report names it (in table order).
@@ -78,50 +78,84 @@ def _budget_section(summary: list[dict], budgets) -> list[str]:
     return lines
 
 
+def _interval(lo: float, hi: float) -> str:
+    return f"[{lo:+.3f}, {hi:+.3f}]"
+
+
 def _cell(c: dict | None) -> str:
+    """A family member: the estimate, its simultaneous interval, and a star where that excludes 0. Any other: the
+    estimate with its own interval, and that it carries no verdict."""
     if c is None:
         return "-"
+    if c["verdict"] == TOO_FEW:
+        return (f"{c['difference']:+.3f} {_interval(c['lo_each'], c['hi_each'])} too few seeds "
+                f"({_seeds(c['seeds_a'])} v {_seeds(c['seeds_b'])})")
     star = "" if c["verdict"] == "no difference detected" else " *"
-    return f"{c['difference']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}]{star}"
+    return f"{c['difference']:+.3f} {_interval(c['lo'], c['hi'])}{star}"
+
+
+def _seeds(seeds) -> str:
+    return "-" if seeds in ("", None) else str(seeds)
+
+
+def _sentence(c: dict, names: dict) -> str:
+    within = f"within {c['budget']:g} nat{'' if c['budget'] == 1 else 's'}"
+    a, b = c["a"], c["b"]
+    if c["verdict"] == TOO_FEW:
+        return f"{within} too few seeds to tell ({c['difference']:+.3f})"
+    if c["verdict"] == f"{b} above":
+        return f"{within} {names[b]} above, {-c['difference']:+.3f} {_interval(-c['hi'], -c['lo'])}"
+    said = "no difference detected" if c["verdict"] == "no difference detected" else f"{names[a]} above,"
+    return f"{within} {said} {c['difference']:+.3f} {_interval(c['lo'], c['hi'])}"
 
 
 def _comparison_section(comparisons: list[dict], budgets) -> list[str]:
-    """Each pair of methods within each budget: the difference in best reward with its interval, and the verdict."""
+    """Each pair of methods within each budget: the cross-fitted difference in best reward, its simultaneous interval
+    over the family and the verdict, or that a side has too few seeds to carry one (docs/statistics.md)."""
     lines = ["## Comparisons at matched KL", ""]
     if not comparisons:
         return lines + ["Fewer than two methods were evaluated: nothing to compare."]
     budgets = [float(b) for b in budgets]
-    lines += [("For each pair of methods A and B, A's best reward within the KL budget minus B's (the table above; "
-               "best-of-N at its analytic KL bound), "
-               "with a 95% bootstrap interval that resamples the prompts (the same resample for every model: they "
-               "are paired by prompt and sample) and each setting's training seeds together, choosing the best point "
-               "again in every resample. An interval that excludes 0 is a difference; one that contains 0 is none "
-               "detected, whatever the sign of the estimate."), "",
-              "| A vs B | " + " | ".join(f"KL <= {b:g}" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
+    family = [c for c in comparisons if c["verdict"] != TOO_FEW]
+    lines += [("For each pair of methods A and B, A's best reward within the KL budget minus B's, each along its "
+               "curves (the SFT model, then each setting's checkpoints in step order, the seeds of a setting averaged; "
+               "best-of-N at its analytic KL bound) with the reward interpolated at exactly the budget where a curve "
+               "crosses it, so that a point near the budget cannot make the result jump. Each best point is chosen on "
+               "one half of the prompts and its reward measured on the other half, both ways round, over 8 random "
+               "halvings: the best of many noisy points, measured where it was chosen, is too high (the table above "
+               "is that plain best). The intervals resample the prompts (the same resample for every model: they are "
+               "paired by prompt and sample) and redo the whole choice in every resample; each setting's seed mean "
+               "moves by a draw of its seed error, t-distributed with seeds - 1 degrees of freedom.")]
+    if family:
+        factor = max((c["hi"] - c["lo"]) / (c["hi_each"] - c["lo_each"]) for c in family
+                     if c["hi_each"] > c["lo_each"]) if any(c["hi_each"] > c["lo_each"] for c in family) else 1.0
+        lines += ["", (f"*: the simultaneous 95% interval excludes 0. The family is the {len(family)} comparisons of "
+                       f"this section with at least {MIN_SEEDS} training seeds in every setting of each trained side "
+                       "(both tables): the chance that any of their stars is false is at most 5% (family-wise error "
+                       f"rate, Romano and Wolf's max-t; the simultaneous intervals are {factor:.2f} times as wide as "
+                       "each comparison's own, which `comparisons.csv` gives as lo_each, hi_each).")]
+    if len(family) < len(comparisons):
+        lines += ["", (f"too few seeds (a v b): a side has fewer than {MIN_SEEDS} seeds in a setting, so the seed "
+                       "noise of its result cannot be estimated (one seed) or hardly (two); such a comparison carries "
+                       "no verdict and no star, whatever its interval, which is its own 95% interval over prompts and "
+                       "the seeds there are. More seeds: `python train.py <method> --seeds 0 1 2`.")]
+    lines += ["", "| A vs B | " + " | ".join(f"KL <= {b:g}" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
     pairs = list(dict.fromkeys((c["a"], c["b"]) for c in comparisons))
-    cells = {(c["a"], c["b"], c["budget"]): c for c in comparisons if c.get("kind", "within") == "within"}
-    at = {(c["a"], c["b"], c["budget"]): c for c in comparisons if c.get("kind") == "at"}
+    cells = {(c["a"], c["b"], c["budget"]): c for c in comparisons if c["kind"] == "within"}
+    at = {(c["a"], c["b"], c["budget"]): c for c in comparisons if c["kind"] == "at"}
     for a, b in pairs:
         lines.append(f"| {family_name(a)} vs {family_name(b)} | "
                      + " | ".join(_cell(cells.get((a, b, budget))) for budget in budgets) + " |")
-    lines += ["", "*: the interval excludes 0.", ""]
+    lines.append("")
     for a, b in pairs:
         names = {a: family_name(a), b: family_name(b)}
-        parts = []
-        for c in (cells[(a, b, budget)] for budget in budgets if (a, b, budget) in cells):
-            within = f"within {c['budget']:g} nat{'' if c['budget'] == 1 else 's'}"
-            if c["verdict"] == "no difference detected":
-                parts.append(f"{within} no difference detected ({c['difference']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}])")
-            elif c["verdict"] == f"{a} above":
-                parts.append(f"{within} {names[a]} above, {c['difference']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}]")
-            else:
-                parts.append(f"{within} {names[b]} above, {-c['difference']:+.3f} [{-c['hi']:+.3f}, {-c['lo']:+.3f}]")
+        parts = [_sentence(cells[(a, b, budget)], names) for budget in budgets if (a, b, budget) in cells]
         lines.append(f"- {names[a]} vs {names[b]}: " + "; ".join(parts) + ".")
     if at:
-        lines += ["", ("At matched KL: where both methods have a run whose curve (from the SFT model through its "
-                   "checkpoints, in step order; best-of-N through N) reaches the KL, each method's highest reward at "
-                   "exactly that KL, interpolated linearly between the two checkpoints around it, A's minus B's, with "
-                   "the same bootstrap. `-`: one of them does not reach it."), "",
+        lines += ["", ("At matched KL: where both methods have a curve that reaches the KL, each method's highest "
+                   "reward at exactly that KL, interpolated linearly between the two checkpoints around it, A's minus "
+                   "B's, chosen and measured on opposite halves as above, with the same intervals and family. "
+                   "`-`: one of them does not reach it."), "",
                   "| A vs B | " + " | ".join(f"KL = {b:g}" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
         for a, b in pairs:
             lines.append(f"| {family_name(a)} vs {family_name(b)} | "
