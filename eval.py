@@ -314,10 +314,11 @@ def evaluate_all(args: EvalArguments, tokenizer, prompts: list[dict]) -> int:
                   f"{os.path.join(args.output_dir, 'records', key)} to sample them anew); summary, plots and report are "
                   "written again from them")
     proxies = sorted({u["proxy_model"] for u in units if u.get("proxy_model")})
-    check_memory("The evaluation", evaluation_memory(
-        args, model_shape(args.sft_model), classifier_shape(args.reward_model),
-        model_shape(proxies[0], classifier=True) if proxies else None, any(u["run"] == "sft" for u in units)),
-        process_state().device)
+    policy, classifier = model_shape(args.sft_model), classifier_shape(args.reward_model)
+    proxy = model_shape(proxies[0], classifier=True) if proxies else None
+    check_memory("The evaluation", lambda: evaluation_memory(args, policy, classifier, proxy,
+                                                             any(u["run"] == "sft" for u in units)),
+                 process_state().device, evaluation=args)
     evaluator = Evaluator(args, tokenizer, prompts)
     stop = StopRequest()
     records, evaluated = {}, []

@@ -1,10 +1,11 @@
 """The plan of a preset before any work: per stage its runs, optimizer steps, checkpoints, disk written and kept,
-peak GPU memory and GPU hours on one H100, and the totals (imdb_dpo/planning/plan.py computes them).
+peak GPU memory and GPU hours on one H100 (or the card --gpu names), and the totals (imdb_dpo/planning/plan.py computes them).
 
     python plan.py gpt2-large            # or: ./run_pipeline.sh gpt2-large --plan
     python plan.py tiny
     python plan.py path/to/my_preset     # any folder of stage configs named as configs/<preset>/ names them
     python plan.py gpt2-large --gpus 8   # also the wall-clock hours on one node with 8 GPUs
+    python plan.py gpt2-large --gpu a100-40gb   # the pass sizes, peaks and hours on another card
 """
 
 import dataclasses
@@ -12,6 +13,7 @@ import sys
 
 from imdb_dpo.launch.cli import run_stage
 from imdb_dpo.configuration.arguments import ConfigError
+from imdb_dpo.planning import cards
 from imdb_dpo.planning.plan import build, render
 
 
@@ -21,6 +23,10 @@ class PlanArguments:
     eval_precision: str = dataclasses.field(
         default="", metadata={"help": "Plan every evaluation (eval.yaml and each stage's frontier_eval) at this "
                                       "eval_precision, fp32 or tf32, instead of the configs' own."})
+    gpu: str = dataclasses.field(
+        default="h100", metadata={"help": "The card of each run: its memory fits the auto pass sizes and its datasheet "
+                                          "rates time the stages (h100, h200, a100-80gb, a100-40gb, l40s, rtx-a6000, "
+                                          "rtx4090, rtx3090: imdb_dpo/planning/cards.py)."})
     gpus: str = dataclasses.field(
         default="", metadata={"help": "Also print the wall-clock hours on one node with this many GPUs, as "
                                       "./run_pipeline.sh <preset> --gpus N runs it."})
@@ -36,7 +42,7 @@ def main(args: PlanArguments) -> int:
             raise ConfigError(f"--eval_precision {args.eval_precision!r}: plan every evaluation at fp32 or tf32, or "
                               "leave the flag out for the configs' own eval_precision")
     overrides = {"eval_precision": args.eval_precision} if args.eval_precision else {}
-    preset = build(args.preset, overrides)
+    preset = build(args.preset, overrides, cards.card(args.gpu))
     if args.gpus:
         from imdb_dpo.launch.gpu_pool import parse_gpus
 

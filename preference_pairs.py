@@ -188,10 +188,11 @@ def main(args: PairsArguments) -> int:
                        barrier=state.wait_for_everyone)
     if plan.skip:
         return 0
+    if not args.merge:
+        policy, classifier = model_shape(args.model_name_or_path), classifier_shape(args.reward_model)
+        check_memory("Stage 2", lambda: pairs_memory(args, policy, classifier), state.device, sampling=args)
     args = dataclasses.replace(args, output_dir=plan.directory)
     if not args.merge:
-        check_memory("Stage 2", pairs_memory(args, model_shape(args.model_name_or_path), classifier_shape(args.reward_model)),
-                     state.device)
         args = split_across_processes(args, state.process_index, state.num_processes)
         stopped = not generate_shard(args, StopRequest())
         if any_process(stopped):

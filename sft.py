@@ -54,8 +54,9 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
                 drop_checkpoints(plan.final)
             return 0
         training_args.output_dir = plan.directory
-        check_memory("SFT", sft_memory(training_args, model_shape(model_args.model_name_or_path), model_args.use_peft),
-                     state.device)
+        shape = model_shape(model_args.model_name_or_path)
+        check_memory("SFT", lambda: sft_memory(training_args, shape, model_args.use_peft), state.device,
+                     training=training_args)
         return train(training_args, model_args, train_rows, held_out, Manifest(plan.directory, "sft", configs, inputs),
                      plan)
 

@@ -62,10 +62,10 @@ def test_a_config_takes_the_same_examples_a_step_on_any_number_of_processes(path
 def test_sft_on_eight_gpus_keeps_its_steps_and_warm_up(monkeypatch):
     path = os.path.join(REPO, "configs", "gpt2-large", "sft.yaml")
     processes(monkeypatch, 8)
-    (_, training, _) = parse(path)
+    (_, training, _) = parse(path, "--per_device_train_batch_size", "16")  # what the preset fits to an H100
     assert (training.per_device_train_batch_size, training.gradient_accumulation_steps) == (8, 1)
     processes(monkeypatch, 2)
-    (_, training, _) = parse(path)
+    (_, training, _) = parse(path, "--per_device_train_batch_size", "16")
     assert (training.per_device_train_batch_size, training.gradient_accumulation_steps) == (16, 2)
 
 

@@ -304,7 +304,18 @@ def test_checkpoints_only_resume_and_a_kill_after_one_resumes_to_the_same_weight
     run_in_process("dpo.py", argv)
     manifest = read_manifest(run_dir)
     assert manifest["checkpoints"] == STEPS and checkpoint_steps(run_dir) == []
-    assert records(config) == runs["in_training"]
+    # The same samples, rewards and every other field; the KL to rounding, as the weights differ by rounding. How
+    # a record was batched (`batch`, `batch_size`) is bookkeeping, not a result.
+    small, fixed = records(config), runs["in_training"]
+    assert sorted(small) == sorted(fixed) == STEPS
+    for step in STEPS:
+        assert len(small[step]) == len(fixed[step]) == 12 * 4
+        for a, b in zip(small[step], fixed[step]):
+            kl = ("kl_exact", "kl_logratio")
+            assert {k: v for k, v in a.items() if k not in {*kl, "batch", "batch_size"}} == {
+                k: v for k, v in b.items() if k not in {*kl, "batch", "batch_size"}}, step
+            for key in kl:
+                assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), (step, key)  # nats
     assert state_dicts_equal(load_causal_lm(str(run_dir)), load_causal_lm(str(tmp / "during/dpo" / RUN))) == []
 
 
@@ -333,3 +344,64 @@ def test_a_stop_during_an_evaluation_saves_that_step_and_the_resumed_run_evaluat
     moved = sum(a["completion_ids"] != b["completion_ids"] or a["reward"] != b["reward"]
                 for step in STEPS for a, b in zip(resumed[step], whole[step], strict=True))
     assert moved <= 2, moved
+
+
+def test_passes_fitted_to_a_small_card_train_and_evaluate_the_same_run(runs, tiny_base, tiny_sft, tiny_pairs, monkeypatch,
+                                                                      capsys):
+    """The `during` run again with every pass size auto, on a simulated card that holds 2 pairs a pass beside the
+    evaluation's models (imdb_dpo/planning/fitting.py): its records are the fixed-size run's (32 pairs a pass, 4
+    prompts an evaluation pass), record for record, and its weights equal them up to the rounding of another
+    summation order."""
+    from safetensors.torch import load_file
+
+    from imdb_dpo.planning import costs, fitting
+
+    config = eval_config(runs["tmp"], tiny_base, tiny_sft, "small_card", batch_size="auto")
+    with open(config) as f:
+        settings = yaml.safe_load(f)
+    settings.update(kl_batch_size="auto", reward_batch_size="auto")
+    with open(config, "w") as f:
+        yaml.safe_dump(settings, f)
+    argv = [*dpo(tiny_sft, tiny_pairs, runs["tmp"], "small_card", config), "--examples_per_step", "32",
+            "--per_device_train_batch_size", "auto", "--precompute_ref_batch_size", "auto",
+            "--activation_checkpointing", "auto"]
+    from imdb_dpo.configuration.arguments import EvalArguments, parse_config
+
+    _, training, _ = parse_config(dpo_stage.STAGES, argv)
+    (evaluation,) = parse_config((EvalArguments,), ["--config", config])
+    fitting.set_rows(training, 2)
+    training.precompute_ref_batch_size, evaluation.batch_size = 2, 1
+    with open(tiny_pairs) as f:
+        tokens = costs.longest_pair([json.loads(line) for line in f])
+    peak = costs.dpo_memory(training, costs.model_shape(tiny_sft), tokens, evaluation, None)
+    monkeypatch.setenv(fitting.MEMORY_VARIABLE, f"{(peak.memory.total * 1.1 + 2**10) / 2**30:.9f}")
+    capsys.readouterr()
+    run_in_process("dpo.py", argv)
+    out = capsys.readouterr().out
+    assert "training.per_device_train_batch_size 2," in out, out[-3000:]
+    manifest = read_manifest(runs["tmp"] / "small_card/dpo" / RUN)
+    sizes = manifest["performance"]["sizes"]
+    assert sizes["training.per_device_train_batch_size"] == 2 and sizes["frontier_eval.batch_size"] != 4
+    assert manifest["config"]["training"]["gradient_accumulation_steps"] == 16
+
+    # The same samples, rewards and every other field; the KL to rounding, as the weights differ by rounding. How
+    # a record was batched (`batch`, `batch_size`) is bookkeeping, not a result.
+    small, fixed = records(config), runs["in_training"]
+    assert sorted(small) == sorted(fixed) == STEPS
+    for step in STEPS:
+        assert len(small[step]) == len(fixed[step]) == 12 * 4
+        for a, b in zip(small[step], fixed[step]):
+            kl = ("kl_exact", "kl_logratio")
+            assert {k: v for k, v in a.items() if k not in {*kl, "batch", "batch_size"}} == {
+                k: v for k, v in b.items() if k not in {*kl, "batch", "batch_size"}}, step
+            for key in kl:
+                assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), (step, key)  # nats
+    # The weights: their difference is under 1% of what training changed (measured: 0.05%; another order of the
+    # pairs, or another step, would differ by about all of it).
+    small = load_file(runs["tmp"] / "small_card/dpo" / RUN / "model.safetensors")
+    fixed = load_file(runs["tmp"] / "during/dpo" / RUN / "model.safetensors")
+    start = load_file(os.path.join(tiny_sft, "model.safetensors"))
+    assert small.keys() == fixed.keys() <= start.keys()
+    difference = sum((small[k] - fixed[k]).double().pow(2).sum() for k in fixed).sqrt()
+    trained = sum((fixed[k] - start[k]).double().pow(2).sum() for k in fixed).sqrt()
+    assert 0 < trained and difference <= 0.01 * trained, (difference, trained)

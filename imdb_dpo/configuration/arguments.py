@@ -22,6 +22,7 @@ from trl import TrlParser
 
 from imdb_dpo.configuration.batch_size import BatchArguments, derived_batch
 from imdb_dpo.configuration.errors import ConfigError, first_line
+from imdb_dpo.planning.fitting import take_auto
 
 
 # Outputs default to the repository's own folders, wherever the command is run from.
@@ -211,8 +212,17 @@ def parse_config(dataclass_types, argv=None, program: str = "this stage"):
         config_path = argv[i + 1]
         del argv[i : i + 2]
         config = _expand_env(_read_yaml_config(config_path, dataclass_types))
-        parser.set_defaults_with_config(**config)
         source = f"{config_path} or the command line"
+    else:
+        config = {}
+    # `auto` pass sizes: the field's default until the stage fits them to its device (imdb_dpo/planning/fitting.py)
+    fields_here = {f.name for dc in dataclass_types for f in dataclasses.fields(dc)}
+    try:
+        config, argv, autos = take_auto(config, argv, fields_here)
+    except ConfigError as error:
+        raise ConfigError(f"{program}: {error} (from {source})") from None
+    if config:
+        parser.set_defaults_with_config(**config)
     try:
         parsed = parser.parse_args_into_dataclasses(args=argv)
     except ConfigError:
@@ -254,16 +264,23 @@ def parse_config(dataclass_types, argv=None, program: str = "this stage"):
         modules = getattr(obj, "lora_target_modules", None)
         if isinstance(modules, str) and modules != "all-linear":
             obj.lora_target_modules = [modules]
-    return _with_derived_batch(parsed, program)
+    parsed = _with_derived_batch(parsed, program, autos)
+    for obj in parsed:
+        obj.auto_sizes = tuple(sorted(autos & {f.name for f in dataclasses.fields(obj)}))
+    return parsed
 
 
-def _with_derived_batch(parsed, program: str):
+def _with_derived_batch(parsed, program: str, autos: set = frozenset()):
     """A training stage's TrainingArguments with the batch split its examples_per_step needs on this many processes
     (imdb_dpo/configuration/batch_size.py)."""
     script = next((p for p in parsed if isinstance(p, BatchArguments)), None)
     i = next((i for i, p in enumerate(parsed) if isinstance(p, TrainingArguments)), None)
     if script is None or i is None:
         return parsed
+    if "per_device_train_batch_size" in autos and script.examples_per_step is None:
+        raise ConfigError(f"{program}: per_device_train_batch_size: auto needs examples_per_step, the examples of one "
+                          "optimizer step, which the stage splits into passes that fit its device; set "
+                          "examples_per_step (the presets' 64), or give per_device_train_batch_size a number")
     parsed = list(parsed)
     derived = derived_batch(script, parsed[i])
     if any(getattr(parsed[i], key) != value for key, value in derived.items()):

@@ -127,7 +127,8 @@ def write_resource_report(path: str, seconds: float, code: int | None) -> None:
     report = {"wall_s": seconds, "exit_code": code, "device": "cpu",
               "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
               "estimated_peak_gib": max((c["gib"] for c in CHECKED), default=None),
-              "estimated_step": max(CHECKED, key=lambda c: c["gib"])["step"] if CHECKED else None}
+              "estimated_step": max(CHECKED, key=lambda c: c["gib"])["step"] if CHECKED else None,
+              "fitted_sizes": max(CHECKED, key=lambda c: c["gib"])["sizes"] if CHECKED else {}}
     if torch.cuda.is_initialized():
         report.update(device=torch.cuda.get_device_name(), visible_gpus=torch.cuda.device_count(),
                       peak_gpu_allocated_gib=torch.cuda.max_memory_allocated() / 2**30,

@@ -142,6 +142,10 @@ class Manifest:
             "versions": package_versions(),
             "git_commit": git_commit(),
         }
+        from imdb_dpo.planning.fitting import LAST
+
+        if LAST:  # the pass sizes this process fitted to its device: how it ran, not what it computes
+            self.data["performance"] = copy.deepcopy(LAST)
         self.save()
 
     @property

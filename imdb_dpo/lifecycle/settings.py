@@ -17,7 +17,7 @@ NOT_SETTINGS = frozenset({
     "hub_always_push", "hub_revision", "preset",
     # How the work is driven: a sweep's list (each run holds its own value), shards, merges, the device.
     "betas", "kl_coefs", "alphas", "seeds", "reference_only", "merge", "shard_index", "allow_fewer_prompts", "use_cpu",
-    "device_map", "given_on_command_line",
+    "device_map", "given_on_command_line", "auto_sizes",
     # When the frontier's checkpoints are evaluated (during training or after): the same records either way.
     "frontier_eval", "resume_minutes",
     # Which finished runs keep their final model: what is kept, not what is computed.
@@ -25,6 +25,12 @@ NOT_SETTINGS = frozenset({
     # How much is loaded, sampled or scored at once, where no random number depends on it (every sample has a
     # stream of its own: imdb_dpo/models/sampling.py).
     "dataloader_num_workers", "dataloader_prefetch_factor", "batch_size", "reward_batch_size", "kl_batch_size",
+    # How a training step's examples (examples_per_step, a setting) are split into passes, and whether a pass
+    # recomputes its activations: the same step up to the rounding of another summation order
+    # (imdb_dpo/planning/fitting.py). A method whose loss reads a pass's rows together (KTO's KL term) names its pass
+    # size among its settings itself (Recipe.pass_decides).
+    "per_device_train_batch_size", "gradient_accumulation_steps", "steps_per_generation", "precompute_ref_batch_size",
+    "activation_checkpointing", "gradient_checkpointing",
     # What the evaluation reports, not what it measures: budgets, shown prompts, where the runs lie.
     "kl_budgets", "report_prompts", "base_model", "runs_root", "methods",
     # Input paths: what they point at is compared instead (see `run_settings`), so moved outputs still match.
@@ -71,4 +77,17 @@ def run_settings(configs: dict, inputs: dict) -> dict:
 
 
 def manifest_settings(manifest: dict) -> dict:
-    return run_settings(manifest["config"], manifest["inputs"])
+    config = manifest["config"]
+    if PASS not in config and passes_decide(manifest.get("stage")):  # made before the pass size was named apart
+        config = {**config, PASS: {"rows": config.get("training", {}).get("per_device_train_batch_size")}}
+    return run_settings(config, manifest["inputs"])
+
+
+PASS = "pass"  # where a run whose loss reads each pass's rows together names its pass size among its settings
+
+
+def passes_decide(stage: str | None) -> bool:
+    from imdb_dpo.methods import method
+
+    declared = method(stage) if stage else None
+    return bool(declared and getattr(declared.recipe, "pass_decides", False))

@@ -172,8 +172,10 @@ def main(script_args: DPOScriptArguments, training_args: DPOConfig, model_args: 
     check_losses(training_args, betas)
     pair_list = check_inputs(script_args, training_args, model_args)
     frontier = frontier_of(script_args, "dpo", training_args.output_dir)
-    check_memory("DPO", dpo_memory(training_args, model_shape(model_args.model_name_or_path), longest_pair(pair_list),
-                                   *frontier_inputs(frontier), lora=model_args.use_peft), state.device)
+    shape, tokens = model_shape(model_args.model_name_or_path), longest_pair(pair_list)
+    check_memory("DPO", lambda: dpo_memory(training_args, shape, tokens, *frontier_inputs(frontier),
+                                           lora=model_args.use_peft),
+                 state.device, training=training_args, frontier_eval=frontier and frontier.args)
     pairs = pairs_input(script_args.pairs_file, model_args.model_name_or_path, "DPO's reference")
     set_model_init_kwargs(training_args, model_args)
     cache = os.path.join(training_args.output_dir, ".datasets_cache")
@@ -212,13 +214,14 @@ def plan(preset, key, script_args, training_args, model_args) -> Row:
     shape = preset.shape(model_args.model_name_or_path)
     counts = preset.pairs(script_args.pairs_file)
     pairs = min(counts["pairs"], script_args.max_train_pairs or math.inf)
-    steps = trained_steps(pairs, training_args)
     tokens = min(counts["tokens"], training_args.max_length or math.inf)
     betas = script_args.betas or [training_args.beta]
     check_losses(training_args, betas)
-    row = Row(key, runs_of(script_args, betas), exact=counts["exact"],
-              peak=costs.dpo_memory(training_args, shape, tokens, *frontier_classifier(preset, script_args),
-                                    lora=model_args.use_peft))
+    frontier = frontier_classifier(preset, script_args)
+    peak = preset.fit(lambda: costs.dpo_memory(training_args, shape, tokens, *frontier, lora=model_args.use_peft),
+                      training=training_args, frontier_eval=frontier[0])
+    steps = trained_steps(pairs, training_args)
+    row = Row(key, runs_of(script_args, betas), exact=counts["exact"], peak=peak)
     rows_per_step = 2 * training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
     row.seconds = row.runs * costs.compute_seconds(costs.training_flops(shape, steps * rows_per_step * tokens, tokens),
                                                    training_args.bf16)

@@ -153,7 +153,8 @@ def memory(script_args, *rest, **kw):
 RECIPE = Recipe(key="kto", title="KTO", script=KTOScriptArguments, config=KTOConfig, trainer=PretokenizedKTOTrainer,
                 curves=CURVES, examples=examples, memory=memory, run_name=kto_name, limit_field="max_train_examples",
                 completion_fields=("completion_ids",),
-                metric=("rewards/margins", "reward margin (desirable - undesirable)"), check=check)
+                metric=("rewards/margins", "reward margin (desirable - undesirable)"), check=check,
+                pass_decides=True)
 
 
 METHODS = (recipe_method(RECIPE, 70, {"cmap": "BuGn", "fmt": "-", "marker": "P"},

@@ -142,13 +142,14 @@ def plan(recipe, preset, stage, script_args, training_args, model_args) -> Row:
     classifier = costs.classifier_shape(script_args.reward_model)
     counts = preset.pairs(script_args.pairs_file)
     prompts = min(counts["prompts"], script_args.max_train_prompts or math.inf)
-    steps = trained_steps(prompts, training_args)
     betas = script_args.betas or [training_args.beta]
-    row = Row(stage, runs_of(script_args, betas), exact=counts["exact"],
-              peak=costs.online_dpo_memory(training_args, shape, counts["prompt_tokens"], classifier,
-                                           script_args.reward_dtype, *frontier_classifier(preset, script_args),
-                                           lora=model_args.use_peft, generation_dtype=script_args.generation_dtype,
-                                           generation_compile=script_args.generation_compile))
+    frontier = frontier_classifier(preset, script_args)
+    peak = preset.fit(lambda: costs.online_dpo_memory(
+        training_args, shape, counts["prompt_tokens"], classifier, script_args.reward_dtype, *frontier,
+        lora=model_args.use_peft, generation_dtype=script_args.generation_dtype,
+        generation_compile=script_args.generation_compile), training=training_args, frontier_eval=frontier[0])
+    steps = trained_steps(prompts, training_args)
+    row = Row(stage, runs_of(script_args, betas), exact=counts["exact"], peak=peak)
     per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
     row.seconds = row.runs * steps * sampled_step_seconds(
         shape, classifier, script_args, bool(training_args.bf16), 2 * per_step, counts["prompt_tokens"],

@@ -44,9 +44,10 @@ def main(script_args: PreferredFTScriptArguments, training_args: SFTConfig, mode
     frontier = frontier_of(script_args, "preferred_ft", training_args.output_dir)
     check_model("model_name_or_path", model_args.model_name_or_path)
     pairs = read_training_pairs(script_args.pairs_file, model_args.model_name_or_path, ("prompt_ids", "chosen_ids"))
-    check_memory("Preferred-FT", supervised_memory(
-        training_args, model_shape(model_args.model_name_or_path), longest_pair(pairs, ("chosen_ids",)), False,
-        *frontier_inputs(frontier), lora=model_args.use_peft), training_args.distributed_state.device)
+    shape, tokens = model_shape(model_args.model_name_or_path), longest_pair(pairs, ("chosen_ids",))
+    check_memory("Preferred-FT", lambda: supervised_memory(training_args, shape, tokens, False, *frontier_inputs(frontier),
+                                                           lora=model_args.use_peft),
+                 training_args.distributed_state.device, training=training_args, frontier_eval=frontier and frontier.args)
     inputs = {"pairs": pairs_input(script_args.pairs_file, model_args.model_name_or_path, "Preferred-FT's start"),
               "model": describe_model_input(model_args.model_name_or_path)}
     dataset = chosen_examples(pairs, script_args.max_train_examples)

@@ -16,14 +16,16 @@ from datasets import Dataset
 from transformers import set_seed
 from trl import ModelConfig, get_peft_config
 
-from imdb_dpo.planning import costs
+from imdb_dpo.planning import costs, fitting
 from imdb_dpo.lifecycle.checkpoints import check_schedule
 from imdb_dpo.configuration.checks import check_model, check_positive, check_training
+from imdb_dpo.configuration.errors import ConfigError
 from imdb_dpo.planning.costs import check_memory, frontier_inputs, model_shape
 from imdb_dpo.evaluation.in_training import frontier_of
 from imdb_dpo.models.modeling import load_tokenizer, set_model_init_kwargs
 from imdb_dpo.planning.plan import Row, bound, frontier_classifier, frontier_row, runs_of, sweep_of, trained_steps
 from imdb_dpo.lifecycle.preemption import exit_resumable
+from imdb_dpo.lifecycle.settings import PASS
 from imdb_dpo.lifecycle.tracking import check_wandb_credentials
 from imdb_dpo.lifecycle.training_runs import last_logged, logged_line, seed_values, sweep_values, train_sweep
 from imdb_dpo.methods import Method
@@ -47,6 +49,8 @@ class Recipe:
     check: Callable = field(default=lambda training_args: None)  # its own settings, before anything loads
     trainer_kwargs: Callable = field(default=lambda script_args, training_args: {})  # what else its trainer takes
     # (e.g. a reward function), made once for the sweep
+    pass_decides: bool = False  # its loss reads each pass's rows together (KTO's KL term): the pass size is a setting
+    # of its results, so it is not fitted to the card and its runs' settings name it
 
     @property
     def stages(self) -> tuple:
@@ -70,6 +74,10 @@ def run_recipe(recipe: Recipe, script_args, training_args, model_args) -> int:
     training_args.distributed_state  # first, so the process group follows use_cpu as the Trainer will
     check_wandb_credentials(training_args.report_to)
     recipe.check(training_args)
+    if recipe.pass_decides and fitting.ROWS in fitting.auto_sizes(training_args):
+        raise ConfigError(f"{recipe.title} estimates its KL term over the rows of each pass, so per_device_train_batch_size "
+                          "decides its results and is not fitted to the card: give it a number (2 or more; the "
+                          "gpt2-large preset's kto.yaml uses 8)")
     betas = sweep_values("betas", script_args.betas, "beta", training_args.beta, default_beta(recipe.config))
     seeds = seed_values(script_args.seeds)
     check_training(training_args)
@@ -79,9 +87,10 @@ def run_recipe(recipe: Recipe, script_args, training_args, model_args) -> int:
     frontier = frontier_of(script_args, recipe.key, training_args.output_dir)
     check_model("model_name_or_path", model_args.model_name_or_path)
     rows, inputs = recipe.examples(script_args, model_args)
-    check_memory(recipe.title, recipe.memory(script_args, training_args, model_shape(model_args.model_name_or_path),
-                                             longest(rows, recipe.completion_fields), *frontier_inputs(frontier),
-                                             lora=model_args.use_peft), training_args.distributed_state.device)
+    shape, tokens = model_shape(model_args.model_name_or_path), longest(rows, recipe.completion_fields)
+    check_memory(recipe.title, lambda: recipe.memory(script_args, training_args, shape, tokens,
+                                                     *frontier_inputs(frontier), lora=model_args.use_peft),
+                 training_args.distributed_state.device, training=training_args, frontier_eval=frontier and frontier.args)
     dataset = Dataset.from_list(rows)
     extra = recipe.trainer_kwargs(script_args, training_args)
     set_model_init_kwargs(training_args, model_args)
@@ -103,8 +112,11 @@ def run_recipe(recipe: Recipe, script_args, training_args, model_args) -> int:
     def finished_line(manifest):
         return f"{manifest['examples']} {examples_are}; {logged_line(manifest['final_metrics'], [(key, what, '.3f')])}"
 
+    configs = {"script": script_args, "training": training_args, "model": model_args}
+    if recipe.pass_decides:
+        configs[PASS] = {"rows": training_args.per_device_train_batch_size}
     if not train_sweep(betas, field="beta", run_name=recipe.run_name, stage=recipe.key, what=f"{recipe.title} run",
-                       configs={"script": script_args, "training": training_args, "model": model_args},
+                       configs=configs,
                        inputs=inputs, make_trainer=make_trainer, curves=recipe.curves, results=results,
                        finished_line=finished_line, frontier=frontier, seeds=seeds):
         return exit_resumable()
@@ -118,12 +130,14 @@ def plan_recipe(recipe: Recipe, preset, stage, script_args, training_args, model
     counts = preset.pairs(os.path.join(os.path.dirname(script_args.completions_file), "pairs.jsonl") if kto
                           else script_args.pairs_file)
     examples = min(counts["labelled" if kto else "pairs"], getattr(script_args, recipe.limit_field) or math.inf)
-    steps = trained_steps(examples, training_args)
     tokens = min(counts["tokens"], training_args.max_length or math.inf)
     betas = script_args.betas or [training_args.beta]
-    row = Row(stage, runs_of(script_args, betas), exact=counts["exact"],
-              peak=recipe.memory(script_args, training_args, shape, tokens, *frontier_classifier(preset, script_args),
-                                 lora=model_args.use_peft))
+    frontier = frontier_classifier(preset, script_args)
+    peak = preset.fit(lambda: recipe.memory(script_args, training_args, shape, tokens, *frontier,
+                                            lora=model_args.use_peft),
+                      training=training_args, frontier_eval=frontier[0])
+    steps = trained_steps(examples, training_args)
+    row = Row(stage, runs_of(script_args, betas), exact=counts["exact"], peak=peak)
     rows_per_step = 2 * training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
     row.seconds = row.runs * costs.compute_seconds(costs.training_flops(shape, steps * rows_per_step * tokens, tokens),
                                                    training_args.bf16)

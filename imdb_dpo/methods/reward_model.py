@@ -112,8 +112,9 @@ def main(script_args: RewardModelScriptArguments, training_args: RewardConfig, m
     check_tokenizer(script_args.pairs_file, read_manifest(os.path.dirname(os.path.abspath(script_args.pairs_file)))
                     ["inputs"]["model"], model_args.model_name_or_path)
     check_lengths(pairs, training_args.max_length, script_args.pairs_file)
-    check_memory("The reward model", reward_model_memory(training_args, model_shape(
-        model_args.model_name_or_path, classifier=True), longest_pair(pairs)), training_args.distributed_state.device)
+    shape, tokens = model_shape(model_args.model_name_or_path, classifier=True), longest_pair(pairs)
+    check_memory("The reward model", lambda: reward_model_memory(training_args, shape, tokens),
+                 training_args.distributed_state.device, training=training_args)
     try:
         train, validation = split_by_prompt(pairs, script_args.validation_fraction, training_args.seed)
     except PairFileError as error:
@@ -158,8 +159,9 @@ def plan(preset, key, script_args, training_args, model_args) -> Row:
     counts = preset.pairs(script_args.pairs_file)
     pairs = min(counts["pairs"], script_args.max_train_pairs or math.inf)
     train = max(round(pairs * (1 - script_args.validation_fraction)), 1)
-    steps = trained_steps(train, training_args)
     tokens = min(counts["tokens"], training_args.max_length or math.inf)
+    peak = preset.fit(lambda: costs.reward_model_memory(training_args, shape, tokens), training=training_args)
+    steps = trained_steps(train, training_args)
     weights, optimizer = costs.checkpoint_bytes(shape, training_args.optim)
     epochs = math.ceil(training_args.num_train_epochs)
     rows_per_step = 2 * training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
@@ -168,7 +170,7 @@ def plan(preset, key, script_args, training_args, model_args) -> Row:
                                               training_args.bf16)
     return Row(key, 1, f"{steps:,}", f"{epochs} (one an epoch, for the best)",
                epochs * (weights + optimizer) + weights, weights, 2 * (weights + optimizer),
-               costs.reward_model_memory(training_args, shape, tokens), seconds,
+               peak, seconds,
                [f"{bound(int(train), counts['exact'])} training pairs"], exact=counts["exact"],
                samples=trainer_samples(steps, training_args), read=weights + epochs * weights)
 

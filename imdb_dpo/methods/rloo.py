@@ -205,13 +205,14 @@ def run_sampled_rl(kind: SampledRL, script_args: RLOOScriptArguments, training_a
     learned = learned_reward_model(script_args, model_args.model_name_or_path)
     method = kind.learned_key if learned else kind.key
     frontier = frontier_of(script_args, method, training_args.output_dir)
-    check_memory(kind.title, rloo_memory(training_args, model_shape(model_args.model_name_or_path),
-                                     max(len(p["prompt_ids"]) for p in pairs), classifier_shape(script_args.reward_model),
-                                     script_args.reward_dtype, *frontier_inputs(frontier), lora=model_args.use_peft,
-                                     generation_dtype=script_args.generation_dtype,
-                                     generation_compile=script_args.generation_compile,
-                                     learned_reward=learned, kl_coef=max(coefs)),
-                 state.device)
+    shape, classifier = model_shape(model_args.model_name_or_path), classifier_shape(script_args.reward_model)
+    prompt_tokens = max(len(p["prompt_ids"]) for p in pairs)
+    check_memory(kind.title, lambda: rloo_memory(training_args, shape, prompt_tokens, classifier,
+                                                 script_args.reward_dtype, *frontier_inputs(frontier),
+                                                 lora=model_args.use_peft, generation_dtype=script_args.generation_dtype,
+                                                 generation_compile=script_args.generation_compile,
+                                                 learned_reward=learned, kl_coef=max(coefs)),
+                 state.device, training=training_args, frontier_eval=frontier and frontier.args)
     if learned:
         inputs["reward_model"] = describe_model_input(script_args.reward_model)
         reward = LearnedReward(script_args.reward_model, state.device, dtype, script_args.reward_batch_size)
@@ -249,14 +250,15 @@ def plan(preset, stage, script_args, training_args, model_args) -> Row:
                   costs.classifier_shape(script_args.reward_model))
     counts = preset.pairs(script_args.pairs_file)
     prompts = min(counts["prompts"], script_args.max_train_prompts or math.inf)
-    steps = trained_steps(prompts * training_args.num_generations, training_args)
     coefs = script_args.kl_coefs or [training_args.beta]
-    row = Row(stage, runs_of(script_args, coefs), exact=counts["exact"],
-              peak=costs.rloo_memory(training_args, shape, counts["prompt_tokens"], classifier, script_args.reward_dtype,
-                                     *frontier_classifier(preset, script_args), lora=model_args.use_peft,
-                                     generation_dtype=script_args.generation_dtype,
-                                     generation_compile=script_args.generation_compile, learned_reward=learned,
-                                     kl_coef=max(coefs)))
+    frontier = frontier_classifier(preset, script_args)
+    peak = preset.fit(lambda: costs.rloo_memory(
+        training_args, shape, counts["prompt_tokens"], classifier, script_args.reward_dtype, *frontier,
+        lora=model_args.use_peft, generation_dtype=script_args.generation_dtype,
+        generation_compile=script_args.generation_compile, learned_reward=learned, kl_coef=max(coefs)),
+        training=training_args, frontier_eval=frontier[0])
+    steps = trained_steps(prompts * training_args.num_generations, training_args)
+    row = Row(stage, runs_of(script_args, coefs), exact=counts["exact"], peak=peak)
     per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
     generation_prompts = max(per_step // training_args.num_generations, 1)
     row.seconds = row.runs * steps * sampled_step_seconds(

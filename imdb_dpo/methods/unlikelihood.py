@@ -126,9 +126,10 @@ def main(script_args: UnlikelihoodScriptArguments, training_args: UnlikelihoodCo
     frontier = frontier_of(script_args, "unlikelihood", training_args.output_dir)
     check_model("model_name_or_path", model_args.model_name_or_path)
     pairs = read_training_pairs(script_args.pairs_file, model_args.model_name_or_path)
-    check_memory("Unlikelihood", supervised_memory(
-        training_args, model_shape(model_args.model_name_or_path), longest_pair(pairs), True,
-        *frontier_inputs(frontier), lora=model_args.use_peft), training_args.distributed_state.device)
+    shape, tokens = model_shape(model_args.model_name_or_path), longest_pair(pairs)
+    check_memory("Unlikelihood", lambda: supervised_memory(training_args, shape, tokens, True, *frontier_inputs(frontier),
+                                                           lora=model_args.use_peft),
+                 training_args.distributed_state.device, training=training_args, frontier_eval=frontier and frontier.args)
     inputs = {"pairs": pairs_input(script_args.pairs_file, model_args.model_name_or_path, "Unlikelihood's start"),
               "model": describe_model_input(model_args.model_name_or_path)}
     dataset = Dataset.from_list([{k: p[k] for k in REQUIRED_IDS} for p in pairs[: script_args.max_train_pairs]])

@@ -18,7 +18,9 @@ within 25% of the peak resident memory of a real DPO step and a real sampling ba
 tests marked `gpu`, and the GPU check's table) compares it with torch.cuda.max_memory_allocated.
 """
 
+import contextlib
 import dataclasses
+import functools
 import math
 import os
 
@@ -26,6 +28,7 @@ import torch
 
 from imdb_dpo.configuration.arguments import ConfigError
 from imdb_dpo.configuration.errors import UserError, first_line
+from imdb_dpo.planning import cards, fitting
 
 GiB = 2**30
 GB = 1e9
@@ -51,9 +54,10 @@ KNOWN_CONFIGS = {
                         vocab_size=50265, max_position_embeddings=514, type_vocab_size=1, num_labels=2)),
 }
 
-# An H100 SXM: dense bf16 tensor-core and plain fp32 peaks (the evaluation's fp32 passes do not use TF32), and HBM
-# bandwidth. The utilisations are assumptions, not measurements (issue 23 measures them).
-H100 = {"bf16_flops": 989.4e12, "tf32_flops": 494.7e12, "fp32_flops": 66.9e12, "bytes_per_s": 3.35e12}
+# The card whose rates the plan's hours assume (imdb_dpo/planning/cards.py: an H100 SXM unless plan.py --gpu names
+# another; `rated_on`). The evaluation's fp32 passes do not use TF32 unless eval_precision says so. The utilisations
+# are assumptions, not measurements (issue 23 measures them).
+CARD = cards.DEFAULT
 MFU = 0.40
 BANDWIDTH_USE = 0.60
 # Operators an eager decode step runs a generated token, each at least one kernel launch on a GPU, as (per layer,
@@ -118,7 +122,9 @@ def model_config(name_or_path: str):
                           "compute nodes\") or fix the name") from None
 
 
+@functools.lru_cache(maxsize=32)
 def model_shape(name_or_path: str, classifier: bool = False) -> Shape:
+    """The shape of a model folder's or a hub model's config (read once a process: a fit asks it many times)."""
     config = model_config(name_or_path)
     return shape_of_config(config, classifier or not _is_causal(config))
 
@@ -211,10 +217,12 @@ def merge(*parts: Memory) -> Memory:
 
 @dataclasses.dataclass
 class Peak:
-    """A stage's largest step: what it is, its memory, and the setting to lower where it does not fit."""
+    """A stage's largest step: what it is, its memory, the setting to lower where it does not fit, and the pass size
+    that sizes it (the config object and its field), which imdb_dpo/planning/fitting.py lowers where it is `auto`."""
     step: str
     memory: Memory
     fix: str
+    knob: tuple = ()
 
 
 def largest(*peaks: Peak) -> Peak:
@@ -233,22 +241,53 @@ ALLOCATOR_MARGIN = 0.10
 CHECKED: list[dict] = []  # the estimates this process checked, for the GPU check's resource report
 
 
-def check_memory(what: str, peak: Peak, device) -> None:
-    """Stop before loading anything when `peak` (the largest step's estimate) and the allocator's margin exceed the
-    CUDA device's free memory, with the numbers and the setting to lower. On the CPU nothing is checked."""
-    CHECKED.append({"what": what, "step": peak.step, "gib": peak.memory.total / GiB})
+def device_budget(device) -> tuple[int | None, str]:
+    """(free bytes, what they are) of the device a stage runs on: a simulated card (IMDB_DPO_GPU_MEMORY, on any
+    device), a CUDA device's free memory (this process's context already made), or (None, ...) on the CPU."""
+    simulated = os.environ.get(fitting.MEMORY_VARIABLE, "")
+    if simulated:
+        try:
+            gib = float(simulated)
+        except ValueError:
+            gib = math.nan
+        if not gib > 0 or math.isinf(gib):
+            raise ConfigError(f"{fitting.MEMORY_VARIABLE}={simulated!r}: give the free GPU memory to fit to in GiB, a "
+                              "number > 0 (e.g. 39.5), or unset it")
+        return int(gib * GiB), f"a simulated card with {gib:g} GiB free ({fitting.MEMORY_VARIABLE})"
     device = torch.device(device)
-    if device.type != "cuda" or os.environ.get(SKIP_VARIABLE, "") not in ("", "0"):
-        return
+    if device.type != "cuda":
+        return None, "the CPU"
     free, total = torch.cuda.mem_get_info(device)
+    return free, f"{torch.cuda.get_device_name(device)} with {free / GiB:.1f} GiB free of {total / GiB:.1f} GiB"
+
+
+def check_memory(what: str, estimate, device, **configs) -> Peak:
+    """Fit the `auto` pass sizes of `configs` ({label: parsed config}) to the device (imdb_dpo/planning/fitting.py),
+    say what they became, and stop before loading anything where the estimate of the largest step (`estimate()`,
+    read from those configs) and the allocator's margin still exceed the free memory: with the numbers, the setting
+    to lower and the smallest card that would hold it. On the CPU nothing is fitted or checked. Returns the peak."""
+    budget, where = device_budget(device)
+    peak, chosen = fitting.fit(estimate if callable(estimate) else lambda: estimate, budget, where, configs,
+                               ALLOCATOR_MARGIN)
+    if chosen.sizes:
+        print(f"{what}: pass sizes fitted to {where}: {chosen.describe()}", flush=True)
+        fitting.LAST.clear()
+        fitting.LAST.update(fitted_to=where, sizes=chosen.sizes)
+    CHECKED.append({"what": what, "step": peak.step, "gib": peak.memory.total / GiB, "sizes": chosen.sizes})
+    if budget is None or chosen.fits or os.environ.get(SKIP_VARIABLE, "") not in ("", "0"):
+        return peak
     needed = peak.memory.total * (1 + ALLOCATOR_MARGIN)
-    if needed <= free:
-        return
+    card = cards.smallest_fitting(needed)
+    smallest = (f"the smallest card that holds it is the {card.name}" if card else
+                "no card in imdb_dpo/planning/cards.py holds it")
+    fitted = " even at the smallest pass sizes" if chosen.sizes else ""
+    resident = ("; or frontier_eval: \"\" to evaluate its checkpoints afterwards with eval.py (the evaluation's models "
+                "then leave training's memory)" if {"weights", "reference and evaluated model"} <= set(peak.memory) else "")
     raise NotEnoughMemory(
-        f"{what} needs about {size(needed)} of GPU memory at its largest step ({peak.step}: "
-        f"{peak.memory.describe()}; and {ALLOCATOR_MARGIN:.0%} for what the allocator caches), but {torch.cuda.get_device_name(device)} has {free / GiB:.1f} GiB free of "
-        f"{total / GiB:.1f} GiB. {peak.fix}. Nothing was loaded or written. (The estimate is imdb_dpo/planning/costs.py's; "
-        f"where you know better, {SKIP_VARIABLE}=1 skips this check.)")
+        f"{what} needs about {size(needed)} of GPU memory at its largest step{fitted} ({peak.step}: "
+        f"{peak.memory.describe()}; and {ALLOCATOR_MARGIN:.0%} for what the allocator caches), but {where}: "
+        f"{smallest}. {peak.fix}{resident}. Nothing was loaded or written. (The estimate is "
+        f"imdb_dpo/planning/costs.py's; where you know better, {SKIP_VARIABLE}=1 skips this check.)")
 
 
 SAMPLING_FIX = ("Lower batch_size (it changes no sample: each has its own random stream) or set sampling_dtype "
@@ -335,20 +374,22 @@ def evaluation_memory(eval_args, policy: Shape, classifier: Shape | None, proxy:
     context = eval_args.max_prompt_tokens + eval_args.max_new_tokens
     rows = eval_args.batch_size * eval_args.samples_per_prompt
     sampling = sampling_batch(policy, rows, context, dtype_bytes(eval_args.sampling_dtype))
-    steps = [Peak(f"sampling {eval_args.batch_size} prompts x {eval_args.samples_per_prompt}", sampling, SAMPLING_FIX)]
+    steps = [Peak(f"sampling {eval_args.batch_size} prompts x {eval_args.samples_per_prompt}", sampling, SAMPLING_FIX,
+                  (eval_args, "batch_size"))]
     if kl_in_sampling(eval_args):  # the reference decodes in lockstep: its cache and the KL terms
         sampling["reference's KV cache"] = sampling["KV cache"]
         sampling["KL terms"] = rows * policy.vocab * LOCKSTEP_BYTES_PER_VOCAB
     else:
         steps.append(Peak(f"the KL pass over {eval_args.kl_batch_size} samples",
-                          kl_batch(policy, eval_args.kl_batch_size, context), KL_FIX))
+                          kl_batch(policy, eval_args.kl_batch_size, context), KL_FIX, (eval_args, "kl_batch_size")))
     if with_sft:  # the reference's own samples, more of them a prompt and no KL to take
         steps.append(Peak(f"sampling {eval_args.batch_size} prompts x {eval_args.best_of_n_samples}", sampling_batch(
             policy, eval_args.batch_size * eval_args.best_of_n_samples, context, dtype_bytes(eval_args.sampling_dtype)),
-            SAMPLING_FIX))
+            SAMPLING_FIX, (eval_args, "batch_size")))
     if classifier:
         steps.append(Peak(f"scoring {eval_args.reward_batch_size} samples", classifier_batch(
-            classifier, eval_args.reward_batch_size, 2 * context, dtype_bytes(eval_args.reward_dtype)), REWARD_FIX))
+            classifier, eval_args.reward_batch_size, 2 * context, dtype_bytes(eval_args.reward_dtype)), REWARD_FIX,
+            (eval_args, "reward_batch_size")))
     peak = largest(*steps)
     peak.memory = merge(evaluation_models(eval_args, policy, classifier, proxy), peak.memory)
     return peak
@@ -357,7 +398,8 @@ def evaluation_memory(eval_args, policy: Shape, classifier: Shape | None, proxy:
 def sft_memory(training_args, policy: Shape, lora: bool = False) -> Peak:
     rows = training_args.per_device_train_batch_size
     return Peak(f"a training step of {rows} reviews x {training_args.max_length} tokens",
-                trainer_memory(policy, training_args, rows, training_args.max_length, lora=lora), TRAINING_FIX)
+                trainer_memory(policy, training_args, rows, training_args.max_length, lora=lora), TRAINING_FIX,
+                (training_args, "per_device_train_batch_size"))
 
 
 def pairs_memory(args, policy: Shape, classifier: Shape | None) -> Peak:
@@ -367,10 +409,12 @@ def pairs_memory(args, policy: Shape, classifier: Shape | None) -> Peak:
     if classifier:
         models["classifier"] = classifier.params * dtype_bytes(args.reward_dtype)
     steps = [Peak(f"sampling {args.batch_size} prompts x {args.samples_per_prompt}", sampling_batch(
-        policy, args.batch_size * args.samples_per_prompt, context, dtype_bytes(args.sampling_dtype)), SAMPLING_FIX)]
+        policy, args.batch_size * args.samples_per_prompt, context, dtype_bytes(args.sampling_dtype)), SAMPLING_FIX,
+        (args, "batch_size"))]
     if classifier:
         steps.append(Peak(f"scoring {args.reward_batch_size} samples", classifier_batch(
-            classifier, args.reward_batch_size, 2 * context, dtype_bytes(args.reward_dtype)), REWARD_FIX))
+            classifier, args.reward_batch_size, 2 * context, dtype_bytes(args.reward_dtype)), REWARD_FIX,
+            (args, "reward_batch_size")))
     peak = largest(*steps)
     peak.memory = merge(models, peak.memory)
     return peak
@@ -386,11 +430,11 @@ def with_frontier(training: Peak, training_args, policy: Shape, frontier_args, f
     if frontier_args is None:
         return training
     models = evaluation_models(frontier_args, policy, frontier_classifier, proxy)
-    training = Peak(training.step, merge(training.memory, models), training.fix)
+    training = Peak(training.step, merge(training.memory, models), training.fix, training.knob)
     peak = evaluation_memory(frontier_args, policy, frontier_classifier, proxy, with_sft=False)
     evaluating = Peak(f"evaluating a checkpoint while training ({peak.step})",
                       merge(resident_training_state(policy, training_args, lora), resident or Memory(), peak.memory),
-                      f"{peak.fix} in the evaluation config frontier_eval names")
+                      f"{peak.fix} in the evaluation config frontier_eval names", peak.knob)
     return largest(training, evaluating)
 
 
@@ -405,12 +449,12 @@ def dpo_memory(training_args, policy: Shape, tokens: int, frontier_args=None, fr
         candidates.append(Peak(f"the reference pass over {ref_pairs} pairs",
                                merge(Memory({"weights": policy.fp32_bytes}), forward_pass(
                                    policy, 2 * ref_pairs, tokens, 2 if training_args.bf16 else 4, weights=False)),
-                               "Lower precompute_ref_batch_size"))
+                               "Lower precompute_ref_batch_size", (training_args, "precompute_ref_batch_size")))
     resident = Memory()
     if not training_args.precompute_ref_log_probs and not lora:  # a LoRA run's reference: its base, adapter off
         resident["reference model"] = policy.fp32_bytes
     candidates.append(Peak(f"a training step of {rows // 2} pairs x {tokens} tokens", merge(step, resident),
-                           TRAINING_FIX))
+                           TRAINING_FIX, (training_args, "per_device_train_batch_size")))
     return with_frontier(largest(*candidates), training_args, policy, frontier_args, frontier_classifier, lora,
                          resident)
 
@@ -462,12 +506,14 @@ def rloo_memory(training_args, policy: Shape, prompt_tokens: int, classifier: Sh
     if classifier:
         others["reward model"] = classifier.params * dtype_bytes(reward_dtype)
     training = Peak(f"a training step of {rows} completions x {tokens} tokens",
-                    merge(trainer_memory(policy, training_args, rows, tokens, lora=lora), others), TRAINING_FIX)
+                    merge(trainer_memory(policy, training_args, rows, tokens, lora=lora), others), TRAINING_FIX,
+                    (training_args, "per_device_train_batch_size"))
     sampling = Peak(f"sampling {generation_rows} completions",
                     merge(resident_training_state(policy, training_args, lora), others,
                           policy_sampling(policy, training_args, generation_rows, tokens, generation_dtype,
                                           generation_compile)),
-                    "Lower per_device_train_batch_size (or steps_per_generation)")
+                    "Lower per_device_train_batch_size (or steps_per_generation)",
+                    (training_args, "per_device_train_batch_size"))
     return with_frontier(largest(training, sampling), training_args, policy, frontier_args, frontier_classifier, lora,
                          others, classifier if learned_reward else None)
 
@@ -487,11 +533,11 @@ def online_dpo_memory(training_args, policy: Shape, prompt_tokens: int, classifi
         others["reference model"] = policy.fp32_bytes
     training = Peak(f"a training step of {rows} completions x {tokens} tokens",
                     merge(trainer_memory(policy, training_args, rows, tokens, full_logits=True, lora=lora), others),
-                    TRAINING_FIX)
+                    TRAINING_FIX, (training_args, "per_device_train_batch_size"))
     sampling = Peak(f"sampling {rows} completions",
                     merge(resident_training_state(policy, training_args, lora), others,
                           policy_sampling(policy, training_args, rows, tokens, generation_dtype, generation_compile)),
-                    "Lower per_device_train_batch_size")
+                    "Lower per_device_train_batch_size", (training_args, "per_device_train_batch_size"))
     return with_frontier(largest(training, sampling), training_args, policy, frontier_args, frontier_classifier, lora,
                          others)
 
@@ -504,7 +550,8 @@ def supervised_memory(training_args, policy: Shape, tokens: int, pairs: bool, fr
     rows = training_args.per_device_train_batch_size * (2 if pairs else 1)
     what = f"{rows // 2} pairs" if pairs else f"{rows} completions"
     training = Peak(f"a training step of {what} x {tokens} tokens",
-                    trainer_memory(policy, training_args, rows, tokens, full_logits=pairs, lora=lora), TRAINING_FIX)
+                    trainer_memory(policy, training_args, rows, tokens, full_logits=pairs, lora=lora), TRAINING_FIX,
+                    (training_args, "per_device_train_batch_size"))
     return with_frontier(training, training_args, policy, frontier_args, frontier_classifier, lora)
 
 
@@ -512,7 +559,8 @@ def reward_model_memory(training_args, classifier: Shape, tokens: int) -> Peak:
     tokens = min(tokens, training_args.max_length or tokens)
     rows = training_args.per_device_train_batch_size * 2
     return Peak(f"a training step of {rows // 2} pairs x {tokens} tokens",
-                trainer_memory(classifier, training_args, rows, tokens), TRAINING_FIX)
+                trainer_memory(classifier, training_args, rows, tokens), TRAINING_FIX,
+                (training_args, "per_device_train_batch_size"))
 
 
 # ---- steps, disk and GPU time (plan.py) -------------------------------------------------------------------------
@@ -548,15 +596,26 @@ def forward_flops(shape: Shape, tokens: int, context: int) -> float:
     return tokens * (2 * shape.params + 4 * shape.layers * shape.hidden * context)
 
 
+@contextlib.contextmanager
+def rated_on(card: cards.Card):
+    """Time every cost in the block at `card`'s peaks and bandwidth (the plan of one card)."""
+    global CARD
+    before, CARD = CARD, card
+    try:
+        yield
+    finally:
+        CARD = before
+
+
 def compute_seconds(flops: float, bf16: bool, tf32: bool = False) -> float:
-    """On an H100 at MFU: bf16 tensor cores, float32 on TF32 tensor cores (`tf32`), or IEEE float32 on CUDA cores."""
-    peak = H100["bf16_flops"] if bf16 else H100["tf32_flops"] if tf32 else H100["fp32_flops"]
+    """On CARD at MFU: bf16 tensor cores, float32 on TF32 tensor cores (`tf32`), or IEEE float32 on CUDA cores."""
+    peak = CARD.bf16_flops if bf16 else CARD.tf32_flops if tf32 else CARD.fp32_flops
     return flops / (peak * MFU)
 
 
 def memory_seconds(nbytes: float) -> float:
     """Reading or writing `nbytes` of GPU memory at the assumed share of its bandwidth."""
-    return nbytes / (H100["bytes_per_s"] * BANDWIDTH_USE)
+    return nbytes / (CARD.bytes_per_s * BANDWIDTH_USE)
 
 
 def storage_seconds(nbytes: float) -> float:

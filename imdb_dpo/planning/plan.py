@@ -10,12 +10,13 @@ settings allow (marked <=). GPU hours assume the utilisations in imdb_dpo/planni
 measurements.
 """
 
+import copy
 import dataclasses
 import functools
 import math
 import os
 
-from imdb_dpo.planning import costs
+from imdb_dpo.planning import cards, costs, fitting
 from imdb_dpo.lifecycle.checkpoints import check_schedule, save_interval, schedule_of
 from imdb_dpo.configuration.checks import check_training
 from imdb_dpo.configuration.arguments import (REPOSITORY, ConfigError, EvalArguments, PairsArguments, SFTScriptArguments, TinyBaseArguments,
@@ -46,6 +47,7 @@ class Row:
     read: float = 0.0  # bytes loaded from the disk (models at the start of a run, checkpoints eval.py evaluates)
     shared: float = 0.0  # seconds of `seconds` spent once for all runs (DPO's cached reference pass)
     proxy: str | None = None  # the learned reward model the runs optimise, which the evaluation loads again
+    fit: object = None  # the pass sizes fitted to the plan's card (imdb_dpo/planning/fitting.Fit), where any is auto
 
 
 def stage_names() -> list[str]:
@@ -65,7 +67,7 @@ def stages_of(name: str):
 
 
 class Preset:
-    def __init__(self, name: str, eval_overrides: dict | None = None):
+    def __init__(self, name: str, eval_overrides: dict | None = None, card: cards.Card = cards.DEFAULT):
         # A preset of the repository by name, or any folder of stage configs by its path.
         self.name = name
         self.folder = name if os.sep in name and os.path.isdir(name) else os.path.join(REPOSITORY, "configs", name)
@@ -81,6 +83,16 @@ class Preset:
         self.unevaluated = 0  # checkpoints and final models that eval.py evaluates itself
         self.flags = dict(eval_overrides or {})  # settings of every evaluation the plan overrides (--eval_precision)
         self.gpus = 0  # --gpus N: the wall-clock hours on a node with N GPUs
+        self.card = card  # --gpu KIND: the card whose memory the auto pass sizes fit and whose rates time them
+        self.fitted = None  # the current stage's Fit
+        self.stage_frontier = {}  # the current stage's copy of each frontier_eval config (its sizes fit with it)
+
+    def fit(self, estimate, **configs) -> Peak:
+        """The stage's peak once its auto pass sizes fit the card, as the stage fits them before it loads a model
+        (costs.check_memory); kept for the stage's row."""
+        peak, self.fitted = fitting.fit(estimate, self.card.usable_bytes, self.card.name, configs,
+                                        costs.ALLOCATOR_MARGIN)
+        return peak
 
     def parse(self, stage: str):
         path = os.path.join(self.folder, f"{stage}.yaml")
@@ -163,8 +175,14 @@ class Preset:
         return args
 
     def frontier_args(self, script_args):
-        """The settings of the evaluation config `frontier_eval` names (read once), or None without one."""
-        return self._frontier_config(script_args.frontier_eval) if script_args.frontier_eval else None
+        """The settings of the evaluation config `frontier_eval` names (read once), or None without one: a copy for
+        each stage, whose auto sizes fit beside that stage's training."""
+        if not script_args.frontier_eval:
+            return None
+        config = script_args.frontier_eval
+        if config not in self.stage_frontier:
+            self.stage_frontier[config] = copy.copy(self._frontier_config(config))
+        return self.stage_frontier[config]
 
     def pairs(self, pairs_file: str) -> dict:
         """The counts of a pair file: read from it where it exists (exact), else the most stage 2's settings allow."""
@@ -218,6 +236,7 @@ def plan_sft(preset: Preset, script_args, training_args, model_args) -> Row:
     shape = preset.shape(model_args.model_name_or_path)
     preset.produces(training_args.output_dir, model_args.model_name_or_path)
     reviews = min(preset.reviews(script_args, "train"), script_args.max_train_samples or math.inf)
+    peak = preset.fit(lambda: costs.sft_memory(training_args, shape, model_args.use_peft), training=training_args)
     steps = trained_steps(reviews, training_args)
     every = save_interval(training_args.save_steps, steps)
     saves = len(range(every, steps + 1, every)) if training_args.save_strategy == "steps" else 0
@@ -225,8 +244,7 @@ def plan_sft(preset: Preset, script_args, training_args, model_args) -> Row:
     held = min(saves, (training_args.save_total_limit or saves) + 1) * (weights + optimizer)
     tokens = steps * training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
     return Row("sft", 1, f"{steps:,}", f"{saves} (for resuming)", saves * (weights + optimizer) + weights, weights, held,
-               costs.sft_memory(training_args, shape, model_args.use_peft),
-               costs.compute_seconds(costs.training_flops(shape, tokens * training_args.max_length,
+               peak, costs.compute_seconds(costs.training_flops(shape, tokens * training_args.max_length,
                                                           training_args.max_length), training_args.bf16),
                [f"{reviews:,} reviews x {training_args.num_train_epochs:g} epoch(s), each row up to max_length "
                 f"{training_args.max_length} tokens (a batch is padded to its longest review)"],
@@ -237,6 +255,7 @@ def plan_pairs(preset: Preset, args) -> Row:
     shape = preset.shape(args.model_name_or_path)
     classifier = costs.classifier_shape(args.reward_model)
     prompts = min(args.num_prompts, preset.reviews(args, "train"))
+    peak = preset.fit(lambda: costs.pairs_memory(args, shape, classifier), sampling=args)
     k = args.samples_per_prompt
     pair_file = os.path.join(args.output_dir, "pairs.jsonl")
     finished = os.path.isfile(pair_file) and os.path.isfile(os.path.join(args.output_dir, "manifest.json"))
@@ -255,7 +274,7 @@ def plan_pairs(preset: Preset, args) -> Row:
     if classifier:
         seconds += costs.compute_seconds(costs.forward_flops(classifier, samples * 2 * context, 2 * context),
                                          args.reward_dtype != "float32")
-    return Row("preference_pairs", 1, "-", "-", disk, disk, 0, costs.pairs_memory(args, shape, classifier), seconds,
+    return Row("preference_pairs", 1, "-", "-", disk, disk, 0, peak, seconds,
                [f"{prompts:,} prompts x {k} samples, {bound(counts['pairs'], counts['exact'])} pairs"],
                exact=counts["exact"], read=shape.fp32_bytes)
 
@@ -344,12 +363,14 @@ def plan_supervised(preset, stage, script_args, training_args, model_args, pairs
     counts = preset.pairs(script_args.pairs_file)
     examples = (min(counts["pairs"], script_args.max_train_pairs or math.inf) if pairs else
                 min(counts["chosen"], script_args.max_train_examples or math.inf))
-    steps = trained_steps(examples, training_args)
     tokens = min(counts["tokens"], training_args.max_length or math.inf)
+    frontier = frontier_classifier(preset, script_args)
+    peak = preset.fit(lambda: costs.supervised_memory(training_args, shape, tokens, pairs, *frontier,
+                                                      lora=model_args.use_peft),
+                      training=training_args, frontier_eval=frontier[0])
+    steps = trained_steps(examples, training_args)
     alphas = (script_args.alphas or [training_args.alpha]) if pairs else [None]
-    row = Row(stage, runs_of(script_args, alphas), exact=counts["exact"],
-              peak=costs.supervised_memory(training_args, shape, tokens, pairs, *frontier_classifier(preset, script_args),
-                                           lora=model_args.use_peft))
+    row = Row(stage, runs_of(script_args, alphas), exact=counts["exact"], peak=peak)
     rows_per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * (2 if pairs else 1)
     row.seconds = row.runs * costs.compute_seconds(costs.training_flops(shape, steps * rows_per_step * tokens, tokens),
                                                    training_args.bf16)
@@ -365,23 +386,29 @@ def plan_eval(preset, args) -> Row:
     learned = [row.proxy for row in preset.rows if row.proxy]  # a learned reward model that runs optimised:
     proxy = preset.shape(learned[0], classifier=True) if learned else None  # the evaluation scores it too
     context = args.max_prompt_tokens + args.max_new_tokens
+    peak = preset.fit(lambda: costs.evaluation_memory(args, shape, classifier, proxy), evaluation=args)
     seconds = costs.evaluation_seconds(args, shape, classifier, args.best_of_n_samples, kl=False)
     seconds += preset.unevaluated * costs.evaluation_seconds(args, shape, classifier, args.samples_per_prompt)
     records = args.num_prompts * (args.best_of_n_samples + preset.unevaluated * args.samples_per_prompt)
     disk = records * costs.record_bytes(context)
     return Row("eval", 1, "-", f"{preset.unevaluated} evaluated here" if preset.unevaluated else "records gathered",
-               disk, disk, 0, costs.evaluation_memory(args, shape, classifier, proxy), seconds,
+               disk, disk, 0, peak, seconds,
                [f"the SFT model's {args.best_of_n_samples} samples on {args.num_prompts} prompts"
                 + (f" and {preset.unevaluated} models" if preset.unevaluated else "")],
                read=(1 + preset.unevaluated) * shape.fp32_bytes)
 
 
-def build(name: str, eval_overrides: dict | None = None) -> Preset:
-    preset = Preset(name, eval_overrides or {})
+def build(name: str, eval_overrides: dict | None = None, card: cards.Card = cards.DEFAULT) -> Preset:
+    with costs.rated_on(card):
+        return _build(Preset(name, eval_overrides or {}, card))
+
+
+def _build(preset: Preset) -> Preset:
     for stage in stage_names():
         parsed = preset.parse(stage)
         if parsed is None:
             continue
+        preset.fitted, preset.stage_frontier = None, {}
         if stage == "sft":
             row = plan_sft(preset, *parsed)
         elif stage == "preference_pairs":
@@ -390,6 +417,7 @@ def build(name: str, eval_overrides: dict | None = None) -> Preset:
             row = plan_eval(preset, *parsed)
         else:
             row = registry()[stage].plan(preset, stage, *parsed)
+        row.fit = preset.fitted
         preset.rows.append(row)
     if not preset.rows:
         raise ConfigError(f"{preset.folder} holds no stage config ({', '.join(f'{s}.yaml' for s in stage_names())}): it is "
@@ -422,10 +450,14 @@ def io_seconds(row: Row) -> float:
 def render(preset: Preset) -> str:
     flags = "".join(f" --{name} {value}" for name, value in preset.flags.items())
     gpus = f" --gpus {preset.gpus}" if preset.gpus else ""
-    lines = [f"Plan of the {preset.name} preset, each run on one GPU (python plan.py {preset.name}{flags}{gpus}); GPU "
-             "hours summed over the runs" + (", the wall-clock on the node's GPUs below" if preset.gpus else ""), "",
+    card = preset.card
+    gpu = "" if card is cards.DEFAULT else f" --gpu {card.kind}"
+    lines = [f"Plan of the {preset.name} preset, each run on one {card.name} (python plan.py {preset.name}{flags}{gpu}"
+             f"{gpus}); GPU hours summed over the runs" + (", the wall-clock on the node's GPUs below" if preset.gpus
+                                                           else ""), "",
              "| stage | runs | steps a run | checkpoints a run | disk written | kept when finished | most on disk while "
-             "it runs | peak GPU memory | GPU hours (H100) | of it, disk I/O |", "|---|---|---|---|---|---|---|---|---|---|"]
+             f"it runs | peak GPU memory | GPU hours ({card.kind}) | of it, disk I/O |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     kept = peak_disk = seconds = written = io = 0.0
     peak_memory, exact_so_far = 0, True
     for row in preset.rows:
@@ -441,37 +473,53 @@ def render(preset: Preset) -> str:
         exact_so_far = exact_so_far and row.exact
         cells = [row.stage, str(row.runs), *(bounded(most, c) for c in (
             row.steps, row.checkpoints, gb(row.written), gb(row.kept))),
-            bounded("" if exact_so_far else "<= ", gb(held_total)), costs.size(memory),
+            bounded("" if exact_so_far else "<= ", gb(held_total)), memory_cell(row, card),
             bounded(most, hours(row.seconds + io_seconds(row))), bounded(most, hours(io_seconds(row)))]
         lines.append("| " + " | ".join(cells) + " |")
     most = "" if all(row.exact for row in preset.rows) else "<= "
     lines.append(f"| **total** | | | | **{bounded(most, gb(written))}** | **{bounded(most, gb(kept))}** | "
                  f"**{bounded(most, gb(peak_disk))}** | **{costs.size(peak_memory)}** | **{bounded(most, hours(seconds))}** "
                  f"| **{bounded(most, hours(io))}** |")
-    lines += ["", "Largest step of each stage (what its memory is made of) and what it counts:", ""]
+    lines += ["", "Largest step of each stage (what its memory is made of), the pass sizes fitted to the card where a "
+              "config says auto, and what it counts:", ""]
     for row in preset.rows:
         detail = f"{row.peak.step}: {row.peak.memory.describe()}" if row.peak else "-"
-        lines.append(f"- {row.stage}: {detail}; {'; '.join(row.notes)}")
+        sizes = f"; fitted: {row.fit.describe()}" if row.fit and row.fit.sizes else ""
+        lines.append(f"- {row.stage}: {detail}{sizes}; {'; '.join(row.notes)}")
     footnote = ("<=: counted from the most pairs stage 2's settings allow (the pair file does not exist yet; plan again "
                "once it does). " if most else "")
     lines += ["", footnote + "\"most on disk while it runs\" counts everything kept by the stages before it. \"peak GPU memory\": "
               "what PyTorch allocates at the stage's largest step on one process, everything resident counted (an "
               "in-memory evaluation's models stay from its first point on; under a DDP launch add one fp32 copy of the "
               f"weights for its gradient buckets); a stage starts only where {costs.ALLOCATOR_MARGIN:.0%} more is free, "
-              "for what the allocator caches. GPU hours: H100 SXM "
-              f"peaks ({costs.H100['bf16_flops'] / 1e12:.0f} TFLOP/s bf16, {costs.H100['fp32_flops'] / 1e12:.0f} fp32, "
-              f"{costs.H100['bytes_per_s'] / 1e12:.2f} TB/s), at an assumed {costs.MFU:.0%} of peak FLOP/s and "
+              f"for what the allocator caches ({card.name}: {card.usable_bytes / 2**30:.1f} GiB free once a process's "
+              f"CUDA context is made, an assumed {cards.CONTEXT_BYTES / 2**30:.1f} GiB). GPU hours: {card.name} "
+              f"datasheet peaks ({card.bf16_flops / 1e12:.0f} TFLOP/s bf16, {card.fp32_flops / 1e12:.1f} fp32, "
+              f"{card.bytes_per_s / 1e12:.2f} TB/s; imdb_dpo/planning/cards.py), at an assumed {costs.MFU:.0%} of peak "
+              "FLOP/s and "
               f"{costs.BANDWIDTH_USE:.0%} of bandwidth for decoding, and {costs.LAUNCH_SECONDS * 1e6:.0f} us of CPU time a "
               "kernel launch (an eager decode step of GPT-2 Large launches 741 kernels a token in fp32, 1,103 under bf16 "
               "autocast: benchmarks/bench_decode_ops.py; a compiled one, generation_compile, replays them from a CUDA "
               f"graph at an assumed {costs.GRAPH_KERNEL_SECONDS * 1e6:.0f} us a kernel after an assumed "
               f"{costs.COMPILE_SECONDS} s of compiling a run); float32 work on CUDA cores, or on TF32 tensor cores "
-              f"({costs.H100['tf32_flops'] / 1e12:.0f} TFLOP/s) where eval_precision is tf32; disk I/O (checkpoints "
+              f"({card.tf32_flops / 1e12:.0f} TFLOP/s) where eval_precision is tf32; disk I/O (checkpoints "
               f"and records written, models loaded) at {costs.STORAGE_BYTES_PER_S / 1e9:.1f} GB/s, counted in the "
               "GPU hours: the GPU waits for it."]
     if preset.gpus:
         lines += ["", wall_clock_line(preset)]
     return "\n".join(lines)
+
+
+def memory_cell(row: Row, card: cards.Card) -> str:
+    """The stage's peak; where it does not fit the card even at its smallest auto sizes, that and the smallest card
+    that holds it."""
+    memory = row.peak.memory.total if row.peak else 0
+    if not row.fit or row.fit.fits:
+        return costs.size(memory)
+    needed = memory * (1 + costs.ALLOCATOR_MARGIN)
+    smallest = cards.smallest_fitting(needed)
+    return (f"**does not fit** the {card.name}: {costs.size(memory)}; needs the "
+            f"{smallest.name if smallest else 'a card larger than any known'}")
 
 
 def wall_clock_line(preset: Preset) -> str:
