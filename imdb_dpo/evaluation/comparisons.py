@@ -17,7 +17,7 @@ import warnings
 
 import numpy as np
 
-from imdb_dpo.evaluation.statistics import seed_perturbations, simultaneous_half_widths
+from imdb_dpo.evaluation.statistics import seed_errors, simultaneous_half_widths, variance_ratios
 from imdb_dpo.methods import frontier_methods, method as method_of_key
 
 SEED_SUFFIX = re.compile(r"_seed(\d+)$")
@@ -129,20 +129,21 @@ def _halves(prompts: int, splits: int, rng) -> np.ndarray:
     return masks
 
 
-def _means(points: list[Point], basis: np.ndarray, shape: tuple, rng) -> tuple[np.ndarray, np.ndarray]:
-    """Each point's seed-mean reward and KL on each half of each split in each replicate (points x splits x 2 x
-    replicates; replicate 0 is the data itself). A row of `basis` holds one (split, half, replicate)'s prompt weights,
-    summing to 1. From replicate 1 on, each setting's seed means move by one draw of their seed error
-    (seed_perturbations) for all the setting's points together; a setting with one seed does not move."""
-    out = np.empty((2, len(points), *shape))  # reward, KL
+def _means(points: list[Point], basis: np.ndarray, shape: tuple, rng) -> np.ndarray:
+    """Each point's seed-mean reward and KL on each half of each split in each replicate: 2 (without, with a draw of
+    the seed error) x 2 (reward, KL) x points x splits x 2 x replicates; replicate 0 is the data itself. A row of
+    `basis` holds one (split, half, replicate)'s prompt weights, summing to 1. The draw (seed_errors) moves all of a
+    setting's points together, from replicate 1 on; a setting with one seed does not move."""
+    out = np.empty((2, 2, len(points), *shape))
     for setting in dict.fromkeys(p.setting for p in points):
         rows = [i for i, p in enumerate(points) if p.setting == setting]
         per_seed = np.stack([np.stack([p.reward @ basis.T, p.kl @ basis.T]) for p in (points[i] for i in rows)], axis=2)
         per_seed = per_seed.transpose(1, 0, 2, 3).reshape(per_seed.shape[1], 2, len(rows), *shape)  # seeds first
         mean = per_seed.mean(axis=0)
-        mean[..., 1:] += seed_perturbations(per_seed[..., 1:] - mean[..., 1:], rng)
-        out[:, rows] = mean
-    return out[0], out[1]
+        out[0][:, rows] = mean
+        mean[..., 1:] += seed_errors(per_seed[..., 1:] - mean[..., 1:], rng)
+        out[1][:, rows] = mean
+    return out
 
 
 def _best_within(rewards, kls, estimates, curves, budget: float) -> np.ndarray:
@@ -204,9 +205,9 @@ def seeds_of(points: list[Point], method: str) -> int | None:
 
 def cross_fitted_values(points: list[Point], sft: Point, methods: list[str], budgets, resamples: int, seed: int,
                         splits: int) -> dict[str, dict[tuple[str, float], np.ndarray]]:
-    """Per method, kind ("within", "at") and budget, its cross-fitted value in the data (element 0) and in each of
-    `resamples` bootstrap replicates; every method sees the same prompt resamples and halvings (they are paired by
-    prompt), and its own draws of seed error."""
+    """Per method, kind ("within", "at") and budget, its cross-fitted value in the data (column 0) and in each of
+    `resamples` bootstrap replicates, without (row 0) and with (row 1) a normal draw of its seed error; every method
+    sees the same prompt resamples and halvings (they are paired by prompt), and its own draws of seed error."""
     prompts = sft.reward.shape[1]
     rng = np.random.default_rng(seed)
     weights = np.vstack([np.ones(prompts), rng.multinomial(prompts, np.full(prompts, 1 / prompts), size=resamples)])
@@ -217,12 +218,31 @@ def cross_fitted_values(points: list[Point], sft: Point, methods: list[str], bud
     values = {}
     for index, method in enumerate(methods):
         observed = [sft] + [p for p in points if p.method == method]
-        rewards, kls = _means(observed, basis, (splits, 2, resamples + 1), np.random.default_rng([seed, index]))
+        means = _means(observed, basis, (splits, 2, resamples + 1), np.random.default_rng([seed, index]))
         curves = [[0] + [i for i, p in enumerate(observed) if p.setting == s and i > 0]
                   for s in dict.fromkeys(p.setting for p in observed[1:])]
-        values[method] = {(kind, float(b)): _cross_fitted(rewards, kls, curves, kind, float(b))
+        values[method] = {(kind, float(b)): np.stack([_cross_fitted(*means[v], curves, kind, float(b)) for v in (0, 1)])
                           for kind in ("within", "at") for b in budgets}
     return values
+
+
+def _studentised(value_a, value_b, ratio_a, ratio_b) -> tuple[float, np.ndarray]:
+    """A comparison's estimate and its replicates, for its intervals, from the two methods' values without (row 0)
+    and with (row 1) a normal draw of their seed errors: each replicate's error (the prompts' part and the two seed
+    errors) divided by that replicate's standard error and multiplied by the data's, each side's seed variance in a
+    replicate scaled by its method's variance ratio (variance_ratios). A bootstrap-t: with 3 seeds a side the seed
+    part gets Welch's t tails (2 to 4 degrees of freedom) rather than a normal's."""
+    errors = [value[1, 1:] - value[0, 1:] for value in (value_a, value_b)]
+    estimate = float(value_a[0, 0] - value_b[0, 0])
+    prompts = (value_a[0, 1:] - value_b[0, 1:]) - estimate
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # no replicate with a value (an "at" KL half-reached): NaN
+        v_prompts, v_a, v_b = (float(np.nan_to_num(np.nanvar(x))) for x in (prompts, *errors))
+    error = prompts + errors[0] - errors[1]
+    data = np.sqrt(v_prompts + v_a + v_b)
+    replicate = np.sqrt(v_prompts + v_a * ratio_a + v_b * ratio_b)
+    scaled = np.divide(error * data, replicate, out=np.zeros_like(error), where=replicate > 0)
+    return estimate, estimate + np.where(np.isnan(error), np.nan, scaled)
 
 
 def compare(points: list[Point], sft: Point, budgets, resamples: int = RESAMPLES, seed: int = 0,
@@ -237,19 +257,22 @@ def compare(points: list[Point], sft: Point, budgets, resamples: int = RESAMPLES
     methods = methods or sorted(dict.fromkeys(p.method for p in points), key=family_order)
     values = cross_fitted_values(points, sft, methods, budgets, resamples, seed, splits)
     seeds = {m: seeds_of(points, m) for m in methods}
+    rng = np.random.default_rng([seed, len(methods)])  # apart from each method's own stream
+    ratios = {m: variance_ratios(seeds[m] or 1, resamples, rng) for m in methods}
     rows, spreads = [], []
     for i, a in enumerate(methods):
         for b in methods[i + 1:]:
             for kind in ("within", "at"):
                 for budget in (float(b) for b in budgets):
-                    difference = values[a][(kind, budget)] - values[b][(kind, budget)]
-                    if not np.isfinite(difference[0]):  # "at": one of them has no curve that reaches this KL
+                    value_a, value_b = values[a][(kind, budget)], values[b][(kind, budget)]
+                    if not np.isfinite(value_a[0, 0] - value_b[0, 0]):  # "at": one of them does not reach this KL
                         continue
-                    enough = all(seeds[m] is None or seeds[m] >= MIN_SEEDS for m in (a, b))
-                    rows.append({"a": a, "b": b, "kind": kind, "budget": budget, "difference": float(difference[0]),
+                    difference, replicates = _studentised(value_a, value_b, ratios[a], ratios[b])
+                    rows.append({"a": a, "b": b, "kind": kind, "budget": budget, "difference": difference,
                                  "seeds_a": "" if seeds[a] is None else seeds[a],
-                                 "seeds_b": "" if seeds[b] is None else seeds[b], "family": enough})
-                    spreads.append(difference[1:])
+                                 "seeds_b": "" if seeds[b] is None else seeds[b],
+                                 "family": all(seeds[m] is None or seeds[m] >= MIN_SEEDS for m in (a, b))})
+                    spreads.append(replicates)
     if not rows:
         return []
     estimates = np.array([r["difference"] for r in rows])

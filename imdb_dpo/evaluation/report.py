@@ -125,7 +125,8 @@ def _comparison_section(comparisons: list[dict], budgets) -> list[str]:
                "halvings: the best of many noisy points, measured where it was chosen, is too high (the table above "
                "is that plain best). The intervals resample the prompts (the same resample for every model: they are "
                "paired by prompt and sample) and redo the whole choice in every resample; each setting's seed mean "
-               "moves by a draw of its seed error, t-distributed with seeds - 1 degrees of freedom.")]
+               "moves by a draw of its seed error, and a difference's seed error is Student's t with Welch's degrees "
+               "of freedom (2 to 4 with 3 seeds a side), not normal (a bootstrap-t): docs/statistics.md.")]
     if family:
         factor = max((c["hi"] - c["lo"]) / (c["hi_each"] - c["lo_each"]) for c in family
                      if c["hi_each"] > c["lo_each"]) if any(c["hi_each"] > c["lo_each"] for c in family) else 1.0

@@ -73,22 +73,31 @@ def distinct_n(token_lists: list[list[int]], n: int = 2) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
-def seed_perturbations(deviations: np.ndarray, rng) -> np.ndarray:
+def seed_errors(deviations: np.ndarray, rng) -> np.ndarray:
     """Draws of the error of a mean over k training seeds, from each seed's deviation from that mean (k x ... x
-    replicates, any shape between): one draw per replicate, shaped like one seed's deviations.
+    replicates, any shape between): one draw per replicate, shaped like one seed's deviations, normal with the
+    standard error of the mean, s / sqrt(k) (zero for one seed).
 
-    The draw is t_(k-1) x s / sqrt(k), the posterior of a normal mean under the Jeffreys prior, whose 95% interval is
-    the t interval: s / sqrt(k) is the standard error of the mean of k seeds, and the t_(k-1) scale carries the
-    uncertainty of s itself (with 3 seeds, t_2's 97.5% point is 4.30, not 1.96). Resampling the k seeds with
-    replacement instead gives a variance (k-1)/k of s^2/k and k^k / k! distinct draws (10 for 3 seeds): too narrow.
-    One Gaussian weight per seed, shared by everything that seed produced, keeps the correlation of a run's points
-    (Efron and Tibshirani 1993, ch. 6 and 12; the multiplier bootstrap of Wu 1986)."""
+    One Gaussian weight per seed, shared by everything that seed produced, so that a run's points move together (the
+    multiplier bootstrap of Wu 1986). Resampling the k seeds with replacement instead gives a variance (k-1)/k of
+    s^2/k and k^k / k! distinct draws (10 for 3 seeds): too narrow (Efron and Tibshirani 1993, ch. 5-6). The
+    uncertainty of s itself is variance_ratios'."""
     k, replicates = deviations.shape[0], deviations.shape[-1]
     if k < 2:
         return np.zeros(deviations.shape[1:])
     weights = rng.standard_normal((k, replicates)) / math.sqrt(k * (k - 1))
-    scale = np.sqrt((k - 1) / rng.chisquare(k - 1, size=replicates))  # normal / scale-free chi: Student's t
-    return np.einsum("k...r,kr->...r", deviations, weights) * scale
+    return np.einsum("k...r,kr->...r", deviations, weights)
+
+
+def variance_ratios(seeds: int, replicates: int, rng) -> np.ndarray:
+    """Per replicate, chi-square_(k-1) / (k-1): how far the sample variance of k seeds' normal errors falls from their
+    true variance, ones for one seed (nothing estimated). Dividing a replicate's error by its own standard error
+    made from these (a parametric bootstrap-t; Efron and Tibshirani 1993, ch. 12) gives a difference of two seed
+    means Welch's t distribution, which it approximates, and does so with one draw a method, shared by all the
+    comparisons that method is in, as their standard errors share its sample variance."""
+    if seeds < 2:
+        return np.ones(replicates)
+    return rng.chisquare(seeds - 1, size=replicates) / (seeds - 1)
 
 
 def simultaneous_half_widths(estimates: np.ndarray, replicates: np.ndarray, level: float = 0.95):
