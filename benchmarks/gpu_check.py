@@ -450,6 +450,11 @@ def gib(value) -> str:
     return f"{value:.1f}" if isinstance(value, (int, float)) else "-"
 
 
+def fitted(sizes: dict | None) -> str:
+    """The auto pass sizes a stage fitted to the card (imdb_dpo/planning/fitting.py), '-' where none was auto."""
+    return ", ".join(f"{name} {value}" for name, value in (sizes or {}).items()) or "-"
+
+
 def render(check: Check, plan: list | str) -> str:
     """The check's tables; `plan` is `projection(check)`, or why it could not be made."""
     import torch
@@ -458,8 +463,8 @@ def render(check: Check, plan: list | str) -> str:
     lines = [f"# GPU check, {time.strftime('%Y-%m-%d %H:%M')}, {device}", "",
              f"size {check.args.size}; policy: {check.facts.get('policy')}; classifier: {check.facts.get('classifier')}; "
              f"reviews: {check.facts.get('reviews')}; peak disk {check.peak_disk_gb:.1f} GB in {check.work}", "",
-             "| stage | exit | wall s | peak GPU GiB (allocated / reserved) | estimated before loading, GiB | peak RAM "
-             "GiB | throughput |", "|---|---|---|---|---|---|---|"]
+             "| stage | exit | wall s | peak GPU GiB (allocated / reserved) | estimated before loading, GiB | pass sizes "
+             "fitted to the card | peak RAM GiB | throughput |", "|---|---|---|---|---|---|---|---|"]
     for r in check.rows:
         if r["kind"] != "stage":
             continue
@@ -472,7 +477,8 @@ def render(check: Check, plan: list | str) -> str:
             throughput = f"{check.facts['eval_samples'] / r['wall_s']:.1f} samples/s (2 models, loading included)"
         lines.append(f"| {r['name']} | {r['exit']} | {r['wall_s']:.0f} | {gib(r.get('peak_gpu_allocated_gib'))} / "
                      f"{gib(r.get('peak_gpu_reserved_gib'))} | {gib(r.get('estimated_peak_gib'))} "
-                     f"({r.get('estimated_step') or '-'}) | {gib(r.get('peak_rss_gib'))} | {throughput} |")
+                     f"({r.get('estimated_step') or '-'}) | {fitted(r.get('fitted_sizes'))} | "
+                     f"{gib(r.get('peak_rss_gib'))} | {throughput} |")
     lines += ["", "| benchmark | exit | wall s | figures |", "|---|---|---|---|"]
     for r in check.rows:
         if r["kind"] == "benchmark":

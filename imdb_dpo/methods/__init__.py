@@ -51,6 +51,10 @@ class Method:
     check: Callable = lambda script_args, training_args: None  # what the plan refuses before any work
     gpu_check: GPUCheck | None = None  # None: benchmarks/gpu_check.py does not run it
     recipe: object = None  # a method run by methods/recipe.py: its Recipe (examples, trainer, memory, run name)
+    # What its plan counts in stage 2's completions.jsonl: (its records) -> {name: count}, and the most of each that
+    # stage 2's settings allow before the file exists: (prompts, samples per prompt) -> {name: count}.
+    completion_counts: Callable | None = None
+    most_completion_counts: Callable | None = None
 
     @property
     def command(self) -> str:

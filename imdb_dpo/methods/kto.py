@@ -159,4 +159,7 @@ RECIPE = Recipe(key="kto", title="KTO", script=KTOScriptArguments, config=KTOCon
 
 METHODS = (recipe_method(RECIPE, 70, {"cmap": "BuGn", "fmt": "-", "marker": "P"},
                          functools.partial(plan_recipe, kto=True), loss_field="loss_type", default_loss="kto",
-                         gpu_check=GPUCheck(("--betas", "0.1"), "kto_beta0.1_seed0", on_cpu=True)),)
+                         gpu_check=GPUCheck(("--betas", "0.1"), "kto_beta0.1_seed0", on_cpu=True),
+                         # every sample but a prompt's median one is labelled: all of them for an even count
+                         completion_counts=lambda records: {"labelled": len(kto_examples(records))},
+                         most_completion_counts=lambda prompts, samples: {"labelled": prompts * (samples - samples % 2)}),)

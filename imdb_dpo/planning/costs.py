@@ -280,13 +280,20 @@ def check_memory(what: str, estimate, device, **configs) -> Peak:
     card = cards.smallest_fitting(needed)
     smallest = (f"the smallest card that holds it is the {card.name}" if card else
                 "no card in imdb_dpo/planning/cards.py holds it")
-    fitted = " even at the smallest pass sizes" if chosen.sizes else ""
+    knob_is_auto = bool(peak.knob) and peak.knob[1] in fitting.auto_sizes(peak.knob[0])
+    fitted = " even at the smallest pass sizes" if knob_is_auto else ""
+    if knob_is_auto:  # its sizes are as small as they go: what stays on the device is too much
+        fix = "Its pass sizes are auto and already the smallest; what it keeps on the device does not fit: use that card"
+    elif peak.knob:
+        fix = f"{peak.fix}; or set {peak.knob[1]}: auto, and the stage fits it to the card"
+    else:
+        fix = peak.fix
     resident = ("; or frontier_eval: \"\" to evaluate its checkpoints afterwards with eval.py (the evaluation's models "
                 "then leave training's memory)" if {"weights", "reference and evaluated model"} <= set(peak.memory) else "")
     raise NotEnoughMemory(
         f"{what} needs about {size(needed)} of GPU memory at its largest step{fitted} ({peak.step}: "
         f"{peak.memory.describe()}; and {ALLOCATOR_MARGIN:.0%} for what the allocator caches), but {where}: "
-        f"{smallest}. {peak.fix}{resident}. Nothing was loaded or written. (The estimate is "
+        f"{smallest}. {fix}{resident}. Nothing was loaded or written. (The estimate is "
         f"imdb_dpo/planning/costs.py's; where you know better, {SKIP_VARIABLE}=1 skips this check.)")
 
 

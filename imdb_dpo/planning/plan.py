@@ -204,13 +204,14 @@ def count_pairs(path: str) -> dict:
     with open(path) as f:
         pairs = [json.loads(line) for line in f if line.strip()]
     completions = os.path.join(os.path.dirname(path), "completions.jsonl")
-    labelled = 0
-    if os.path.isfile(completions):
-        from imdb_dpo.methods.kto import kto_examples
-
+    counted = {}
+    counters = [m.completion_counts for m in registry().values() if m.completion_counts]
+    if counters and os.path.isfile(completions):
         with open(completions) as f:
-            labelled = len(kto_examples([json.loads(line) for line in f if line.strip()]))
-    return {"pairs": len(pairs), "prompts": len({p["prompt_id"] for p in pairs}), "labelled": labelled,
+            records = [json.loads(line) for line in f if line.strip()]
+        for count in counters:
+            counted.update(count(records))
+    return {**counted, "pairs": len(pairs), "prompts": len({p["prompt_id"] for p in pairs}),
             "chosen": len({(tuple(p["prompt_ids"]), tuple(p["chosen_ids"])) for p in pairs}),
             "tokens": max((len(p["prompt_ids"]) + max(len(p["chosen_ids"]), len(p["rejected_ids"])) for p in pairs),
                           default=0),
@@ -261,7 +262,9 @@ def plan_pairs(preset: Preset, args) -> Row:
     finished = os.path.isfile(pair_file) and os.path.isfile(os.path.join(args.output_dir, "manifest.json"))
     most = prompts * (k * (k - 1) // 2 if args.pairing == "all" else 1)
     counts = count_pairs(pair_file) if finished else {
-        "pairs": most, "prompts": prompts, "chosen": min(most, prompts * (k - 1)), "labelled": prompts * (k - k % 2),
+        **{name: n for m in registry().values() if m.most_completion_counts
+           for name, n in m.most_completion_counts(prompts, k).items()},
+        "pairs": most, "prompts": prompts, "chosen": min(most, prompts * (k - 1)),
         "tokens": args.max_prompt_tokens + args.max_new_tokens, "prompt_tokens": args.max_prompt_tokens, "exact": False}
     preset.pair_files[os.path.realpath(pair_file)] = counts
     context = args.max_prompt_tokens + args.max_new_tokens
