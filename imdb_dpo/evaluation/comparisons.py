@@ -1,14 +1,19 @@
-""""A beats B at matched KL", with an interval: the difference between two methods' best reward within a KL budget,
-with a 95% bootstrap interval that resamples prompts and training seeds together.
+""""A beats B at matched KL", with an interval a statistician would sign (docs/statistics.md has the whole of it).
 
-A method's points are its runs' evaluated checkpoints, each seed of one setting (a run name less its `_seed<n>`)
-averaged at each step, and the SFT model (KL 0), where every method starts. Its score within a budget is the highest
-mean reward among its points whose mean KL is at most the budget: the number `frontier_budget.csv` holds.
+A method's curves: per setting (a run name less its `_seed<n>`), the SFT model (KL 0, where every method starts),
+then the setting's evaluated checkpoints in step order, each the mean of its seeds; straight lines between them. Its
+value within a budget is the highest reward on its curves with KL at most the budget, interpolated where a segment
+crosses it (continuous in the budget); at a KL, the highest reward of a curve at exactly that KL.
 
-Every model is evaluated on the same prompts with the same random numbers (imdb_dpo/models/sampling.py), so the two
-methods' numbers are paired by prompt: each bootstrap replicate draws one resample of the prompts and uses it for
-every point of both methods, and draws each setting's seeds with replacement. The point that is best within the
-budget is chosen again in every replicate, so the interval also carries the noise of that choice.
+Each value is cross-fitted, because the best of many noisy points is too high where it was chosen: the best is
+chosen on a random half of the prompts and measured on the other half, both ways round, over several halvings.
+
+Every model is evaluated on the same prompts with the same random numbers (imdb_dpo/models/sampling.py), so each
+bootstrap replicate resamples the prompts once for every model and redoes the whole procedure. Each setting's seed
+mean moves by a normal draw of its seed error, and each comparison's replicate is studentised with a draw of its
+methods' seed variances (a bootstrap-t: Welch's t for a difference of seed means). The intervals of the comparisons
+with at least MIN_SEEDS seeds on each trained side are simultaneous (the family-wise rate of a false star is 5%);
+the others carry no verdict.
 """
 
 import dataclasses
@@ -281,10 +286,11 @@ def compare(points: list[Point], sft: Point, budgets, resamples: int = RESAMPLES
     together = np.full(len(rows), np.nan)
     if family.any():
         together[family] = simultaneous_half_widths(estimates[family], np.array(spreads)[family], LEVEL)[1]
-    for row, d, h, w in zip(rows, estimates, each, together):
+    for row, d, h, w, member in zip(rows, estimates, each, together, family):
         row.update(lo_each=float(d - h), hi_each=float(d + h))
-        if np.isnan(w):
+        if not member:
             row.update(lo="", hi="", verdict=TOO_FEW)
         else:
+            w = np.inf if np.isnan(w) else w  # no replicate with a value: nothing can be told
             row.update(lo=float(d - w), hi=float(d + w), verdict=_verdict(row["a"], row["b"], d - w, d + w))
     return rows
