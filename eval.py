@@ -41,11 +41,13 @@ from imdb_dpo.lifecycle.locks import main_process_lock
 from imdb_dpo.methods import frontier_methods, method as method_of_key
 from imdb_dpo.evaluation.evaluator import (Evaluator, UnreadableCheckpoint, check_args, evaluated_methods, records_dir, records_key,
                                  records_root, run_meta, runs_folder, settings_of)
-from imdb_dpo.lifecycle.manifests import Manifest, describe_model_input, git_commit, is_finished, read_manifest, write_text_atomic
+from imdb_dpo.lifecycle.manifests import (MANIFEST_NAME, Manifest, describe_model_input, git_commit, is_finished, read_manifest,
+                                         write_json_atomic, write_text_atomic)
 from imdb_dpo.models.modeling import load_tokenizer
 from imdb_dpo.evaluation.plots import plot_frontier, plot_overoptimisation
 from imdb_dpo.lifecycle.preemption import StopRequest, exit_resumable
 from imdb_dpo.evaluation.report import FRONTIER_BUDGET_COLUMNS, best_within_budgets, render_report
+from imdb_dpo.evaluation.tracker import check_report_to, log_evaluation
 
 STAGES = (EvalArguments,)
 # kl_kind: `measured` (a checkpoint's exact KL) or `analytic_bound` (best-of-N: log N - (N-1)/N, never measured).
@@ -281,6 +283,7 @@ def write_outputs(args, units, records, prompts, settings, skipped) -> None:
 def main(args: EvalArguments) -> int:
     process_state(args.use_cpu)  # first: it decides this process's device
     check_args(args)
+    check_report_to(args.report_to)  # a missing wandb key stops the stage now, not after the evaluation
     tokenizer = load_tokenizer(args.sft_model)
     prompts = prompts_for(args, tokenizer, "test")
     with main_process_lock(args.output_dir, "eval.py"):
@@ -305,9 +308,18 @@ def evaluate_all(args: EvalArguments, tokenizer, prompts: list[dict]) -> int:
         # kl_budgets decide only the tables: other budgets re-write them from the finished records.
         same_budgets = previous.get("config", {}).get("eval", {}).get("kl_budgets") == args.kl_budgets
         if previous["settings_key"] == key and previous["planned"] == planned and same_budgets:
+            if not args.overwrite and args.report_to == "wandb" and not previous.get("wandb_run"):
+                # Finished before it was tracked: its outputs are logged once, and the manifest says where.
+                if process_state().is_main_process:
+                    tracked = log_evaluation(args)
+                    write_json_atomic(os.path.join(args.output_dir, MANIFEST_NAME), {**previous, "wandb_run": tracked})
+                    print(f"the evaluation in {args.output_dir} is finished with these settings and models; its "
+                          f"outputs are logged to wandb run {tracked}")
+                return 0
             if not args.overwrite:
                 print(f"the evaluation in {args.output_dir} is finished with these settings and models; skipping "
-                      "(--overwrite true writes its summary, plots and report again)")
+                      "(--overwrite true writes its summary, plots and report again"
+                      f"{', and logs them to wandb' if args.report_to == 'wandb' else ''})")
                 return 0
             print(f"--overwrite true: the records of these settings are kept (those of points evaluated while training "
                   "cannot be made again, and the others would come out the same: delete "
@@ -337,9 +349,14 @@ def evaluate_all(args: EvalArguments, tokenizer, prompts: list[dict]) -> int:
 
     if process_state().is_main_process:
         write_outputs(args, evaluated, records, prompts, settings, skipped)
+    # Logged before the manifest is finished: an evaluation killed before it reached its tracker is done again.
+    tracked = log_evaluation(args) if args.report_to == "wandb" and process_state().is_main_process else None
+    if tracked:
+        print(f"logged to wandb run {tracked}")
     # Written only now: until the new summary, plot and report exist, the folder's manifest describes the old ones.
     manifest = Manifest(args.output_dir, "eval", {"eval": args}, {"sft_model": describe_model_input(args.sft_model)})
-    manifest.finish(settings_key=key, settings=json.loads(json.dumps(settings, default=str)), planned=planned)
+    manifest.finish(settings_key=key, settings=json.loads(json.dumps(settings, default=str)), planned=planned,
+                    **({"wandb_run": tracked} if tracked else {}))
     print(f"summary, plot and report in {args.output_dir}")
     return 0
 

@@ -254,7 +254,7 @@ class Check:
                 drop_weights(folder)  # the evaluation covers DPO's run only
         self.facts["eval_samples"] = (128 if gpu else 16) * (16 + 4)  # SFT: best_of_n_samples; DPO: samples_per_prompt
         self.stage("eval", "eval.py", *d, "--num_prompts", "128" if gpu else "16", "--base_model", "",
-                   "--reward_model", self.classifier, "--methods", evaluated.key, *short,
+                   "--reward_model", self.classifier, "--methods", evaluated.key, "--report_to", "none", *short,
                    *([] if gpu else ["--use_cpu", "true", "--batch_size", "16", "--kl_batch_size", "16"]))
         for name in ("summary.csv", "report.md", "reward_vs_kl.png"):
             path = os.path.join(out, "outputs", "gpt2-large", "eval", name)

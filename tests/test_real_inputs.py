@@ -136,7 +136,8 @@ def test_gpt2_large_preset_runs_every_stage_with_gpt2s_tokenizer_on_real_reviews
     with open(f"{GPT2_LARGE}/eval.yaml") as f:
         evaluation = yaml.safe_load(f)
     evaluation.update(train_file=imdb_sample["train"], test_file=imdb_sample["test"], base_model=gpt2_stand_in,
-                      num_prompts=4, batch_size=4, max_new_tokens=8, best_of_n_samples=4, reward_model=gpt2_classifier)
+                      num_prompts=4, batch_size=4, max_new_tokens=8, best_of_n_samples=4, reward_model=gpt2_classifier,
+                      report_to="none")  # the preset's wandb logging: tests/test_tracker.py
     eval_config = tmp_path / "eval.yaml"
     eval_config.write_text(yaml.safe_dump(evaluation))
     # Two of the preset's three seeds: seed 0's runs keep their final model (keep_final_model_seeds), seed 1's not.
@@ -233,7 +234,7 @@ def test_a_model_that_often_stops_at_once_runs_through_pairs_dpo_and_eval(eos_he
 
     argv = ["--config", f"{GPT2_LARGE}/eval.yaml", *data, "--sft_model", eos_heavy_model, "--base_model", "",
             "--num_prompts", "8", "--batch_size", "8", "--max_new_tokens", "8", "--best_of_n_samples", "4",
-            "--reward_model", gpt2_classifier]
+            "--reward_model", gpt2_classifier, "--report_to", "none"]
     assert eval_stage.main(*parse_config(eval_stage.STAGES, argv)) == 0
     with open(tmp_path / "outputs/gpt2-large/eval/summary.csv") as f:
         rows = list(csv.DictReader(f))
@@ -279,7 +280,7 @@ def evaluate_kl(pair, imdb_sample, output_dir, *flags) -> tuple[float, float]:
     argv = ["--config", f"{GPT2_LARGE}/eval.yaml", "--sft_model", pair["reference"], "--base_model", "",
             "--runs_root", pair["runs_root"], "--methods", "dpo", "--output_dir", str(output_dir), "--train_file", imdb_sample["train"],
             "--test_file", imdb_sample["test"], "--num_prompts", "4", "--batch_size", "4", "--max_new_tokens", "32",
-            "--best_of_n_samples", "4", "--reward_model", "vader", *flags]
+            "--best_of_n_samples", "4", "--reward_model", "vader", "--report_to", "none", *flags]
     assert eval_stage.main(*parse_config(eval_stage.STAGES, argv)) == 0
     records_dir = next((output_dir / "records").iterdir())
     records = [json.loads(line) for line in open(records_file(records_dir, "sigmoid_beta0.1", 1))]

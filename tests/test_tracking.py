@@ -1,13 +1,9 @@
 """wandb: one wandb run per beta of a DPO sweep, and a missing API key refused before any work."""
 
 import glob
-import json
-import os
-import struct
 
 import pytest
 import wandb
-from wandb.proto.wandb_internal_pb2 import Record
 
 from imdb_dpo.methods import dpo
 import sft
@@ -15,6 +11,7 @@ from conftest import dpo_argv
 from imdb_dpo.configuration.arguments import ConfigError, parse_config
 from imdb_dpo.lifecycle.manifests import read_manifest
 from imdb_dpo.lifecycle.tracking import check_wandb_credentials
+from offline_wandb import read_offline_run
 from test_sft import sft_argv
 
 API_KEY = "k" * 40
@@ -45,33 +42,6 @@ def no_credentials(monkeypatch, tmp_path):
 def reporting_to_wandb(argv):
     argv[argv.index("--report_to") + 1] = "wandb"
     return argv
-
-
-def read_offline_run(directory):
-    """The run record and the final config of an offline run, read from its transaction log.
-
-    wandb 0.31 ships no Python reader for it. The format is LevelDB's log: after a 7-byte file header, 32 KiB
-    blocks of chunks, each with a 7-byte header (crc32, length, type: 1 whole, 2 first, 3 middle, 4 last); a
-    block's tail too short for a header is padding.
-    """
-    (path,) = glob.glob(os.path.join(directory, "run-*.wandb"))
-    with open(path, "rb") as f:
-        data = f.read()
-    assert data[:4] == b":W&B"
-    run, config, chunks, pos = None, {}, b"", 7
-    while pos + 7 <= len(data):
-        if 32768 - pos % 32768 < 7:
-            pos += 32768 - pos % 32768
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        chunks += data[pos + 7:pos + 7 + length]
-        pos += 7 + length
-        if kind in (1, 4):
-            record, chunks = Record.FromString(chunks), b""
-            run = record.run if record.HasField("run") else run
-            for updates in (record.run.config.update, record.config.update):  # empty unless that kind of record
-                config.update({item.key: json.loads(item.value_json) for item in updates})
-    return run, config
 
 
 def test_each_beta_of_a_sweep_gets_its_own_wandb_run(tiny_sft, tiny_pairs, tmp_path, monkeypatch):

@@ -583,6 +583,12 @@ class EvalArguments(SamplingArguments):
                           "magnitude (~100) are rounded to steps of 0.5, which adds ~0.3-1 nat of KL per sample."},
     )
     preset: str = field(default="", metadata={"help": "Name of the preset, shown in report.md."})
+    report_to: str = field(
+        default="none",
+        metadata={"help": "'wandb': log summary.csv, comparisons.csv and frontier_budget.csv as tables, the plots as "
+                          "images and report.md as an artifact to a wandb run named <preset>-eval, in the training "
+                          "runs' project (WANDB_PROJECT); 'none' (the default): no tracker."},
+    )
     overwrite: bool = field(
         default=False,
         metadata={"help": "Evaluate with other settings than the finished evaluation in output_dir (its records are "

@@ -30,11 +30,13 @@ from imdb_dpo.configuration.arguments import REPOSITORY, ConfigError, EvalArgume
 from imdb_dpo.data.reviews import prompts_for
 from imdb_dpo.lifecycle.distributed import any_process, process_state, sharded_launch
 from imdb_dpo.configuration.errors import UserError
-from imdb_dpo.lifecycle.manifests import is_finished
+from imdb_dpo.lifecycle.manifests import is_finished, read_manifest
 from imdb_dpo.models.modeling import load_tokenizer, model_like
 from imdb_dpo.evaluation.evaluator import (Evaluator, ModelPair, check_args, evaluated_methods, evaluated_steps, records_dir, records_root,
                          run_meta, runs_folder)
 from imdb_dpo.configuration.precision import DTYPES
+from imdb_dpo.evaluation.tracker import log_point
+from imdb_dpo.lifecycle.batch_log import read_finished
 
 KEEP_ALL = '--frontier_eval ""'
 
@@ -88,6 +90,16 @@ class FrontierEvaluation:
         except UserError as error:
             raise ConfigError(f"frontier_eval={config}: {error}") from None
         self._evaluator = None
+        self._sft_records = None
+
+    def sft_records(self) -> list[dict] | None:
+        """The SFT model's records under these settings, which eval.py writes (the win rate of the points logged to
+        the tracker is measured against them); None until they exist."""
+        if self._sft_records is None:
+            directory = records_dir(self.records_root, {"run": "sft", "step": 0})
+            if is_finished(directory):
+                self._sft_records = read_finished(os.path.join(directory, "records.jsonl"), read_manifest(directory)["n"])
+        return self._sft_records
 
     @property
     def evaluator(self) -> Evaluator:
@@ -129,6 +141,7 @@ class LiveEvaluation(TrainerCallback):
         self.frontier, self.meta, self.run_dir, self.stop, self.schedule = frontier, meta, run_dir, stop, schedule
         self.steps: set[int] = set()
         self.copy = None  # the resident evaluation model, made at the first evaluation
+        self.trainer = None  # set once the trainer exists: each point is logged through it to the run's trackers
 
     def evaluated(self) -> list[int]:
         return evaluated_steps(self.frontier.records_root, self.meta)
@@ -152,7 +165,14 @@ class LiveEvaluation(TrainerCallback):
         if self.copy is None:
             self.copy = LiveCopy(evaluator.args, evaluator.reference.scorer.device)
         policy = self.copy.update(model)
-        return evaluator.evaluate(unit, self.stop, live=policy) is not None
+        records = evaluator.evaluate(unit, self.stop, live=policy)
+        if records is None:
+            return False
+        # Here only, after records written now: a point whose records were finished before (a resumed run's) was
+        # logged by the run that wrote them, so no point reaches the tracker twice.
+        if self.trainer is not None:
+            log_point(self.trainer, records, self.frontier.sft_records(), evaluator.args.seed)
+        return True
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.steps = set(self.schedule(state.max_steps))

@@ -35,6 +35,11 @@ def check_wandb_credentials(report_to) -> None:
         )
 
 
+def wandb_project() -> str:
+    """The wandb project of every run of the pipeline: WANDB_PROJECT, else the WandbCallback's default."""
+    return os.getenv("WANDB_PROJECT", "huggingface")
+
+
 @contextlib.contextmanager
 def own_wandb_run(args, run_id: str):
     """Around one trainer's life: open the wandb run of the run directory `args.output_dir`, then finish it.
@@ -48,7 +53,7 @@ def own_wandb_run(args, run_id: str):
     import wandb
 
     # Passed to init rather than through WANDB_RUN_GROUP and the like: wandb reads those once per process.
-    run = wandb.init(project=os.getenv("WANDB_PROJECT", "huggingface"),  # WandbCallback's default project
+    run = wandb.init(project=wandb_project(),
                      name=args.run_name, group=os.path.basename(os.path.dirname(os.path.abspath(args.output_dir))),
                      id=run_id, resume="allow")
     try:

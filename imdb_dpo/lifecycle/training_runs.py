@@ -158,6 +158,8 @@ def train_run(run_dir: str, *, stage: str, what: str, configs: dict, inputs: dic
                 savers = ([ScheduledCheckpoints(steps_of)] if steps_of else []) + [
                     SaveAndStopOnSignal(stop), DropOptimizerFromOldCheckpoints()]
             trainer = make_trainer(args, savers)
+            if evaluation:
+                evaluation.trainer = trainer
             trainer.train(resume_from_checkpoint=resumable_checkpoint(plan.directory))
         if stop.requested:
             return False
