@@ -19,12 +19,13 @@ import pytest
 import wandb
 import yaml
 
-from conftest import REPO, dpo_argv, run_in_process
+from conftest import REPO, dpo_argv, refused_in_process, run_in_process
 from helpers import wait_until
 from imdb_dpo.lifecycle.checkpoints import checkpoint_steps, is_complete
 from imdb_dpo.lifecycle.manifests import read_manifest
 from offline_wandb import artifacts, history, offline_runs
 from test_frontier_eval import eval_config, records
+from test_tracking import no_credentials  # noqa: F401  a fixture: online, with no wandb key anywhere
 
 # 96 pairs at 32 a step: 3 steps, points at 2 and 3 on the preset's lr-log schedule.
 STEPS = [2, 3]
@@ -45,8 +46,8 @@ def tracked(tiny_base, tiny_sft, tiny_pairs, tmp_path_factory):
     wandb.teardown()  # wandb reads its environment once per process
     try:
         config = small_eval_config(tmp, tiny_base, tiny_sft)
-        # The SFT model's records first (eval.py with no run yet): the points then have a win rate.
-        run_in_process("eval.py", ["--config", config])
+        # The SFT model's records first, as README says: the points then have a win rate.
+        run_in_process("eval.py", ["--config", config, "--runs_root", ""])
         dpo_config = tmp / "dpo.yaml"
         with open(os.path.join(REPO, "configs/tiny/dpo.yaml")) as f:
             dpo_config.write_text(yaml.safe_dump({**yaml.safe_load(f), "report_to": ["wandb", "tensorboard"]}))
@@ -220,4 +221,16 @@ def test_a_finished_evaluation_is_logged_once(tracked, monkeypatch):
     assert read_manifest(out)["wandb_run"] == os.path.basename(new).split("-")[-1]
     (row,) = history(new)
     assert {"eval/summary/path", "eval/comparisons/path", "eval/reward_vs_kl/path"} <= set(row)
+    wandb.teardown()
+
+
+def test_eval_refuses_a_tracker_it_does_not_log_to_and_a_missing_wandb_key_before_any_work(
+        tiny_base, tiny_sft, tmp_path, no_credentials, capsys):
+    wandb.teardown()  # wandb reads its environment once per process: no_credentials's, from here
+    config = eval_config(tmp_path, tiny_base, tiny_sft, "refused")
+    err = refused_in_process("eval.py", ["--config", config, "--report_to", "tensorboard"], capsys)
+    assert "report_to='tensorboard'" in err and "wandb" in err and "none" in err
+    err = refused_in_process("eval.py", ["--config", config, "--report_to", "wandb"], capsys)
+    assert "no wandb API key" in err and "WANDB_MODE=offline" in err and "--report_to none" in err
+    assert not (tmp_path / "refused").exists()
     wandb.teardown()
