@@ -122,6 +122,13 @@ def test_the_gpt2_large_plan_runs_offline_in_seconds_and_fits_one_node(tmp_path)
     assert gb(table["**total**"]["most on disk while it runs"]) < 100
     assert all(float(row["peak GPU memory"].split()[0].strip("*")) < 80 for row in table.values())
     assert not (tmp_path / "nothing_yet").exists()  # a plan writes nothing
+    # The seeds of each method, and the cost of 3 for those with 1: their runs' hours twice more.
+    one_seed = ["kto", "orpo", "orpo_base", "cpo", "simpo", "online_dpo"]
+    seeds = re.search(r"Seeds: dpo, rloo, rloo_rm, preferred_ft, unlikelihood, grpo run 3 or more seeds a setting; "
+                      + ", ".join(f"{stage} 1" for stage in one_seed) + r": .* would add ([\d.]+) GPU hours", output)
+    hours = lambda cell: float(cell.strip("*<= "))  # noqa: E731
+    assert seeds and float(seeds.group(1)) == pytest.approx(2 * sum(hours(table[s]["GPU hours (h100)"])
+                                                                   for s in one_seed), abs=0.05)
 
 
 def test_a_stage_that_would_not_fit_stops_before_loading_with_the_numbers_and_the_fix(monkeypatch):

@@ -29,6 +29,15 @@ def any_process(flag: bool) -> bool:
     return any(gather_object([flag])) if state.num_processes > 1 else flag
 
 
+def least_over_processes(value: int) -> int:
+    """The smallest of every process's `value` (on every process): e.g. the free memory the pass sizes are fitted to,
+    so that all processes of a launch take the same sizes (DDP needs the same accumulation on each)."""
+    from accelerate.utils import gather_object
+
+    state = process_state()
+    return min(gather_object([value])) if state.num_processes > 1 else value
+
+
 def sharded_launch() -> str:
     """The launcher's sharding of the model ("FSDP", "DeepSpeed"), "" for one process or DDP (accelerate's settings,
     read from the environment `accelerate launch` sets)."""

@@ -257,7 +257,10 @@ def device_budget(device) -> tuple[int | None, str]:
     device = torch.device(device)
     if device.type != "cuda":
         return None, "the CPU"
+    from imdb_dpo.lifecycle.distributed import least_over_processes
+
     free, total = torch.cuda.mem_get_info(device)
+    free = least_over_processes(free)  # every process of a launch fits the same sizes: the most the fullest GPU allows
     return free, f"{torch.cuda.get_device_name(device)} with {free / GiB:.1f} GiB free of {total / GiB:.1f} GiB"
 
 

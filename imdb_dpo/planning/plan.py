@@ -48,6 +48,7 @@ class Row:
     shared: float = 0.0  # seconds of `seconds` spent once for all runs (DPO's cached reference pass)
     proxy: str | None = None  # the learned reward model the runs optimise, which the evaluation loads again
     fit: object = None  # the pass sizes fitted to the plan's card (imdb_dpo/planning/fitting.Fit), where any is auto
+    seeds: int = 0  # training seeds a setting (0: not a point of the frontier)
 
 
 def stage_names() -> list[str]:
@@ -290,6 +291,7 @@ def frontier_row(preset, row: Row, shape, training_args, script_args, steps: int
     frontier = preset.frontier_args(script_args)
     check_keep_final_model(script_args)
     seeds = seed_values(script_args.seeds)
+    row.seeds = len(seeds)
     models = row.runs * sum(keeps_final_model(script_args, s) for s in seeds) // len(seeds)
     row.steps = f"{steps:,}"
     row.samples, row.points = trainer_samples(steps, training_args), row.runs * len(points)
@@ -508,9 +510,32 @@ def render(preset: Preset) -> str:
               f"({card.tf32_flops / 1e12:.0f} TFLOP/s) where eval_precision is tf32; disk I/O (checkpoints "
               f"and records written, models loaded) at {costs.STORAGE_BYTES_PER_S / 1e9:.1f} GB/s, counted in the "
               "GPU hours: the GPU waits for it."]
+    lines += ["", seeds_line(preset)]
     if preset.gpus:
         lines += ["", wall_clock_line(preset)]
     return "\n".join(lines)
+
+
+VERDICT_SEEDS = 3  # a comparison's verdict needs this many seeds a setting on each side (docs/statistics.md)
+
+
+def seeds_line(preset: Preset) -> str:
+    """Each trained method's seeds, and what giving those with fewer than a verdict needs that many would cost: their
+    runs' hours scale with their runs (a pass the runs share, such as DPO's reference, stays)."""
+    trained = [row for row in preset.rows if row.seeds]
+    enough = [row.stage for row in trained if row.seeds >= VERDICT_SEEDS]
+    few = [row for row in trained if row.seeds < VERDICT_SEEDS]
+    if not trained:
+        return "Seeds: no stage trains points of the frontier."
+    line = f"Seeds: {', '.join(enough) or 'no method'} run{'s' * (len(enough) <= 1)} {VERDICT_SEEDS} or more seeds a setting"
+    if not few:
+        return line + " (a comparison's verdict needs 3 a side: docs/statistics.md)."
+    total = sum(row.seconds + io_seconds(row) for row in preset.rows)
+    extra = sum((row.seconds - row.shared + io_seconds(row)) * (VERDICT_SEEDS - row.seeds) / row.seeds for row in few)
+    return (line + f"; {', '.join(f'{row.stage} {row.seeds}' for row in few)}: their comparisons read \"too few seeds\" "
+            f"(a verdict needs {VERDICT_SEEDS} a side: docs/statistics.md). {VERDICT_SEEDS} seeds for those "
+            f"(`seeds: [0, 1, 2]` in their configs) would add {hours(extra)} GPU hours to the {hours(total)} "
+            f"(+{extra / total:.0%}).")
 
 
 def memory_cell(row: Row, card: cards.Card) -> str:
