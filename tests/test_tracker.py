@@ -41,10 +41,10 @@ def tracked(tiny_base, tiny_sft, tiny_pairs, tmp_path_factory):
     env = {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp), "WANDB_DATA_DIR": str(tmp / "wandb_data"),
            "WANDB_CACHE_DIR": str(tmp / "wandb_cache"), "WANDB_PROJECT": "tracker_test",
            "WANDB_X_TRANSACTION_LOG_FLUSH_INTERVAL": "0.05"}
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    wandb.teardown()  # wandb reads its environment once per process
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        wandb.teardown()  # wandb reads its environment once per process
         config = small_eval_config(tmp, tiny_base, tiny_sft)
         # The SFT model's records first, as README says: the points then have a win rate.
         run_in_process("eval.py", ["--config", config, "--runs_root", ""])
@@ -68,10 +68,7 @@ def tracked(tiny_base, tiny_sft, tiny_pairs, tmp_path_factory):
         killed_at = [s for s, p in checkpoint_steps(run_dir) if is_complete(p)]
         run_in_process("dpo.py", argv)
         run_in_process("eval.py", ["--config", config, "--report_to", "wandb"])
-    finally:
-        for name, value in saved.items():
-            os.environ.pop(name) if value is None else os.environ.__setitem__(name, value)
-        wandb.teardown()
+    wandb.teardown()
     return {"tmp": tmp, "config": config, "run_dir": run_dir, "killed_at": killed_at}
 
 
@@ -87,8 +84,9 @@ def small_eval_config(tmp, tiny_base, tiny_sft) -> str:
 
 def logged_steps(wandb_dir) -> list[int]:
     """The steps of the points in the offline wandb runs under `wandb_dir` so far, each start's in turn."""
-    return [row["train/global_step"] for file in sorted(glob.glob(os.path.join(wandb_dir, "wandb", "offline-run-*", "*.wandb")))
-            for row in history(os.path.dirname(file)) if "train/frontier/reward" in row]
+    files = sorted(glob.glob(os.path.join(wandb_dir, "wandb", "offline-run-*", "*.wandb")))  # none before wandb starts
+    return [row["train/global_step"] for file in files for row in history(os.path.dirname(file))
+            if "train/frontier/reward" in row]
 
 
 def read_csv(path) -> list[dict]:
@@ -107,7 +105,8 @@ def expected(step_records: list[dict], sft: dict) -> dict:
     mean over prompts of per-prompt means is the plain mean."""
     wins = [1.0 if r["reward"] > sft[(r["prompt_id"], r["sample"])] else
             0.5 if r["reward"] == sft[(r["prompt_id"], r["sample"])] else 0.0 for r in step_records]
-    return {"reward": np.mean([r["reward"] for r in step_records]), "kl": np.mean([r["kl_exact"] for r in step_records]),
+    return {"reward": np.mean([r["reward"] for r in step_records]),
+            "kl": np.mean([r["kl_exact"] for r in step_records]),
             "kl_logratio": np.mean([r["kl_logratio"] for r in step_records]),
             "length": np.mean([len(r["completion_ids"]) for r in step_records]), "win_rate_vs_sft": np.mean(wins)}
 

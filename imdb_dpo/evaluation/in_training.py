@@ -98,7 +98,8 @@ class FrontierEvaluation:
         if self._sft_records is None:
             directory = records_dir(self.records_root, {"run": "sft", "step": 0})
             if is_finished(directory):
-                self._sft_records = read_finished(os.path.join(directory, "records.jsonl"), read_manifest(directory)["n"])
+                self._sft_records = read_finished(os.path.join(directory, "records.jsonl"),
+                                                  read_manifest(directory)["n"])
         return self._sft_records
 
     @property

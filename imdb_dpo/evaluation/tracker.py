@@ -116,8 +116,8 @@ def log_evaluation(args) -> str:
         logged.update({"eval/" + file.removesuffix(".png"): wandb.Image(os.path.join(out, file)) for file in PLOTS
                        if os.path.isfile(os.path.join(out, file))})
         run.log(logged)
-        artifact = wandb.Artifact(name, type="evaluation",
-                                  description=f"report.md of the evaluation in {os.path.abspath(out)}, with its tables and plots")
+        artifact = wandb.Artifact(name, type="evaluation", description=f"report.md of the evaluation in "
+                                                                       f"{os.path.abspath(out)}, with its tables and plots")
         for file in ("report.md", *TABLES, *PLOTS):
             if os.path.isfile(os.path.join(out, file)):
                 artifact.add_file(os.path.join(out, file), name=file)
