@@ -298,7 +298,8 @@ class Check:
         reviews = self.args.reviews or ""
         runs = [("bench_sampling", ["--plain_prompts", "8"] if self.gpu else []),
                 ("bench_dpo", ["--steps", "5", "--warmup", "2"] if self.gpu else ["--steps", "2", "--warmup", "1"]),
-                ("bench_eval", []), ("bench_decode_ops", [])]  # RL sampling's decode step: launches and ms a token
+                ("bench_eval", []),  # RL sampling's decode step: launches and ms a token (the count needs no big batch)
+                ("bench_decode_ops", [] if self.gpu else ["--rows", "8", "--new_tokens", "16"])]
         if reviews:
             classifier = ["--classifier", HUB_CLASSIFIER] if self.classifier == HUB_CLASSIFIER else tokenizer
             runs.append(("bench_reward_precision", ["--reviews", reviews, *classifier]))
