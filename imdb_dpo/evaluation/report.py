@@ -122,8 +122,9 @@ def _comparison_section(comparisons: list[dict], budgets) -> list[str]:
                "best-of-N at its analytic KL bound) with the reward interpolated at exactly the budget where a curve "
                "crosses it, so that a point near the budget cannot make the result jump. Each best point is chosen on "
                "one half of the prompts and its reward measured on the other half, both ways round, over 8 random "
-               "halvings: the best of many noisy points, measured where it was chosen, is too high (the table above "
-               "is that plain best). The intervals resample the prompts (the same resample for every model: they are "
+               "halvings: the best of many noisy points, measured where it was chosen, is too high. So these differ from "
+               "the table above, which lists the best evaluated checkpoint itself: higher where a curve rises up to the "
+               "budget between two checkpoints, lower by the cross-fitting. The intervals resample the prompts (the same resample for every model: they are "
                "paired by prompt and sample) and redo the whole choice in every resample; each setting's seed mean "
                "moves by a draw of its seed error, and a difference's seed error is Student's t with Welch's degrees "
                "of freedom (2 to 4 with 3 seeds a side), not normal (a bootstrap-t): docs/statistics.md.")]
@@ -135,6 +136,9 @@ def _comparison_section(comparisons: list[dict], budgets) -> list[str]:
                        "(both tables): the chance that any of their stars is false is at most 5% (family-wise error "
                        f"rate, Romano and Wolf's max-t; the simultaneous intervals are {factor:.2f} times as wide as "
                        "each comparison's own, which `comparisons.csv` gives as lo_each, hi_each).")]
+    else:
+        lines += ["", ("*: where a comparison carries a verdict, its simultaneous 95% interval over the family of such "
+                       "comparisons excludes 0 (at most a 5% chance of any false star); none here does.")]
     if len(family) < len(comparisons):
         lines += ["", (f"too few seeds (a v b): a side has fewer than {MIN_SEEDS} seeds in a setting, so the seed "
                        "noise of its result cannot be estimated (one seed) or hardly (two); such a comparison carries "

@@ -57,11 +57,16 @@ DEFAULT = CARDS["h100"]
 def card(kind: str) -> Card:
     from imdb_dpo.configuration.errors import ConfigError
 
-    found = CARDS.get(kind.lower().replace("_", "-").replace(" ", ""))
+    found = {squeezed(c.kind): c for c in CARDS.values()}.get(squeezed(kind))
     if found is None:
         raise ConfigError(f"--gpu {kind!r} is not a card this project knows: use one of {', '.join(CARDS)} "
                           "(imdb_dpo/planning/cards.py holds their datasheet figures; add yours there)")
     return found
+
+
+def squeezed(kind: str) -> str:
+    """A card's name as --gpu compares it: case, spaces, hyphens and underscores aside (RTX_4090 is rtx4090)."""
+    return "".join(ch for ch in kind.lower() if ch.isalnum())
 
 
 def smallest_fitting(needed: float) -> Card | None:

@@ -273,7 +273,8 @@ def check_memory(what: str, estimate, device, **configs) -> Peak:
     peak, chosen = fitting.fit(estimate if callable(estimate) else lambda: estimate, budget, where, configs,
                                ALLOCATOR_MARGIN)
     if chosen.sizes:
-        print(f"{what}: pass sizes fitted to {where}: {chosen.describe()}", flush=True)
+        fitted_or_not = f"fitted to {where}" if budget is not None else "on the CPU, their defaults (auto fits a GPU)"
+        print(f"{what}: pass sizes {fitted_or_not}: {chosen.describe()}", flush=True)
         fitting.LAST.clear()
         fitting.LAST.update(fitted_to=where, sizes=chosen.sizes)
     CHECKED.append({"what": what, "step": peak.step, "gib": peak.memory.total / GiB, "sizes": chosen.sizes})
@@ -284,9 +285,10 @@ def check_memory(what: str, estimate, device, **configs) -> Peak:
     smallest = (f"the smallest card that holds it is the {card.name}" if card else
                 "no card in imdb_dpo/planning/cards.py holds it")
     knob_is_auto = bool(peak.knob) and peak.knob[1] in fitting.auto_sizes(peak.knob[0])
-    fitted = " even at the smallest pass sizes" if knob_is_auto else ""
-    if knob_is_auto:  # its sizes are as small as they go: what stays on the device is too much
-        fix = "Its pass sizes are auto and already the smallest; what it keeps on the device does not fit: use that card"
+    fitted = f" even with {peak.knob[1]} at its smallest" if knob_is_auto else ""
+    if knob_is_auto:  # that step is as small as it goes: what stays on the device beside it is too much
+        fix = (f"{peak.knob[1]} is auto and already the smallest (with activation checkpointing, where that is auto); "
+               "what the stage keeps on the device beside it does not fit: use that card")
     elif peak.knob:
         fix = f"{peak.fix}; or set {peak.knob[1]}: auto, and the stage fits it to the card"
     else:
@@ -295,7 +297,7 @@ def check_memory(what: str, estimate, device, **configs) -> Peak:
                 "then leave training's memory)" if {"weights", "reference and evaluated model"} <= set(peak.memory) else "")
     raise NotEnoughMemory(
         f"{what} needs about {size(needed)} of GPU memory at its largest step{fitted} ({peak.step}: "
-        f"{peak.memory.describe()}; and {ALLOCATOR_MARGIN:.0%} for what the allocator caches), but {where}: "
+        f"{peak.memory.describe()}; and {ALLOCATOR_MARGIN:.0%} for what the allocator caches), but it runs on {where}: "
         f"{smallest}. {fix}{resident}. Nothing was loaded or written. (The estimate is "
         f"imdb_dpo/planning/costs.py's; where you know better, {SKIP_VARIABLE}=1 skips this check.)")
 

@@ -36,8 +36,9 @@ LAST: dict = {}  # this process's last fit, as its manifests record it ("perform
 def take_auto(config: dict, argv: list[str], known: set[str]) -> tuple[dict, list[str], set[str]]:
     """(config, argv) without the `auto` values of FITTED sizes, and the names that are auto: given so in the config
     and not overridden on the command line, or given so on the command line. What is removed falls back to the
-    field's default, the size a CPU uses (activation checkpointing: off)."""
-    autos = {key for key, value in config.items() if _is_auto(value)}
+    field's default, the size a CPU uses (activation checkpointing: off). Any other field's `auto` is left to its
+    own parser (TRL's dtype takes auto; an int setting refuses it, naming the setting)."""
+    autos = {key for key, value in config.items() if key in FITTED and _is_auto(value)}
     config = {key: value for key, value in config.items() if key not in autos}
     kept, i = [], 0
     while i < len(argv):
@@ -49,7 +50,7 @@ def take_auto(config: dict, argv: list[str], known: set[str]) -> tuple[dict, lis
                 value = arg.split("=", 1)[1]
             elif i + 1 < len(argv):
                 value, width = argv[i + 1], 2
-        if name in known:
+        if name in known and name in FITTED:
             autos.discard(name)  # given on the command line: its value wins over the config's
             if value is not None and _is_auto(value):
                 autos.add(name)
@@ -58,10 +59,6 @@ def take_auto(config: dict, argv: list[str], known: set[str]) -> tuple[dict, lis
                 continue
         kept.append(arg)
         i += 1
-    refused = sorted(autos - set(FITTED))
-    if refused:
-        raise ConfigError(f"{refused[0]}: auto is a value only of the pass sizes that change no result "
-                          f"({', '.join(FITTED)}); give {refused[0]} a value")
     if CHECKPOINTING in autos:  # off: TRL's configs would otherwise turn the deprecated gradient_checkpointing on
         config[CHECKPOINTING] = False
     return config, kept, autos
@@ -154,8 +151,8 @@ class Fit:
         for label, value in self.sizes.items():
             if label.endswith(CHECKPOINTING):
                 parts.append(f"{label} {'on' if value else 'off'}")
-            else:
-                parts.append(f"{label} {value}")
+            else:  # None: the trainer's own default (DPO's reference pass: per_device_eval_batch_size)
+                parts.append(f"{label} {'its default' if value is None else value}")
         return ", ".join(parts)
 
 

@@ -470,10 +470,11 @@ def render(preset: Preset) -> str:
         peak_disk = max(peak_disk, held_total)
         kept += row.kept
         written += row.written
-        seconds += row.seconds + io_seconds(row)
-        io += io_seconds(row)
         memory = row.peak.memory.total if row.peak else 0
-        peak_memory = max(peak_memory, memory)
+        if fits(row):  # a stage that does not fit the card is no part of its hours or peak
+            seconds += row.seconds + io_seconds(row)
+            io += io_seconds(row)
+            peak_memory = max(peak_memory, memory)
         most = "" if row.exact else "<= "  # counted from the most pairs stage 2's settings allow
         exact_so_far = exact_so_far and row.exact
         cells = [row.stage, str(row.runs), *(bounded(most, c) for c in (
@@ -482,7 +483,10 @@ def render(preset: Preset) -> str:
             bounded(most, hours(row.seconds + io_seconds(row))), bounded(most, hours(io_seconds(row)))]
         lines.append("| " + " | ".join(cells) + " |")
     most = "" if all(row.exact for row in preset.rows) else "<= "
-    lines.append(f"| **total** | | | | **{bounded(most, gb(written))}** | **{bounded(most, gb(kept))}** | "
+    left_out = [row.stage for row in preset.rows if not fits(row)]
+    total = (f"**total** (peak and hours without {', '.join(left_out)}: {'it does' if len(left_out) == 1 else 'they do'}"
+             " not fit)") if left_out else "**total**"
+    lines.append(f"| {total} | | | | **{bounded(most, gb(written))}** | **{bounded(most, gb(kept))}** | "
                  f"**{bounded(most, gb(peak_disk))}** | **{costs.size(peak_memory)}** | **{bounded(most, hours(seconds))}** "
                  f"| **{bounded(most, hours(io))}** |")
     lines += ["", "Largest step of each stage (what its memory is made of), the pass sizes fitted to the card where a "
@@ -522,7 +526,7 @@ VERDICT_SEEDS = 3  # a comparison's verdict needs this many seeds a setting on e
 def seeds_line(preset: Preset) -> str:
     """Each trained method's seeds, and what giving those with fewer than a verdict needs that many would cost: their
     runs' hours scale with their runs (a pass the runs share, such as DPO's reference, stays)."""
-    trained = [row for row in preset.rows if row.seeds]
+    trained = [row for row in preset.rows if row.seeds and fits(row)]
     enough = [row.stage for row in trained if row.seeds >= VERDICT_SEEDS]
     few = [row for row in trained if row.seeds < VERDICT_SEEDS]
     if not trained:
@@ -530,12 +534,17 @@ def seeds_line(preset: Preset) -> str:
     line = f"Seeds: {', '.join(enough) or 'no method'} run{'s' * (len(enough) <= 1)} {VERDICT_SEEDS} or more seeds a setting"
     if not few:
         return line + " (a comparison's verdict needs 3 a side: docs/statistics.md)."
-    total = sum(row.seconds + io_seconds(row) for row in preset.rows)
+    total = sum(row.seconds + io_seconds(row) for row in preset.rows if fits(row))
     extra = sum((row.seconds - row.shared + io_seconds(row)) * (VERDICT_SEEDS - row.seeds) / row.seeds for row in few)
     return (line + f"; {', '.join(f'{row.stage} {row.seeds}' for row in few)}: their comparisons read \"too few seeds\" "
             f"(a verdict needs {VERDICT_SEEDS} a side: docs/statistics.md). {VERDICT_SEEDS} seeds for those "
             f"(`seeds: [0, 1, 2]` in their configs) would add {hours(extra)} GPU hours to the {hours(total)} "
             f"(+{extra / total:.0%}).")
+
+
+def fits(row: Row) -> bool:
+    """Whether the stage fits the plan's card (at its fitted or given pass sizes)."""
+    return not row.fit or row.fit.fits
 
 
 def memory_cell(row: Row, card: cards.Card) -> str:
