@@ -95,7 +95,7 @@ def test_more_gpus_than_the_machine_has_are_refused_unless_cpu_processes_are_ask
                             text=True, env={**os.environ, "PYTHON": sys.executable})
     assert script.returncode == 2 and script.stderr.startswith("error: --gpus 'x': give the number"), script.stderr
     usage = subprocess.run([os.path.join(REPO, "run_pipeline.sh"), "--help"], capture_output=True, text=True)
-    assert usage.returncode == 0 and usage.stdout.startswith("usage: ./run_pipeline.sh <preset> [--plan] [--gpus N]")
+    assert usage.returncode == 0 and usage.stdout.startswith("usage: ./run_pipeline.sh <preset> [--plan [--gpu KIND]] [--gpus N]")
 
 
 def fake_run(stage: str, code: str, waits: tuple = ()) -> Run:

@@ -17,9 +17,23 @@ STAGES = {m.key: m.sweep for m in registry().values()
 
 
 def sweep_tasks(*args) -> subprocess.CompletedProcess:
-    """As the job scripts run it."""
-    return subprocess.run([sys.executable, "-m", "imdb_dpo.launch.sweep_tasks", *args], cwd=REPO, capture_output=True,
-                          text=True)
+    """As the job scripts run it, `python -m imdb_dpo.launch.sweep_tasks ...`, but in this process (its main is the
+    whole command; test_the_command_runs_as_the_job_scripts_run_it runs it as a process once): exit status, stdout and
+    stderr."""
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = sweep_tasks_main(list(args))
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
+def test_the_command_runs_as_the_job_scripts_run_it():
+    config = os.path.join(REPO, "configs/gpt2-large/dpo.yaml")
+    proc = subprocess.run([sys.executable, "-m", "imdb_dpo.launch.sweep_tasks", config, "betas", "count"], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout == "12\n", proc.stderr
 
 
 def task_flags(capsys, *args) -> str:
