@@ -189,8 +189,9 @@ def test_a_model_trained_under_bf16_autocast_is_saved_in_the_dtype_its_manifest_
     from conftest import dpo_argv, run_in_process
     from imdb_dpo.lifecycle.manifests import read_manifest
 
+    # 64 pairs: the reference pass, cached before the first step, covers the whole set (bf16 on a CPU is slow)
     run_in_process("dpo.py", dpo_argv(tiny_sft, tiny_pairs, tmp_path, "--betas", "0.1", "--max_steps", "2",
-                                      "--bf16", "true"))
+                                      "--max_train_pairs", "64", "--bf16", "true"))
     run = tmp_path / "sigmoid_beta0.1"
     manifest = read_manifest(run)
     assert manifest["config"]["training"]["bf16"] and manifest["config"]["model"]["dtype"] == "float32"
