@@ -304,18 +304,7 @@ def test_checkpoints_only_resume_and_a_kill_after_one_resumes_to_the_same_weight
     run_in_process("dpo.py", argv)
     manifest = read_manifest(run_dir)
     assert manifest["checkpoints"] == STEPS and checkpoint_steps(run_dir) == []
-    # The same samples, rewards and every other field; the KL to rounding, as the weights differ by rounding. How
-    # a record was batched (`batch`, `batch_size`) is bookkeeping, not a result.
-    small, fixed = records(config), runs["in_training"]
-    assert sorted(small) == sorted(fixed) == STEPS
-    for step in STEPS:
-        assert len(small[step]) == len(fixed[step]) == 12 * 4
-        for a, b in zip(small[step], fixed[step]):
-            kl = ("kl_exact", "kl_logratio")
-            assert {k: v for k, v in a.items() if k not in {*kl, "batch", "batch_size"}} == {
-                k: v for k, v in b.items() if k not in {*kl, "batch", "batch_size"}}, step
-            for key in kl:
-                assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), (step, key)  # nats
+    assert records(config) == runs["in_training"]
     assert state_dicts_equal(load_causal_lm(str(run_dir)), load_causal_lm(str(tmp / "during/dpo" / RUN))) == []
 
 
